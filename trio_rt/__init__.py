@@ -1,0 +1,34 @@
+"""trio_rt: real-time WebSocket applications on Trio's structured concurrency.
+
+The public surface is re-exported here; modules starting with ``_`` are private.
+"""
+
+from ._broker import Broker, MemoryBroker, MemoryHub
+from ._connection import Connection, Request
+from ._http import HttpResponse, Reject
+from ._manager import ServerStats, WebSocketManager
+from ._options import ServerOptions
+from ._outbox import SlowConsumerPolicy
+from ._protocol import CloseCode, ErrorCode, ProtocolError
+from ._rooms import Room, RoomError
+
+__all__ = [
+    "Broker",
+    "CloseCode",
+    "Connection",
+    "ErrorCode",
+    "HttpResponse",
+    "MemoryBroker",
+    "MemoryHub",
+    "ProtocolError",
+    "Reject",
+    "Request",
+    "Room",
+    "RoomError",
+    "ServerOptions",
+    "ServerStats",
+    "SlowConsumerPolicy",
+    "WebSocketManager",
+]
+
+__version__ = "0.1.0"

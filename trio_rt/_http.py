@@ -1,0 +1,65 @@
+"""Plain HTTP on the WebSocket port: /health, and whatever routes the app or extensions add."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response
+
+__all__ = ["HttpResponse", "Reject", "is_websocket_upgrade", "to_ws_response"]
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, data: Any, **headers: str) -> HttpResponse:
+        return cls(status, json.dumps(data).encode(), "application/json", dict(headers))
+
+
+class Reject(Exception):  # noqa: N818 - it is an answer, not an error condition
+    """Raise in a connection handler to refuse the WebSocket upgrade with an HTTP status.
+
+    The client gets `status` with a JSON body ``{"error": reason}`` and no upgrade.
+    """
+
+    def __init__(self, status: int = 403, reason: str = "forbidden", **headers: str):
+        if not 400 <= int(status) <= 599:
+            raise ValueError("Reject status must be a 4xx or 5xx HTTP status")
+        super().__init__(reason)
+        self.status = int(status)
+        self.reason = reason
+        self.headers = headers
+
+
+HttpHandler = Callable[[WsRequest], HttpResponse | Awaitable[HttpResponse]]
+
+
+def is_websocket_upgrade(request: WsRequest) -> bool:
+    upgrade = ",".join(request.headers.get_all("Upgrade")).lower()
+    return "websocket" in upgrade
+
+
+def to_ws_response(resp: HttpResponse) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = resp.content_type
+    headers["Content-Length"] = str(len(resp.body))
+    headers["Cache-Control"] = "no-store"
+    headers["Connection"] = "close"
+    for k, v in resp.headers.items():
+        headers[k] = v
+    try:
+        phrase = HTTPStatus(resp.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return Response(resp.status, phrase, headers, resp.body)

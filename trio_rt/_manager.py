@@ -1,0 +1,696 @@
+"""WebSocketManager: the server, its rooms, broadcasts and handlers."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response
+from websockets.protocol import OPEN
+from websockets.trio.server import Server, ServerConnection
+from websockets.trio.server import serve as ws_serve
+
+from ._broker import Broker, MemoryBroker
+from ._connection import Connection
+from ._envelope import (
+    KIND_KICK,
+    Envelope,
+    decode_envelope,
+    encode_envelope,
+    recipients,
+    unique_rooms,
+)
+from ._http import HttpHandler, HttpResponse, Reject, is_websocket_upgrade, to_ws_response
+from ._options import ServerOptions
+from ._outbox import OutboundMessage
+from ._protocol import (
+    ClientMessage,
+    CloseCode,
+    ErrorCode,
+    JoinRoom,
+    Kick,
+    LeaveRoom,
+    Ping,
+    ProtocolError,
+    encode,
+    error_message,
+    parse,
+    validate_room_name,
+)
+from ._rooms import Room, RoomError, RoomRegistry
+
+__all__ = ["ServerStats", "WebSocketManager"]
+
+log = logging.getLogger("trio_rt")
+
+ConnectionHandler = Callable[[Connection], Awaitable[None]]
+DisconnectHandler = Callable[[Connection, int], Awaitable[None]]
+MessageHandler = Callable[[Connection, dict[str, Any]], Awaitable[None]]
+ErrorHandler = Callable[[Connection, Exception], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class ServerStats:
+    """Counters since start; WebSocketMetrics turns them into rates and Prometheus series."""
+
+    started_at: float = field(default_factory=time.time)
+    connections_opened: int = 0
+    connections_closed: int = 0
+    handshakes_rejected: dict[str, int] = field(default_factory=dict)
+    messages_in: int = 0
+    messages_out: int = 0
+    broadcasts: int = 0
+    deliveries: int = 0
+    slow_consumers: int = 0
+    dropped_messages: int = 0
+    heartbeat_timeouts: int = 0
+    handler_errors: int = 0
+    protocol_errors: int = 0
+
+    def rejected(self, reason: str) -> None:
+        self.handshakes_rejected[reason] = self.handshakes_rejected.get(reason, 0) + 1
+
+
+class _ServerConnection(ServerConnection):
+    """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
+
+    trio_rt_conn: Connection | None = None
+    trio_rt_manager: WebSocketManager
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().handshake(*args, **kwargs)
+        finally:
+            conn = self.trio_rt_conn
+            if conn is not None and self.protocol.state is not OPEN:
+                # Rejected, abandoned, timed out: undo the registration made for the handler.
+                with trio.CancelScope(shield=True):
+                    await self.trio_rt_manager._finish(conn)
+
+
+class WebSocketManager:
+    """A WebSocket server with rooms and broadcasts, run inside the caller's Trio nursery.
+
+    Use either form::
+
+        async with WebSocketManager(port=3001) as manager:    # serves inside the block
+            ...
+        # or
+        host, port = await nursery.start(manager.serve)
+
+    Ownership: `serve` owns one nursery with the broker, the listener and every connection;
+    each connection owns its reader, writer and heartbeat tasks. When `serve` is cancelled (or
+    `stop()` is called) it shuts down gracefully: new handshakes get HTTP 503, every client gets
+    what is already queued then close code 1001, bounded by `shutdown_timeout`; then whatever is
+    left is cancelled. Nothing started by the manager outlives `serve`.
+
+    Handlers are coroutines registered with decorators: `on_connection` (during the handshake:
+    may raise `Reject`), `on_message(type)`, `on_disconnect` (always runs for an accepted
+    connection, with its close code), `on_error` (an exception in a message handler; the client
+    gets an `error` reply and the connection stays open).
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: Broker | None = None,
+        welcome: Callable[[Connection], dict[str, Any] | None] | None = None,
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - ServerOptions.names()
+        if unknown:
+            raise TypeError(f"unknown WebSocketManager option(s): {', '.join(sorted(unknown))}")
+        self.options = ServerOptions(**options)
+        self.server_id: str = self.options.server_id or uuid.uuid4().hex[:12]
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self._welcome = welcome if welcome is not None else self._default_welcome
+        self._rooms: RoomRegistry[Connection] = RoomRegistry(
+            auto_create=self.options.auto_create_rooms
+        )
+        self._connections: dict[str, Connection] = {}
+        self._connection_handlers: list[ConnectionHandler] = []
+        self._disconnect_handlers: list[DisconnectHandler] = []
+        self._error_handlers: list[ErrorHandler] = []
+        self._message_handlers: dict[str, MessageHandler] = {}
+        self._fallback_handler: MessageHandler | None = None
+        self._routes: dict[str, HttpHandler] = {"/health": self._health}
+        self._pending_subscriptions: dict[str, trio.Event] = {}
+        self._stats = ServerStats()
+        self._closing = False
+        self._running = False
+        self._stop = trio.Event()
+        self._address: tuple[str, int] | None = None
+        prefix = self.options.channel_prefix
+        self._all_channel = f"{prefix}:all"
+        self._room_prefix = f"{prefix}:room:"
+
+    # -- handler registration -----------------------------------------------------------------
+    def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:
+        """Register `async def handler(conn)`, run during the handshake, before the upgrade.
+
+        `conn.request` has the path, query, headers and peer. Raise `Reject(status, reason)` to
+        answer with an HTTP error instead of upgrading. Set `conn.user_id` / `conn.state` here,
+        join rooms, queue messages (they follow the welcome).
+        """
+        self._connection_handlers.append(_check_coroutine(fn))
+        return fn
+
+    def on_disconnect(self, fn: DisconnectHandler) -> DisconnectHandler:
+        """Register `async def handler(conn, close_code)`; runs once per accepted connection."""
+        self._disconnect_handlers.append(_check_coroutine(fn))
+        return fn
+
+    def on_error(self, fn: ErrorHandler) -> ErrorHandler:
+        """Register `async def handler(conn, exc)` for exceptions raised by message handlers."""
+        self._error_handlers.append(_check_coroutine(fn))
+        return fn
+
+    def on_message(self, type: str | None = None) -> Callable[[MessageHandler], MessageHandler]:
+        """Register `async def handler(conn, message)` for client messages of `type`.
+
+        Without `type`, the handler receives every message whose type has no handler of its
+        own (instead of an `unknown_type` error). Handlers of one connection run one at a time,
+        in arrival order; start long work in a nursery of your own.
+        """
+        if type is not None and type in {"join_room", "leave_room", "ping", "kick"}:
+            raise ValueError(f"{type!r} is a built-in message type")
+
+        def register(fn: MessageHandler) -> MessageHandler:
+            _check_coroutine(fn)
+            if type is None:
+                self._fallback_handler = fn
+            else:
+                self._message_handlers[type] = fn
+            return fn
+
+        return register
+
+    def on(self, event: str, type: str | None = None) -> Callable[[F], F]:
+        """Seed-style registration: ``@manager.on("connection" | "message" | "disconnect" |
+        "error")``. For "message", `type` selects the message type (None: all unhandled)."""
+        def register(fn: F) -> F:
+            if event == "connection":
+                self.on_connection(fn)
+            elif event == "disconnect":
+                self.on_disconnect(fn)
+            elif event == "error":
+                self.on_error(fn)
+            elif event == "message":
+                self.on_message(type)(fn)
+            else:
+                raise ValueError(f"unknown event {event!r}")
+            return fn
+
+        return register
+
+    def route(self, path: str) -> Callable[[HttpHandler], HttpHandler]:
+        """Serve plain HTTP GETs of `path` on the WebSocket port (health, metrics, files)."""
+        if not path.startswith("/"):
+            raise ValueError("route paths start with '/'")
+
+        def register(fn: HttpHandler) -> HttpHandler:
+            self._routes[path] = fn
+            return fn
+
+        return register
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); port 0 in the options becomes the real port."""
+        if self._address is None:
+            raise RuntimeError("the manager is not serving")
+        return self._address
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"ws://{host}:{port}/"
+
+    async def __aenter__(self) -> WebSocketManager:
+        self._cm = self._serving()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._cm.__aexit__(*exc)
+
+    @asynccontextmanager
+    async def _serving(self) -> AsyncIterator[WebSocketManager]:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.serve)
+            try:
+                yield self
+            finally:
+                self.stop()
+
+    def stop(self) -> None:
+        """Ask `serve` to shut down gracefully (also what cancelling `serve` does)."""
+        self._stop.set()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled or `stop()`; then shut down gracefully.
+
+        `task_status.started((host, port))` reports readiness with the bound address.
+        """
+        if self._running:
+            raise RuntimeError("this WebSocketManager is already serving")
+        self._running = True
+        # The server's own tasks run in a shielded scope: a cancellation from outside must not
+        # hit the connections before they are closed gracefully. This task watches instead.
+        inner = trio.CancelScope(shield=True)
+        try:
+            async with trio.open_nursery() as guard:
+                ws_server: Server = await guard.start(self._run_inner, inner)
+                task_status.started(self.address)
+                try:
+                    await self._stop.wait()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._shutdown(ws_server)
+                        inner.cancel()
+        finally:
+            self._running = False
+            self._address = None
+
+    async def _run_inner(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[Server]
+    ) -> None:
+        o = self.options
+        with scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.broker.run, self._on_broker_message)
+                await self.broker.subscribe(self._all_channel)
+                listeners = await trio.open_tcp_listeners(o.port, host=o.host)
+                sockname = listeners[0].socket.getsockname()
+                self._address = (str(sockname[0]), int(sockname[1]))
+                conn_class = type(
+                    "_BoundServerConnection", (_ServerConnection,), {"trio_rt_manager": self}
+                )
+                server: Server = await nursery.start(
+                    functools.partial(
+                        ws_serve,
+                        self._ws_handler,
+                        listeners=listeners,
+                        compression="deflate" if o.compression else None,
+                        process_request=self._process_request,
+                        server_header="trio_rt",
+                        open_timeout=o.handshake_timeout,
+                        ping_interval=None,  # our heartbeat task does it, per connection
+                        ping_timeout=None,
+                        close_timeout=o.close_timeout,
+                        max_size=o.max_message_size,
+                        max_queue=16,
+                        logger=logging.getLogger("trio_rt.websockets"),
+                        create_connection=conn_class,
+                    )
+                )
+                log.info("trio_rt server %s listening on %s:%d", self.server_id, *self._address)
+                task_status.started(server)
+
+    async def _shutdown(self, ws_server: Server) -> None:
+        self._closing = True
+        log.info("trio_rt server %s shutting down", self.server_id)
+        with trio.move_on_after(self.options.shutdown_timeout):
+            async with trio.open_nursery() as nursery:
+                # Stops the listener, answers handshakes in progress with 503, waits for handlers.
+                nursery.start_soon(functools.partial(ws_server.aclose, close_connections=False))
+                for conn in list(self._connections.values()):
+                    nursery.start_soon(conn.close, CloseCode.GOING_AWAY, "server shutting down")
+
+    # -- handshake and connection ---------------------------------------------------------------
+    async def _process_request(self, ws: ServerConnection, request: WsRequest) -> Response | None:
+        if not is_websocket_upgrade(request):
+            return await self._http(request)
+        if self._closing:
+            self._stats.rejected("shutting_down")
+            return to_ws_response(
+                HttpResponse.json(503, {"error": "server shutting down"}, **{"Retry-After": "1"})
+            )
+        limit = self.options.max_connections
+        if limit is not None and len(self._connections) >= limit:
+            self._stats.rejected("server_full")
+            return to_ws_response(
+                HttpResponse.json(503, {"error": "server full"}, **{"Retry-After": "5"})
+            )
+        assert isinstance(ws, _ServerConnection)
+        conn = Connection(self, ws)
+        self._connections[conn.id] = conn
+        ws.trio_rt_conn = conn
+        try:
+            for handler in self._connection_handlers:
+                await handler(conn)
+        except Reject as r:
+            self._forget(conn)
+            ws.trio_rt_conn = None
+            self._stats.rejected(f"http_{r.status}")
+            return to_ws_response(HttpResponse.json(r.status, {"error": r.reason}, **r.headers))
+        except Exception:
+            log.exception("connection handler failed; answering 500")
+            self._forget(conn)
+            ws.trio_rt_conn = None
+            self._stats.rejected("handler_error")
+            return to_ws_response(HttpResponse.json(500, {"error": "internal server error"}))
+        conn._accepted = True
+        return None
+
+    async def _http(self, request: WsRequest) -> Response:
+        path = request.path.split("?", 1)[0]
+        handler = self._routes.get(path)
+        if handler is None:
+            return to_ws_response(HttpResponse.json(404, {"error": "not found", "path": path}))
+        try:
+            result = handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+            assert isinstance(result, HttpResponse)
+            return to_ws_response(result)
+        except Exception:
+            log.exception("HTTP handler for %s failed", path)
+            return to_ws_response(HttpResponse.json(500, {"error": "internal server error"}))
+
+    def _health(self, request: WsRequest) -> HttpResponse:
+        status = 503 if self._closing else 200
+        return HttpResponse.json(
+            status,
+            {
+                "status": "shutting_down" if self._closing else "ok",
+                "server_id": self.server_id,
+                "connections": len(self._connections),
+                "rooms": len(self._rooms.rooms),
+                "uptime_s": round(time.time() - self._stats.started_at, 3),
+            },
+        )
+
+    async def _ws_handler(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, _ServerConnection) and ws.trio_rt_conn is not None
+        conn = ws.trio_rt_conn
+        self._stats.connections_opened += 1
+        try:
+            welcome = self._welcome(conn)
+            if welcome is not None:
+                conn._outbox.push_front(OutboundMessage(encode(welcome)))
+            await conn._run()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish(conn)
+
+    def _default_welcome(self, conn: Connection) -> dict[str, Any]:
+        return {
+            "type": "welcome",
+            "connection_id": conn.id,
+            "user_id": conn.user_id,
+            "server_id": self.server_id,
+            "heartbeat_interval": self.options.heartbeat_interval,
+        }
+
+    def _forget(self, conn: Connection) -> bool:
+        """Unregister `conn` and its memberships (sync, idempotent). True the first time."""
+        if self._connections.pop(conn.id, None) is None:
+            return False
+        for room, result in self._rooms.leave_all(conn):
+            if result.last_member:
+                self.broker.unsubscribe(self._room_channel(room))
+        conn._outbox.close()
+        return True
+
+    async def _finish(self, conn: Connection) -> None:
+        """The end of a connection (opened or not): cleanup, then the disconnect handlers."""
+        if not self._forget(conn):
+            return
+        conn._closed.set()
+        self._stats.connections_closed += 1
+        if conn._accepted:
+            code = conn._final_close_code()
+            for handler in self._disconnect_handlers:
+                with trio.move_on_after(self.options.close_timeout) as scope:
+                    try:
+                        await handler(conn, code)
+                    except Exception:
+                        log.exception("disconnect handler failed for %r", conn)
+                if scope.cancelled_caught:
+                    log.error("disconnect handler timed out for %r", conn)
+
+    # -- messages from clients ------------------------------------------------------------------
+    async def _dispatch(self, conn: Connection, frame: str | bytes) -> None:
+        self._stats.messages_in += 1
+        request_id: str | int | None = None
+        try:
+            command = parse(frame)
+            request_id = command.request_id
+            if isinstance(command, ClientMessage):
+                handler = self._message_handlers.get(command.type, self._fallback_handler)
+                if handler is None:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_TYPE,
+                        f"unknown message type {command.type!r}",
+                        request_id=request_id,
+                    )
+                await handler(conn, command.data)
+            elif isinstance(command, JoinRoom):
+                await self.join_room(conn, command.room)
+                await conn.send(_reply("room_joined", request_id, room=command.room))
+            elif isinstance(command, LeaveRoom):
+                await self.leave_room(conn, command.room)
+                await conn.send(_reply("room_left", request_id, room=command.room))
+            elif isinstance(command, Ping):
+                await conn.send(_reply("pong", request_id))
+            elif isinstance(command, Kick):
+                if not self._rooms.is_moderator(command.room, conn.user_id):
+                    raise RoomError(
+                        ErrorCode.NOT_PERMITTED,
+                        f"only a moderator of room {command.room!r} can kick",
+                    )
+                await self.kick(command.room, command.user_id, by=conn.user_id)
+                await conn.send(
+                    _reply("kicked", request_id, room=command.room, user_id=command.user_id)
+                )
+        except ProtocolError as exc:
+            self._stats.protocol_errors += 1
+            await conn.send(
+                error_message(exc.code, exc.message, request_id=exc.request_id or request_id)
+            )
+        except RoomError as exc:
+            self._stats.protocol_errors += 1
+            await conn.send(error_message(exc.code, exc.message, request_id=request_id))
+        except Exception as exc:
+            self._stats.handler_errors += 1
+            log.exception("message handler failed for %r", conn)
+            for handler in self._error_handlers:
+                try:
+                    await handler(conn, exc)
+                except Exception:
+                    log.exception("error handler failed")
+            await conn.send(
+                error_message(
+                    ErrorCode.INTERNAL_ERROR,
+                    "internal server error while handling the message",
+                    request_id=request_id,
+                )
+            )
+
+    # -- rooms ----------------------------------------------------------------------------------
+    async def create_room(
+        self,
+        name: str,
+        *,
+        max_users: int | None = None,
+        persistent: bool = False,
+        moderators: Iterable[str] = (),
+    ) -> Room[Connection]:
+        """Create a room, or update an existing room's settings. Raises ValueError on bad input.
+
+        Non-persistent rooms disappear when their last member leaves; persistent ones stay.
+        """
+        room = self._rooms.create(
+            name, max_users=max_users, persistent=persistent, moderators=moderators
+        )
+        await trio.lowlevel.checkpoint()
+        return room
+
+    async def delete_room(self, name: str) -> None:
+        """Remove a room; its local members get ``room_left`` (reason ``deleted``)."""
+        members = self._rooms.delete(name)
+        if members:
+            self.broker.unsubscribe(self._room_channel(name))
+        msg = OutboundMessage(encode({"type": "room_left", "room": name, "reason": "deleted"}))
+        for conn in members:
+            conn.send_encoded(msg)
+        await trio.lowlevel.checkpoint()
+
+    async def join_room(self, conn: Connection, room: str) -> bool:
+        """Add `conn` to `room` (created on first join when auto_create_rooms is on).
+
+        Idempotent: returns False when already a member. Raises RoomError (code room_full or
+        not_permitted) and ProtocolError for an invalid name. Returns once broadcasts to the
+        room reach this connection, on every server. A closed connection joins nothing.
+        """
+        validate_room_name(room)
+        if conn.id not in self._connections:
+            await trio.lowlevel.checkpoint()
+            return False
+        result = self._rooms.join(conn, room)
+        channel = self._room_channel(room)
+        if result.first_member:
+            done = self._pending_subscriptions[channel] = trio.Event()
+            try:
+                await self.broker.subscribe(channel)
+            except BaseException:
+                self._rooms.leave(conn, room)
+                raise
+            finally:
+                done.set()
+                if self._pending_subscriptions.get(channel) is done:
+                    del self._pending_subscriptions[channel]
+        else:
+            pending = self._pending_subscriptions.get(channel)
+            if pending is not None:
+                await pending.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+        return result.joined
+
+    async def leave_room(self, conn: Connection, room: str) -> bool:
+        """Remove `conn` from `room`. Idempotent: returns False when it was not a member."""
+        result = self._rooms.leave(conn, room)
+        if result.last_member:
+            self.broker.unsubscribe(self._room_channel(room))
+        await trio.lowlevel.checkpoint()
+        return result.left
+
+    async def kick(
+        self, room: str, user_id: str, *, by: str | None = None, reason: str = ""
+    ) -> None:
+        """Remove every connection of `user_id` from `room`, on every server.
+
+        Each gets ``{"type": "room_kicked", "room", "by", "reason"}``; it stays connected.
+        """
+        payload = encode({"type": "room_kicked", "room": room, "by": by, "reason": reason})
+        env = Envelope(payload, rooms=(room,), kind=KIND_KICK, user_id=user_id)
+        await self.broker.publish(self._room_channel(room), encode_envelope(env))
+
+    def rooms_of(self, conn: Connection) -> frozenset[str]:
+        return self._rooms.rooms_of(conn)
+
+    def members_of(self, room: str) -> frozenset[Connection]:
+        """This server's members of `room`."""
+        return self._rooms.members_of(room)
+
+    def get_room(self, name: str) -> Room[Connection] | None:
+        return self._rooms.get(name)
+
+    @property
+    def rooms(self) -> Mapping[str, Room[Connection]]:
+        return self._rooms.rooms
+
+    @property
+    def connections(self) -> Mapping[str, Connection]:
+        """Connections of this server by id, including those still in their handshake."""
+        return self._connections
+
+    @property
+    def stats(self) -> ServerStats:
+        return self._stats
+
+    # -- broadcast ------------------------------------------------------------------------------
+    async def broadcast(self, data: dict[str, Any], *, exclude: Connection | None = None) -> None:
+        """Send `data` to every client on every server (except `exclude`)."""
+        await self._publish(None, data, exclude)
+
+    async def broadcast_to_room(
+        self, room: str, data: dict[str, Any], *, exclude: Connection | None = None
+    ) -> None:
+        """Send `data` to every member of `room`, on every server (except `exclude`)."""
+        await self._publish((room,), data, exclude)
+
+    async def broadcast_to_rooms(
+        self, rooms: Iterable[str], data: dict[str, Any], *, exclude: Connection | None = None
+    ) -> None:
+        """Send `data` to the members of several rooms; a member of several gets it once."""
+        if isinstance(rooms, str):
+            raise TypeError("rooms must be an iterable of room names, not a string")
+        await self._publish(unique_rooms(rooms), data, exclude)
+
+    async def _publish(
+        self, rooms: tuple[str, ...] | None, data: dict[str, Any], exclude: Connection | None
+    ) -> None:
+        payload = encode(data)  # serialize once, whatever the number of recipients
+        self._stats.broadcasts += 1
+        env = encode_envelope(
+            Envelope(payload, rooms=rooms, exclude=exclude.id if exclude is not None else None)
+        )
+        if rooms is None:
+            await self.broker.publish(self._all_channel, env)
+            return
+        if not rooms:
+            await trio.lowlevel.checkpoint()
+        for room in rooms:
+            await self.broker.publish(self._room_channel(room), env)
+
+    def _room_channel(self, room: str) -> str:
+        return self._room_prefix + room
+
+    def _on_broker_message(self, channel: str, data: bytes) -> None:
+        """Deliver what the broker hands us to local clients. Sync: it never waits on a client."""
+        try:
+            env = decode_envelope(data)
+        except ValueError:
+            log.warning("ignoring a message on %s that is not a trio_rt envelope", channel)
+            return
+        if channel == self._all_channel:
+            targets: Iterable[Connection] = list(self._connections.values())
+        elif channel.startswith(self._room_prefix):
+            room = channel[len(self._room_prefix) :]
+            if env.kind == KIND_KICK:
+                self._apply_kick(room, env)
+                return
+            targets = recipients(env, room, self._rooms.members_of, self._rooms.rooms_of)
+        else:
+            return
+        message = OutboundMessage(env.payload)
+        exclude = env.exclude
+        n = 0
+        for conn in targets:
+            if conn.id != exclude:
+                conn.send_encoded(message)
+                n += 1
+        self._stats.deliveries += n
+
+    def _apply_kick(self, room: str, env: Envelope) -> None:
+        message = OutboundMessage(env.payload)
+        for conn in self._rooms.members_of(room):
+            if conn.user_id is not None and conn.user_id == env.user_id:
+                result = self._rooms.leave(conn, room)
+                if result.last_member:
+                    self.broker.unsubscribe(self._room_channel(room))
+                conn.send_encoded(message)
+
+
+def _reply(type: str, request_id: str | int | None, **fields: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type, **fields}
+    if request_id is not None:
+        out["id"] = request_id
+    return out
+
+
+def _check_coroutine(fn: F) -> F:
+    if not inspect.iscoroutinefunction(fn) and not inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects are fine too
+    ):
+        raise TypeError(f"{fn!r} must be an async function (async def)")
+    return fn

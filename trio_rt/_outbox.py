@@ -1,0 +1,165 @@
+"""A connection's bounded outbox and the slow-consumer policy, sans-IO.
+
+The broadcaster never waits on a client: it offers a message to each recipient's outbox and moves
+on. The outbox is bounded in messages and in bytes; what happens when it is full is a named policy.
+The writer task takes everything queued at once and writes it in one go.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import StrEnum
+from typing import Final
+
+from ._protocol import encode_text_frame
+
+__all__ = ["Offer", "Outbox", "OutboundMessage", "SlowConsumerPolicy"]
+
+
+class SlowConsumerPolicy(StrEnum):
+    """What to do when a connection's outbox is full.
+
+    - ``disconnect`` (default): close the connection with code 4000 (slow consumer). The client
+      reconnects and recovers; the server's memory stays bounded and nobody else waits.
+    - ``drop_newest``: discard the message being offered; the client silently misses it.
+    - ``drop_oldest``: discard the oldest queued message to make room for the new one.
+    """
+
+    DISCONNECT = "disconnect"
+    DROP_NEWEST = "drop_newest"
+    DROP_OLDEST = "drop_oldest"
+
+
+class Offer(StrEnum):
+    QUEUED = "queued"
+    DROPPED = "dropped"  # the policy dropped a message (new or old); the connection lives
+    OVERFLOW = "overflow"  # policy is disconnect: the caller must close the connection
+    CLOSED = "closed"  # the outbox is closed; nothing more is accepted
+
+
+class OutboundMessage:
+    """One server message, serialized once and shared by every recipient.
+
+    `payload` is the UTF-8 JSON of a text frame. `frame` is that payload framed for connections
+    without extensions (computed on first use, so a broadcast frames once).
+    """
+
+    __slots__ = ("_frame", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload: Final = payload
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = encode_text_frame(self.payload)
+        return self._frame
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+
+class Outbox:
+    """A FIFO bounded by `max_messages` and `max_bytes`, with a slow-consumer policy.
+
+    A single message larger than `max_bytes` is still accepted into an empty outbox (otherwise it
+    could never be sent); the byte bound applies to what is queued behind it.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_queue",
+        "_sealed",
+        "dropped",
+        "max_bytes",
+        "max_messages",
+        "policy",
+    )
+
+    def __init__(
+        self,
+        max_messages: int = 1024,
+        max_bytes: int = 4 * 1024 * 1024,
+        policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
+    ) -> None:
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.policy = SlowConsumerPolicy(policy)
+        self._queue: deque[OutboundMessage] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._sealed = False
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def closed(self) -> bool:
+        """True once the outbox refuses new messages (sealed or closed)."""
+        return self._sealed
+
+    @property
+    def aborted(self) -> bool:
+        """True once `close` dropped the queue (as opposed to `seal`, which keeps it)."""
+        return self._closed
+
+    def _fits(self, size: int) -> bool:
+        if not self._queue:
+            return True
+        return len(self._queue) < self.max_messages and self._bytes + size <= self.max_bytes
+
+    def offer(self, message: OutboundMessage) -> Offer:
+        if self._sealed:
+            return Offer.CLOSED
+        size = len(message)
+        if not self._fits(size):
+            if self.policy is SlowConsumerPolicy.DISCONNECT:
+                return Offer.OVERFLOW
+            if self.policy is SlowConsumerPolicy.DROP_NEWEST:
+                self.dropped += 1
+                return Offer.DROPPED
+            while self._queue and not self._fits(size):
+                old = self._queue.popleft()
+                self._bytes -= len(old)
+                self.dropped += 1
+            self._queue.append(message)
+            self._bytes += size
+            return Offer.DROPPED
+        self._queue.append(message)
+        self._bytes += size
+        return Offer.QUEUED
+
+    def push_front(self, message: OutboundMessage) -> None:
+        """Queue `message` ahead of everything (the welcome), ignoring the bounds."""
+        if not self._sealed:
+            self._queue.appendleft(message)
+            self._bytes += len(message)
+
+    def take_all(self) -> list[OutboundMessage]:
+        """Remove and return everything queued, oldest first."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._bytes = 0
+        return items
+
+    def seal(self) -> None:
+        """Refuse further messages; what is queued can still be taken (graceful close)."""
+        self._sealed = True
+
+    def close(self) -> None:
+        """Refuse further messages and drop what is queued."""
+        self._sealed = True
+        self._closed = True
+        self._queue.clear()
+        self._bytes = 0

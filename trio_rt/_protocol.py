@@ -1,0 +1,274 @@
+"""The wire protocol, sans-IO: parse client frames into commands, encode server messages.
+
+Nothing here does I/O or imports trio or websockets; every function is tested without sockets.
+See docs/protocol.md for the contract with clients.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any, Final
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_ROOM_NAME_LENGTH",
+    "MAX_TYPE_LENGTH",
+    "ClientMessage",
+    "CloseCode",
+    "ErrorCode",
+    "JoinRoom",
+    "Kick",
+    "LeaveRoom",
+    "Ping",
+    "ProtocolError",
+    "encode",
+    "encode_text_frame",
+    "error_message",
+    "parse",
+    "validate_room_name",
+]
+
+MAX_TYPE_LENGTH: Final = 64
+MAX_ROOM_NAME_LENGTH: Final = 128
+MAX_ID_LENGTH: Final = 128
+# Room names are identifiers shared with Redis channels and Cassandra keys: keep them printable,
+# without whitespace or control characters. Letters of any script are allowed.
+_ROOM_NAME = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*")
+
+
+class ErrorCode(StrEnum):
+    """The `code` of an `error` reply. Clients can switch on these; they never change meaning."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"  # valid JSON, but not an object
+    MISSING_TYPE = "missing_type"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_FIELD = "invalid_field"  # a field is missing or has the wrong type or value
+    UNSUPPORTED_DATA = "unsupported_data"  # binary frames
+    TOO_LARGE = "too_large"
+    ROOM_FULL = "room_full"
+    NOT_IN_ROOM = "not_in_room"
+    NOT_PERMITTED = "not_permitted"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes trio_rt uses. 4000-4999 are private-use codes (RFC 6455 7.4.2)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down: reconnect elsewhere
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007  # invalid UTF-8 (sent by websockets)
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009  # sent by websockets when a frame exceeds max_message_size
+    INTERNAL_ERROR = 1011
+    ABNORMAL = 1006  # never sent: reported when the TCP connection dropped without a close frame
+    SLOW_CONSUMER = 4000  # the client did not read fast enough; its outbox overflowed
+    HEARTBEAT_TIMEOUT = 4001  # no pong within heartbeat_timeout
+    KICKED = 4002  # reserved: removed by the application
+    FORBIDDEN = 4003  # authentication/authorization failure: do not reconnect with the same credentials
+
+
+class ProtocolError(Exception):
+    """A client message the server rejects; becomes an `error` reply, never a closed connection."""
+
+    def __init__(self, code: ErrorCode, message: str, *, request_id: str | int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A parsed client message whose `type` is not a built-in: dispatched to the app's handler."""
+
+    type: str
+    data: dict[str, Any]
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRoom:
+    room: str
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    room: str
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """A moderator asks to remove every connection of `user_id` from `room`."""
+
+    room: str
+    user_id: str
+    request_id: str | int | None = None
+
+
+Command = JoinRoom | LeaveRoom | Ping | Kick | ClientMessage
+
+BUILTIN_TYPES: Final = frozenset({"join_room", "leave_room", "ping", "kick"})
+
+
+def validate_room_name(room: object, *, request_id: str | int | None = None) -> str:
+    """Return `room` if it is an acceptable room name, else raise ProtocolError."""
+    if not isinstance(room, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD, "'room' must be a string", request_id=request_id
+        )
+    if len(room) > MAX_ROOM_NAME_LENGTH:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"'room' is longer than {MAX_ROOM_NAME_LENGTH} characters",
+            request_id=request_id,
+        )
+    if not _ROOM_NAME.fullmatch(room):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            "'room' must be 1 or more characters without whitespace or control characters",
+            request_id=request_id,
+        )
+    return room
+
+
+def _request_id(obj: dict[str, Any]) -> str | int | None:
+    rid = obj.get("id")
+    if rid is None:
+        return None
+    # bool is an int subclass; an id of `true` is almost certainly a client bug.
+    if isinstance(rid, bool) or not isinstance(rid, str | int):
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "'id' must be a string or an integer")
+    if isinstance(rid, str) and len(rid) > MAX_ID_LENGTH:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"'id' is longer than {MAX_ID_LENGTH} characters")
+    if isinstance(rid, int) and not -(2**53) <= rid <= 2**53:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "'id' must fit in a JavaScript number")
+    return rid
+
+
+def parse(frame: str | bytes) -> Command:
+    """Parse one client frame.
+
+    Text frames carry one JSON object with a string `type`. Binary frames are refused.
+    Raises ProtocolError describing what was wrong; the caller turns it into an `error` reply.
+    """
+    if isinstance(frame, bytes | bytearray | memoryview):
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_DATA, "binary frames are not supported; send JSON text frames"
+        )
+    try:
+        obj = json.loads(frame)
+    except RecursionError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and int too long to convert
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"a message must be a JSON object, not {_json_kind(obj)}",
+        )
+    request_id = _request_id(obj)
+    mtype = obj.get("type")
+    if mtype is None:
+        raise ProtocolError(ErrorCode.MISSING_TYPE, "missing 'type'", request_id=request_id)
+    if not isinstance(mtype, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD, "'type' must be a string", request_id=request_id
+        )
+    if len(mtype) > MAX_TYPE_LENGTH:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"'type' is longer than {MAX_TYPE_LENGTH} characters",
+            request_id=request_id,
+        )
+    if not _TYPE_NAME.fullmatch(mtype):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            "'type' must start with a letter and contain only letters, digits, '_', '.', ':', '-'",
+            request_id=request_id,
+        )
+    if mtype == "join_room":
+        return JoinRoom(validate_room_name(obj.get("room"), request_id=request_id), request_id)
+    if mtype == "leave_room":
+        return LeaveRoom(validate_room_name(obj.get("room"), request_id=request_id), request_id)
+    if mtype == "ping":
+        return Ping(request_id)
+    if mtype == "kick":
+        room = validate_room_name(obj.get("room"), request_id=request_id)
+        user_id = obj.get("user_id")
+        if not isinstance(user_id, str) or not user_id:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "'user_id' must be a non-empty string",
+                request_id=request_id,
+            )
+        return Kick(room, user_id, request_id)
+    return ClientMessage(mtype, obj, request_id)
+
+
+def _json_kind(obj: object) -> str:
+    if isinstance(obj, list):
+        return "an array"
+    if isinstance(obj, str):
+        return "a string"
+    if obj is None:
+        return "null"
+    if isinstance(obj, bool):
+        return "a boolean"
+    return "a number"
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Serialize a server message to the UTF-8 bytes of one text frame's payload.
+
+    Raises TypeError or ValueError for data JSON cannot represent (NaN is refused: browsers'
+    JSON.parse rejects it).
+    """
+    return json.dumps(
+        message, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def error_message(
+    code: ErrorCode | str,
+    message: str,
+    *,
+    request_id: str | int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Build an `error` reply."""
+    out: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
+    if request_id is not None:
+        out["id"] = request_id
+    out.update(extra)
+    return out
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """Frame `payload` as one unmasked, uncompressed, final text frame (server to client).
+
+    Server frames are never masked (RFC 6455 5.1), so without a negotiated extension these bytes
+    are valid for every connection: a broadcast frames once, not once per recipient.
+    """
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
