@@ -1,0 +1,97 @@
+"""Shared fixtures: a real server on a loopback port, raw WebSocket clients, task accounting."""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from websockets.trio.client import ClientConnection, connect
+
+from trio_rt import WebSocketManager
+
+# Many tests open hundreds of sockets: raise the soft file limit as far as the hard one allows.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY or _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(_hard, 65536), _hard))
+
+
+@asynccontextmanager
+async def running(manager: WebSocketManager) -> AsyncIterator[WebSocketManager]:
+    """Serve `manager` on its own nursery for the duration of the block; stop it after."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.serve)
+        try:
+            yield manager
+        finally:
+            manager.stop()
+
+
+@pytest.fixture
+def make_manager() -> Callable[..., WebSocketManager]:
+    def make(**options: Any) -> WebSocketManager:
+        options.setdefault("host", "127.0.0.1")
+        options.setdefault("port", 0)
+        options.setdefault("heartbeat_interval", None)
+        return WebSocketManager(**options)
+
+    return make
+
+
+class Client:
+    """A thin JSON client over websockets, for protocol-level tests (not trio_rt's client)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.welcome: dict[str, Any] | None = None
+
+    async def send(self, data: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(json.dumps(data) if isinstance(data, dict) else data)
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            msg = await self.ws.recv()
+        data = json.loads(msg)
+        assert isinstance(data, dict)
+        return data
+
+    async def request(self, data: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        await self.send(data)
+        return await self.recv(timeout)
+
+
+@asynccontextmanager
+async def client(
+    manager: WebSocketManager, path: str = "/", **kwargs: Any
+) -> AsyncIterator[Client]:
+    """Connect to `manager`, consume the welcome, and close cleanly at the end."""
+    kwargs.setdefault("ping_interval", None)
+    async with connect(manager.url.rstrip("/") + path, **kwargs) as ws:
+        c = Client(ws)
+        c.welcome = await c.recv()
+        assert c.welcome["type"] == "welcome"
+        yield c
+
+
+def count_tasks() -> int:
+    """All tasks of this trio run, found by walking the task tree from the root."""
+    root = trio.lowlevel.current_root_task()
+    total = 0
+    stack = [root]
+    while stack:
+        task = stack.pop()
+        total += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return total
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `predicate` until true; fail after `timeout` (a deadlock guard, not a timing test)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
