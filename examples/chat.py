@@ -1,0 +1,71 @@
+"""The chat demo that `trio-rt demo` runs: rooms and chat messages on the in-memory backends.
+
+Clients connect to ``ws://HOST:PORT/?user=NAME``, join rooms with the built-in ``join_room``
+message, and send::
+
+    {"type": "chat_message", "payload": {"room": "chat:general", "message": "hi"}}
+
+Every member of the room (the sender included) receives::
+
+    {"type": "chat_message", "room": "chat:general",
+     "data": {"user_id": "NAME", "message": "hi", "timestamp": "2026-11-26T08:00:00.000Z"}}
+
+Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from trio_rt import Connection, ErrorCode, ProtocolError, Reject, WebSocketManager
+
+MAX_CHAT_MESSAGE = 2000
+_USER_NAME = re.compile(r"[\w.@-]{1,32}")
+
+
+def build_app(**options: Any) -> WebSocketManager:
+    """Build the chat server; `options` are WebSocketManager options (host, port, ...)."""
+    manager = WebSocketManager(**options)
+
+    @manager.on_connection
+    async def identify(conn: Connection) -> None:
+        # A demo trusts the name it is given; real apps authenticate here (docs/security.md).
+        name = conn.request.query.get("user", [""])[0]
+        if name and not _USER_NAME.fullmatch(name):
+            raise Reject(400, "user must be 1-32 letters, digits, '.', '@', '_' or '-'")
+        conn.user_id = name or f"guest-{conn.id[:6]}"
+
+    @manager.on_message("chat_message")
+    async def chat_message(conn: Connection, message: dict[str, Any]) -> None:
+        payload = message.get("payload")
+        if not isinstance(payload, dict):
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "'payload' must be an object")
+        room, text = payload.get("room"), payload.get("message")
+        if not isinstance(room, str) or not isinstance(text, str):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "'payload.room' and 'payload.message' must be strings"
+            )
+        if not text.strip():
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "'payload.message' is empty")
+        if len(text) > MAX_CHAT_MESSAGE:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE, f"'payload.message' is over {MAX_CHAT_MESSAGE} characters"
+            )
+        if room not in conn.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join room {room!r} before writing to it")
+        await manager.broadcast_to_room(
+            room,
+            {
+                "type": "chat_message",
+                "room": room,
+                "data": {"user_id": conn.user_id, "message": text, "timestamp": _now()},
+            },
+        )
+
+    return manager
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,120 @@
+"""The `trio-rt` command: run the demo, or serve an app; Ctrl-C and SIGTERM shut down gracefully."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ._manager import WebSocketManager
+
+log = logging.getLogger("trio_rt.cli")
+
+
+async def load_app(spec: str, **options: Any) -> WebSocketManager:
+    """Load ``module:attr``: a WebSocketManager, or a callable (sync or async) building one
+    from WebSocketManager options. Raises SystemExit with a clear message otherwise."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"trio-rt: expected module:attribute, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"trio-rt: cannot import {module_name!r}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"trio-rt: {module_name!r} has no attribute {attr!r}") from None
+    if isinstance(obj, WebSocketManager):
+        if options:
+            obj.options = dataclasses.replace(obj.options, **options)
+        return obj
+    if callable(obj):
+        app = obj(**options)
+        if inspect.isawaitable(app):
+            app = await app
+        if isinstance(app, WebSocketManager):
+            return app
+    raise SystemExit(f"trio-rt: {spec} is neither a WebSocketManager nor a factory of one")
+
+
+async def run_until_signalled(manager: WebSocketManager) -> None:
+    """Serve `manager`; the first SIGINT/SIGTERM starts a graceful shutdown, a second one
+    cancels what is left of it."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop_watching(
+                task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await manager.serve(task_status=task_status)
+                nursery.cancel_scope.cancel()  # serve is over: stop waiting for signals
+
+            host, port = await nursery.start(serve_then_stop_watching)
+            # One parseable line: tests and scripts wait for it.
+            print(
+                f"trio_rt listening on ws://{host}:{port}/ (health: http://{host}:{port}/health)",
+                flush=True,
+            )
+            stopping = False
+            async for signum in signals:
+                if stopping:
+                    nursery.cancel_scope.cancel()
+                    break
+                stopping = True
+                log.warning(
+                    "%s: shutting down gracefully (up to %.0f s; again to force)",
+                    signal.Signals(signum).name,
+                    manager.options.shutdown_timeout,
+                )
+                manager.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trio-rt", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the chat demo on the in-memory backends")
+    serve = sub.add_parser("serve", help="serve an app given as module:attribute")
+    serve.add_argument("app", help="module:attribute (a WebSocketManager or a factory)")
+    for p in (demo, serve):
+        p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="port (default 3001; 0 = any)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options: dict[str, Any] = {}
+    if args.host is not None:
+        options["host"] = args.host
+    if args.port is not None:
+        options["port"] = args.port
+    spec = "trio_rt_examples.chat:build_app" if args.command == "demo" else args.app
+
+    async def load_and_run() -> None:
+        try:
+            manager = await load_app(spec, **options)
+        except (TypeError, ValueError) as exc:  # bad options: a usage error
+            raise SystemExit(f"trio-rt: {exc}") from None
+        await run_until_signalled(manager)
+
+    try:
+        trio.run(load_and_run)
+    except OSError as exc:  # e.g. the port is taken
+        print(f"trio-rt: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
