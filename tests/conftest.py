@@ -52,16 +52,16 @@ class Client:
     async def send(self, data: dict[str, Any] | str | bytes) -> None:
         await self.ws.send(json.dumps(data) if isinstance(data, dict) else data)
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        with trio.fail_after(timeout):
+    async def recv(self, limit: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(limit):
             msg = await self.ws.recv()
         data = json.loads(msg)
         assert isinstance(data, dict)
         return data
 
-    async def request(self, data: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    async def request(self, data: dict[str, Any], limit: float = 5.0) -> dict[str, Any]:
         await self.send(data)
-        return await self.recv(timeout)
+        return await self.recv(limit)
 
 
 @asynccontextmanager
@@ -90,8 +90,11 @@ def count_tasks() -> int:
     return total
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `predicate` until true; fail after `timeout` (a deadlock guard, not a timing test)."""
-    with trio.fail_after(timeout):
-        while not predicate():
+async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    """Poll `predicate` until true; fail after `limit` s (a deadlock guard, not a timing test).
+
+    Polling is deliberate: tests observe server state that has no event to wait on.
+    """
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.01)

@@ -58,7 +58,10 @@ async def test_demo_two_clients_chat_in_a_room_then_sigterm_closes_1001() -> Non
                 assert (await recv_json(ws))["type"] == "room_joined"
             await ann.send(
                 json.dumps(
-                    {"type": "chat_message", "payload": {"room": "chat:general", "message": "hi bob"}}
+                    {
+                        "type": "chat_message",
+                        "payload": {"room": "chat:general", "message": "hi bob"},
+                    }
                 )
             )
             for ws in (ann, bob):
@@ -67,8 +70,11 @@ async def test_demo_two_clients_chat_in_a_room_then_sigterm_closes_1001() -> Non
                 assert msg["data"]["user_id"] == "ann" and msg["data"]["message"] == "hi bob"
                 assert msg["data"]["timestamp"].endswith("Z")
             # bad input: a clear error, the connection survives
-            await bob.send(json.dumps({"type": "chat_message", "payload": {"room": "elsewhere",
-                                                                            "message": "x"}}))
+            await bob.send(
+                json.dumps(
+                    {"type": "chat_message", "payload": {"room": "elsewhere", "message": "x"}}
+                )
+            )
             err = await recv_json(bob)
             assert err["type"] == "error" and err["code"] == "not_in_room"
             proc.send_signal(signal.SIGTERM)
@@ -101,7 +107,9 @@ async def test_bad_command_lines_fail_clearly() -> None:
         (["demo", "--port", "70000"], b"port must be an integer in 0..65535"),
     ]:
         result = await trio.run_process(
-            [sys.executable, "-m", "trio_rt", *args], capture_stdout=True, capture_stderr=True,
+            [sys.executable, "-m", "trio_rt", *args],
+            capture_stdout=True,
+            capture_stderr=True,
             check=False,
         )
         assert result.returncode != 0

@@ -60,8 +60,10 @@ async def drop_clean(manager: WebSocketManager, i: int) -> None:
 
 async def drop_reset(manager: WebSocketManager, i: int) -> None:
     sock = await raw_open(manager)
-    await sock.send(masked_text_frame(json.dumps({"type": "join_room", "room": "everyone"}).encode()))
-    await trio.sleep(0)
+    await sock.send(
+        masked_text_frame(json.dumps({"type": "join_room", "room": "everyone"}).encode())
+    )
+    await trio.lowlevel.checkpoint()
     reset(sock)
 
 
@@ -118,8 +120,8 @@ async def test_a_thousand_clients_dropped_every_way_leave_nothing(make_manager: 
             async with trio.open_nursery() as nursery:
                 for i in range(start, start + batch):
                     nursery.start_soon(ways[i % len(ways)], manager, i)
-        await wait_until(lambda: not manager.connections, timeout=30)
-        await wait_until(lambda: count_tasks() == idle_tasks, timeout=30)
+        await wait_until(lambda: not manager.connections, limit=30)
+        await wait_until(lambda: count_tasks() == idle_tasks, limit=30)
         assert not manager.rooms
         assert manager._rooms.member_count() == 0
         # only the all-clients channel stays subscribed
@@ -169,7 +171,9 @@ async def test_slow_consumer_is_disconnected_and_others_keep_receiving(
 
 async def test_drop_oldest_policy_keeps_slow_client_connected(make_manager: Any) -> None:
     manager = make_manager(
-        outbox_size=8, outbox_max_bytes=64 * 1024, slow_consumer_policy=SlowConsumerPolicy.DROP_OLDEST
+        outbox_size=8,
+        outbox_max_bytes=64 * 1024,
+        slow_consumer_policy=SlowConsumerPolicy.DROP_OLDEST,
     )
     async with running(manager):
         slow = await raw_open(manager)
@@ -201,8 +205,8 @@ async def test_kill_during_broadcast_storm_leaves_no_task(make_manager: Any) -> 
             if i == 100:
                 for s in socks:
                     reset(s)
-        await wait_until(lambda: not manager.connections, timeout=15)
-        await wait_until(lambda: count_tasks() == idle_tasks, timeout=15)
+        await wait_until(lambda: not manager.connections, limit=15)
+        await wait_until(lambda: count_tasks() == idle_tasks, limit=15)
         assert not manager.rooms
 
 

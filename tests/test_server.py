@@ -30,9 +30,7 @@ async def http_get(manager: WebSocketManager, path: str) -> tuple[int, dict[str,
                 data += chunk
                 head, sep, body = data.partition(b"\r\n\r\n")
                 if sep:
-                    headers = dict(
-                        line.split(": ", 1) for line in head.decode().split("\r\n")[1:]
-                    )
+                    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
                     if len(body) >= int(headers.get("Content-Length", "0")):
                         break
     head, _, body = data.partition(b"\r\n\r\n")
@@ -58,10 +56,9 @@ async def test_serve_reports_bound_port_and_health(make_manager: Any) -> None:
 
 
 async def test_async_with_serves_inside_the_block(make_manager: Any) -> None:
-    async with make_manager() as manager:
-        async with client(manager) as c:
-            assert c.welcome is not None
-            assert c.welcome["connection_id"] in manager.connections
+    async with make_manager() as manager, client(manager) as c:
+        assert c.welcome is not None
+        assert c.welcome["connection_id"] in manager.connections
     with pytest.raises(RuntimeError):
         manager.address  # noqa: B018 - not serving any more
 
@@ -303,58 +300,57 @@ async def test_room_full_not_permitted_and_kick(make_manager: Any) -> None:
     async def who(conn: Connection) -> None:
         conn.user_id = conn.request.query["u"][0]
 
-    async with running(manager):
-        async with (
-            client(manager, "/?u=ann") as ann,
-            client(manager, "/?u=bob") as bob,
-            client(manager, "/?u=mod") as mod,
-        ):
-            assert (await ann.request({"type": "join_room", "room": "small"}))["type"] == (
-                "room_joined"
-            )
-            reply = await bob.request({"type": "join_room", "room": "small", "id": 1})
-            assert reply["code"] == "room_full" and reply["id"] == 1
-            reply = await bob.request({"type": "join_room", "room": "secret"})
-            assert reply["code"] == "not_permitted"
-            # only moderators can kick
-            reply = await bob.request({"type": "kick", "room": "small", "user_id": "ann"})
-            assert reply["code"] == "not_permitted"
-            assert (await mod.request({"type": "kick", "room": "small", "user_id": "ann"})) == {
-                "type": "kicked",
-                "room": "small",
-                "user_id": "ann",
-            }
-            kicked = await ann.recv()
-            assert kicked == {"type": "room_kicked", "room": "small", "by": "mod", "reason": ""}
-            assert manager.members_of("small") == frozenset()
-            assert "small" not in manager.rooms  # empty and not persistent: removed
-            # ann is still connected
-            assert (await ann.request({"type": "ping"}))["type"] == "pong"
+    async with (
+        running(manager),
+        client(manager, "/?u=ann") as ann,
+        client(manager, "/?u=bob") as bob,
+        client(manager, "/?u=mod") as mod,
+    ):
+        assert (await ann.request({"type": "join_room", "room": "small"}))["type"] == (
+            "room_joined"
+        )
+        reply = await bob.request({"type": "join_room", "room": "small", "id": 1})
+        assert reply["code"] == "room_full" and reply["id"] == 1
+        reply = await bob.request({"type": "join_room", "room": "secret"})
+        assert reply["code"] == "not_permitted"
+        # only moderators can kick
+        reply = await bob.request({"type": "kick", "room": "small", "user_id": "ann"})
+        assert reply["code"] == "not_permitted"
+        assert (await mod.request({"type": "kick", "room": "small", "user_id": "ann"})) == {
+            "type": "kicked",
+            "room": "small",
+            "user_id": "ann",
+        }
+        kicked = await ann.recv()
+        assert kicked == {"type": "room_kicked", "room": "small", "by": "mod", "reason": ""}
+        assert manager.members_of("small") == frozenset()
+        assert "small" not in manager.rooms  # empty and not persistent: removed
+        # ann is still connected
+        assert (await ann.request({"type": "ping"}))["type"] == "pong"
 
 
 async def test_broadcast_variants_exclude_and_multi_room_once(make_manager: Any) -> None:
     manager = make_manager()
-    async with running(manager):
-        async with client(manager) as a, client(manager) as b, client(manager) as c:
-            await a.request({"type": "join_room", "room": "x"})
-            await a.request({"type": "join_room", "room": "y"})
-            await b.request({"type": "join_room", "room": "y"})
-            conn_a = manager.connections[a.welcome["connection_id"]]  # type: ignore[index]
+    async with running(manager), client(manager) as a, client(manager) as b, client(manager) as c:
+        await a.request({"type": "join_room", "room": "x"})
+        await a.request({"type": "join_room", "room": "y"})
+        await b.request({"type": "join_room", "room": "y"})
+        conn_a = manager.connections[a.welcome["connection_id"]]  # type: ignore[index]
 
-            await manager.broadcast_to_rooms(["x", "y", "x"], {"type": "m", "n": 1})
-            assert await a.recv() == {"type": "m", "n": 1}
-            assert await b.recv() == {"type": "m", "n": 1}
-            await manager.broadcast_to_room("y", {"type": "m", "n": 2}, exclude=conn_a)
-            assert await b.recv() == {"type": "m", "n": 2}
-            await manager.broadcast({"type": "m", "n": 3})
-            for x in (a, b, c):
-                assert await x.recv() == {"type": "m", "n": 3}
-            # `a` got the multi-room message once, and nothing for n=2: its next is n=3 above.
-            # c is in no room: it only got the broadcast to all. Check nothing else is queued:
-            for x in (a, b, c):
-                assert await x.request({"type": "ping"}) == {"type": "pong"}
-            with pytest.raises(TypeError):
-                await manager.broadcast_to_rooms("xy", {"type": "m"})
+        await manager.broadcast_to_rooms(["x", "y", "x"], {"type": "m", "n": 1})
+        assert await a.recv() == {"type": "m", "n": 1}
+        assert await b.recv() == {"type": "m", "n": 1}
+        await manager.broadcast_to_room("y", {"type": "m", "n": 2}, exclude=conn_a)
+        assert await b.recv() == {"type": "m", "n": 2}
+        await manager.broadcast({"type": "m", "n": 3})
+        for x in (a, b, c):
+            assert await x.recv() == {"type": "m", "n": 3}
+        # `a` got the multi-room message once, and nothing for n=2: its next is n=3 above.
+        # c is in no room: it only got the broadcast to all. Check nothing else is queued:
+        for x in (a, b, c):
+            assert await x.request({"type": "ping"}) == {"type": "pong"}
+        with pytest.raises(TypeError):
+            await manager.broadcast_to_rooms("xy", {"type": "m"})
 
 
 async def test_welcome_can_be_replaced_or_suppressed(make_manager: Any) -> None:
@@ -443,21 +439,20 @@ async def test_heartbeat_closes_a_client_that_stops_answering(make_manager: Any)
     async def gone(conn: Connection, code: int) -> None:
         codes.append(code)
 
-    async with running(manager):
-        # a healthy client answers pings automatically and stays
-        async with client(manager) as healthy:
-            # a raw TCP client that completes the handshake and then never reads again
-            sock = trio.socket.socket()
-            await sock.connect(manager.address)
-            await sock.send(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-            await wait_until(lambda: len(manager.connections) == 2)
-            await wait_until(lambda: codes == [CloseCode.HEARTBEAT_TIMEOUT])
-            sock.close()
-            assert (await healthy.request({"type": "ping"}))["type"] == "pong"
-            assert len(manager.connections) == 1
+    # a healthy client answers pings automatically and stays
+    async with running(manager), client(manager) as healthy:
+        # a raw TCP client that completes the handshake and then never reads again
+        sock = trio.socket.socket()
+        await sock.connect(manager.address)
+        await sock.send(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await wait_until(lambda: len(manager.connections) == 2)
+        await wait_until(lambda: codes == [CloseCode.HEARTBEAT_TIMEOUT])
+        sock.close()
+        assert (await healthy.request({"type": "ping"}))["type"] == "pong"
+        assert len(manager.connections) == 1
 
 
 async def test_handshake_timeout_drops_slow_handshakes(make_manager: Any) -> None:

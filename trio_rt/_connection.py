@@ -262,7 +262,7 @@ class Connection:
 
     async def _heartbeat(self) -> None:
         opts = self._manager.options
-        assert opts.heartbeat_interval is not None
+        assert opts.heartbeat_interval is not None and opts.heartbeat_timeout is not None
         timeout = opts.heartbeat_timeout
         ws = self._ws
         while True:

@@ -27,7 +27,7 @@ class HttpResponse:
         return cls(status, json.dumps(data).encode(), "application/json", dict(headers))
 
 
-class Reject(Exception):  # noqa: N818 - it is an answer, not an error condition
+class Reject(Exception):
     """Raise in a connection handler to refuse the WebSocket upgrade with an HTTP status.
 
     The client gets `status` with a JSON body ``{"error": reason}`` and no upgrade.

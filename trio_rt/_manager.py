@@ -198,6 +198,7 @@ class WebSocketManager:
     def on(self, event: str, type: str | None = None) -> Callable[[F], F]:
         """Seed-style registration: ``@manager.on("connection" | "message" | "disconnect" |
         "error")``. For "message", `type` selects the message type (None: all unhandled)."""
+
         def register(fn: F) -> F:
             if event == "connection":
                 self.on_connection(fn)
@@ -491,9 +492,9 @@ class WebSocketManager:
         except Exception as exc:
             self._stats.handler_errors += 1
             log.exception("message handler failed for %r", conn)
-            for handler in self._error_handlers:
+            for on_error in self._error_handlers:
                 try:
-                    await handler(conn, exc)
+                    await on_error(conn, exc)
                 except Exception:
                     log.exception("error handler failed")
             await conn.send(

@@ -53,8 +53,10 @@ class ServerOptions:
 
         if not isinstance(self.host, str) or not self.host:
             errors.append(f"host must be a non-empty string, not {self.host!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
-            0 <= self.port <= 65535
+        if (
+            isinstance(self.port, bool)
+            or not isinstance(self.port, int)
+            or not (0 <= self.port <= 65535)
         ):
             errors.append(f"port must be an integer in 0..65535, not {self.port!r}")
         positive_int("max_connections", self.max_connections, allow_none=True)
@@ -77,7 +79,9 @@ class ServerOptions:
         positive_float("handshake_timeout", self.handshake_timeout)
         positive_float("close_timeout", self.close_timeout)
         positive_float("shutdown_timeout", self.shutdown_timeout)
-        if self.server_id is not None and (not isinstance(self.server_id, str) or not self.server_id):
+        if self.server_id is not None and (
+            not isinstance(self.server_id, str) or not self.server_id
+        ):
             errors.append(f"server_id must be a non-empty string, not {self.server_id!r}")
         if not isinstance(self.channel_prefix, str) or not self.channel_prefix:
             errors.append(f"channel_prefix must be a non-empty string, not {self.channel_prefix!r}")

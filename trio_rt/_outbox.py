@@ -13,7 +13,7 @@ from typing import Final
 
 from ._protocol import encode_text_frame
 
-__all__ = ["Offer", "Outbox", "OutboundMessage", "SlowConsumerPolicy"]
+__all__ = ["Offer", "OutboundMessage", "Outbox", "SlowConsumerPolicy"]
 
 
 class SlowConsumerPolicy(StrEnum):

@@ -71,11 +71,13 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4000  # the client did not read fast enough; its outbox overflowed
     HEARTBEAT_TIMEOUT = 4001  # no pong within heartbeat_timeout
     KICKED = 4002  # reserved: removed by the application
-    FORBIDDEN = 4003  # authentication/authorization failure: do not reconnect with the same credentials
+    FORBIDDEN = (
+        4003  # authentication/authorization failure: do not reconnect with the same credentials
+    )
 
 
 class ProtocolError(Exception):
-    """A client message the server rejects; becomes an `error` reply, never a closed connection."""
+    """A client message the server refuses: an `error` reply, never a closed connection."""
 
     def __init__(self, code: ErrorCode, message: str, *, request_id: str | int | None = None):
         super().__init__(message)
@@ -237,9 +239,9 @@ def encode(message: dict[str, Any]) -> bytes:
     Raises TypeError or ValueError for data JSON cannot represent (NaN is refused: browsers'
     JSON.parse rejects it).
     """
-    return json.dumps(
-        message, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 def error_message(
@@ -271,4 +273,3 @@ def encode_text_frame(payload: bytes) -> bytes:
     else:
         header = bytes((0x81, 127)) + n.to_bytes(8, "big")
     return header + payload
-

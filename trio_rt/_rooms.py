@@ -1,7 +1,7 @@
 """Room rules, sans-IO: membership both ways, max users, persistence flags, moderators.
 
 `RoomRegistry` knows nothing about sockets or brokers. It reports the transitions the engine
-needs to act on (a room's first local member -> subscribe its broker channel; its last -> unsubscribe).
+needs to act on (a room's first local member: subscribe its broker channel; its last: unsubscribe).
 """
 
 from __future__ import annotations
