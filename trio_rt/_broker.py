@@ -31,7 +31,8 @@ class Broker(abc.ABC):
     - ``subscribe(channel)`` returns once messages published afterwards will be delivered.
       Subscribing twice is the same as once.
     - ``unsubscribe(channel)`` stops delivery soon (not necessarily at once; late messages are
-      harmless because the manager filters by local membership). It never blocks.
+      harmless because the manager filters by local membership). It never blocks, and it has
+      taken effect once a later ``subscribe`` returns.
     """
 
     @abc.abstractmethod

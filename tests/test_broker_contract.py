@@ -1,0 +1,151 @@
+"""The Broker contract, run against every implementation; and several servers over one broker.
+
+Implementations register a factory in BROKERS: a function returning a context manager that
+yields a fresh `make()` building brokers connected to each other (same hub / same Redis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from trio_rt import Broker, Connection, MemoryBroker, MemoryHub, WebSocketManager
+
+from .conftest import client, count_tasks, running, wait_until
+
+MakeBroker = Callable[[], Broker]
+
+
+@asynccontextmanager
+async def memory_brokers() -> AsyncIterator[MakeBroker]:
+    hub = MemoryHub()
+    yield lambda: MemoryBroker(hub)
+
+
+BROKERS: dict[str, Callable[[], Any]] = {"memory": memory_brokers}
+
+
+@pytest.fixture(params=sorted(BROKERS))
+async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroker]:
+    async with BROKERS[request.param]() as make:
+        yield make
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+
+    def __call__(self, channel: str, data: bytes) -> None:
+        self.items.append((channel, data))
+
+
+@asynccontextmanager
+async def started(broker: Broker, inbox: Inbox) -> AsyncIterator[Broker]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.run, inbox)
+        yield broker
+        nursery.cancel_scope.cancel()
+
+
+async def test_publish_reaches_every_subscriber_once_including_self(
+    make_broker: MakeBroker,
+) -> None:
+    a_in, b_in, c_in = Inbox(), Inbox(), Inbox()
+    async with (
+        started(make_broker(), a_in) as a,
+        started(make_broker(), b_in) as b,
+        started(make_broker(), c_in),
+    ):
+        await a.subscribe("ch")
+        await a.subscribe("ch")  # twice is once
+        await b.subscribe("ch")
+        await a.publish("ch", b"hello")
+        await wait_until(lambda: len(a_in.items) == 1 and len(b_in.items) == 1)
+        await a.publish("other", b"nobody")
+        await a.publish("ch", b"second")
+        await wait_until(lambda: len(a_in.items) == 2 and len(b_in.items) == 2)
+        assert a_in.items == b_in.items == [("ch", b"hello"), ("ch", b"second")]
+        assert c_in.items == []
+        assert a.channels == {"ch"}
+
+
+async def test_order_per_channel_is_kept(make_broker: MakeBroker) -> None:
+    inbox = Inbox()
+    async with started(make_broker(), inbox) as sub, started(make_broker(), Inbox()) as pub:
+        await sub.subscribe("seq")
+        for i in range(500):
+            await pub.publish("seq", str(i).encode())
+        await wait_until(lambda: len(inbox.items) == 500)
+        assert [int(d) for _, d in inbox.items] == list(range(500))
+
+
+async def test_unsubscribe_stops_delivery(make_broker: MakeBroker) -> None:
+    inbox = Inbox()
+    async with started(make_broker(), inbox) as sub, started(make_broker(), Inbox()) as pub:
+        await sub.subscribe("ch")
+        await sub.subscribe("keep")
+        sub.unsubscribe("ch")
+        assert sub.channels == {"keep"}
+        # contract: an unsubscribe has taken effect once a later subscribe returns
+        await sub.subscribe("barrier")
+        await pub.publish("ch", b"late")
+        await pub.publish("keep", b"marker")
+        await wait_until(lambda: ("keep", b"marker") in inbox.items)
+        assert ("ch", b"late") not in inbox.items
+
+
+async def test_run_ends_cleanly_and_leaves_no_task(make_broker: MakeBroker) -> None:
+    before = count_tasks()
+    inbox = Inbox()
+    broker = make_broker()
+    async with started(broker, inbox):
+        await broker.subscribe("x")
+    assert count_tasks() == before
+    # a stopped broker delivers nothing more
+    async with started(make_broker(), Inbox()) as other:
+        await other.publish("x", b"after")
+        await trio.sleep(0.1)
+    assert inbox.items == []
+
+
+async def test_two_servers_one_room_exactly_once(make_broker: MakeBroker) -> None:
+    """Scale-out through the seam: clients on two managers, broadcasts from either."""
+    m1 = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None, broker=make_broker())
+    m2 = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None, broker=make_broker())
+    for m in (m1, m2):
+
+        @m.on_connection
+        async def name(conn: Connection) -> None:
+            conn.user_id = conn.request.query["u"][0]
+
+    async with running(m1), running(m2):
+        async with (
+            client(m1, "/?u=a") as a,
+            client(m2, "/?u=b") as b,
+            client(m2, "/?u=c") as c,
+            client(m1, "/?u=mod") as mod,
+        ):
+            for x, rooms in ((a, ["r1", "r2"]), (b, ["r2"]), (c, ["r3"])):
+                for r in rooms:
+                    await x.request({"type": "join_room", "room": r})
+            await m1.broadcast_to_rooms(["r1", "r2", "r3"], {"type": "m", "n": 1})
+            await m2.broadcast_to_room("r2", {"type": "m", "n": 2})
+            await m1.broadcast({"type": "m", "n": 3})
+            assert [(await a.recv())["n"] for _ in range(3)] == [1, 2, 3]
+            assert [(await b.recv())["n"] for _ in range(3)] == [1, 2, 3]
+            assert [(await c.recv())["n"] for _ in range(2)] == [1, 3]
+            assert (await mod.recv())["n"] == 3
+            # nothing else was queued for anyone
+            for x in (a, b, c, mod):
+                assert await x.request({"type": "ping"}) == {"type": "pong"}
+            # a kick from one server reaches members on the other
+            await m1.create_room("r2", moderators=["mod"])
+            await m2.create_room("r2", moderators=["mod"])
+            await mod.request({"type": "kick", "room": "r2", "user_id": "b"})
+            assert (await b.recv())["type"] == "room_kicked"
+            assert m2.members_of("r2") == frozenset()
+            assert [conn.user_id for conn in m1.members_of("r2")] == ["a"]
