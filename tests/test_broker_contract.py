@@ -122,30 +122,29 @@ async def test_two_servers_one_room_exactly_once(make_broker: MakeBroker) -> Non
         async def name(conn: Connection) -> None:
             conn.user_id = conn.request.query["u"][0]
 
-    async with running(m1), running(m2):
-        async with (
-            client(m1, "/?u=a") as a,
-            client(m2, "/?u=b") as b,
-            client(m2, "/?u=c") as c,
-            client(m1, "/?u=mod") as mod,
-        ):
-            for x, rooms in ((a, ["r1", "r2"]), (b, ["r2"]), (c, ["r3"])):
-                for r in rooms:
-                    await x.request({"type": "join_room", "room": r})
-            await m1.broadcast_to_rooms(["r1", "r2", "r3"], {"type": "m", "n": 1})
-            await m2.broadcast_to_room("r2", {"type": "m", "n": 2})
-            await m1.broadcast({"type": "m", "n": 3})
-            assert [(await a.recv())["n"] for _ in range(3)] == [1, 2, 3]
-            assert [(await b.recv())["n"] for _ in range(3)] == [1, 2, 3]
-            assert [(await c.recv())["n"] for _ in range(2)] == [1, 3]
-            assert (await mod.recv())["n"] == 3
-            # nothing else was queued for anyone
-            for x in (a, b, c, mod):
-                assert await x.request({"type": "ping"}) == {"type": "pong"}
-            # a kick from one server reaches members on the other
-            await m1.create_room("r2", moderators=["mod"])
-            await m2.create_room("r2", moderators=["mod"])
-            await mod.request({"type": "kick", "room": "r2", "user_id": "b"})
-            assert (await b.recv())["type"] == "room_kicked"
-            assert m2.members_of("r2") == frozenset()
-            assert [conn.user_id for conn in m1.members_of("r2")] == ["a"]
+    async with (
+        running(m1), running(m2), client(m1, "/?u=a") as a,
+        client(m2, "/?u=b") as b,
+        client(m2, "/?u=c") as c,
+        client(m1, "/?u=mod") as mod,
+    ):
+        for x, rooms in ((a, ["r1", "r2"]), (b, ["r2"]), (c, ["r3"])):
+            for r in rooms:
+                await x.request({"type": "join_room", "room": r})
+        await m1.broadcast_to_rooms(["r1", "r2", "r3"], {"type": "m", "n": 1})
+        await m2.broadcast_to_room("r2", {"type": "m", "n": 2})
+        await m1.broadcast({"type": "m", "n": 3})
+        assert [(await a.recv())["n"] for _ in range(3)] == [1, 2, 3]
+        assert [(await b.recv())["n"] for _ in range(3)] == [1, 2, 3]
+        assert [(await c.recv())["n"] for _ in range(2)] == [1, 3]
+        assert (await mod.recv())["n"] == 3
+        # nothing else was queued for anyone
+        for x in (a, b, c, mod):
+            assert await x.request({"type": "ping"}) == {"type": "pong"}
+        # a kick from one server reaches members on the other
+        await m1.create_room("r2", moderators=["mod"])
+        await m2.create_room("r2", moderators=["mod"])
+        await mod.request({"type": "kick", "room": "r2", "user_id": "b"})
+        assert (await b.recv())["type"] == "room_kicked"
+        assert m2.members_of("r2") == frozenset()
+        assert [conn.user_id for conn in m1.members_of("r2")] == ["a"]
