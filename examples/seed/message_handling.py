@@ -1,0 +1,54 @@
+"""Seed section "Message Handling", in trio_rt.
+
+Instead of one ``on('message')`` with a ``switch``, each message type gets its own handler; the
+built-in parser has already checked that the frame is a JSON object with a string ``type``, and
+unknown types get an ``unknown_type`` error. A handler raises ``ProtocolError`` to answer with an
+``error`` reply; any other exception is logged and answered with ``internal_error``.
+Table subscriptions (the seed's ``subscribe``) are built in once the change-stream feature lands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trio_rt import Connection, ErrorCode, ProtocolError, WebSocketManager
+
+# Stands in for the seed's hasPermission(); see docs/security.md.
+PERMISSIONS = {("ann", "posts", "read")}
+
+
+async def has_permission(user_id: str | None, resource: str, action: str) -> bool:
+    return (user_id, resource, action) in PERMISSIONS
+
+
+def build_app(**options: object) -> WebSocketManager:
+    ws_manager = WebSocketManager(**options)  # type: ignore[arg-type]
+
+    @ws_manager.on_connection
+    async def identify(ws: Connection) -> None:
+        ws.user_id = ws.request.query.get("user", [None])[0]
+
+    @ws_manager.on_message("chat_message")
+    async def handle_chat_message(ws: Connection, data: dict[str, Any]) -> None:
+        payload = data.get("payload")
+        if not isinstance(payload, dict) or not isinstance(payload.get("room"), str):
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "'payload.room' must be a string")
+        await ws_manager.broadcast_to_room(
+            payload["room"],
+            {
+                "type": "chat_message",
+                "data": {"user_id": ws.user_id, "message": payload.get("message")},
+            },
+        )
+
+    @ws_manager.on_message("query")
+    async def handle_database_query(ws: Connection, data: dict[str, Any]) -> None:
+        payload = data.get("payload")
+        table = payload.get("table") if isinstance(payload, dict) else None
+        if not isinstance(table, str):
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "'payload.table' must be a string")
+        if not await has_permission(ws.user_id, table, "read"):
+            raise ProtocolError(ErrorCode.NOT_PERMITTED, "Insufficient permissions")
+        await ws.send({"type": "query_result", "table": table, "rows": []})
+
+    return ws_manager

@@ -1,0 +1,145 @@
+"""Every example runs here: README's sample, examples/chat.py and examples/seed/*."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio_rt_examples import chat
+from trio_rt_examples.seed import (
+    broadcasting,
+    connection_management,
+    message_handling,
+    room_management,
+    server_setup,
+)
+from websockets.exceptions import InvalidStatus
+from websockets.trio.client import connect
+
+from trio_rt import WebSocketManager
+
+from .conftest import client, running, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_readme_sample_runs() -> None:
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code is not None
+    source = code.group(1).replace("port=3001", "port=0").replace("trio.run(main)", "")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    manager: WebSocketManager = namespace["manager"]
+    async with running(manager), client(manager, "/?user=ann") as ann:
+        assert ann.welcome is not None and ann.welcome["user_id"] == "ann"
+        await ann.request({"type": "join_room", "room": "lobby"})
+        await ann.send({"type": "chat_message", "payload": {"room": "lobby", "message": "hi"}})
+        msg = await ann.recv()
+        assert msg == {"type": "chat_message", "data": {"user_id": "ann", "message": "hi"}}
+
+
+async def test_chat_example_validates_its_input() -> None:
+    manager = chat.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with running(manager), client(manager, "/?user=ann") as ann:
+        await ann.request({"type": "join_room", "room": "r"})
+        for bad, code in [
+            ({"type": "chat_message"}, "invalid_field"),
+            ({"type": "chat_message", "payload": {"room": "r", "message": 5}}, "invalid_field"),
+            ({"type": "chat_message", "payload": {"room": "r", "message": "  "}}, "invalid_field"),
+            (
+                {"type": "chat_message", "payload": {"room": "r", "message": "x" * 2001}},
+                "too_large",
+            ),
+            ({"type": "chat_message", "payload": {"room": "s", "message": "x"}}, "not_in_room"),
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(manager.url + "?user=bad%20name"):
+                pass  # pragma: no cover
+        assert info.value.response.status_code == 400
+
+
+async def test_seed_server_setup() -> None:
+    async with trio.open_nursery() as nursery:
+        manager: WebSocketManager = await nursery.start(server_setup.main, 0)
+        assert manager.options.max_connections == 10_000
+        assert manager.options.heartbeat_interval == 30.0
+        async with client(manager) as c:
+            assert c.ws.protocol.extensions  # compression negotiated
+        nursery.cancel_scope.cancel()
+
+
+async def test_seed_connection_management() -> None:
+    manager = connection_management.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with running(manager):
+        for headers, status in [({}, 401), ({"Authorization": "Bearer nope"}, 401)]:
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(manager.url, additional_headers=headers):
+                    pass  # pragma: no cover
+            assert info.value.response.status_code == status
+        async with client(manager, additional_headers={"Authorization": "Bearer token-ann"}) as c:
+            assert c.welcome is not None and c.welcome["user_id"] == "ann"
+            assert await c.recv() == {"type": "welcome", "message": "Connected successfully"}
+            assert [m.user_id for m in manager.members_of("user:ann")] == ["ann"]
+        await wait_until(lambda: not manager.rooms)
+
+
+async def test_seed_broadcasting() -> None:
+    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with running(manager):
+        async with client(manager) as user123, client(manager) as staff, client(manager) as other:
+            await user123.request({"type": "join_room", "room": "user:123"})
+            await staff.request({"type": "join_room", "room": "admin"})
+            await staff.request({"type": "join_room", "room": "moderator"})
+            await broadcasting.announce(manager)
+            assert (await user123.recv())["type"] == "system_announcement"
+            assert (await user123.recv())["type"] == "notification"
+            assert (await staff.recv())["type"] == "system_announcement"
+            assert (await staff.recv())["type"] == "alert"  # once, though in both rooms
+            assert (await other.recv())["type"] == "system_announcement"
+            for c in (user123, staff, other):
+                assert await c.request({"type": "ping"}) == {"type": "pong"}
+
+
+async def test_seed_message_handling() -> None:
+    manager = message_handling.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with (
+        running(manager),
+        client(manager, "/?user=ann") as ann,
+        client(manager, "/?user=bob") as bob,
+    ):
+        reply = await ann.request({"type": "query", "payload": {"table": "posts"}})
+        assert reply == {"type": "query_result", "table": "posts", "rows": []}
+        reply = await bob.request({"type": "query", "payload": {"table": "posts"}})
+        assert reply["code"] == "not_permitted" and reply["message"] == "Insufficient permissions"
+        reply = await bob.request({"type": "query", "payload": {}})
+        assert reply["code"] == "invalid_field"
+        await bob.request({"type": "join_room", "room": "r"})
+        await ann.send({"type": "chat_message", "payload": {"room": "r", "message": "yo"}})
+        assert (await bob.recv())["data"] == {"user_id": "ann", "message": "yo"}
+        reply = await ann.request({"type": "subscribe", "payload": {"table": "posts"}})
+        assert reply["code"] == "unknown_type"
+
+
+async def test_seed_room_management() -> None:
+    manager = await room_management.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    room = manager.get_room("chat:general")
+    assert room is not None and room.max_users == 100 and room.persistent
+    assert room.moderators == {"admin", "moderator"}
+    async with running(manager):
+        async with client(manager, "/?user=ann") as ann:
+            await ann.request({"type": "join_room", "room": "chat:general"})
+            await ann.send(
+                {"type": "chat_message", "payload": {"room": "chat:general", "message": "hello"}}
+            )
+            msg = await ann.recv()
+            assert msg["data"]["user_id"] == "ann" and msg["data"]["message"] == "hello"
+            assert (await ann.request({"type": "leave_room", "room": "chat:general"}))[
+                "type"
+            ] == "room_left"
+        assert "chat:general" in manager.rooms  # persistent: kept while empty
