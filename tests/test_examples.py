@@ -91,19 +91,23 @@ async def test_seed_connection_management() -> None:
 
 async def test_seed_broadcasting() -> None:
     manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
-    async with running(manager):
-        async with client(manager) as user123, client(manager) as staff, client(manager) as other:
-            await user123.request({"type": "join_room", "room": "user:123"})
-            await staff.request({"type": "join_room", "room": "admin"})
-            await staff.request({"type": "join_room", "room": "moderator"})
-            await broadcasting.announce(manager)
-            assert (await user123.recv())["type"] == "system_announcement"
-            assert (await user123.recv())["type"] == "notification"
-            assert (await staff.recv())["type"] == "system_announcement"
-            assert (await staff.recv())["type"] == "alert"  # once, though in both rooms
-            assert (await other.recv())["type"] == "system_announcement"
-            for c in (user123, staff, other):
-                assert await c.request({"type": "ping"}) == {"type": "pong"}
+    async with (
+        running(manager),
+        client(manager) as user123,
+        client(manager) as staff,
+        client(manager) as other,
+    ):
+        await user123.request({"type": "join_room", "room": "user:123"})
+        await staff.request({"type": "join_room", "room": "admin"})
+        await staff.request({"type": "join_room", "room": "moderator"})
+        await broadcasting.announce(manager)
+        assert (await user123.recv())["type"] == "system_announcement"
+        assert (await user123.recv())["type"] == "notification"
+        assert (await staff.recv())["type"] == "system_announcement"
+        assert (await staff.recv())["type"] == "alert"  # once, though in both rooms
+        assert (await other.recv())["type"] == "system_announcement"
+        for c in (user123, staff, other):
+            assert await c.request({"type": "ping"}) == {"type": "pong"}
 
 
 async def test_seed_message_handling() -> None:
