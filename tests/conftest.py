@@ -14,6 +14,10 @@ from websockets.trio.client import ClientConnection, connect
 
 from trio_rt import WebSocketManager
 
+# Real Redis and Cassandra for the tests that ask for them (started once per run when the
+# TRIO_RT_* environment variables do not point at running servers).
+pytest_plugins = ["trio_rt.testing.pytest_plugin"]
+
 # Many tests open hundreds of sockets: raise the soft file limit as far as the hard one allows.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if _hard == resource.RLIM_INFINITY or _soft < _hard:

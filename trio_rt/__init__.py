@@ -21,6 +21,7 @@ __all__ = [
     "MemoryBroker",
     "MemoryHub",
     "ProtocolError",
+    "RedisBroker",
     "Reject",
     "Request",
     "Room",
@@ -32,3 +33,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # Redis support is imported on first use: importing trio_asyncio patches asyncio globally.
+    if name == "RedisBroker":
+        from ._redis_broker import RedisBroker
+
+        return RedisBroker
+    raise AttributeError(f"module 'trio_rt' has no attribute {name!r}")
