@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import OPEN
 from websockets.trio.server import ServerConnection
 
+from ._direct_stream import DirectStream
 from ._outbox import Offer, OutboundMessage, Outbox
 from ._protocol import CloseCode, encode
 
@@ -50,7 +51,8 @@ class Request:
             if p.strip()
         )
         try:
-            remote = ws.remote_address
+            # DirectStream and SocketStream both expose the trio socket as `.socket`.
+            remote = ws.stream.socket.getpeername()  # type: ignore[attr-defined]
             peer = (str(remote[0]), int(remote[1]))
         except Exception:  # a socket that died during the handshake
             peer = None
@@ -107,6 +109,8 @@ class Connection:
         self._writer_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._torn_write = False  # a write was cancelled midway: the stream is unusable
+        self._direct: DirectStream | None = None  # set once open, when frames can go direct
+        self._in_flight = False  # the writer holds a batch it has not finished writing
         self._close_code: int | None = None  # set when the server decides to close
         self._close_reason = ""
         self._closed = trio.Event()
@@ -153,7 +157,27 @@ class Connection:
         await trio.lowlevel.checkpoint()
 
     def send_encoded(self, message: OutboundMessage) -> bool:
-        """Queue an already serialized message without waiting. Returns False if not queued."""
+        """Queue an already serialized message without waiting. Returns False if not queued.
+
+        When the connection is idle (nothing queued or being written, no compression), the
+        frame goes straight to the socket without waking the writer task: the common case of a
+        broadcast costs one system call and no task switch.
+        """
+        direct = self._direct
+        if (
+            direct is not None
+            and not self._outbox
+            and not self._in_flight
+            and not self._outbox.closed
+            and not self._ws.send_lock.locked()
+            and self._ws.protocol.state is OPEN
+            and direct.try_send(message.frame)
+        ):
+            if direct.pending:
+                self._writer_wakeup.unpark_all()  # the writer flushes what the kernel left
+            self.messages_out += 1
+            self._manager._stats.messages_out += 1
+            return True
         result = self._outbox.offer(message)
         if result is Offer.QUEUED:
             self._writer_wakeup.unpark_all()
@@ -178,7 +202,7 @@ class Connection:
             self._close_reason = reason
         if self._nursery is None:
             # Still in the handshake (e.g. called from the connection handler): the connection
-            # closes as soon as it opens; there is nothing to wait for yet.
+            # closes as soon as it opens. Or already ending. Nothing to wait for.
             self._outbox.seal()
             await trio.lowlevel.checkpoint()
             return
@@ -192,13 +216,19 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.opened = True
+                if isinstance(self._ws.stream, DirectStream) and not self._ws.protocol.extensions:
+                    self._direct = self._ws.stream
                 nursery.start_soon(self._writer)
                 if self._manager.options.heartbeat_interval is not None:
                     nursery.start_soon(self._heartbeat)
                 if self._close_code is not None:  # closed during the handshake
                     self._start_close()
-                await self._reader()
-                nursery.cancel_scope.cancel()
+                try:
+                    await self._reader()
+                finally:
+                    # The nursery takes no new task from here on: closing is already under way.
+                    self._nursery = None
+                    nursery.cancel_scope.cancel()
         finally:
             self._outbox.close()
             self._stream_closed.set()
@@ -228,30 +258,35 @@ class Connection:
     async def _writer(self) -> None:
         ws = self._ws
         outbox = self._outbox
+        direct = self._direct
         try:
             with trio.CancelScope() as self._writer_scope:
                 while True:
-                    if not outbox:
+                    if not outbox and not (direct is not None and direct.pending):
                         if outbox.closed:  # sealed or aborted, and nothing left to write
                             return
                         await self._writer_wakeup.park()
                         continue
                     batch = outbox.take_all()
-                    if ws.protocol.extensions:
-                        # permessage-deflate: each connection has its own compressor state.
-                        async with ws.send_context():
-                            for m in batch:
-                                ws.protocol.send_text(m.payload)
-                    else:
-                        data = b"".join([m.frame for m in batch])
-                        async with ws.send_lock:
-                            if ws.protocol.state is not OPEN:
-                                return
-                            try:
-                                await ws.stream.send_all(data)
-                            except trio.Cancelled:
-                                self._torn_write = True
-                                raise
+                    self._in_flight = True  # direct sends wait until this batch is written
+                    try:
+                        if ws.protocol.extensions:
+                            # permessage-deflate: each connection has its own compressor.
+                            async with ws.send_context():
+                                for m in batch:
+                                    ws.protocol.send_text(m.payload)
+                        else:
+                            data = b"".join([m.frame for m in batch])
+                            async with ws.send_lock:
+                                if ws.protocol.state is not OPEN:
+                                    return
+                                try:
+                                    await ws.stream.send_all(data)  # pending direct bytes first
+                                except trio.Cancelled:
+                                    self._torn_write = True
+                                    raise
+                    finally:
+                        self._in_flight = False
                     self.messages_out += len(batch)
                     self._manager._stats.messages_out += len(batch)
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -280,8 +315,7 @@ class Connection:
 
     def _start_close(self) -> None:
         """Start closing in the connection's nursery: gracefully, or at once after an abort."""
-        assert self._nursery is not None
-        if self._closing:
+        if self._closing or self._nursery is None:
             return
         self._closing = True
         if self._outbox.aborted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -16,11 +17,13 @@ import trio
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response
 from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 
 from ._broker import Broker, MemoryBroker
 from ._connection import Connection
+from ._direct_stream import DirectStream
 from ._envelope import (
     KIND_KICK,
     Envelope,
@@ -86,6 +89,19 @@ class _ServerConnection(ServerConnection):
 
     trio_rt_conn: Connection | None = None
     trio_rt_manager: WebSocketManager
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        stream: trio.abc.Stream,
+        protocol: ServerProtocol,
+        server: Server,
+        **kwargs: Any,
+    ) -> None:
+        # Plain TCP: let broadcasts write idle connections synchronously (_direct_stream.py).
+        if isinstance(stream, trio.SocketStream):
+            stream = DirectStream(stream)
+        super().__init__(nursery, stream, protocol, server, **kwargs)
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -283,8 +299,10 @@ class WebSocketManager:
                     await self._stop.wait()
                 finally:
                     with trio.CancelScope(shield=True):
-                        await self._shutdown(ws_server)
-                        inner.cancel()
+                        try:
+                            await self._shutdown(ws_server)
+                        finally:
+                            inner.cancel()
         finally:
             self._running = False
             self._address = None
@@ -294,7 +312,13 @@ class WebSocketManager:
     ) -> None:
         o = self.options
         with scope:
-            async with trio.open_nursery() as nursery:
+            async with contextlib.AsyncExitStack() as stack:
+                if getattr(self.broker, "needs_asyncio", False):
+                    # One trio-asyncio loop for every asyncio-based component of this server.
+                    from ._aio import ensure_loop
+
+                    await stack.enter_async_context(ensure_loop())
+                nursery = await stack.enter_async_context(trio.open_nursery())
                 await nursery.start(self.broker.run, self._on_broker_message)
                 await self.broker.subscribe(self._all_channel)
                 listeners = await trio.open_tcp_listeners(o.port, host=o.host)
