@@ -27,10 +27,13 @@ async def memory_brokers() -> AsyncIterator[MakeBroker]:
 
 @asynccontextmanager
 async def redis_brokers(url: str) -> AsyncIterator[MakeBroker]:
+    import trio_asyncio
+
     from trio_rt import RedisBroker
 
-    # Each test gets its own channel namespace on the shared server.
-    yield lambda: RedisBroker(url)
+    # Several brokers in one process share one trio-asyncio loop (trio_rt/_aio.py).
+    async with trio_asyncio.open_loop():
+        yield lambda: RedisBroker(url)
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -22,6 +22,7 @@ pub/sub; the history feature covers recovery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,6 @@ import redis.asyncio as aioredis
 import trio
 import trio_asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._aio import ensure_loop
@@ -107,6 +107,8 @@ class RedisBroker(Broker):
         self._reconnect_initial = reconnect_initial
         self._reconnect_max = reconnect_max
         self._subscribe_timeout = subscribe_timeout
+        self._cluster_poll = 0.005
+        self._idle_poll = 0.25
         self._channels: set[str] = set()
         self._confirmations: dict[str, trio.Event] = {}
         self._deliver: Deliver | None = None
@@ -115,6 +117,9 @@ class RedisBroker(Broker):
         self._pubsub: Any = None
         self._client: Any = None
         self._connected = False
+        self._stopping = False
+        self._aio_running = 2  # the read and write loops
+        self._aio_stopped = trio.Event()
         self.stats = RedisBrokerStats()
 
     @property
@@ -132,6 +137,9 @@ class RedisBroker(Broker):
         if self._deliver is not None:
             raise RuntimeError("this RedisBroker is already running")
         self._deliver = deliver
+        self._stopping = False
+        self._aio_running = 2
+        self._aio_stopped = trio.Event()
         send, receive = trio.open_memory_channel[tuple[str, bytes]](self._receive_buffer)
         self._incoming = send
         try:
@@ -142,9 +150,19 @@ class RedisBroker(Broker):
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._deliver_loop, receive)
-                        nursery.start_soon(trio_asyncio.aio_as_trio(self._read_loop))
-                        nursery.start_soon(trio_asyncio.aio_as_trio(self._write_loop))
+                        nursery.start_soon(self._aio_task, self._read_loop)
+                        nursery.start_soon(self._aio_task, self._write_loop)
                         task_status.started()
+                        try:
+                            await trio.sleep_forever()
+                        finally:
+                            # Stop the asyncio loops by asking, not by cancelling them: a
+                            # cancellation can get lost inside redis-py (observed with cluster
+                            # pub/sub), and then the nursery would wait forever.
+                            with trio.CancelScope(shield=True):
+                                with trio.move_on_after(5):
+                                    await self._stop_aio_tasks()
+                                nursery.cancel_scope.cancel()
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
                         await trio_asyncio.aio_as_trio(self._close)(client, pubsub)
@@ -154,6 +172,22 @@ class RedisBroker(Broker):
             self._queue = None
             self._channels.clear()
             self._connected = False
+
+    async def _aio_task(self, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await trio_asyncio.aio_as_trio(fn)()
+        finally:
+            self._aio_running -= 1
+            if not self._aio_running:
+                self._aio_stopped.set()
+
+    async def _stop_aio_tasks(self) -> None:
+        self._stopping = True
+        if self._queue is not None:
+            # When the queue is full the writer sees the flag after its current batch.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(("stop", None))
+        await self._aio_stopped.wait()
 
     @property
     def _node_channel(self) -> str:
@@ -249,12 +283,14 @@ class RedisBroker(Broker):
     async def _write_loop(self) -> None:
         assert self._queue is not None
         queue, client, pubsub = self._queue, self._client, self._pubsub
-        while True:
+        while not self._stopping:
             batch = [await queue.get()]
             while len(batch) < self._batch_size and not queue.empty():
                 batch.append(queue.get_nowait())
             pipe: Any = None
             for op, arg in batch:
+                if op == "stop":
+                    continue
                 try:
                     if op == "pub":
                         if pipe is None:
@@ -273,21 +309,31 @@ class RedisBroker(Broker):
                     else:
                         await self._unsub(pubsub)(arg)
                 except _DOWN:
-                    self._lost_connection(len(pipe) if pipe is not None else 0)
+                    _reraise_if_cancelled()
+                    self._write_failed(len(pipe) if pipe is not None else 0)
                     pipe = None
-                except RedisError:
+                except Exception:
+                    # RedisError, and the AttributeError redis-py raises when a command races
+                    # a reconnect: never let the writer die; the reader resynchronizes.
                     self.stats.errors += 1
-                    log.exception("redis command failed")
+                    log.warning("redis command %s failed", op, exc_info=True)
                     pipe = None
             if pipe is not None:
                 try:
                     await pipe.execute()
                     self.stats.published += len(pipe)
                 except _DOWN:
-                    self._lost_connection(len(pipe))
-                except RedisError:
+                    _reraise_if_cancelled()
+                    self._write_failed(len(pipe))
+                except Exception:
                     self.stats.errors += 1
-                    log.exception("redis publish failed")
+                    log.warning("redis publish failed", exc_info=True)
+
+    def _write_failed(self, dropped: int) -> None:
+        # The reader alone decides whether Redis is up (it sees every disconnect); a failed
+        # write loses its batch (at most once) and the pool replaces the broken connection.
+        self.stats.dropped_while_down += dropped
+        log.warning("redis write failed; %d message(s) dropped", dropped)
 
     def _lost_connection(self, dropped: int) -> None:
         self.stats.dropped_while_down += dropped
@@ -301,10 +347,25 @@ class RedisBroker(Broker):
         assert incoming is not None
         delay = self._reconnect_initial
         was_down = False
-        while True:
+        while not self._stopping:
+            # redis-py's cluster polling can swallow a cancellation and return None: check.
+            _reraise_if_cancelled()
             try:
-                message = await pubsub.get_message(timeout=None)
+                if self.cluster:
+                    # Several shard connections: redis-py polls them in turn.
+                    try:
+                        message = await pubsub.get_sharded_message(timeout=self._cluster_poll)
+                    except RuntimeError:
+                        # redis-py: a shard connection being set up or torn down by a
+                        # concurrent (un)subscribe ("pubsub connection not set"). Next round.
+                        _reraise_if_cancelled()
+                        await asyncio.sleep(self._cluster_poll)
+                        continue
+                else:
+                    # A bounded wait, so that the loop sees _stopping when idle.
+                    message = await pubsub.get_message(timeout=self._idle_poll)
             except _DOWN as exc:
+                _reraise_if_cancelled()
                 self._lost_connection(0)
                 was_down = True
                 log.debug("redis read failed: %r; retrying in %.2fs", exc, delay)
@@ -354,3 +415,11 @@ class RedisBroker(Broker):
                 await self._unsub(pubsub)(channel)
         except _DOWN:
             self._lost_connection(0)
+
+
+def _reraise_if_cancelled() -> None:
+    """redis-py may turn a cancellation of its read into a connection error; a loop that
+    retries on connection errors would then never end. Put the cancellation back."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
