@@ -147,3 +147,31 @@ async def test_seed_room_management() -> None:
                 "type"
             ] == "room_left"
         assert "chat:general" in manager.rooms  # persistent: kept while empty
+
+
+async def test_seed_error_handling_server_and_reconnecting_client() -> None:
+    from trio_rt_examples.seed import error_handling
+
+    manager = error_handling.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.serve)
+        port = manager.port
+        client_ = error_handling.make_client(manager.url)
+        assert client_ is not None
+        async with client_ as c:
+            await c.wait_connected()
+            await c.join_room("news")
+            await c.send({"type": "fragile"})
+            reply = await c.receive()
+            assert reply["type"] == "error" and reply["code"] == "internal_error"
+            # the server restarts; the client reconnects by itself and rejoins its room
+            manager.stop()
+            await wait_until(lambda: c.state.name != "CONNECTED")
+            again = error_handling.build_app(host="127.0.0.1", port=port, heartbeat_interval=None)
+            await nursery.start(again.serve)
+            with trio.fail_after(30):
+                await c.wait_connected()
+            await wait_until(lambda: len(again.members_of("news")) == 1)
+            await again.broadcast_to_room("news", {"type": "after_restart"})
+            assert (await c.receive())["type"] == "after_restart"
+            again.stop()

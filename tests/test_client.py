@@ -1,0 +1,930 @@
+"""trio_rt.client.WebSocketClient: pure tests of the backoff and queue policies, then integration
+tests against the real WebSocketManager, including a server stopped and restarted mid-stream.
+
+No assertion depends on timing: waits are on events or state, and `fail_after` only guards
+against deadlocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, InvalidURI
+from websockets.frames import Close
+from websockets.http11 import Response
+
+from trio_rt import Connection, Reject, WebSocketManager
+from trio_rt.client import (
+    Backoff,
+    ClientClosed,
+    ClientEvent,
+    ClientState,
+    ConnectInfo,
+    ProtocolViolation,
+    QueueFull,
+    ServerError,
+    WebSocketClient,
+    default_is_fatal,
+)
+
+GUARD = 20.0  # seconds: deadlock protection only
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+@dataclass
+class Server:
+    manager: WebSocketManager
+    url: str
+    port: int
+    scope: trio.CancelScope
+    stopped: trio.Event
+
+    async def settle_and_stop(self) -> None:
+        # Let the server finish its disconnect cleanup first: stopping a WebSocketManager in
+        # the instant between a connection's end and its cleanup hangs (server bug, reported).
+        await wait_until(lambda: not self.manager.connections)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Cancel `serve` (graceful shutdown: clients get 1001) and wait until it is over."""
+        self.scope.cancel()
+        with trio.fail_after(GUARD):
+            await self.stopped.wait()
+
+
+async def start_server(nursery: trio.Nursery, manager: WebSocketManager) -> Server:
+    stopped = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[tuple[trio.CancelScope, int]]) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as inner:
+                    _, port = await inner.start(manager.serve)
+                    task_status.started((scope, port))
+        finally:
+            stopped.set()
+
+    scope, port = await nursery.start(run)
+    return Server(manager, f"ws://127.0.0.1:{port}/", port, scope, stopped)
+
+
+StartServer = Callable[[WebSocketManager], Awaitable[Server]]
+
+
+@pytest.fixture
+async def serve(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
+    """`server = await serve(manager)`; servers still running are stopped after the test."""
+    started: list[Server] = []
+
+    async def start(manager: WebSocketManager) -> Server:
+        server = await start_server(nursery, manager)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if not server.stopped.is_set():
+            await server.settle_and_stop()
+
+
+def make_manager(port: int = 0, **options: Any) -> WebSocketManager:
+    return WebSocketManager(host="127.0.0.1", port=port, heartbeat_interval=None, **options)
+
+
+def add_echo(manager: WebSocketManager) -> None:
+    @manager.on_message("echo")
+    async def echo(conn: Connection, message: dict[str, Any]) -> None:
+        await conn.send({"type": "echo", "data": message.get("data")})
+
+
+def add_recorder(manager: WebSocketManager, into: list[int]) -> None:
+    @manager.on_message("seq")
+    async def seq(conn: Connection, message: dict[str, Any]) -> None:
+        into.append(message["n"])
+
+
+def add_closer(manager: WebSocketManager) -> None:
+    """`{"type": "close_me", "code": c}` makes the server close the connection with code c."""
+
+    @manager.on_message("close_me")
+    async def close_me(conn: Connection, message: dict[str, Any]) -> None:
+        await conn.close(message["code"], "asked by the test")
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Poll until true (the client and server expose state, not events, for these checks)."""
+    with trio.fail_after(GUARD):
+        while not predicate():  # noqa: ASYNC110 - polling state that has no event
+            await trio.sleep(0.005)
+
+
+class EventLog:
+    """Records a client's events through its listeners."""
+
+    def __init__(self, client: WebSocketClient) -> None:
+        self.events: list[ClientEvent] = []
+        for name in ("connected", "disconnected", "reconnecting", "rejoin_failed", "closed"):
+            client.add_listener(name, self.events.append)
+
+    @property
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+    def count(self, type: str) -> int:
+        return self.types.count(type)
+
+
+def logged(url: str, **options: Any) -> tuple[WebSocketClient, EventLog]:
+    """A client whose events are all recorded (listeners registered before it starts)."""
+    client = WebSocketClient(url, **options)
+    return client, EventLog(client)
+
+
+def fast(**options: Any) -> dict[str, Any]:
+    """Client options for tests: quick reconnects, no keepalive."""
+    options.setdefault("initial_delay", 0.01)
+    options.setdefault("max_delay", 0.05)
+    options.setdefault("ping_interval", None)
+    options.setdefault("rng", random.Random(0))
+    return options
+
+
+async def never_connect() -> dict[str, str]:
+    """A headers provider that never returns: the client stays CONNECTING without any socket."""
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def refused_url() -> Iterator[str]:
+    """A ws:// URL where connections are refused: the port is bound but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def tasks_of_this_test() -> int:
+    """Tasks under the test's own task (servers run in the `nursery` fixture's task)."""
+    total = 0
+    stack = list(trio.lowlevel.current_task().child_nurseries)
+    while stack:
+        nursery = stack.pop()
+        for task in nursery.child_tasks:
+            total += 1
+            stack.extend(task.child_nurseries)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# pure: backoff arithmetic
+
+
+def test_backoff_base_schedule_doubles_up_to_max_delay() -> None:
+    backoff = Backoff(initial_delay=0.5, max_delay=20.0, jitter=0)
+    assert [backoff.base_delay(n) for n in range(9)] == [
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        20.0,
+        20.0,
+        20.0,
+    ]
+    rng = random.Random(1)
+    assert list(itertools.islice(backoff.delays(rng), 7)) == [0.5, 1, 2, 4, 8, 16, 20]
+
+
+def test_backoff_jitter_is_bounded_and_reproducible() -> None:
+    backoff = Backoff(initial_delay=1.0, max_delay=8.0, jitter=0.5)
+    first = list(itertools.islice(backoff.delays(random.Random(42)), 50))
+    again = list(itertools.islice(backoff.delays(random.Random(42)), 50))
+    assert first == again
+    for n, delay in enumerate(first):
+        base = backoff.base_delay(n)
+        assert base * 0.5 < delay <= base
+    assert len(set(first[10:])) > 1  # jitter actually varies the capped delays
+
+
+def test_backoff_full_jitter_and_custom_multiplier() -> None:
+    backoff = Backoff(initial_delay=0.1, max_delay=100.0, multiplier=3.0, jitter=1.0)
+    assert [round(backoff.base_delay(n), 6) for n in range(4)] == [0.1, 0.3, 0.9, 2.7]
+    rng = random.Random(7)
+    for n in range(20):
+        assert 0 <= backoff.delay(n, rng) <= backoff.base_delay(n)
+
+
+def test_backoff_never_overflows_for_forever_reconnecting_clients() -> None:
+    backoff = Backoff(initial_delay=0.5, max_delay=20.0)
+    assert backoff.base_delay(10**6) == 20.0
+    assert backoff.delay(10**6, random.Random(0)) <= 20.0
+    assert Backoff(initial_delay=0, max_delay=5).base_delay(5000) == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"initial_delay": -1},
+        {"initial_delay": 2, "max_delay": 1},
+        {"max_delay": float("inf")},
+        {"multiplier": 0.5},
+        {"jitter": 1.5},
+        {"jitter": -0.1},
+    ],
+)
+def test_backoff_rejects_invalid_settings(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Backoff(**options)
+    with pytest.raises(ValueError):
+        Backoff().base_delay(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# pure: error classification
+
+
+def closed(code: int | None) -> ConnectionClosed:
+    return ConnectionClosed(Close(code, "") if code is not None else None, None)
+
+
+def status(code: int) -> InvalidStatus:
+    return InvalidStatus(Response(code, "x", Headers(), b""))
+
+
+@pytest.mark.parametrize(
+    ("error", "fatal"),
+    [
+        (closed(4003), True),
+        (closed(1008), True),
+        (closed(1002), True),
+        (closed(1000), False),
+        (closed(1001), False),
+        (closed(1011), False),
+        (closed(4000), False),
+        (closed(4001), False),
+        (closed(None), False),  # dropped without a close frame (1006)
+        (status(401), True),
+        (status(403), True),
+        (status(404), True),
+        (status(503), False),
+        (status(429), False),
+        (status(500), False),
+        (ConnectionRefusedError(), False),
+        (TimeoutError(), False),
+        (ProtocolViolation("not a welcome"), True),
+        (ValueError("bug in a headers provider"), True),
+    ],
+)
+def test_default_is_fatal(error: BaseException, fatal: bool) -> None:
+    assert default_is_fatal(error) is fatal
+
+
+def test_handshake_cut_short_by_the_server_is_transient() -> None:
+    error = InvalidMessage("did not receive a valid HTTP response")
+    error.__cause__ = EOFError("connection closed while reading HTTP status line")
+    assert default_is_fatal(error) is False
+    assert default_is_fatal(InvalidMessage("garbage")) is True
+
+
+def test_client_validates_its_options() -> None:
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", max_attempts=0)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", queue_size=0)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", overflow="ignore")  # type: ignore[arg-type]
+    with pytest.raises(InvalidURI):
+        WebSocketClient("http://127.0.0.1:1/")
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", initial_delay=5, max_delay=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# queue policies, without sockets (the headers provider never returns: the client stays
+# CONNECTING)
+
+
+async def test_queue_full_raises_by_default() -> None:
+    async with WebSocketClient("ws://127.0.0.1:9/", headers=never_connect, queue_size=3) as client:
+        for n in range(3):
+            await client.send({"type": "seq", "n": n})
+        with pytest.raises(QueueFull):
+            await client.send({"type": "seq", "n": 3})
+        assert client.pending == 3
+        assert client.state is ClientState.CONNECTING
+    assert client.state is ClientState.CLOSED
+    assert client.stats.discarded == 3
+    with pytest.raises(ClientClosed) as info:
+        await client.send({"type": "seq", "n": 4})
+    assert info.value.error is None
+
+
+async def test_queue_drop_oldest_keeps_the_newest() -> None:
+    async with WebSocketClient(
+        "ws://127.0.0.1:9/", headers=never_connect, queue_size=3, overflow="drop_oldest"
+    ) as client:
+        for n in range(5):
+            await client.send({"type": "seq", "n": n})
+        assert client.pending == 3
+        assert client.stats.dropped == 2
+
+
+async def test_queue_wait_blocks_until_room_or_close() -> None:
+    outcome: list[BaseException] = []
+    async with WebSocketClient(
+        "ws://127.0.0.1:9/", headers=never_connect, queue_size=1, overflow="wait"
+    ) as client:
+        await client.send({"type": "seq", "n": 0})
+
+        async def blocked_sender() -> None:
+            try:
+                await client.send({"type": "seq", "n": 1})
+            except ClientClosed as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blocked_sender)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == [] and client.pending == 1
+            await client.aclose()
+    assert len(outcome) == 1 and isinstance(outcome[0], ClientClosed)
+
+
+async def test_send_validates_messages_at_the_call_site() -> None:
+    async with WebSocketClient("ws://127.0.0.1:9/", headers=never_connect) as client:
+        with pytest.raises(TypeError):
+            await client.send(["not", "a", "mapping"])  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            await client.send({"no": "type"})
+        with pytest.raises(TypeError):
+            await client.send({"type": "x", "data": object()})
+        assert client.pending == 0
+
+
+async def test_pending_join_and_wait_connected_fail_when_the_client_closes() -> None:
+    errors: list[BaseException] = []
+    async with WebSocketClient("ws://127.0.0.1:9/", headers=never_connect) as client:
+
+        async def join() -> None:
+            try:
+                await client.join_room("r")
+            except ClientClosed as exc:
+                errors.append(exc)
+
+        async def connected() -> None:
+            try:
+                await client.wait_connected()
+            except ClientClosed as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(join)
+            nursery.start_soon(connected)
+            await trio.testing.wait_all_tasks_blocked()
+            assert client.rooms == {"r"}
+            await client.aclose()
+    assert len(errors) == 2
+    assert client.rooms == frozenset()
+
+
+# ---------------------------------------------------------------------------------------------
+# integration with the real server
+
+
+async def test_connect_send_receive(serve: StartServer) -> None:
+    manager = make_manager()
+    add_echo(manager)
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, **fast())
+        async with client:
+            await client.wait_connected()
+            assert client.state is ClientState.CONNECTED
+            assert client.welcome is not None and client.welcome["type"] == "welcome"
+            assert client.connection_id in manager.connections
+
+            await client.send({"type": "echo", "data": {"hello": "world"}})
+            assert await client.receive() == {"type": "echo", "data": {"hello": "world"}}
+
+            await client.join_room("chat:general")
+            assert client.rooms == {"chat:general"}
+            assert {c.id for c in manager.members_of("chat:general")} == {client.connection_id}
+            await manager.broadcast_to_room("chat:general", {"type": "news", "n": 1})
+            await client.send({"type": "ping"})
+            # In order; the welcome and the room_joined reply are not delivered.
+            assert await client.receive() == {"type": "news", "n": 1}
+            assert await client.receive() == {"type": "pong"}
+
+            await client.leave_room("chat:general")
+            assert client.rooms == frozenset()
+            assert manager.members_of("chat:general") == frozenset()
+        assert log.types == ["connected", "disconnected", "closed"]
+        assert log.events[1].close_code == 1000
+        assert log.events[1].error is None
+
+
+async def test_join_room_raises_on_room_full(serve: StartServer) -> None:
+    manager = make_manager()
+    server = await serve(manager)
+    await manager.create_room("tiny", max_users=1, persistent=True)
+    with trio.fail_after(GUARD):
+        async with (
+            WebSocketClient(server.url, **fast()) as first,
+            WebSocketClient(server.url, **fast()) as second,
+        ):
+            await first.join_room("tiny")
+            await first.join_room("tiny")  # idempotent
+            with pytest.raises(ServerError) as info:
+                await second.join_room("tiny")
+            assert info.value.code == "room_full"
+            assert info.value.room == "tiny"
+            assert second.rooms == frozenset()
+            with pytest.raises(ServerError) as invalid:
+                await second.join_room("has space")
+            assert invalid.value.code == "invalid_field"
+            # The error replies were consumed by join_room, not delivered.
+            await second.send({"type": "ping"})
+            assert await second.receive() == {"type": "pong"}
+
+
+async def test_server_restart_mid_stream(serve: StartServer) -> None:
+    """The acceptance test: the server is stopped and started again on the same port while the
+    client keeps sending. Messages sent while down arrive after the reconnect, in order; rooms
+    are joined again; events come in order."""
+    received_a: list[int] = []
+    received_b: list[int] = []
+    manager_a = make_manager()
+    add_recorder(manager_a, received_a)
+    server_a = await serve(manager_a)
+
+    sent_while_down: list[int] = []
+    enough_down = trio.Event()
+    with trio.fail_after(GUARD):
+        client, log = logged(server_a.url, **fast())
+        async with client:
+            await client.join_room("room:a")
+            await client.join_room("room:b")
+            first_id = client.connection_id
+
+            async def sender(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    for n in itertools.count():
+                        down = client.state is not ClientState.CONNECTED
+                        await client.send({"type": "seq", "n": n})
+                        if down:
+                            sent_while_down.append(n)
+                            if len(sent_while_down) == 20:
+                                enough_down.set()
+                        await trio.sleep(0.002)
+
+            async with trio.open_nursery() as senders:
+                sending = await senders.start(sender)
+                await wait_until(lambda: len(received_a) >= 20)
+
+                await server_a.stop()
+                await wait_until(lambda: log.count("disconnected") == 1)
+                await enough_down.wait()  # the client keeps sending while the server is down
+
+                manager_b = make_manager(port=server_a.port)
+                add_recorder(manager_b, received_b)
+                server_b = await serve(manager_b)
+                await wait_until(lambda: log.count("connected") == 2)
+                # Rooms were rejoined before "connected" fired.
+                assert client.rooms == {"room:a", "room:b"}
+                assert client.connection_id != first_id
+                for room in ("room:a", "room:b"):
+                    members = manager_b.members_of(room)
+                    assert {c.id for c in members} == {client.connection_id}
+
+                # Messages keep flowing after the reconnect too.
+                last_down = sent_while_down[-1]
+                await wait_until(lambda: bool(received_b) and received_b[-1] > last_down + 5)
+                sending.cancel()
+
+            await manager_b.broadcast_to_room("room:b", {"type": "after_restart"})
+            with trio.fail_after(GUARD):
+                async for message in client:
+                    if message["type"] == "after_restart":
+                        break
+
+    # At most once, in order: no duplicate, no reordering, across both servers.
+    everything = received_a + received_b
+    assert everything == sorted(set(everything))
+    # Every message sent while the server was down was delivered after the reconnect.
+    assert set(sent_while_down) <= set(received_b)
+    # Events in order: connected, disconnected (1001: going away), reconnecting..., connected.
+    types = log.types
+    assert types[:2] == ["connected", "disconnected"]
+    assert log.events[1].close_code == 1001
+    reconnecting = log.events[2 : types.index("connected", 1)]
+    assert reconnecting and all(e.type == "reconnecting" for e in reconnecting)
+    assert [e.attempt for e in reconnecting] == list(range(1, len(reconnecting) + 1))
+    assert all(0 < e.delay <= 0.05 for e in reconnecting)
+    assert types[len(reconnecting) + 2 :] == ["connected", "disconnected", "closed"]
+    assert log.events[len(reconnecting) + 2].attempt == 2
+    await server_b.settle_and_stop()
+
+
+async def test_max_attempts_exhausted_ends_iteration_with_client_closed(
+    serve: StartServer,
+) -> None:
+    manager = make_manager()
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, **fast(max_attempts=3))
+        async with client:
+            await client.wait_connected()
+            await server.stop()  # and never comes back
+            with pytest.raises(ClientClosed) as info:
+                async for _ in client:
+                    pass
+            assert isinstance(info.value.error, OSError)  # connection refused
+            assert info.value.__cause__ is info.value.error
+            assert client.state is ClientState.CLOSED
+            with pytest.raises(ClientClosed):
+                await client.send({"type": "seq", "n": 0})
+            with pytest.raises(ClientClosed):
+                await client.wait_connected()
+    assert log.types == ["connected", "disconnected"] + ["reconnecting"] * 3 + ["closed"]
+    assert [e.attempt for e in log.events[2:5]] == [1, 2, 3]
+    assert client.stats.failed_attempts == 3
+    assert log.events[-1].error is info.value.error
+
+
+async def test_first_connection_failures_count_against_max_attempts() -> None:
+    with trio.fail_after(GUARD), refused_url() as url:
+        client, log = logged(url, **fast(max_attempts=2))
+        async with client:
+            with pytest.raises(ClientClosed) as info:
+                await client.wait_connected()
+    assert isinstance(info.value.error, OSError)
+    assert log.types == ["reconnecting", "closed"]
+    assert log.events[0].attempt == 2
+
+
+async def test_fatal_close_code_does_not_reconnect(serve: StartServer) -> None:
+    manager = make_manager()
+    add_closer(manager)
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, **fast())
+        async with client:
+            await client.join_room("r")
+            await client.send({"type": "close_me", "code": 4003})
+            with pytest.raises(ClientClosed) as info:
+                async for _ in client:
+                    pass
+    assert info.value.close_code == 4003
+    assert isinstance(info.value.error, ConnectionClosed)
+    assert log.types == ["connected", "disconnected", "closed"]
+    assert log.events[1].close_code == 4003
+    assert manager.stats.connections_opened == 1
+
+
+async def test_http_401_is_fatal_and_headers_are_sent(serve: StartServer) -> None:
+    manager = make_manager()
+
+    @manager.on_connection
+    async def authenticate(conn: Connection) -> None:
+        if conn.request.headers.get("authorization") != "Bearer good":
+            raise Reject(401, "unauthorized")
+
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as anonymous:
+            with pytest.raises(ClientClosed) as info:
+                await anonymous.wait_connected()
+        assert info.value.http_status == 401
+        assert anonymous.stats.failed_attempts == 1
+
+        async with WebSocketClient(
+            server.url, headers={"Authorization": "Bearer good"}, **fast()
+        ) as client:
+            await client.wait_connected()
+
+
+async def test_http_503_server_full_is_retried(serve: StartServer) -> None:
+    manager = make_manager(max_connections=1)
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as occupant:
+            await occupant.wait_connected()
+            waiting, log = logged(server.url, **fast())
+            async with waiting:
+                await wait_until(lambda: log.count("reconnecting") >= 2)
+                error = log.events[0].error
+                assert isinstance(error, InvalidStatus)
+                assert error.response.status_code == 503
+                # Retry-After: 5 lengthens the delay, but never beyond max_delay.
+                assert all(e.delay == 0.05 for e in log.events)
+                await occupant.aclose()
+                await waiting.wait_connected()
+                assert waiting.state is ClientState.CONNECTED
+
+
+async def test_protocol_violation_is_fatal(serve: StartServer) -> None:
+    manager = WebSocketManager(
+        host="127.0.0.1", port=0, heartbeat_interval=None, welcome=lambda conn: {"type": "hi"}
+    )
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            with pytest.raises(ClientClosed) as info:
+                await client.wait_connected()
+    assert isinstance(info.value.error, ProtocolViolation)
+    assert manager.stats.connections_opened == 1
+
+
+async def test_headers_provider_and_on_connect_hook_run_on_every_connect(
+    serve: StartServer,
+) -> None:
+    manager = make_manager()
+    add_closer(manager)
+    tokens: list[str] = []
+    resumed: list[tuple[int, frozenset[str]]] = []
+
+    @manager.on_connection
+    async def authenticate(conn: Connection) -> None:
+        tokens.append(conn.request.headers["authorization"])
+
+    @manager.on_message("resume")
+    async def resume(conn: Connection, message: dict[str, Any]) -> None:
+        # Sent by the hook after the rejoins: the rooms are already joined when it arrives.
+        resumed.append((message["connection"], manager.rooms_of(conn)))
+
+    counter = itertools.count(1)
+
+    async def headers() -> dict[str, str]:
+        await trio.lowlevel.checkpoint()
+        return {"Authorization": f"Bearer t{next(counter)}"}
+
+    infos: list[ConnectInfo] = []
+
+    def on_connect(info: ConnectInfo) -> list[dict[str, Any]]:
+        infos.append(info)
+        return [{"type": "resume", "connection": info.connection_number}]
+
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, headers=headers, on_connect=on_connect, **fast())
+        async with client:
+            await client.join_room("r")  # called while connecting: part of the first restore
+            await client.join_room("later")  # called while connected: sent by the writer
+            await client.send({"type": "close_me", "code": 4000})  # slow consumer: reconnect
+            await wait_until(lambda: log.count("connected") == 2)
+            await wait_until(lambda: len(resumed) == 2)
+    assert tokens == ["Bearer t1", "Bearer t2"]
+    assert [(i.connection_number, i.rooms) for i in infos] == [(1, ("r",)), (2, ("r", "later"))]
+    assert infos[0].welcome["type"] == "welcome"
+    assert resumed == [(1, frozenset({"r"})), (2, frozenset({"r", "later"}))]
+    assert log.types[:4] == ["connected", "disconnected", "reconnecting", "connected"]
+    assert log.events[1].close_code == 4000
+
+
+async def test_kicked_room_is_forgotten_and_not_rejoined(serve: StartServer) -> None:
+    manager = make_manager()
+    add_closer(manager)
+
+    @manager.on_connection
+    async def identify(conn: Connection) -> None:
+        conn.user_id = "alice"
+
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, **fast())
+        async with client:
+            await client.join_room("stays")
+            await client.join_room("kicked")
+            await manager.kick("kicked", "alice", by="mod")
+            message = await client.receive()
+            assert message["type"] == "room_kicked" and message["room"] == "kicked"
+            assert client.rooms == {"stays"}
+
+            await client.send({"type": "close_me", "code": 4001})
+            await wait_until(lambda: log.count("connected") == 2)
+            assert {c.id for c in manager.members_of("stays")} == {client.connection_id}
+            assert manager.members_of("kicked") == frozenset()
+
+
+async def test_rejoin_refused_after_reconnect_fires_rejoin_failed(serve: StartServer) -> None:
+    manager = make_manager()
+    add_closer(manager)
+    server = await serve(manager)
+    await manager.create_room("tiny", max_users=1, persistent=True)
+    client, log = logged(server.url, **fast())
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as other, client:
+            await client.join_room("tiny")
+            await client.join_room("big")
+
+            @client.on("reconnecting")
+            async def take_the_seat(event: ClientEvent) -> None:
+                # Listeners are awaited before the reconnect: deterministic ordering.
+                if "tiny" not in other.rooms:
+                    await other.join_room("tiny")
+
+            await client.send({"type": "close_me", "code": 4000})
+            await wait_until(lambda: log.count("connected") == 2)
+            assert log.types == [
+                "connected",
+                "disconnected",
+                "reconnecting",
+                "rejoin_failed",
+                "connected",
+            ]
+            failed = log.events[3]
+            assert failed.room == "tiny"
+            assert isinstance(failed.error, ServerError) and failed.error.code == "room_full"
+            assert client.rooms == {"big"}
+
+
+async def test_messages_queued_while_connecting_are_sent_in_order(serve: StartServer) -> None:
+    manager = make_manager()
+    received: list[int] = []
+    add_recorder(manager, received)
+    server = await serve(manager)
+    release = trio.Event()
+
+    async def headers() -> dict[str, str]:
+        await release.wait()
+        return {}
+
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(
+            server.url, headers=headers, queue_size=5, overflow="drop_oldest", **fast()
+        ) as client:
+            for n in range(8):
+                await client.send({"type": "seq", "n": n})
+            assert client.pending == 5 and client.stats.dropped == 3
+            release.set()
+            await client.flush()
+            assert client.pending == 0
+            await wait_until(lambda: len(received) == 5)
+    assert received == [3, 4, 5, 6, 7]
+    assert client.stats.sent == 5
+
+
+async def test_exit_flushes_the_outbox_and_closes_with_1000(serve: StartServer) -> None:
+    manager = make_manager()
+    received: list[int] = []
+    add_recorder(manager, received)
+    codes: list[int] = []
+
+    @manager.on_disconnect
+    async def gone(conn: Connection, code: int) -> None:
+        codes.append(code)
+
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            await client.wait_connected()
+            for n in range(300):
+                await client.send({"type": "seq", "n": n})
+        await wait_until(lambda: codes == [1000])
+        await wait_until(lambda: len(received) == 300)
+    assert received == list(range(300))
+
+
+async def test_exit_leaves_no_task_running(serve: StartServer) -> None:
+    manager = make_manager()
+    codes: list[int] = []
+
+    @manager.on_disconnect
+    async def gone(conn: Connection, code: int) -> None:
+        codes.append(code)
+
+    server = await serve(manager)
+    assert tasks_of_this_test() == 0
+    with trio.fail_after(GUARD):
+        # Normal exit: graceful close.
+        async with WebSocketClient(server.url, **fast()) as client:
+            await client.wait_connected()
+            await client.join_room("r")
+            assert tasks_of_this_test() > 0
+        assert tasks_of_this_test() == 0
+        assert client.state is ClientState.CLOSED
+        await wait_until(lambda: codes == [1000])
+
+        # Exit with an exception: background tasks are cancelled, the exception is unchanged.
+        with pytest.raises(KeyError):
+            async with WebSocketClient(server.url, **fast()) as client:
+                await client.wait_connected()
+                raise KeyError("app error")
+        assert tasks_of_this_test() == 0
+        await wait_until(lambda: len(codes) == 2)
+        assert codes == [1000, 1006]  # dropped, no closing handshake
+        assert manager.connections == {}
+
+        # Cancelled from outside while reconnecting to nothing.
+        with refused_url() as url, trio.move_on_after(0.1):
+            async with WebSocketClient(url, **fast()) as client:
+                await trio.sleep_forever()
+        assert tasks_of_this_test() == 0
+
+
+async def test_listener_exception_propagates_out_of_the_block(serve: StartServer) -> None:
+    manager = make_manager()
+    server = await serve(manager)
+    with trio.fail_after(GUARD), pytest.raises(RuntimeError, match="listener bug"):
+        async with WebSocketClient(server.url, **fast()) as client:
+
+            @client.on("connected")
+            def broken(event: ClientEvent) -> None:
+                raise RuntimeError("listener bug")
+
+            await trio.sleep_forever()
+    assert client.state is ClientState.CLOSED
+
+
+async def test_aclose_from_another_task_ends_iteration(serve: StartServer) -> None:
+    manager = make_manager()
+    add_echo(manager)
+    server = await serve(manager)
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            await client.send({"type": "echo", "data": 1})
+
+            async def reader() -> None:
+                async for message in client:
+                    seen.append(message)
+                    await client.aclose()  # idempotent; iteration then ends normally
+
+            async with trio.open_nursery() as readers:
+                readers.start_soon(reader)
+            with pytest.raises(ClientClosed) as info:
+                await client.receive()
+            assert info.value.error is None
+            await client.aclose()
+    assert seen == [{"type": "echo", "data": 1}]
+
+
+async def test_leave_room_while_disconnected_returns_at_once(serve: StartServer) -> None:
+    manager = make_manager()
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, **fast(initial_delay=60, max_delay=60))
+        async with client:
+            await client.join_room("r")
+            await server.stop()
+            await wait_until(lambda: log.count("reconnecting") == 1)  # now waiting 30-60 s
+            await client.leave_room("r")
+            assert client.rooms == frozenset()
+
+
+def add_flooder(manager: WebSocketManager) -> None:
+    @manager.on_message("flood")
+    async def flood(conn: Connection, message: dict[str, Any]) -> None:
+        for n in range(message["count"]):
+            await conn.send({"type": "flood", "n": n})
+
+
+async def test_receive_buffer_applies_backpressure_and_drops_nothing(serve: StartServer) -> None:
+    manager = make_manager()
+    add_flooder(manager)
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, receive_buffer=1, **fast()) as client:
+            await client.send({"type": "flood", "count": 500})
+            got = [(await client.receive())["n"] for _ in range(500)]
+    assert got == list(range(500))
+
+
+async def test_exit_is_prompt_when_the_app_stopped_reading(serve: StartServer) -> None:
+    """Unread messages must not stall the closing handshake (they are read and dropped)."""
+    manager = make_manager()
+    add_flooder(manager)
+    codes: list[int] = []
+
+    @manager.on_disconnect
+    async def gone(conn: Connection, code: int) -> None:
+        codes.append(code)
+
+    server = await serve(manager)
+    # close_timeout is far above the guard: a stalled closing handshake fails the test.
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(
+            server.url, receive_buffer=1, close_timeout=3 * GUARD, **fast()
+        ) as client:
+            await client.send({"type": "flood", "count": 300})
+            await wait_until(lambda: manager.stats.messages_out >= 300)
+            assert (await client.receive())["n"] == 0
+        await wait_until(lambda: codes == [1000])
