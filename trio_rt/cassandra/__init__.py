@@ -1,0 +1,31 @@
+"""Cassandra for Trio: :class:`CassandraSession` over cassandra-driver (``trio_rt[cassandra]``).
+
+```python
+from trio_rt.cassandra import CassandraSession
+
+async with CassandraSession.connect(["127.0.0.1"], port=9042) as session:
+    await session.create_keyspace("app")
+    await session.execute("CREATE TABLE IF NOT EXISTS app.t (k int PRIMARY KEY, v text)")
+    await session.execute("INSERT INTO app.t (k, v) VALUES (?, ?)", (1, "one"))
+    rows = await session.execute("SELECT k, v FROM app.t WHERE k = ?", (1,))
+    async for row in session.iterate("SELECT k, v FROM app.t", page_size=1000):
+        ...
+```
+
+See docs/cassandra.md.
+"""
+
+from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
+from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
+
+__all__ = [
+    "CassandraError",
+    "CassandraQueryError",
+    "CassandraSession",
+    "CassandraStats",
+    "CassandraTimeout",
+    "CassandraUnavailable",
+    "Params",
+    "Row",
+    "RowIterator",
+]

@@ -1,0 +1,700 @@
+"""A Trio-facing session over cassandra-driver.
+
+Threads involved (see docs/cassandra.md):
+
+* the Trio thread: runs :class:`CassandraSession`'s methods; never blocks on the driver;
+* the driver's IO thread (libev): sends requests, parses responses and runs the
+  ``ResponseFuture`` callbacks, which only post the result with ``run_sync_soon``
+  (:mod:`._bridge`);
+* Trio worker threads: the calls that only exist as blocking ones -- building the ``Cluster``
+  and connecting, ``Session.prepare`` (once per query string), ``Cluster.shutdown``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeAlias
+
+import outcome
+import trio
+
+try:
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, ResponseFuture
+    from cassandra.cluster import Session as DriverSession
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+    from cassandra.query import PreparedStatement, SimpleStatement, Statement, dict_factory
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "trio_rt.cassandra needs cassandra-driver: pip install 'trio_rt[cassandra]'"
+    ) from exc
+
+from ._bridge import Handoff, run_in_worker
+from ._errors import CassandraError, CassandraQueryError, CassandraUnavailable, preview, translate
+
+__all__ = ["CassandraSession", "CassandraStats", "Params", "Row", "RowIterator"]
+
+#: A result row: column name -> value.
+Row: TypeAlias = dict[str, Any]
+#: Bind values: positional for ``?`` markers, or a mapping for ``:name`` markers.
+Params: TypeAlias = Sequence[Any] | Mapping[str, Any]
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+# The driver-side timeout derived from a Trio deadline runs this much past the deadline, so the
+# Trio cancel (TooSlowError) wins and the driver's timer only frees the stream afterwards.
+_DEADLINE_SLACK = 0.25
+_CLOSE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class CassandraStats:
+    """Counters of one :class:`CassandraSession` (a snapshot)."""
+
+    #: requests sent with ``execute_async`` (one per page)
+    requests: int
+    #: requests sent and not answered yet (including abandoned ones)
+    in_flight: int
+    #: results abandoned because the waiting task was cancelled
+    abandoned: int
+    #: ``PREPARE`` round trips started (one per distinct query string, unless evicted/failed)
+    prepares: int
+    #: prepared statements in the cache
+    prepared_cached: int
+
+
+class _Prepared:
+    """A cache entry: the prepared statement, once the (single) prepare has finished."""
+
+    __slots__ = ("done", "error", "statement")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.statement: PreparedStatement | None = None
+        self.error: BaseException | None = None
+
+
+class _Page:
+    __slots__ = ("paging_state", "rows")
+
+    def __init__(self, rows: list[Row], paging_state: bytes | None) -> None:
+        self.rows = rows
+        self.paging_state = paging_state
+
+
+class _PageHandoff(Handoff[_Page]):
+    """Driver callback that also picks up the paging state (read on the IO thread)."""
+
+    __slots__ = ()
+
+    def page(self, rows: list[Row] | None, future: ResponseFuture) -> None:
+        # ResponseFuture has no public accessor; ResultSet.paging_state reads the same field.
+        self.send(outcome.Value(_Page(rows or [], future._paging_state)))
+
+
+def _shutdown_in_thread(result: outcome.Outcome[DriverSession]) -> None:
+    """on_abandoned for connect: a Cluster nobody will use. Never blocks the caller."""
+    if isinstance(result, outcome.Value):
+        trio.lowlevel.start_thread_soon(result.value.cluster.shutdown, lambda _: None)
+
+
+class CassandraSession:
+    """A connected Cassandra session for Trio code. Create it with :meth:`connect`.
+
+    All methods are called from Trio tasks (any number of them concurrently). Rows are
+    ``dict`` objects (column name -> value). Values are always bound by the driver, never
+    spliced into the CQL text: a query with ``params`` goes through a prepared statement,
+    prepared once per query string and cached.
+
+    Timeouts: wrap calls in Trio cancel scopes (``trio.fail_after``, ``move_on_after``). The
+    driver gets a matching timeout too, so it frees the request's stream shortly after the
+    deadline. ``request_timeout`` (per request; the same argument overrides it per call) bounds
+    requests whose caller set no deadline; it raises :class:`CassandraTimeout`.
+    """
+
+    def __init__(
+        self,
+        driver_session: DriverSession,
+        *,
+        request_timeout: float | None,
+        max_in_flight: int,
+        prepared_cache_size: int,
+    ) -> None:
+        """Wrap a connected driver session (use :meth:`connect`, which also closes it)."""
+        self._session = driver_session
+        self._request_timeout = request_timeout
+        self._slots = trio.Semaphore(max_in_flight)
+        self._prepared: OrderedDict[str, _Prepared] = OrderedDict()
+        self._prepared_cache_size = prepared_cache_size
+        self._closed = False
+        self._requests = 0
+        self._in_flight = 0
+        self._abandoned = 0
+        self._prepares = 0
+        # Whatever a task is parked on for a response: woken with an error by aclose().
+        self._waiting: set[Handoff[_Page] | _Batch] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        contact_points: Sequence[str] = ("127.0.0.1",),
+        port: int = 9042,
+        keyspace: str | None = None,
+        *,
+        request_timeout: float | None = 10.0,
+        connect_timeout: float = 30.0,
+        consistency: int = ConsistencyLevel.LOCAL_QUORUM,
+        local_dc: str | None = None,
+        protocol_version: int = 5,
+        max_in_flight: int = 1024,
+        prepared_cache_size: int = 512,
+        **cluster_options: Any,
+    ) -> AsyncIterator[CassandraSession]:
+        """Connect, yield the session, and shut the cluster down when the block exits.
+
+        ``connect_timeout`` bounds the whole connection (contact, schema and topology
+        discovery, ``USE keyspace``); on expiry :class:`CassandraUnavailable` is raised. The
+        caller's own cancel scopes work too; an abandoned connection attempt is shut down in
+        the background. ``consistency`` is the default for every request; ``max_in_flight``
+        bounds the requests this session has outstanding (further calls wait for a slot);
+        ``prepared_cache_size`` bounds the prepared-statement cache (least recently used
+        entries are evicted). ``cluster_options`` go to :class:`cassandra.cluster.Cluster`
+        (``auth_provider``, ``ssl_context``, ...). ``protocol_version`` 5 needs Cassandra 4.0+.
+        """
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if prepared_cache_size < 1:
+            raise ValueError("prepared_cache_size must be at least 1")
+        points = [contact_points] if isinstance(contact_points, str) else list(contact_points)
+        if keyspace is not None:
+            _check_identifier(keyspace, "keyspace")
+
+        def blocking_connect() -> DriverSession:
+            # Cluster() resolves host names, connect() does network round trips: both block.
+            profile = ExecutionProfile(
+                load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
+                consistency_level=consistency,
+                request_timeout=request_timeout,
+                row_factory=dict_factory,
+            )
+            options = dict(cluster_options)
+            options.setdefault("connect_timeout", min(connect_timeout, 10.0))
+            cluster = Cluster(
+                points,
+                port=port,
+                protocol_version=protocol_version,
+                execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                **options,
+            )
+            try:
+                session = cluster.connect(keyspace)
+            except BaseException:
+                cluster.shutdown()
+                raise
+            return session
+
+        where = f"connect to {','.join(points)}:{port}"
+        try:
+            with trio.fail_after(connect_timeout):
+                driver_session = await run_in_worker(blocking_connect, _shutdown_in_thread)
+        except trio.TooSlowError:
+            raise CassandraUnavailable(
+                f"Cassandra {where} failed: no session within {connect_timeout} s"
+            ) from None
+        except TypeError:
+            raise  # bad arguments for Cluster(): a bug in the caller, not a Cassandra error
+        except Exception as exc:
+            raise translate(exc, where) from exc
+        session = cls(
+            driver_session,
+            request_timeout=request_timeout,
+            max_in_flight=max_in_flight,
+            prepared_cache_size=prepared_cache_size,
+        )
+        try:
+            yield session
+        finally:
+            await session.aclose()
+
+    async def aclose(self) -> None:
+        """Shut the driver's cluster down (in a worker thread, shielded, at most 30 s).
+
+        Idempotent. Later calls raise ``trio.ClosedResourceError``, and so do calls waiting
+        for a response, a prepare or an in-flight slot: the driver itself would only fail
+        them when their ``request_timeout`` expires.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        closed = "the Cassandra session was closed while the request was in flight"
+        for handoff in list(self._waiting):
+            handoff.interrupt(trio.ClosedResourceError(closed))
+        for entry in self._prepared.values():
+            if not entry.done.is_set():
+                entry.done.set()
+        # Wake tasks queued for a slot (they then see the session closed). Slots held by
+        # abandoned requests are never released after this point (see _settled).
+        for _ in range(self._in_flight):
+            self._slots.release()
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+            await trio.to_thread.run_sync(self._session.cluster.shutdown, abandon_on_cancel=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def driver_session(self) -> DriverSession:
+        """The underlying ``cassandra.cluster.Session``.
+
+        An escape hatch: its blocking methods (``execute``, ``prepare``, ``set_keyspace``)
+        must not be called on the Trio thread.
+        """
+        return self._session
+
+    @property
+    def stats(self) -> CassandraStats:
+        return CassandraStats(
+            requests=self._requests,
+            in_flight=self._in_flight,
+            abandoned=self._abandoned,
+            prepares=self._prepares,
+            prepared_cached=sum(1 for e in self._prepared.values() if e.statement is not None),
+        )
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        query: str,
+        params: Params | None = None,
+        *,
+        consistency: int | None = None,
+        request_timeout: float | None = None,
+        page_size: int | None = None,
+    ) -> list[Row]:
+        """Run one CQL statement and return all its rows (``[]`` for writes and DDL).
+
+        With `params` (even empty) the query is prepared (once, cached) and the values bound.
+        Without, it is sent as a simple statement: use that for DDL and constant queries only.
+        A result larger than one page (`page_size` rows, driver default 5000) is fetched page
+        by page and concatenated: for big results use :meth:`iterate`. `request_timeout` is
+        the driver-side limit per page request (default: the session's ``request_timeout``).
+
+        Raises :class:`CassandraQueryError` (a bad query), :class:`CassandraUnavailable` /
+        :class:`CassandraTimeout` (transient), :class:`CassandraError` (other failures).
+        """
+        statement = await self._statement(query, params, consistency, page_size)
+        page = await self._request(statement, query, None, request_timeout)
+        rows = page.rows
+        while page.paging_state is not None:
+            page = await self._request(statement, query, page.paging_state, request_timeout)
+            rows.extend(page.rows)
+        return rows
+
+    async def execute_many(
+        self,
+        query: str,
+        params: Iterable[Params],
+        *,
+        concurrency: int = 64,
+        consistency: int | None = None,
+        request_timeout: float | None = None,
+    ) -> int:
+        """Run prepared `query` once per item of `params`, up to `concurrency` at a time.
+
+        For bulk writes from one task: there is no task per request, and responses that come
+        in together are handled in one wakeup. Result rows are discarded; the number of
+        statements run is returned. The first failure is raised at once: nothing more is sent
+        and the requests still out are abandoned (any of them may still be applied). `params`
+        is consumed lazily, so it can be a generator. Cancelling abandons the requests still
+        out, like a cancelled :meth:`execute`.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        prepared = await self._lookup(query)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        batch = _Batch(self)
+        self._waiting.add(batch)
+        sent = 0
+        try:
+            for values in params:
+                while batch.pending >= concurrency and batch.error is None:
+                    await batch.wait()
+                if batch.error is not None:
+                    break
+                statement = _bind(prepared, values, query)
+                if consistency is not None:
+                    statement.consistency_level = consistency
+                self._check_open()
+                try:
+                    self._slots.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._slots.acquire()
+                try:
+                    self._check_open()
+                    future = self._session.execute_async(
+                        statement, timeout=self._driver_timeout(request_timeout)
+                    )
+                except BaseException as exc:
+                    self._slots.release()
+                    if isinstance(exc, Exception) and not isinstance(exc, trio.ClosedResourceError):
+                        raise translate(exc, "execute_many", query) from exc
+                    raise
+                self._requests += 1
+                self._in_flight += 1
+                batch.pending += 1
+                future.add_callbacks(batch.ok, batch.failed)
+                sent += 1
+            while batch.pending and batch.error is None:
+                await batch.wait()
+        finally:
+            batch.closed = True
+            self._waiting.discard(batch)
+        if batch.error is not None:
+            if isinstance(batch.error, trio.ClosedResourceError):
+                raise batch.error
+            raise translate(batch.error, "execute_many", query) from batch.error
+        if sent == 0:
+            await trio.lowlevel.checkpoint()
+        return sent
+
+    def iterate(
+        self,
+        query: str,
+        params: Params | None = None,
+        *,
+        page_size: int = 1000,
+        consistency: int | None = None,
+        request_timeout: float | None = None,
+    ) -> RowIterator:
+        """Rows of a query, fetched a page (`page_size` rows) at a time: ``async for row in``.
+
+        Each page is a separate request (carrying the previous page's paging state); the next
+        page is requested when the current one is used up. Cancelling a fetch leaves the
+        iterator where it was: the next ``__anext__`` asks for the same page again.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        return RowIterator(self, query, params, page_size, consistency, request_timeout)
+
+    async def prepare(self, query: str) -> PreparedStatement:
+        """The prepared statement for `query`, preparing it on first use (cached).
+
+        Concurrent first calls share one ``PREPARE``. The prepare runs to completion even if
+        every caller is cancelled, so its result is cached for the next caller. A failed
+        prepare is not cached.
+        """
+        await trio.lowlevel.checkpoint()
+        return await self._lookup(query)
+
+    async def _lookup(self, query: str) -> PreparedStatement:
+        # The cached case does not checkpoint: the request that follows does.
+        self._check_open()
+        entry = self._prepared.get(query)
+        if entry is not None and entry.statement is not None:
+            self._prepared.move_to_end(query)
+            return entry.statement
+        if entry is None:
+            entry = _Prepared()
+            self._prepared[query] = entry
+            self._evict()
+            self._prepares += 1
+            token = trio.lowlevel.current_trio_token()
+
+            def deliver(result: outcome.Outcome[PreparedStatement]) -> None:
+                with suppress(trio.RunFinishedError):
+                    token.run_sync_soon(self._prepared_arrived, query, entry, result)
+
+            trio.lowlevel.start_thread_soon(partial(self._session.prepare, query), deliver)
+        await entry.done.wait()
+        self._check_open()
+        if entry.error is not None:
+            raise translate(entry.error, "prepare", query) from entry.error
+        assert entry.statement is not None
+        return entry.statement
+
+    async def create_keyspace(
+        self, name: str, replication_factor: int = 1, *, if_not_exists: bool = True
+    ) -> None:
+        """``CREATE KEYSPACE`` with ``SimpleStrategy`` and `replication_factor`.
+
+        Identifiers cannot be bound, so `name` is checked strictly: a letter, then letters,
+        digits or ``_``, 48 characters at most (unquoted, so Cassandra folds it to lower case).
+        """
+        _check_identifier(name, "keyspace")
+        if isinstance(replication_factor, bool) or not isinstance(replication_factor, int):
+            raise TypeError("replication_factor must be an int")
+        if replication_factor < 1:
+            raise ValueError("replication_factor must be at least 1")
+        exists = " IF NOT EXISTS" if if_not_exists else ""
+        await self.execute(
+            f"CREATE KEYSPACE{exists} {name} WITH replication = "
+            f"{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}"
+        )
+
+    async def drop_keyspace(self, name: str, *, if_exists: bool = True) -> None:
+        """``DROP KEYSPACE`` (name checked like :meth:`create_keyspace`)."""
+        _check_identifier(name, "keyspace")
+        await self.execute(f"DROP KEYSPACE{' IF EXISTS' if if_exists else ''} {name}")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the Cassandra session is closed")
+
+    def _evict(self) -> None:
+        while len(self._prepared) > self._prepared_cache_size:
+            oldest = next(iter(self._prepared))
+            if not self._prepared[oldest].done.is_set():
+                break  # still preparing: keep it (the cache may briefly exceed its size)
+            del self._prepared[oldest]
+
+    def _prepared_arrived(
+        self, query: str, entry: _Prepared, result: outcome.Outcome[PreparedStatement]
+    ) -> None:
+        if entry.done.is_set():
+            return  # the session was closed meanwhile
+        if isinstance(result, outcome.Error):
+            entry.error = result.error
+            if self._prepared.get(query) is entry:
+                del self._prepared[query]  # the next call tries again
+        else:
+            entry.statement = result.unwrap()
+        entry.done.set()
+
+    async def _statement(
+        self,
+        query: str,
+        params: Params | None,
+        consistency: int | None,
+        page_size: int | None,
+    ) -> Statement:
+        statement: Statement
+        if params is None:
+            self._check_open()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            statement = SimpleStatement(query)
+        else:
+            prepared = await self._lookup(query)
+            statement = _bind(prepared, params, query)
+        if consistency is not None:
+            statement.consistency_level = consistency
+        if page_size is not None:
+            if page_size < 1:
+                raise ValueError("page_size must be at least 1")
+            statement.fetch_size = page_size
+        return statement
+
+    def _driver_timeout(self, request_timeout: float | None) -> float | None:
+        limit = self._request_timeout if request_timeout is None else request_timeout
+        deadline = trio.current_effective_deadline()
+        if deadline != math.inf:
+            remaining = max(deadline - trio.current_time(), 0.0) + _DEADLINE_SLACK
+            limit = remaining if limit is None else min(limit, remaining)
+        return limit
+
+    def _settled(self) -> None:
+        self._in_flight -= 1
+        if not self._closed:
+            self._slots.release()
+
+    def _abandon(self, _result: object) -> None:
+        self._abandoned += 1
+
+    async def _request(
+        self,
+        statement: Statement,
+        query: str,
+        paging_state: bytes | None,
+        request_timeout: float | None,
+    ) -> _Page:
+        """One request/response through the bridge: the core of the module.
+
+        Its only schedule point is the wait for the response (plus the wait for a slot when
+        ``max_in_flight`` requests are out); a cancel that is already pending is honoured
+        before anything is sent.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            self._check_open()
+            handoff = _PageHandoff(on_settled=self._settled, on_abandoned=self._abandon)
+            future = self._session.execute_async(
+                statement, timeout=self._driver_timeout(request_timeout), paging_state=paging_state
+            )
+        except BaseException as exc:
+            self._slots.release()
+            if isinstance(exc, Exception) and not isinstance(exc, trio.ClosedResourceError):
+                raise translate(exc, "execute", query) from exc
+            raise
+        self._requests += 1
+        self._in_flight += 1
+        # No checkpoint between here and wait(): the callbacks may run on the IO thread at
+        # once (or on this thread, if the response is already in), but they only post.
+        future.add_callbacks(handoff.page, handoff.error, callback_args=(future,))
+        self._waiting.add(handoff)
+        try:
+            return await handoff.wait()
+        except (CassandraError, trio.ClosedResourceError):
+            raise
+        except Exception as exc:
+            raise translate(exc, "execute", query) from exc
+        finally:
+            self._waiting.discard(handoff)
+
+
+class _Batch:
+    """Completions of many requests, collected for the one task of ``execute_many``."""
+
+    __slots__ = ("_session", "_task", "_token", "closed", "error", "pending")
+
+    def __init__(self, session: CassandraSession) -> None:
+        self._session = session
+        self._token = trio.lowlevel.current_trio_token()
+        self._task: trio.lowlevel.Task | None = None
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.closed = False
+
+    # driver callbacks (IO thread): post and return
+    def ok(self, _rows: object) -> None:
+        self._post(None)
+
+    def failed(self, exc: BaseException) -> None:
+        self._post(exc)
+
+    def _post(self, exc: BaseException | None) -> None:
+        with suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._arrive, exc)
+
+    # Trio thread
+    def _arrive(self, exc: BaseException | None) -> None:
+        self._session._settled()
+        self.pending -= 1
+        if self.closed:
+            self._session._abandoned += 1
+            return
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def interrupt(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    async def wait(self) -> None:
+        """Park until at least one more completion (or an interrupt)."""
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+class RowIterator:
+    """Async iterator over a query's rows, one page request at a time (see
+    :meth:`CassandraSession.iterate`). Use it from one task at a time."""
+
+    def __init__(
+        self,
+        session: CassandraSession,
+        query: str,
+        params: Params | None,
+        page_size: int,
+        consistency: int | None,
+        request_timeout: float | None,
+    ) -> None:
+        self._session = session
+        self._query = query
+        self._params = params
+        self._page_size = page_size
+        self._consistency = consistency
+        self._request_timeout = request_timeout
+        self._statement: Statement | None = None
+        self._rows: list[Row] = []
+        self._index = 0
+        self._paging_state: bytes | None = None
+        self._finished = False
+        self._busy = False
+        #: page requests answered so far
+        self.pages = 0
+
+    def __aiter__(self) -> RowIterator:
+        return self
+
+    async def __anext__(self) -> Row:
+        if self._busy:
+            raise trio.BusyResourceError("another task is already reading this RowIterator")
+        self._busy = True
+        try:
+            if self._index < len(self._rows):
+                await trio.lowlevel.checkpoint()  # before taking the row: a cancel loses none
+            else:
+                while True:
+                    if self._finished:
+                        await trio.lowlevel.checkpoint()
+                        raise StopAsyncIteration
+                    await self._fetch()  # changes nothing unless it succeeds
+                    if self._rows:
+                        break
+            row = self._rows[self._index]
+            self._index += 1
+            return row
+        finally:
+            self._busy = False
+
+    async def _fetch(self) -> None:
+        session = self._session
+        if self._statement is None:
+            self._statement = await session._statement(
+                self._query, self._params, self._consistency, self._page_size
+            )
+        page = await session._request(
+            self._statement, self._query, self._paging_state, self._request_timeout
+        )
+        # Only now, after a successful fetch, does the iterator move on.
+        self.pages += 1
+        self._rows = page.rows
+        self._index = 0
+        self._paging_state = page.paging_state
+        self._finished = page.paging_state is None
+
+
+def _bind(prepared: PreparedStatement, params: Params, query: str) -> Statement:
+    try:
+        return prepared.bind(params)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CassandraQueryError(
+            f"Cassandra bind failed: {type(exc).__name__}: {exc} [query: {preview(query)}]",
+            query=query,
+        ) from exc
+
+
+def _check_identifier(name: str, what: str) -> None:
+    if not isinstance(name, str) or _IDENTIFIER.fullmatch(name) is None:
+        raise ValueError(
+            f"invalid {what} name {name!r}: use a letter, then letters, digits or '_' "
+            "(48 characters at most)"
+        )
