@@ -1,0 +1,1 @@
+"""Benchmarks for trio_rt (not part of the installed package)."""

@@ -1,0 +1,1 @@
+"""Servers driven by the benchmark harness; each prints ``READY <port>`` once listening."""
