@@ -165,6 +165,22 @@ async def test_two_servers_one_room_exactly_once(make_broker: MakeBroker) -> Non
         # nothing else was queued for anyone
         for x in (a, b, c, mod):
             assert await x.request({"type": "ping"}) == {"type": "pong"}
+        # cross_server_message: to every other server's handlers, not to the sender's
+        got: dict[str, list[tuple[dict[str, object], str]]] = {"m1": [], "m2": []}
+        for name, m in (("m1", m1), ("m2", m2)):
+
+            @m.on("cross_server_message")
+            async def on_server_message(
+                message: dict[str, object], origin: str, name: str = name
+            ) -> None:
+                got[name].append((message, origin))
+
+        await m1.send_to_servers({"type": "reload", "what": "config"})
+        await wait_until(lambda: len(got["m2"]) == 1)
+        assert got["m2"] == [({"type": "reload", "what": "config"}, m1.server_id)]
+        await m2.send_to_servers({"type": "ping"})
+        await wait_until(lambda: len(got["m1"]) == 1)
+        assert got["m1"] == [({"type": "ping"}, m2.server_id)] and len(got["m2"]) == 1
         # a kick from one server reaches members on the other
         await m1.create_room("r2", moderators=["mod"])
         await m2.create_room("r2", moderators=["mod"])

@@ -135,7 +135,9 @@ async def test_unsubscribed_when_last_local_member_leaves(redis_url: str) -> Non
             assert manager._room_channel("lonely") in broker.channels
             await a.request({"type": "leave_room", "room": "lonely"})
             assert manager._room_channel("lonely") not in broker.channels
-        await wait_until(lambda: broker.channels == {manager._all_channel})
+        await wait_until(
+            lambda: broker.channels == {manager._all_channel, manager._servers_channel}
+        )
 
 
 async def test_bad_broker_settings_are_refused() -> None:

@@ -22,6 +22,7 @@ M = TypeVar("M", bound=Hashable)
 
 KIND_MESSAGE = "m"
 KIND_KICK = "kick"
+KIND_SERVER = "server"  # a message for the servers themselves (cross_server_message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import time
 import uuid
@@ -26,6 +27,7 @@ from ._connection import Connection
 from ._direct_stream import DirectStream
 from ._envelope import (
     KIND_KICK,
+    KIND_SERVER,
     Envelope,
     decode_envelope,
     encode_envelope,
@@ -59,6 +61,8 @@ ConnectionHandler = Callable[[Connection], Awaitable[None]]
 DisconnectHandler = Callable[[Connection, int], Awaitable[None]]
 MessageHandler = Callable[[Connection, dict[str, Any]], Awaitable[None]]
 ErrorHandler = Callable[[Connection, Exception], Awaitable[None]]
+ServerMessageHandler = Callable[[dict[str, Any], str], Awaitable[None]]
+SERVER_INBOX_SIZE = 1000  # cross-server messages waiting for their handlers
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -168,6 +172,9 @@ class WebSocketManager:
         self._address: tuple[str, int] | None = None
         prefix = self.options.channel_prefix
         self._all_channel = f"{prefix}:all"
+        self._servers_channel = f"{prefix}:servers"
+        self._server_message_handlers: list[ServerMessageHandler] = []
+        self._server_inbox: trio.MemorySendChannel[tuple[dict[str, Any], str]] | None = None
         self._room_prefix = f"{prefix}:room:"
 
     # -- handler registration -----------------------------------------------------------------
@@ -213,7 +220,8 @@ class WebSocketManager:
 
     def on(self, event: str, type: str | None = None) -> Callable[[F], F]:
         """Seed-style registration: ``@manager.on("connection" | "message" | "disconnect" |
-        "error")``. For "message", `type` selects the message type (None: all unhandled)."""
+        "error" | "cross_server_message")``. For "message", `type` selects the message type
+        (None: all unhandled)."""
 
         def register(fn: F) -> F:
             if event == "connection":
@@ -224,11 +232,30 @@ class WebSocketManager:
                 self.on_error(fn)
             elif event == "message":
                 self.on_message(type)(fn)
+            elif event == "cross_server_message":
+                self.on_cross_server_message(fn)
             else:
                 raise ValueError(f"unknown event {event!r}")
             return fn
 
         return register
+
+    def on_cross_server_message(self, fn: ServerMessageHandler) -> ServerMessageHandler:
+        """Register `async def handler(message: dict, origin_server_id: str)` for messages
+        other servers send with `send_to_servers` (the seed's ``cross_server_message``).
+
+        Broadcasts to clients already reach every server by themselves; this is for the app's
+        own coordination (cache invalidation, config reloads). Handlers run one at a time in
+        a task of the manager; at most 1,000 messages wait for them, newer ones are dropped
+        (and logged) beyond that.
+        """
+        self._server_message_handlers.append(_check_coroutine(fn))
+        return fn
+
+    async def send_to_servers(self, data: dict[str, Any]) -> None:
+        """Send `data` to the cross-server message handlers of every other server."""
+        env = Envelope(encode(data), kind=KIND_SERVER, origin=self.server_id)
+        await self.broker.publish(self._servers_channel, encode_envelope(env))
 
     def route(self, path: str) -> Callable[[HttpHandler], HttpHandler]:
         """Serve plain HTTP GETs of `path` on the WebSocket port (health, metrics, files)."""
@@ -321,6 +348,12 @@ class WebSocketManager:
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 await nursery.start(self.broker.run, self._on_broker_message)
                 await self.broker.subscribe(self._all_channel)
+                send, receive = trio.open_memory_channel[tuple[dict[str, Any], str]](
+                    SERVER_INBOX_SIZE
+                )
+                self._server_inbox = send
+                nursery.start_soon(self._run_server_message_handlers, receive)
+                await self.broker.subscribe(self._servers_channel)
                 listeners = await trio.open_tcp_listeners(o.port, host=o.host)
                 sockname = listeners[0].socket.getsockname()
                 self._address = (str(sockname[0]), int(sockname[1]))
@@ -677,6 +710,9 @@ class WebSocketManager:
         except ValueError:
             log.warning("ignoring a message on %s that is not a trio_rt envelope", channel)
             return
+        if channel == self._servers_channel:
+            self._queue_server_message(env)
+            return
         if channel == self._all_channel:
             targets: Iterable[Connection] = list(self._connections.values())
         elif channel.startswith(self._room_prefix):
@@ -695,6 +731,30 @@ class WebSocketManager:
                 conn.send_encoded(message)
                 n += 1
         self._stats.deliveries += n
+
+    def _queue_server_message(self, env: Envelope) -> None:
+        if env.kind != KIND_SERVER or env.origin == self.server_id or self._server_inbox is None:
+            return
+        try:
+            message = json.loads(env.payload)
+        except ValueError:
+            log.warning("ignoring a cross-server message that is not JSON")
+            return
+        try:
+            self._server_inbox.send_nowait((message, env.origin or ""))
+        except trio.WouldBlock:
+            log.error("cross-server message dropped: %d are already waiting", SERVER_INBOX_SIZE)
+
+    async def _run_server_message_handlers(
+        self, receive: trio.MemoryReceiveChannel[tuple[dict[str, Any], str]]
+    ) -> None:
+        async with receive:
+            async for message, origin in receive:
+                for handler in self._server_message_handlers:
+                    try:
+                        await handler(message, origin)
+                    except Exception:
+                        log.exception("cross-server message handler failed")
 
     def _apply_kick(self, room: str, env: Envelope) -> None:
         message = OutboundMessage(env.payload)
