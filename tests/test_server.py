@@ -463,3 +463,43 @@ async def test_handshake_timeout_drops_slow_handshakes(make_manager: Any) -> Non
             sock.settimeout(5)
             assert await trio.to_thread.run_sync(sock.recv, 100) == b""  # server hung up
         assert not manager.connections
+
+
+async def test_a_broadcast_is_serialized_and_framed_once(
+    make_manager: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trio_rt._manager as manager_module
+    import trio_rt._outbox as outbox_module
+
+    calls = {"encode": 0, "frame": 0}
+    real_encode, real_frame = manager_module.encode, outbox_module.encode_text_frame
+
+    def counting_encode(data: dict[str, Any]) -> bytes:
+        calls["encode"] += 1
+        return real_encode(data)
+
+    def counting_frame(payload: bytes) -> bytes:
+        calls["frame"] += 1
+        return real_frame(payload)
+
+    manager = make_manager(compression=False)
+    async with running(manager):
+        clients = []
+        async with trio.open_nursery() as nursery:
+
+            async def join() -> None:
+                async with client(manager) as c:
+                    await c.request({"type": "join_room", "room": "many"})
+                    clients.append(c)
+                    await trio.sleep_forever()
+
+            for _ in range(20):
+                nursery.start_soon(join)
+            await wait_until(lambda: len(manager.members_of("many")) == 20)
+            monkeypatch.setattr(manager_module, "encode", counting_encode)
+            monkeypatch.setattr(outbox_module, "encode_text_frame", counting_frame)
+            await manager.broadcast_to_room("many", {"type": "m", "x": 1})
+            for c in clients:
+                assert await c.recv() == {"type": "m", "x": 1}
+            assert calls == {"encode": 1, "frame": 1}
+            nursery.cancel_scope.cancel()
