@@ -501,7 +501,11 @@ class WebSocketClient:
     room was joined again (or refused: ``rejoin_failed`` event), all within ``open_timeout``.
 
     Parameters:
-        url: ``ws://`` or ``wss://`` URL of the trio_rt server.
+        url: ``ws://`` or ``wss://`` URL of the trio_rt server, or a non-empty sequence of URLs
+            (servers of one deployment): each attempt after a failed attempt or a lost
+            connection goes to the next URL, round-robin.
+        url_index: with several URLs, the index of the first one to try; ``None`` (default)
+            picks one at random (with ``rng``), which spreads clients over the servers.
         initial_delay, max_delay, multiplier, jitter: the :class:`Backoff` schedule.
         max_attempts: consecutive failed attempts before giving up; ``None`` retries forever.
         rng: the random generator of the jitter (seed it for reproducible delays).
@@ -531,8 +535,9 @@ class WebSocketClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
+        url_index: int | None = None,
         initial_delay: float = 0.5,
         max_delay: float = 20.0,
         multiplier: float = 2.0,
@@ -554,9 +559,19 @@ class WebSocketClient:
         ssl: ssl_module.SSLContext | None = None,
         proxy: str | Literal[True] | None = True,
     ) -> None:
-        uri = parse_uri(url)  # raises InvalidURI now rather than at the first attempt
-        if ssl is not None and not uri.secure:
-            raise ValueError("ssl is only for wss:// URLs")
+        urls = (url,) if isinstance(url, str) else tuple(url)
+        if not urls:
+            raise ValueError("url must be a URL or a non-empty sequence of URLs")
+        for one in urls:
+            if not isinstance(one, str):
+                raise TypeError(f"a URL must be a str, not {type(one).__name__}")
+            uri = parse_uri(one)  # raises InvalidURI now rather than at the first attempt
+            if ssl is not None and not uri.secure:
+                raise ValueError("ssl is only for wss:// URLs")
+        if url_index is not None and (
+            isinstance(url_index, bool) or not 0 <= url_index < len(urls)
+        ):
+            raise ValueError(f"url_index must be None or an integer in [0, {len(urls)})")
         if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
             raise ValueError("max_attempts must be None or an integer >= 1")
         if isinstance(queue_size, bool) or queue_size < 1:
@@ -570,7 +585,14 @@ class WebSocketClient:
         if not close_timeout > 0:
             raise ValueError("close_timeout must be > 0")
 
-        self.url = url
+        self._rng = rng if rng is not None else random.Random()
+        self.urls: tuple[str, ...] = urls
+        """Every URL the client may connect to, in round-robin order."""
+        if url_index is None:
+            url_index = self._rng.randrange(len(urls)) if len(urls) > 1 else 0
+        self._url_index = url_index
+        self.url: str = urls[url_index]
+        """The URL of the current (or next) connection attempt."""
         self.backoff = Backoff(initial_delay, max_delay, multiplier, jitter)
         self.max_attempts = max_attempts
         self.stats = ClientStats()
@@ -578,7 +600,6 @@ class WebSocketClient:
         """The latest ``welcome`` message (``None`` before the first connection). Welcomes are
         not delivered to the iterator."""
 
-        self._rng = rng if rng is not None else random.Random()
         self._queue_size = queue_size
         self._overflow = overflow
         self._headers = headers
@@ -961,6 +982,7 @@ class WebSocketClient:
                         f"gave up after {failures} failed connection attempt(s): {last_error!r}",
                         error=last_error,
                     )
+                self._next_url()
                 delay = self.backoff.delay(retry, self._rng)
                 retry += 1
                 hint = _retry_after(last_error)
@@ -1010,6 +1032,12 @@ class WebSocketClient:
                 )
             if stop:
                 return ending
+
+    def _next_url(self) -> None:
+        """Move to the next URL (round-robin) for the coming attempt."""
+        if len(self.urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self.urls)
+            self.url = self.urls[self._url_index]
 
     async def _attempt(self, number: int) -> _Outcome:
         """One connection attempt and, if it succeeds, the whole life of that connection."""
