@@ -84,6 +84,7 @@ async def client(
 def count_tasks() -> int:
     """All tasks of this trio run, found by walking the task tree from the root."""
     root = trio.lowlevel.current_root_task()
+    assert root is not None
     total = 0
     stack = [root]
     while stack:

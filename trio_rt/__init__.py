@@ -30,6 +30,7 @@ __all__ = [
     "ServerStats",
     "SlowConsumerPolicy",
     "WebSocketManager",
+    "WebSocketMetrics",
 ]
 
 __version__ = "0.1.0"
@@ -41,4 +42,9 @@ def __getattr__(name: str) -> object:
         from ._redis_broker import RedisBroker
 
         return RedisBroker
+    # Metrics need prometheus-client (the `metrics` extra): also imported on first use.
+    if name == "WebSocketMetrics":
+        from ._metrics import WebSocketMetrics
+
+        return WebSocketMetrics
     raise AttributeError(f"module 'trio_rt' has no attribute {name!r}")

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 from websockets.http11 import Request as WsRequest
@@ -88,6 +88,17 @@ class ServerStats:
         self.handshakes_rejected[reason] = self.handshakes_rejected.get(reason, 0) + 1
 
 
+class _Instruments(Protocol):
+    """What WebSocketMetrics observes at the manager's instrumentation points (trio_rt._metrics).
+
+    Called once per app handler call and once per broadcast delivered, never per recipient.
+    """
+
+    def handler_finished(self, type: str, seconds: float) -> None: ...
+
+    def fanned_out(self, recipients: int, seconds: float) -> None: ...
+
+
 class _ServerConnection(ServerConnection):
     """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
 
@@ -114,6 +125,7 @@ class _ServerConnection(ServerConnection):
             conn = self.trio_rt_conn
             if conn is not None and self.protocol.state is not OPEN:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
+                self.trio_rt_manager._stats.rejected("aborted")  # accepted, never upgraded
                 with trio.CancelScope(shield=True):
                     await self.trio_rt_manager._finish(conn)
 
@@ -166,6 +178,7 @@ class WebSocketManager:
         self._routes: dict[str, HttpHandler] = {"/health": self._health}
         self._pending_subscriptions: dict[str, trio.Event] = {}
         self._stats = ServerStats()
+        self._instruments: _Instruments | None = None  # set by WebSocketMetrics
         self._closing = False
         self._running = False
         self._stop = trio.Event()
@@ -519,7 +532,17 @@ class WebSocketManager:
                         f"unknown message type {command.type!r}",
                         request_id=request_id,
                     )
-                await handler(conn, command.data)
+                instruments = self._instruments
+                if instruments is None:
+                    await handler(conn, command.data)
+                else:
+                    started = time.perf_counter()
+                    try:
+                        await handler(conn, command.data)
+                    finally:
+                        # Label by registered type: clients cannot invent label values.
+                        label = command.type if command.type in self._message_handlers else "*"
+                        instruments.handler_finished(label, time.perf_counter() - started)
             elif isinstance(command, JoinRoom):
                 await self.join_room(conn, command.room)
                 await conn.send(_reply("room_joined", request_id, room=command.room))
@@ -713,6 +736,8 @@ class WebSocketManager:
         if channel == self._servers_channel:
             self._queue_server_message(env)
             return
+        instruments = self._instruments
+        started = time.perf_counter() if instruments is not None else 0.0
         if channel == self._all_channel:
             targets: Iterable[Connection] = list(self._connections.values())
         elif channel.startswith(self._room_prefix):
@@ -731,6 +756,8 @@ class WebSocketManager:
                 conn.send_encoded(message)
                 n += 1
         self._stats.deliveries += n
+        if instruments is not None:
+            instruments.fanned_out(n, time.perf_counter() - started)
 
     def _queue_server_message(self, env: Envelope) -> None:
         if env.kind != KIND_SERVER or env.origin == self.server_id or self._server_inbox is None:
