@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import resource
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -13,6 +18,7 @@ import trio
 from websockets.trio.client import ClientConnection, connect
 
 from trio_rt import WebSocketManager
+from trio_rt.testing.services import redis_ping
 
 # Real Redis and Cassandra for the tests that ask for them (started once per run when the
 # TRIO_RT_* environment variables do not point at running servers).
@@ -103,3 +109,45 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None
     with trio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.01)
+
+
+@contextmanager
+def redis_on(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server on a fixed port (so a restart comes back at the same address)."""
+    workdir = tempfile.mkdtemp(prefix="trio-rt-redis-restart-")
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            if redis_ping("127.0.0.1", port):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server on {port} exited with {proc.returncode}")
+            time.sleep(0.01)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

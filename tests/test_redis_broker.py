@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -15,52 +9,8 @@ import trio
 import trio_asyncio
 
 from trio_rt import Connection, RedisBroker, WebSocketManager
-from trio_rt.testing.services import redis_ping
 
-from .conftest import client, running, wait_until
-
-
-@contextmanager
-def redis_on(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A redis-server on a fixed port (so a restart comes back at the same address)."""
-    workdir = tempfile.mkdtemp(prefix="trio-rt-redis-restart-")
-    proc = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(500):
-            if redis_ping("127.0.0.1", port):
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"redis-server on {port} exited with {proc.returncode}")
-            time.sleep(0.01)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .conftest import client, free_port, redis_on, running, wait_until
 
 
 def make(url: str, **kwargs: Any) -> WebSocketManager:

@@ -10,6 +10,7 @@ from ._manager import ServerStats, WebSocketManager
 from ._options import ServerOptions
 from ._outbox import SlowConsumerPolicy
 from ._protocol import CloseCode, ErrorCode, ProtocolError
+from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._rooms import Room, RoomError
 
 __all__ = [
@@ -27,10 +28,14 @@ __all__ = [
     "Room",
     "RoomError",
     "ServerOptions",
+    "ServerRegistry",
     "ServerStats",
     "SlowConsumerPolicy",
     "WebSocketManager",
     "WebSocketMetrics",
+    "rendezvous_owner",
+    "rendezvous_rank",
+    "rendezvous_score",
 ]
 
 __version__ = "0.1.0"
@@ -42,6 +47,10 @@ def __getattr__(name: str) -> object:
         from ._redis_broker import RedisBroker
 
         return RedisBroker
+    if name == "ServerRegistry":
+        from ._registry import ServerRegistry
+
+        return ServerRegistry
     # Metrics need prometheus-client (the `metrics` extra): also imported on first use.
     if name == "WebSocketMetrics":
         from ._metrics import WebSocketMetrics

@@ -1,0 +1,445 @@
+"""ServerRegistry: which trio_rt servers are alive, kept in Redis with heartbeats.
+
+Storage (two keys, one hash tag so they live in one slot):
+
+- ``{ns}:servers`` — a sorted set of server ids scored by the *deadline* of their last
+  heartbeat (Redis's clock at the heartbeat + that server's ttl, in ms);
+- ``{ns}:addresses`` — a hash from server id to the address it advertises.
+
+Why a sorted set and not one key per server with a TTL: every read and write is one Lua script
+that takes the time from Redis (``TIME``), so servers with skewed clocks agree on who is alive;
+pruning expired entries and reading the live ones happen atomically in the same script (a
+key-per-server design needs a separate index set and a race-prone clean-up of it); and each
+server may use its own ttl, because the score is the deadline, not the heartbeat time.
+
+A heartbeat refreshes this server's deadline and returns the live set, so `servers` (a local
+snapshot) is never older than one heartbeat interval. `live_servers()` asks Redis afresh.
+A clean exit removes the entry at once (shielded, bounded); a crashed server drops out when its
+deadline passes.
+
+The Trio/asyncio bridge: redis-py runs in the trio-asyncio loop (`ensure_loop`); the registry
+crosses it once per heartbeat and once per query, from tasks that live inside that loop's
+context (queries from any Trio task are handed to one long-lived server task), so callers need
+not run inside the loop themselves. Stopping is cooperative: the loops are asked to end and an
+in-flight Redis call is allowed to finish (bounded by the socket timeout), because cancellations
+can get lost inside redis-py.
+
+Redis down: heartbeats fail, are logged, and are retried with exponential backoff (never slower
+than the heartbeat interval); the task that runs the registry never crashes for it.
+`live_servers()` and `owner()` raise the Redis error to their caller; `servers` keeps the last
+known snapshot for a caller that prefers stale over nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import trio
+import trio_asyncio
+
+from ._aio import ensure_loop
+from ._rendezvous import rendezvous_owner
+
+__all__ = ["ServerRegistry"]
+
+log = logging.getLogger("trio_rt.registry")
+
+T = TypeVar("T")
+
+# Shared by both scripts: prune the expired entries and list the live ones with addresses.
+_LIVE = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+for _, id in ipairs(ids) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
+end
+return out
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: servers, addresses. ARGV: id, address, ttl in ms.
+# Returns {previous address if the id was still live, else '', then id, address, ...}.
+_HEARTBEAT = (
+    _NOW
+    + """
+local prev = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local out = {''}
+if prev and tonumber(prev) > now then
+  out[1] = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+"""
+    + _LIVE
+)
+
+# KEYS: servers, addresses. Returns {id, address, ...}.
+_LIST = _NOW + "local out = {}\n" + _LIVE
+
+# KEYS: servers, addresses. ARGV: id.
+_LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def _check_id(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, not {value!r}")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"{name} must be printable with no whitespace: {value!r}")
+    return value
+
+
+def _positive(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a positive number, not {value!r}")
+    return float(value)
+
+
+class ServerRegistry:
+    """This server's entry in the registry of live servers, kept alive by heartbeats.
+
+    Use as ``async with ServerRegistry(...) as registry:`` or run `run` in a nursery
+    (``await nursery.start(registry.run)``; it returns once the first heartbeat was attempted).
+    Several registries in one process must share one trio-asyncio loop opened above them.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        server_id: str,
+        address: str,
+        *,
+        heartbeat_interval: float = 2.0,
+        ttl: float = 6.0,
+        namespace: str = "trio_rt",
+        retry_initial: float = 0.1,
+    ) -> None:
+        if not isinstance(redis_url, str) or not redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(f"not a Redis URL: {redis_url!r}")
+        self.redis_url = redis_url
+        self.server_id = _check_id("server_id", server_id)
+        self.address = _check_id("address", address)
+        self.namespace = _check_id("namespace", namespace)
+        if "{" in namespace or "}" in namespace:
+            raise ValueError("namespace must not contain braces (it is used as a hash tag)")
+        self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval)
+        self.ttl = _positive("ttl", ttl)
+        if self.ttl <= self.heartbeat_interval:
+            raise ValueError("ttl must be greater than heartbeat_interval")
+        self._retry_initial = min(
+            _positive("retry_initial", retry_initial), self.heartbeat_interval
+        )
+        self._keys = [f"{{{namespace}}}:servers", f"{{{namespace}}}:addresses"]
+        self._servers: dict[str, str] = {}
+        self._registered = False
+        self._heartbeats = 0
+        self._running = False
+        self._crashed = False
+        self._stop = trio.Event()
+        self._idle = trio.Event()  # set when the heartbeat loop and every query have ended
+        self._busy = 0
+        self._failures = 0  # consecutive failed heartbeats
+        self._requests: trio.MemorySendChannel[_Request] | None = None
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._stack: AsyncExitStack | None = None
+
+    # -- public API -----------------------------------------------------------------------------
+    @property
+    def servers(self) -> dict[str, str]:
+        """The live servers as of the last heartbeat or query (a copy; may be stale)."""
+        return dict(self._servers)
+
+    @property
+    def registered(self) -> bool:
+        """Whether the last heartbeat reached Redis."""
+        return self._registered
+
+    @property
+    def heartbeats(self) -> int:
+        """Successful heartbeats so far."""
+        return self._heartbeats
+
+    async def live_servers(self) -> dict[str, str]:
+        """``{server_id: address}`` of every live server, from Redis (expired ones pruned)."""
+        flat = await self._call(lambda: self._scripts["list"](keys=self._keys))
+        self._servers = _pairs(flat)
+        return dict(self._servers)
+
+    async def owner(self, key: str | bytes) -> tuple[str, str] | None:
+        """``(server_id, address)`` of the live server that owns `key` by rendezvous hashing,
+        or None if no server is live."""
+        return self.owner_among(key, await self.live_servers())
+
+    def cached_owner(self, key: str | bytes) -> tuple[str, str] | None:
+        """Like `owner`, from the last snapshot (no Redis round trip; may be stale)."""
+        return self.owner_among(key, self._servers)
+
+    @staticmethod
+    def owner_among(key: str | bytes, servers: dict[str, str]) -> tuple[str, str] | None:
+        server_id = rendezvous_owner(key, servers)
+        return None if server_id is None else (server_id, servers[server_id])
+
+    def stop(self) -> None:
+        """Ask `run` to deregister and return."""
+        self._stop.set()
+
+    def crash(self) -> None:
+        """For tests: stop heartbeating and skip deregistration, as if the process died.
+
+        The entry stays in Redis until its ttl runs out. Queries keep working.
+        """
+        self._crashed = True
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def __aenter__(self) -> ServerRegistry:
+        if self._stack is not None:
+            raise RuntimeError("this ServerRegistry is already entered")
+        stack = AsyncExitStack()
+        try:
+            await stack.enter_async_context(ensure_loop())
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(self.run)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        self.stop()
+        if stack is not None:
+            # The body's exception is not fed to the nursery: it propagates as it is, not
+            # wrapped in an exception group.
+            await stack.aclose()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register, heartbeat until stopped or cancelled, then deregister (unless crashed)."""
+        if self._running:
+            raise RuntimeError("this ServerRegistry is already running")
+        self._running = True
+        self._stop = trio.Event()
+        self._crashed = False
+        send, receive = trio.open_memory_channel[_Request](64)
+        try:
+            async with ensure_loop():
+                self._client = aioredis.Redis.from_url(
+                    self.redis_url,
+                    socket_timeout=max(1.0, self.ttl),
+                    socket_connect_timeout=max(1.0, self.ttl),
+                )
+                self._scripts = {
+                    "heartbeat": self._client.register_script(_HEARTBEAT),
+                    "list": self._client.register_script(_LIST),
+                    "leave": self._client.register_script(_LEAVE),
+                }
+                try:
+                    await self._heartbeat_once()
+                    self._requests = send
+                    self._idle = trio.Event()
+                    self._busy = 2  # the heartbeat loop and the request server
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._heartbeat_loop)
+                        nursery.start_soon(self._serve_requests, receive, nursery)
+                        task_status.started()
+                        try:
+                            await self._stop.wait()
+                        finally:
+                            # Stop by asking, not by cancelling: a cancellation can get lost
+                            # inside redis-py. Cancel only what did not end in time.
+                            with trio.CancelScope(shield=True):
+                                self._stop.set()
+                                send.close()
+                                with trio.move_on_after(max(5.0, self.ttl)):
+                                    await self._idle.wait()
+                                nursery.cancel_scope.cancel()
+                finally:
+                    self._requests = None
+                    send.close()
+                    _fail_pending(receive)
+                    with trio.CancelScope(shield=True), trio.move_on_after(max(1.0, self.ttl)):
+                        if not self._crashed:
+                            await self._deregister()
+                        await trio_asyncio.aio_as_trio(self._close)(self._client)
+        finally:
+            self._running = False
+            self._registered = False
+            self._client = None
+            self._scripts = {}
+
+    # -- Trio side ------------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        delay = self.heartbeat_interval
+        try:
+            while True:
+                with trio.move_on_after(delay):
+                    await self._stop.wait()
+                if self._stop.is_set() or self._crashed:
+                    return
+                if await self._heartbeat_once():
+                    delay = self.heartbeat_interval
+                else:
+                    # Retry sooner than the interval: the entry is at risk of expiring.
+                    backoff = self._retry_initial * 2 ** min(self._failures - 1, 30)
+                    delay = min(self.heartbeat_interval, backoff)
+        finally:
+            self._done_one()
+
+    def _done_one(self) -> None:
+        self._busy -= 1
+        if self._busy <= 0:
+            self._idle.set()
+
+    async def _heartbeat_once(self) -> bool:
+        ttl_ms = max(1, round(self.ttl * 1000))
+        try:
+            flat = await trio_asyncio.aio_as_trio(self._scripts["heartbeat"])(
+                keys=self._keys, args=[self.server_id, self.address, ttl_ms]
+            )
+        except Exception as exc:
+            self._failures += 1
+            if self._registered or self._failures == 1:
+                log.warning(
+                    "registry heartbeat of %s to %s failed (%r); retrying",
+                    self.server_id,
+                    self.redis_url,
+                    exc,
+                )
+            else:
+                log.debug("registry heartbeat failed again: %r", exc)
+            self._registered = False
+            return False
+        if self._failures:
+            log.warning("registry heartbeat of %s reaches Redis again", self.server_id)
+        self._failures = 0
+        previous = _text(flat[0])
+        if previous and not self._registered and self._heartbeats == 0:
+            log.warning(
+                "server id %r was already registered (address %s): another process with the "
+                "same id, or a restart within the ttl",
+                self.server_id,
+                previous,
+            )
+        self._servers = _pairs(list(flat[1:]))
+        self._registered = True
+        self._heartbeats += 1
+        return True
+
+    async def _deregister(self) -> None:
+        try:
+            await trio_asyncio.aio_as_trio(self._scripts["leave"])(
+                keys=self._keys, args=[self.server_id]
+            )
+        except Exception as exc:
+            log.warning(
+                "could not deregister %s (%r); it expires after its ttl", self.server_id, exc
+            )
+        self._registered = False
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        requests = self._requests
+        if requests is None:
+            raise RuntimeError("the ServerRegistry is not running")
+        request = _Request(fn)
+        try:
+            requests.send_nowait(request)
+        except trio.WouldBlock:
+            await requests.send(request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise RuntimeError("the ServerRegistry is stopping") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.value  # type: ignore[no-any-return]
+
+    async def _serve_requests(
+        self, receive: trio.MemoryReceiveChannel[_Request], nursery: trio.Nursery
+    ) -> None:
+        # Runs inside the trio-asyncio loop's context, so the tasks it starts can cross the
+        # bridge for callers that are outside it.
+        try:
+            async for request in receive:
+                self._busy += 1
+                nursery.start_soon(self._serve_one, request)
+        finally:
+            self._done_one()
+
+    async def _serve_one(self, request: _Request) -> None:
+        request.error = RuntimeError("the ServerRegistry stopped during the query")
+        try:
+            request.value = await trio_asyncio.aio_as_trio(request.fn)()
+            request.error = None
+        except Exception as exc:  # handed to the caller
+            request.error = exc
+        finally:
+            request.done.set()
+            self._done_one()
+
+    @staticmethod
+    async def _close(client: Any) -> None:
+        try:
+            await client.aclose()
+        except Exception:  # closing a dead connection: nothing left to do
+            log.debug("error while closing redis", exc_info=True)
+
+
+def _fail_pending(receive: trio.MemoryReceiveChannel[_Request]) -> None:
+    """Answer the queries still queued when the registry stopped, so no caller waits forever."""
+    with receive:
+        while True:
+            try:
+                request = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            request.error = RuntimeError("the ServerRegistry stopped")
+            request.done.set()
+
+
+class _Request:
+    __slots__ = ("done", "error", "fn", "value")
+
+    def __init__(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        self.fn = fn
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
