@@ -928,3 +928,76 @@ async def test_exit_is_prompt_when_the_app_stopped_reading(serve: StartServer) -
             await wait_until(lambda: manager.stats.messages_out >= 300)
             assert (await client.receive())["n"] == 0
         await wait_until(lambda: codes == [1000])
+
+
+# ---------------------------------------------------------------------------------------------
+# several URLs: round-robin over the servers of a deployment
+
+
+def test_several_urls_validation_and_start_index() -> None:
+    urls = ["ws://127.0.0.1:1/", "ws://127.0.0.1:2/", "ws://127.0.0.1:3/"]
+    client = WebSocketClient(urls, url_index=2)
+    assert client.urls == tuple(urls)
+    assert client.url == urls[2]
+    assert WebSocketClient("ws://127.0.0.1:1/").urls == ("ws://127.0.0.1:1/",)
+    # without url_index, the first URL is drawn with the client's rng (reproducible)
+    starts = {WebSocketClient(urls, rng=random.Random(seed)).url for seed in range(20)}
+    assert starts == set(urls)
+    assert WebSocketClient(urls, rng=random.Random(7)).url == (
+        WebSocketClient(urls, rng=random.Random(7)).url
+    )
+    with pytest.raises(ValueError):
+        WebSocketClient([])
+    with pytest.raises(ValueError):
+        WebSocketClient(urls, url_index=3)
+    with pytest.raises(ValueError):
+        WebSocketClient(urls, url_index=-1)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", url_index=1)
+    with pytest.raises(InvalidURI):
+        WebSocketClient(["ws://127.0.0.1:1/", "http://127.0.0.1:2/"])
+    with pytest.raises(TypeError):
+        WebSocketClient(["ws://127.0.0.1:1/", 2])  # type: ignore[list-item]
+
+
+async def test_several_urls_failed_attempts_try_the_next_url(serve: StartServer) -> None:
+    """Refused URLs are skipped in order until one answers."""
+    server = await serve(make_manager())
+    with refused_url() as refused_a, refused_url() as refused_b, trio.fail_after(GUARD):
+        urls = [refused_a, refused_b, server.url]
+        client, log = logged(urls, url_index=0, **fast())
+        tried: list[str] = []
+        client.add_listener("reconnecting", lambda event: tried.append(client.url))
+        async with client:
+            await client.wait_connected()
+            assert client.url == server.url
+            assert tried == [refused_b, server.url]
+            assert client.stats.failed_attempts == 2
+            assert log.types == ["reconnecting", "reconnecting", "connected"]
+
+
+async def test_several_urls_reconnect_moves_to_the_next_server(serve: StartServer) -> None:
+    """A lost connection reconnects to the next URL (wrapping around), rooms rejoined there."""
+    manager_a, manager_b = make_manager(), make_manager()
+    server_a = await serve(manager_a)
+    server_b = await serve(manager_b)
+    with trio.fail_after(GUARD):
+        client, log = logged([server_a.url, server_b.url], url_index=1, **fast())
+        async with client:
+            await client.join_room("room:x")
+            await client.wait_connected()
+            assert client.url == server_b.url
+            assert client.welcome is not None
+            assert client.welcome["server_id"] == manager_b.server_id
+            await wait_until(lambda: len(manager_b.connections) == 1)
+
+            await server_b.stop()  # graceful shutdown: the client gets 1001
+            await wait_until(lambda: client.state is ClientState.CONNECTED)
+            assert client.url == server_a.url  # wrapped around
+            assert client.welcome["server_id"] == manager_a.server_id
+            assert client.rooms == {"room:x"}
+            assert log.types == ["connected", "disconnected", "reconnecting", "connected"]
+            assert log.events[1].close_code == 1001
+            await wait_until(lambda: len(manager_a.connections) == 1)
+            (conn,) = manager_a.connections.values()
+            assert "room:x" in conn.rooms

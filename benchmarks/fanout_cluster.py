@@ -1,0 +1,382 @@
+"""Cross-process fan-out: one room split over two trio_rt processes sharing Redis.
+
+The fan-out harness of ``benchmarks.fanout`` (same load generator clients, same measurements:
+deliveries/s from ``bench_start`` to the last delivery, latency = receipt - the server's
+``time.monotonic_ns()`` stamp) run on three set-ups, alternating run by run:
+
+* ``single``: one ``benchmarks.servers.trio_rt_server`` process (``MemoryBroker``), all clients
+  on it: the single-process reference;
+* ``single+redis``: one ``benchmarks.servers.trio_rt_redis_server`` process (``RedisBroker``),
+  all clients on it: what the broker costs when nobody else listens;
+* ``2 servers+redis``: two ``trio_rt_redis_server`` processes sharing one Redis, clients
+  alternating between them (half each); ``bench_start`` goes to the first server, so half the
+  deliveries are local to the broadcaster and half cross Redis to the other process.
+
+One load-generator process holds all the clients (``benchmarks.loadgen``'s ``Client``; this
+module's ``loadgen`` sub-command only adds the split over several ports). Redis is started
+once for the whole benchmark (``trio_rt.testing.services.RedisServer``) unless ``--redis-url``.
+
+Run: ``python -m benchmarks.fanout_cluster --clients 200 --messages 2000 --runs 3``
+(about 2 minutes on 2 cores). Results go to ``benchmarks/results/`` unless ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.fanout import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    LineReader,
+    cpu_seconds,
+    machine_busy_seconds,
+    stop,
+    version,
+    wait_until_idle,
+)
+from benchmarks.loadgen import Client, Stats, join, open_client, percentile
+from benchmarks.loadgen import cpu_seconds as loadgen_cpu_seconds
+
+SINGLE = "single"
+SINGLE_REDIS = "single+redis"
+CLUSTER = "2 servers+redis"
+SETUPS: dict[str, tuple[str, int]] = {  # label -> (server module, number of processes)
+    SINGLE: ("benchmarks.servers.trio_rt_server", 1),
+    SINGLE_REDIS: ("benchmarks.servers.trio_rt_redis_server", 1),
+    CLUSTER: ("benchmarks.servers.trio_rt_redis_server", 2),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# the load generator, over several ports (run as `python -m benchmarks.fanout_cluster loadgen`)
+
+
+async def run_loadgen(
+    host: str, ports: list[int], clients: int, messages: int, size: int, idle_timeout: float
+) -> dict[str, Any]:
+    """``benchmarks.loadgen.run`` with client ``i`` on ``ports[i % len(ports)]``; client 0 (on
+    ``ports[0]``) sends ``bench_start``."""
+    stats = Stats(clients, messages)
+    conns: list[Client] = []
+    batch = 50
+    for first in range(0, clients, batch):
+        conns.extend(
+            await asyncio.gather(
+                *(
+                    open_client(host, ports[i % len(ports)], stats)
+                    for i in range(first, min(clients, first + batch))
+                )
+            )
+        )
+    await asyncio.gather(*(join(c) for c in conns))
+    print("JOINED", flush=True)
+
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    if line.strip() != "GO":
+        raise SystemExit(f"expected GO, got {line!r}")
+
+    stats.running = True
+    cpu_before = loadgen_cpu_seconds()
+    start_ns = time.monotonic_ns()
+    conns[0].send_json({"type": "bench_start", "count": messages, "size": size})
+    completed = True
+    last_count, last_change = -1, time.monotonic()
+    while not stats.done.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(stats.done), 0.25)
+        except TimeoutError:
+            count = len(stats.latencies)
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > idle_timeout:
+                completed = False
+                break
+    cpu_after = loadgen_cpu_seconds()
+    end_ns = stats.last_delivery_ns
+    elapsed = (end_ns - start_ns) / 1e9 if end_ns else float("nan")
+    wall_to_now = (time.monotonic_ns() - start_ns) / 1e9
+    cpu = sum(after - before for after, before in zip(cpu_after, cpu_before, strict=True))
+    stats.running = False
+    deliveries = len(stats.latencies)
+    lat = sorted(stats.latencies)
+    # per server: the clients on ports[0] get local deliveries, the others cross Redis
+    per_port = [sum(c.received for c in conns[k :: len(ports)]) for k in range(len(ports))]
+    for c in conns:
+        c.send(0x8, (1000).to_bytes(2, "big"))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(c.closed for c in conns)), 10)
+    return {
+        "clients": clients,
+        "messages": messages,
+        "expected_deliveries": clients * messages,
+        "deliveries": deliveries,
+        "deliveries_per_port": per_port,
+        "completed": completed,
+        "elapsed_s": elapsed,
+        "deliveries_per_s": deliveries / elapsed if elapsed else float("nan"),
+        "latency_p50_us": percentile(lat, 0.50) / 1e3,
+        "latency_p99_us": percentile(lat, 0.99) / 1e3,
+        "latency_max_us": (lat[-1] / 1e3) if lat else float("nan"),
+        "loadgen_cpu_s": cpu,
+        "loadgen_cpu_fraction": cpu / wall_to_now,
+        "drain_ms": (end_ns - stats.max_t) / 1e6 if end_ns else None,
+        "errors": stats.errors[:10],
+    }
+
+
+def loadgen_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fanout_cluster loadgen")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ports", required=True, help="comma-separated")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=70)
+    parser.add_argument("--idle-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    ports = [int(p) for p in args.ports.split(",")]
+    result = asyncio.run(
+        run_loadgen(args.host, ports, args.clients, args.messages, args.size, args.idle_timeout)
+    )
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the harness
+
+
+def one_run(
+    label: str, redis_url: str, redis_pid: int | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    if args.wait_idle > 0:
+        wait_until_idle(args.max_other, args.wait_idle)
+    module, count = SETUPS[label]
+    py = sys.executable
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    argv = [py, "-m", module, "--host", args.host, "--port", "0"]
+    if module.endswith("redis_server"):
+        argv += ["--redis-url", redis_url]
+    servers: list[subprocess.Popen[str]] = []
+    loadgen: subprocess.Popen[str] | None = None
+    try:
+        ports = []
+        for k in range(count):
+            server = subprocess.Popen(
+                argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True
+            )
+            servers.append(server)
+            assert server.stdout is not None
+            ports.append(
+                int(LineReader(server.stdout, f"server {k}").wait_for("READY", 60).split()[1])
+            )
+        server_ps = [psutil.Process(s.pid) for s in servers]
+        redis_ps = psutil.Process(redis_pid) if redis_pid is not None else None
+
+        loadgen = subprocess.Popen(
+            [
+                *(py, "-m", "benchmarks.fanout_cluster", "loadgen", "--host", args.host),
+                *("--ports", ",".join(map(str, ports)), "--clients", str(args.clients)),
+                *("--messages", str(args.messages), "--size", str(args.size)),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert loadgen.stdout is not None and loadgen.stdin is not None
+        loadgen_out = LineReader(loadgen.stdout, "loadgen")
+        loadgen_out.wait_for("JOINED", 120)
+        time.sleep(0.5)
+
+        cpu_before = [cpu_seconds(p) for p in server_ps]
+        redis_before = cpu_seconds(redis_ps) if redis_ps is not None else 0.0
+        busy_before = machine_busy_seconds()
+        wall_before = time.monotonic()
+        loadgen.stdin.write("GO\n")
+        loadgen.stdin.flush()
+        line = loadgen_out.wait_for("RESULT", 600)
+        wall = time.monotonic() - wall_before
+        server_cpu = [cpu_seconds(p) - b for p, b in zip(server_ps, cpu_before, strict=True)]
+        redis_cpu = (cpu_seconds(redis_ps) - redis_before) if redis_ps is not None else 0.0
+        busy = machine_busy_seconds() - busy_before
+        result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
+        loadgen.wait(timeout=30)
+    finally:
+        if loadgen is not None:
+            stop(loadgen)
+        for server in servers:
+            stop(server)
+    deliveries = result["deliveries"]
+    total_server = sum(server_cpu)
+    result.update(
+        label=label,
+        server_cpu_s=server_cpu,
+        server_cpu_us_per_delivery=total_server / deliveries * 1e6 if deliveries else None,
+        redis_cpu_s=redis_cpu if label != SINGLE else 0.0,
+        machine_busy_cores=busy / wall,
+        other_busy_cores=max(0.0, busy - total_server - redis_cpu - result["loadgen_cpu_s"]) / wall,
+    )
+    result["noisy"] = result["other_busy_cores"] > args.max_other
+    return result
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    per: dict[str, dict[str, Any]] = {}
+    for label in SETUPS:
+        mine = [r for r in runs if r["label"] == label]
+        per[label] = {
+            "deliveries_per_s": statistics.median(r["deliveries_per_s"] for r in mine),
+            "latency_p50_us": statistics.median(r["latency_p50_us"] for r in mine),
+            "latency_p99_us": statistics.median(r["latency_p99_us"] for r in mine),
+            "server_cpu_us_per_delivery": statistics.median(
+                r["server_cpu_us_per_delivery"] for r in mine
+            ),
+            "redis_cpu_s": statistics.median(r["redis_cpu_s"] for r in mine),
+            "loadgen_cpu_fraction": statistics.median(r["loadgen_cpu_fraction"] for r in mine),
+            "other_busy_cores": statistics.median(r["other_busy_cores"] for r in mine),
+            "runs": len(mine),
+            "incomplete_runs": sum(1 for r in mine if not r["completed"]),
+            "noisy_runs": sum(1 for r in mine if r["noisy"]),
+        }
+    reference = per[SINGLE]["deliveries_per_s"]
+    for label in SETUPS:
+        per[label]["ratio_to_single"] = per[label]["deliveries_per_s"] / reference
+        pairs = zip(
+            [r for r in runs if r["label"] == label],
+            [r for r in runs if r["label"] == SINGLE],
+            strict=False,
+        )
+        per[label]["ratio_to_single_pairwise"] = [
+            a["deliveries_per_s"] / b["deliveries_per_s"] for a, b in pairs
+        ]
+    return per
+
+
+def print_table(per: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    runs = next(iter(per.values()))["runs"]
+    print()
+    print(
+        f"cross-process fan-out: {args.clients} clients x {args.messages} broadcasts of"
+        f" {args.size}-byte pad (medians of {runs} runs)"
+    )
+    header = (
+        f"{'set-up':<17}{'deliveries/s':>13}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'srv us/dlv':>11}{'redis s':>9}{'gen CPU':>9}{'other':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for label, k in per.items():
+        flag = f"  ({k['incomplete_runs']} incomplete)" if k["incomplete_runs"] else ""
+        flag += f"  ({k['noisy_runs']} noisy)" if k["noisy_runs"] else ""
+        print(
+            f"{label:<17}{k['deliveries_per_s']:>13,.0f}{k['ratio_to_single']:>7.2f}"
+            f"{k['latency_p50_us'] / 1e3:>9.2f}{k['latency_p99_us'] / 1e3:>9.2f}"
+            f"{k['server_cpu_us_per_delivery']:>11.2f}{k['redis_cpu_s']:>9.2f}"
+            f"{k['loadgen_cpu_fraction']:>9.2f}{k['other_busy_cores']:>7.2f}{flag}"
+        )
+    print("(ratio: median deliveries/s / single's; srv us/dlv: CPU of all server processes per")
+    print(" delivery; redis s: redis-server CPU seconds during the run)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadgen"]:
+        return loadgen_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=70)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    parser.add_argument("--max-other", type=float, default=0.25)
+    parser.add_argument("--wait-idle", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from trio_rt.testing.services import RedisServer
+
+    started = dt.datetime.now(dt.UTC)
+    redis: RedisServer | None = None
+    if args.redis_url is None:
+        redis = RedisServer.start()
+        redis_url, redis_pid = redis.url, redis.pid
+    else:
+        redis_url, redis_pid = args.redis_url, None
+    runs: list[dict[str, Any]] = []
+    try:
+        for run in range(args.runs):
+            for label in SETUPS:
+                result = one_run(label, redis_url, redis_pid, args)
+                result["run"] = run
+                runs.append(result)
+                print(
+                    f"run {run + 1}/{args.runs} {label:<16}"
+                    f" {result['deliveries_per_s']:>10,.0f} dlv/s"
+                    f"  p50 {result['latency_p50_us'] / 1e3:6.2f} ms"
+                    f"  p99 {result['latency_p99_us'] / 1e3:6.2f} ms"
+                    f"  servers {result['server_cpu_us_per_delivery']:5.2f} us/dlv"
+                    f"  redis {result['redis_cpu_s']:.2f} s"
+                    f"  per server {result['deliveries_per_port']}"
+                    f"  other {result['other_busy_cores']:.2f}"
+                    + ("" if result["completed"] else f"  INCOMPLETE {result['deliveries']}")
+                    + ("  NOISY" if result["noisy"] else ""),
+                    flush=True,
+                )
+                for error in result["errors"]:
+                    print(f"    error: {error}", file=sys.stderr)
+    finally:
+        if redis is not None:
+            redis.stop()
+
+    per = summarize(runs)
+    print_table(per, args)
+    out = args.json
+    if out is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out = RESULTS_DIR / f"fanout-cluster-{started:%Y%m%dT%H%M%SZ}.json"
+    document = {
+        "benchmark": "fanout_cluster",
+        "started_utc": started.isoformat(timespec="seconds"),
+        "params": {
+            "clients": args.clients,
+            "messages": args.messages,
+            "size": args.size,
+            "runs": args.runs,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "trio": version("trio"),
+            "websockets": version("websockets"),
+            "redis-py": version("redis"),
+            "loadavg": os.getloadavg(),
+        },
+        "summary": per,
+        "runs": runs,
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

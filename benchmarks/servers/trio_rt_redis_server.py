@@ -1,0 +1,64 @@
+"""trio_rt fan-out server on a RedisBroker: ``trio_rt_server`` plus Redis pub/sub between servers.
+
+The same protocol as ``benchmarks.servers.trio_rt_server`` (``welcome``, trio_rt's own
+``join_room``, ``{"type": "bench_start", "count": M, "size": S}`` -> M times
+``await manager.broadcast_to_room("bench", {"type": "bench", "seq": i, "t": <monotonic ns>,
+"pad": "x" * S})``), with ``broker=RedisBroker(--redis-url)``: several of these processes
+sharing one Redis form one deployment, and a broadcast started on one reaches the room's
+members on all of them.
+
+Run: ``python -m benchmarks.servers.trio_rt_redis_server --redis-url redis://H:P/0
+[--host H] [--port P]`` (port 0 = any free port); prints ``READY <port>`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import trio
+
+from trio_rt import WebSocketManager
+from trio_rt._redis_broker import RedisBroker
+
+ROOM = "bench"
+
+
+async def main(host: str, port: int, redis_url: str) -> None:
+    manager = WebSocketManager(
+        host=host,
+        port=port,
+        compression=False,
+        heartbeat_interval=None,
+        broker=RedisBroker(redis_url),
+    )
+
+    @manager.on_message("bench_start")
+    async def start(conn: Any, message: dict[str, Any]) -> None:
+        pad = "x" * int(message.get("size", 0))
+        for i in range(int(message["count"])):
+            await manager.broadcast_to_room(
+                ROOM, {"type": "bench", "seq": i, "t": time.monotonic_ns(), "pad": pad}
+            )
+
+    async with trio.open_nursery() as nursery:
+        _bound_host, bound_port = await nursery.start(manager.serve)
+        print(f"READY {bound_port}", flush=True)
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--redis-url", required=True)
+    args = parser.parse_args()
+    try:
+        trio.run(main, args.host, args.port, args.redis_url)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()
