@@ -175,3 +175,29 @@ async def test_seed_error_handling_server_and_reconnecting_client() -> None:
             await again.broadcast_to_room("news", {"type": "after_restart"})
             assert (await c.receive())["type"] == "after_restart"
             again.stop()
+
+
+async def test_seed_scalability(redis_url: str) -> None:
+    import trio_asyncio
+    from trio_rt_examples.seed import scalability
+
+    apps = [
+        scalability.build_app(redis_url, host="127.0.0.1", port=0, heartbeat_interval=None)
+        for _ in range(2)
+    ]
+    async with trio_asyncio.open_loop(), running(apps[0]), running(apps[1]):
+        async with (
+            scalability.sticky_registry(redis_url, apps[0], apps[0].url) as r0,
+            scalability.sticky_registry(redis_url, apps[1], apps[1].url) as r1,
+        ):
+            await wait_until(lambda: len(r0.servers) == 2 and len(r1.servers) == 2, limit=20)
+            owners = {await r0.owner(f"user:{i}") for i in range(50)}
+            assert {o[0] for o in owners if o} == {apps[0].server_id, apps[1].server_id}
+            assert await r0.owner("user:7") == await r1.owner("user:7")
+        async with client(apps[0]) as a, client(apps[1]) as b:
+            for c in (a, b):
+                await c.request({"type": "join_room", "room": "everyone"})
+            await apps[1].broadcast_to_room("everyone", {"type": "hello"})
+            assert (await a.recv())["type"] == "hello" and (await b.recv())["type"] == "hello"
+            await apps[0].send_to_servers({"type": "announce", "text": "maintenance"})
+            assert await b.recv() == {"type": "announcement", "text": "maintenance"}
