@@ -88,6 +88,7 @@ async def test_unsubscribed_when_last_local_member_leaves(redis_url: str) -> Non
         await wait_until(
             lambda: broker.channels == {manager._all_channel, manager._servers_channel}
         )
+        await wait_until(lambda: broker.backlog == 0)  # nothing left queued either way
 
 
 async def test_bad_broker_settings_are_refused() -> None:

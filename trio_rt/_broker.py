@@ -54,6 +54,11 @@ class Broker(abc.ABC):
     def channels(self) -> frozenset[str]:
         """The channels this broker is subscribed to."""
 
+    @property
+    def backlog(self) -> int:
+        """Messages waiting in the broker's own queues, both directions (0 if it has none)."""
+        return 0
+
 
 class MemoryHub:
     """Connects the MemoryBrokers of one process, as Redis connects servers."""

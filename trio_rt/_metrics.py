@@ -649,13 +649,5 @@ def _rss_mb() -> float | None:
 
 
 def _broker_backlog(broker: Any) -> int:
-    """Messages waiting in a broker's queues: RedisBroker's publish queue (to Redis) and
-    receive buffer (to delivery). 0 for brokers without queues (MemoryBroker)."""
-    total = 0
-    queue = getattr(broker, "_queue", None)
-    if queue is not None and hasattr(queue, "qsize"):
-        total += int(queue.qsize())
-    incoming = getattr(broker, "_incoming", None)
-    if incoming is not None and hasattr(incoming, "statistics"):
-        total += int(incoming.statistics().current_buffer_used)
-    return total
+    """Messages waiting in a broker's queues (`Broker.backlog`; 0 for brokers without)."""
+    return int(getattr(broker, "backlog", 0))

@@ -130,6 +130,14 @@ class RedisBroker(Broker):
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def backlog(self) -> int:
+        """Publishes waiting for Redis plus received messages waiting for delivery."""
+        waiting = self._queue.qsize() if self._queue is not None else 0
+        if self._incoming is not None:
+            waiting += self._incoming.statistics().current_buffer_used
+        return waiting
+
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(
         self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
