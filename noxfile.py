@@ -36,7 +36,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Fan-out benchmark against websockets' asyncio broadcast() (docs/performance.md)."""
-    install(session)
+    session.install("--only-binary", "cassandra-driver", "-e", ".[dev,bench]")
     session.run("python", "-m", "benchmarks.fanout", *session.posargs)
 
 

@@ -1,0 +1,69 @@
+"""Fan-out with permessage-deflate (no context takeover): trio_rt vs websockets ``broadcast()``.
+
+Kinds, alternating run by run (``benchmarks.peer_harness``, the method of ``benchmarks.fanout``):
+
+* ``trio_rt+deflate``: ``servers/latency_trio_rt.py --compression``; the clients offer
+  ``permessage-deflate; server_no_context_takeover; client_no_context_takeover``
+  (``benchmarks.peer_loadgen --deflate``). trio_rt's writer then compresses every message once
+  per connection (``ws.protocol.send_text`` inside ``send_context()``), and the direct-write path
+  is off (it requires no negotiated extension);
+* ``trio_rt``: the same server without compression (the reference; the first kind);
+* ``baseline+deflate``: ``servers/latency_baseline.py --compression`` (websockets' defaults:
+  window 2^12, memLevel 5); ``broadcast()`` compresses once per connection too;
+* ``baseline``: the same without compression (``--servers`` to include it).
+
+The load generator inflates each compressed frame (fresh raw-inflate context per message), so
+its CPU per delivery rises: watch its ``gen`` column. Estimating what a shared compressed frame
+would save: ``benchmarks.compress_zlib_micro``.
+
+Run: ``python -m benchmarks.compress_fanout [--clients 200] [--messages 1000] [--runs 3]
+[--servers trio_rt,trio_rt+deflate,baseline+deflate] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.peer_harness import Kind, run_all, write_json
+
+TRIO = "benchmarks.servers.latency_trio_rt"
+BASE = "benchmarks.servers.latency_baseline"
+DEFLATE = ("--compression",)
+KINDS = {
+    "trio_rt": Kind("trio_rt", TRIO),
+    "trio_rt+deflate": Kind("trio_rt+deflate", TRIO, DEFLATE, ("--deflate",)),
+    "baseline": Kind("baseline", BASE),
+    "baseline+deflate": Kind("baseline+deflate", BASE, DEFLATE, ("--deflate",)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=70)
+    parser.add_argument("--servers", default="trio_rt,trio_rt+deflate,baseline+deflate")
+    parser.add_argument("--max-other", type=float, default=0.25)
+    parser.add_argument("--wait-idle", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    kinds = [KINDS[k.strip()] for k in args.servers.split(",") if k.strip()]
+    runs, summary = run_all(
+        kinds,
+        clients=args.clients,
+        messages=args.messages,
+        size=args.size,
+        runs=args.runs,
+        max_other=args.max_other,
+        wait_idle=args.wait_idle,
+    )
+    params = {k: v for k, v in vars(args).items() if k != "json"}
+    write_json("compress_fanout", params, {"summary": summary, "runs": runs}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""trio_rt bench server with pacing and optional compression (for the latency/compress benches).
+
+``benchmarks.servers.trio_rt_server`` plus:
+
+* ``bench_start`` may carry ``"rate": R`` (broadcasts per second): broadcast i is sent at
+  ``start + i / R`` (``trio.sleep_until``, absolute schedule, so no drift); absent or 0 = as
+  fast as possible, exactly like ``trio_rt_server``;
+* ``--compression``: ``WebSocketManager(compression=True)`` (permessage-deflate, negotiated
+  only with clients that offer it; trio_rt then compresses per connection in its writer).
+
+Run: ``python -m benchmarks.servers.latency_trio_rt [--host H] [--port P] [--compression]``;
+prints ``READY <port>`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import trio
+
+from trio_rt import WebSocketManager
+
+ROOM = "bench"
+
+
+async def main(host: str, port: int, compression: bool) -> None:
+    manager = WebSocketManager(
+        host=host, port=port, compression=compression, heartbeat_interval=None
+    )
+
+    @manager.on_message("bench_start")
+    async def start(conn: Any, message: dict[str, Any]) -> None:
+        pad = "x" * int(message.get("size", 0))
+        rate = float(message.get("rate", 0) or 0)
+        t0 = trio.current_time()
+        for i in range(int(message["count"])):
+            if rate > 0:
+                await trio.sleep_until(t0 + i / rate)
+            await manager.broadcast_to_room(
+                ROOM, {"type": "bench", "seq": i, "t": time.monotonic_ns(), "pad": pad}
+            )
+
+    async with trio.open_nursery() as nursery:
+        _bound_host, bound_port = await nursery.start(manager.serve)
+        print(f"READY {bound_port}", flush=True)
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--compression", action="store_true")
+    args = parser.parse_args()
+    try:
+        trio.run(main, args.host, args.port, args.compression)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()
