@@ -503,3 +503,17 @@ async def test_a_broadcast_is_serialized_and_framed_once(
                 assert await c.recv() == {"type": "m", "x": 1}
             assert calls == {"encode": 1, "frame": 1}
             nursery.cancel_scope.cancel()
+
+
+async def test_compressed_batches_arrive_whole_and_in_order(make_manager: Any) -> None:
+    manager = make_manager(compression=True)
+    async with running(manager), client(manager) as a, client(manager) as b:
+        for c in (a, b):
+            await c.request({"type": "join_room", "room": "z"})
+        for i in range(300):  # faster than the clients read: the writers send batches
+            await manager.broadcast_to_room("z", {"type": "m", "i": i, "pad": "q" * (i % 50)})
+        for c in (a, b):
+            assert c.ws.protocol.extensions
+            got = [await c.recv() for _ in range(300)]
+            assert [m["i"] for m in got] == list(range(300))
+            assert all(m["pad"] == "q" * (m["i"] % 50) for m in got)

@@ -271,10 +271,20 @@ class Connection:
                     self._in_flight = True  # direct sends wait until this batch is written
                     try:
                         if ws.protocol.extensions:
-                            # permessage-deflate: each connection has its own compressor.
-                            async with ws.send_context():
+                            # permessage-deflate: each connection has its own compressor, so
+                            # frames are built here; the whole batch still goes out in one
+                            # send_all (websockets' send_context would write frame by frame).
+                            async with ws.send_lock:
+                                if ws.protocol.state is not OPEN:
+                                    return
                                 for m in batch:
                                     ws.protocol.send_text(m.payload)
+                                data = b"".join(ws.protocol.data_to_send())
+                                try:
+                                    await ws.stream.send_all(data)
+                                except trio.Cancelled:
+                                    self._torn_write = True
+                                    raise
                         else:
                             data = b"".join([m.frame for m in batch])
                             async with ws.send_lock:
