@@ -1,0 +1,68 @@
+"""trio_rt server for the connection benchmarks (``benchmarks.connections``).
+
+A bare ``WebSocketManager`` (trio_rt sends its own ``welcome`` on connect), with
+``max_connections=None`` and the heartbeat interval and compression given on the command line.
+On SIGUSR1 it runs ``gc.collect()`` and prints
+``STATE <open connections> <heartbeat timeouts> <opened> <closed>``.
+
+Run: ``python -m benchmarks.servers.conn_trio_rt [--host H] [--port P] [--heartbeat S]
+[--compression]``; prints ``READY <port>`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import signal
+import sys
+
+import trio
+
+from trio_rt import WebSocketManager
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def main(host: str, port: int, heartbeat: float | None, compression: bool) -> None:
+    manager = WebSocketManager(
+        host=host,
+        port=port,
+        heartbeat_interval=heartbeat,
+        compression=compression,
+        max_connections=None,
+    )
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async with trio.open_nursery() as nursery:
+            _bound_host, bound_port = await nursery.start(manager.serve)
+            print(f"READY {bound_port}", flush=True)
+            async for _ in signals:
+                gc.collect()
+                s = manager.stats
+                print(
+                    f"STATE {len(manager.connections)} {s.heartbeat_timeouts}"
+                    f" {s.connections_opened} {s.connections_closed}",
+                    flush=True,
+                )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--heartbeat", type=float, default=None, help="seconds (default off)")
+    parser.add_argument("--compression", action="store_true")
+    args = parser.parse_args()
+    raise_fd_limit()
+    try:
+        trio.run(main, args.host, args.port, args.heartbeat, args.compression)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()
