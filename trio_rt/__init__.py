@@ -14,11 +14,14 @@ from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._rooms import Room, RoomError
 
 __all__ = [
+    "AuthError",
     "Broker",
+    "Claims",
     "CloseCode",
     "Connection",
     "ErrorCode",
     "HttpResponse",
+    "JWTAuthenticator",
     "MemoryBroker",
     "MemoryHub",
     "ProtocolError",
@@ -31,8 +34,10 @@ __all__ = [
     "ServerRegistry",
     "ServerStats",
     "SlowConsumerPolicy",
+    "TokenVerifier",
     "WebSocketManager",
     "WebSocketMetrics",
+    "extract_token",
     "rendezvous_owner",
     "rendezvous_rank",
     "rendezvous_score",
@@ -47,6 +52,11 @@ def __getattr__(name: str) -> object:
         from ._redis_broker import RedisBroker
 
         return RedisBroker
+    # JWT support needs pyjwt (the `auth` extra): imported on first use.
+    if name in ("AuthError", "Claims", "JWTAuthenticator", "TokenVerifier", "extract_token"):
+        from . import _auth
+
+        return getattr(_auth, name)
     if name == "ServerRegistry":
         from ._registry import ServerRegistry
 
