@@ -517,3 +517,21 @@ async def test_compressed_batches_arrive_whole_and_in_order(make_manager: Any) -
             got = [await c.recv() for _ in range(300)]
             assert [m["i"] for m in got] == list(range(300))
             assert all(m["pad"] == "q" * (m["i"] % 50) for m in got)
+
+
+async def test_subprotocol_is_selected_from_the_clients_offer_never_failing(
+    make_manager: Any,
+) -> None:
+    manager = make_manager()
+    async with running(manager):
+        for offered, selected in [
+            (["bearer.abc", "trio_rt.v1"], "trio_rt.v1"),  # a browser sending a token this way
+            (None, None),
+            (["something-else"], None),  # accepted, nothing selected
+        ]:
+            async with client(manager, subprotocols=offered) as c:
+                assert c.ws.subprotocol == selected
+    with pytest.raises(ValueError, match="subprotocols"):
+        make_manager(subprotocols=["bad value"])
+    with pytest.raises(ValueError, match="subprotocols"):
+        make_manager(subprotocols="trio_rt.v1")

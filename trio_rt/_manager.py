@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -21,6 +21,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
+from websockets.typing import Subprotocol
 
 from ._broker import Broker, MemoryBroker
 from ._connection import Connection
@@ -379,6 +380,7 @@ class WebSocketManager:
                         self._ws_handler,
                         listeners=listeners,
                         compression="deflate" if o.compression else None,
+                        select_subprotocol=self._select_subprotocol,
                         process_request=self._process_request,
                         server_header="trio_rt",
                         open_timeout=o.handshake_timeout,
@@ -438,6 +440,17 @@ class WebSocketManager:
             self._stats.rejected("handler_error")
             return to_ws_response(HttpResponse.json(500, {"error": "internal server error"}))
         conn._accepted = True
+        return None
+
+    def _select_subprotocol(
+        self, ws: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        # The client's first offer that we support; never fail the handshake over it (a
+        # `bearer.<token>` entry is read by the auth handler, never echoed back).
+        supported = self.options.subprotocols
+        for proto in offered:
+            if proto in supported:
+                return proto
         return None
 
     async def _http(self, request: WsRequest) -> Response:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 
 from ._outbox import SlowConsumerPolicy
 
 __all__ = ["ServerOptions"]
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,9 @@ class ServerOptions:
     auto_create_rooms: bool = True
     server_id: str | None = None  # default: random; names this process in the cluster
     channel_prefix: str = "trio_rt"
+    # Subprotocols the server may select, in the client's order of preference. A browser that
+    # offers any subprotocol (e.g. a `bearer.<token>` entry for auth) needs one selected back.
+    subprotocols: tuple[str, ...] = ("trio_rt.v1",)
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -85,6 +91,15 @@ class ServerOptions:
             errors.append(f"server_id must be a non-empty string, not {self.server_id!r}")
         if not isinstance(self.channel_prefix, str) or not self.channel_prefix:
             errors.append(f"channel_prefix must be a non-empty string, not {self.channel_prefix!r}")
+        if isinstance(self.subprotocols, str) or not all(
+            isinstance(p, str) and _TOKEN.fullmatch(p) for p in self.subprotocols
+        ):
+            errors.append(
+                "subprotocols must be a sequence of HTTP tokens (e.g. 'trio_rt.v1'), "
+                f"not {self.subprotocols!r}"
+            )
+        else:
+            object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
         if errors:
             raise ValueError("invalid WebSocketManager options: " + "; ".join(errors))
         if self.heartbeat_interval is not None and self.heartbeat_timeout is None:
