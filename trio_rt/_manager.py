@@ -39,6 +39,7 @@ from ._http import HttpHandler, HttpResponse, Reject, is_websocket_upgrade, to_w
 from ._options import ServerOptions
 from ._outbox import OutboundMessage
 from ._protocol import (
+    BUILTIN_TYPES,
     ClientMessage,
     CloseCode,
     ErrorCode,
@@ -219,7 +220,7 @@ class WebSocketManager:
         own (instead of an `unknown_type` error). Handlers of one connection run one at a time,
         in arrival order; start long work in a nursery of your own.
         """
-        if type is not None and type in {"join_room", "leave_room", "ping", "kick"}:
+        if type is not None and type in BUILTIN_TYPES:
             raise ValueError(f"{type!r} is a built-in message type")
 
         def register(fn: MessageHandler) -> MessageHandler:

@@ -126,25 +126,43 @@ Command = JoinRoom | LeaveRoom | Ping | Kick | ClientMessage
 BUILTIN_TYPES: Final = frozenset({"join_room", "leave_room", "ping", "kick"})
 
 
-def validate_room_name(room: object, *, request_id: str | int | None = None) -> str:
-    """Return `room` if it is an acceptable room name, else raise ProtocolError."""
-    if not isinstance(room, str):
+def _checked_name(
+    value: object,
+    field: str,
+    max_length: int,
+    pattern: re.Pattern[str],
+    shape: str,
+    request_id: str | int | None,
+) -> str:
+    """`value` if it is a string of at most `max_length` matching `pattern`, else ProtocolError
+    naming `field` and what was wrong (`shape` says what a valid value looks like)."""
+    if not isinstance(value, str):
         raise ProtocolError(
-            ErrorCode.INVALID_FIELD, "'room' must be a string", request_id=request_id
+            ErrorCode.INVALID_FIELD, f"'{field}' must be a string", request_id=request_id
         )
-    if len(room) > MAX_ROOM_NAME_LENGTH:
+    if len(value) > max_length:
         raise ProtocolError(
             ErrorCode.TOO_LARGE,
-            f"'room' is longer than {MAX_ROOM_NAME_LENGTH} characters",
+            f"'{field}' is longer than {max_length} characters",
             request_id=request_id,
         )
-    if not _ROOM_NAME.fullmatch(room):
+    if not pattern.fullmatch(value):
         raise ProtocolError(
-            ErrorCode.INVALID_FIELD,
-            "'room' must be 1 or more characters without whitespace or control characters",
-            request_id=request_id,
+            ErrorCode.INVALID_FIELD, f"'{field}' must {shape}", request_id=request_id
         )
-    return room
+    return value
+
+
+def validate_room_name(room: object, *, request_id: str | int | None = None) -> str:
+    """Return `room` if it is an acceptable room name, else raise ProtocolError."""
+    return _checked_name(
+        room,
+        "room",
+        MAX_ROOM_NAME_LENGTH,
+        _ROOM_NAME,
+        "be 1 or more characters without whitespace or control characters",
+        request_id,
+    )
 
 
 def _request_id(obj: dict[str, Any]) -> str | int | None:
@@ -186,22 +204,14 @@ def parse(frame: str | bytes) -> Command:
     mtype = obj.get("type")
     if mtype is None:
         raise ProtocolError(ErrorCode.MISSING_TYPE, "missing 'type'", request_id=request_id)
-    if not isinstance(mtype, str):
-        raise ProtocolError(
-            ErrorCode.INVALID_FIELD, "'type' must be a string", request_id=request_id
-        )
-    if len(mtype) > MAX_TYPE_LENGTH:
-        raise ProtocolError(
-            ErrorCode.TOO_LARGE,
-            f"'type' is longer than {MAX_TYPE_LENGTH} characters",
-            request_id=request_id,
-        )
-    if not _TYPE_NAME.fullmatch(mtype):
-        raise ProtocolError(
-            ErrorCode.INVALID_FIELD,
-            "'type' must start with a letter and contain only letters, digits, '_', '.', ':', '-'",
-            request_id=request_id,
-        )
+    mtype = _checked_name(
+        mtype,
+        "type",
+        MAX_TYPE_LENGTH,
+        _TYPE_NAME,
+        "start with a letter and contain only letters, digits, '_', '.', ':', '-'",
+        request_id,
+    )
     if mtype == "join_room":
         return JoinRoom(validate_room_name(obj.get("room"), request_id=request_id), request_id)
     if mtype == "leave_room":
