@@ -30,17 +30,6 @@ if _hard == resource.RLIM_INFINITY or _soft < _hard:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(_hard, 65536), _hard))
 
 
-@asynccontextmanager
-async def running(manager: WebSocketManager) -> AsyncIterator[WebSocketManager]:
-    """Serve `manager` on its own nursery for the duration of the block; stop it after."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.serve)
-        try:
-            yield manager
-        finally:
-            manager.stop()
-
-
 @pytest.fixture
 def make_manager() -> Callable[..., WebSocketManager]:
     def make(**options: Any) -> WebSocketManager:

@@ -21,7 +21,7 @@ from trio_rt import Connection, WebSocketManager
 from trio_rt._auth import AuthError, Claims, JWTAuthenticator, TokenVerifier, extract_token
 from trio_rt._connection import Request, _Headers
 
-from .conftest import client, running
+from .conftest import client
 
 SECRET = "s3cret-" + "x" * 40
 NOW = 1_700_000_000.0
@@ -401,7 +401,7 @@ async def refused(manager: WebSocketManager, path: str = "/", **kwargs: Any) -> 
 
 async def test_no_token_is_401(make_manager: Callable[..., WebSocketManager]) -> None:
     manager, seen = auth_manager(make_manager)
-    async with running(manager):
+    async with manager:
         err = await refused(manager)
         assert err.response.status_code == 401
         assert json.loads(err.response.body) == {"error": "missing token"}
@@ -412,7 +412,7 @@ async def test_no_token_is_401(make_manager: Callable[..., WebSocketManager]) ->
 
 async def test_bad_token_is_401(make_manager: Callable[..., WebSocketManager]) -> None:
     manager, seen = auth_manager(make_manager)
-    async with running(manager):
+    async with manager:
         expired = live_token(exp=1)
         err = await refused(manager, additional_headers={"Authorization": f"Bearer {expired}"})
         assert err.response.status_code == 401
@@ -431,7 +431,7 @@ async def test_bad_token_is_401(make_manager: Callable[..., WebSocketManager]) -
 
 async def test_good_token_in_header(make_manager: Callable[..., WebSocketManager]) -> None:
     manager, seen = auth_manager(make_manager)
-    async with running(manager):
+    async with manager:
         headers = {"Authorization": f"Bearer {live_token(sub='ann', role='mod')}"}
         async with client(manager, additional_headers=headers) as c:
             assert c.welcome is not None and c.welcome["user_id"] == "ann"
@@ -444,7 +444,7 @@ async def test_good_token_in_header(make_manager: Callable[..., WebSocketManager
 
 async def test_good_token_in_subprotocol(make_manager: Callable[..., WebSocketManager]) -> None:
     manager, _ = auth_manager(make_manager)
-    async with running(manager):
+    async with manager:
         token = live_token(sub="bob")
         async with client(manager, subprotocols=[f"bearer.{token}"]) as c:
             assert c.welcome is not None and c.welcome["user_id"] == "bob"
@@ -458,17 +458,17 @@ async def test_query_param_only_when_enabled(
 ) -> None:
     token = live_token(sub="cid")
     manager, _ = auth_manager(make_manager)
-    async with running(manager):
+    async with manager:
         err = await refused(manager, f"/?access_token={token}")
         assert json.loads(err.response.body) == {"error": "missing token"}
     manager, _ = auth_manager(make_manager, query_param="access_token")
-    async with running(manager), client(manager, f"/?access_token={token}") as c:
+    async with manager, client(manager, f"/?access_token={token}") as c:
         assert c.welcome is not None and c.welcome["user_id"] == "cid"
 
 
 async def test_optional(make_manager: Callable[..., WebSocketManager]) -> None:
     manager, seen = auth_manager(make_manager, optional=True)
-    async with running(manager):
+    async with manager:
         async with client(manager) as c:
             assert c.welcome is not None and c.welcome["user_id"] is None
             assert "claims" not in seen[0].state

@@ -14,7 +14,7 @@ import trio
 
 from trio_rt import Broker, Connection, MemoryBroker, MemoryHub, WebSocketManager
 
-from .conftest import client, count_tasks, running, wait_until
+from .conftest import client, count_tasks, wait_until
 
 MakeBroker = Callable[[], Broker]
 
@@ -143,8 +143,8 @@ async def test_two_servers_one_room_exactly_once(make_broker: MakeBroker) -> Non
             conn.user_id = conn.request.query["u"][0]
 
     async with (
-        running(m1),
-        running(m2),
+        m1,
+        m2,
         client(m1, "/?u=a") as a,
         client(m2, "/?u=b") as b,
         client(m2, "/?u=c") as c,

@@ -21,7 +21,7 @@ from websockets.trio.client import connect
 
 from trio_rt import WebSocketManager
 
-from .conftest import client, running, wait_until
+from .conftest import client, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ async def test_readme_sample_runs() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(source, "README.md", "exec"), namespace)
     manager: WebSocketManager = namespace["manager"]
-    async with running(manager), client(manager, "/?user=ann") as ann:
+    async with manager, client(manager, "/?user=ann") as ann:
         assert ann.welcome is not None and ann.welcome["user_id"] == "ann"
         await ann.request({"type": "join_room", "room": "lobby"})
         await ann.send({"type": "chat_message", "payload": {"room": "lobby", "message": "hi"}})
@@ -44,7 +44,7 @@ async def test_readme_sample_runs() -> None:
 
 async def test_chat_example_validates_its_input() -> None:
     manager = chat.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
-    async with running(manager), client(manager, "/?user=ann") as ann:
+    async with manager, client(manager, "/?user=ann") as ann:
         await ann.request({"type": "join_room", "room": "r"})
         for bad, code in [
             ({"type": "chat_message"}, "invalid_field"),
@@ -76,7 +76,7 @@ async def test_seed_server_setup() -> None:
 
 async def test_seed_connection_management() -> None:
     manager = connection_management.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
-    async with running(manager):
+    async with manager:
         for headers, status in [({}, 401), ({"Authorization": "Bearer nope"}, 401)]:
             with pytest.raises(InvalidStatus) as info:
                 async with connect(manager.url, additional_headers=headers):
@@ -92,7 +92,7 @@ async def test_seed_connection_management() -> None:
 async def test_seed_broadcasting() -> None:
     manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
     async with (
-        running(manager),
+        manager,
         client(manager) as user123,
         client(manager) as staff,
         client(manager) as other,
@@ -113,7 +113,7 @@ async def test_seed_broadcasting() -> None:
 async def test_seed_message_handling() -> None:
     manager = message_handling.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
     async with (
-        running(manager),
+        manager,
         client(manager, "/?user=ann") as ann,
         client(manager, "/?user=bob") as bob,
     ):
@@ -135,7 +135,7 @@ async def test_seed_room_management() -> None:
     room = manager.get_room("chat:general")
     assert room is not None and room.max_users == 100 and room.persistent
     assert room.moderators == {"admin", "moderator"}
-    async with running(manager):
+    async with manager:
         async with client(manager, "/?user=ann") as ann:
             await ann.request({"type": "join_room", "room": "chat:general"})
             await ann.send(
@@ -185,7 +185,7 @@ async def test_seed_scalability(redis_url: str) -> None:
         scalability.build_app(redis_url, host="127.0.0.1", port=0, heartbeat_interval=None)
         for _ in range(2)
     ]
-    async with trio_asyncio.open_loop(), running(apps[0]), running(apps[1]):
+    async with trio_asyncio.open_loop(), apps[0], apps[1]:
         async with (
             scalability.sticky_registry(redis_url, apps[0], apps[0].url) as r0,
             scalability.sticky_registry(redis_url, apps[1], apps[1].url) as r1,

@@ -12,7 +12,7 @@ import trio
 
 from trio_rt import CloseCode, Connection, SlowConsumerPolicy, WebSocketManager
 
-from .conftest import client, count_tasks, running, wait_until
+from .conftest import client, count_tasks, wait_until
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -111,7 +111,7 @@ async def test_a_thousand_clients_dropped_every_way_leave_nothing(make_manager: 
         nonlocal disconnects
         disconnects += 1
 
-    async with running(manager):
+    async with manager:
         idle_tasks = count_tasks()
         ways = [drop_clean, drop_reset, drop_in_handshake, drop_mid_message, drop_fragmented]
         total = 1000
@@ -143,7 +143,7 @@ async def test_slow_consumer_is_disconnected_and_others_keep_receiving(
     async def gone(conn: Connection, code: int) -> None:
         codes[conn.id] = code
 
-    async with running(manager):
+    async with manager:
         # the slow client: completes the handshake, joins, then never reads again
         slow = await raw_open(manager)
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -175,7 +175,7 @@ async def test_drop_oldest_policy_keeps_slow_client_connected(make_manager: Any)
         outbox_max_bytes=64 * 1024,
         slow_consumer_policy=SlowConsumerPolicy.DROP_OLDEST,
     )
-    async with running(manager):
+    async with manager:
         slow = await raw_open(manager)
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         await slow.send(masked_text_frame(b'{"type":"join_room","room":"r"}'))
@@ -192,7 +192,7 @@ async def test_drop_oldest_policy_keeps_slow_client_connected(make_manager: Any)
 async def test_kill_during_broadcast_storm_leaves_no_task(make_manager: Any) -> None:
     """Clients vanish while broadcasts are in flight: writers blocked on dead sockets end."""
     manager = make_manager(close_timeout=1.0)
-    async with running(manager):
+    async with manager:
         idle_tasks = count_tasks()
         socks = []
         for _ in range(20):
@@ -218,7 +218,7 @@ async def test_client_close_codes_reach_disconnect_handler(make_manager: Any) ->
     async def gone(conn: Connection, code: int) -> None:
         codes.append(code)
 
-    async with running(manager):
+    async with manager:
         async with client(manager) as c:
             await c.ws.aclose(4321, "bye")
         sock = await raw_open(manager)
@@ -249,7 +249,7 @@ async def test_send_and_join_after_close_are_harmless(make_manager: Any) -> None
     async def keep(conn: Connection) -> None:
         holder.append(conn)
 
-    async with running(manager):
+    async with manager:
         async with client(manager):
             pass
         await wait_until(lambda: not manager.connections)

@@ -22,7 +22,7 @@ from websockets.trio.client import connect
 from trio_rt import Connection, Reject, WebSocketManager
 from trio_rt._metrics import SEED_NAMES, SlidingWindowRate, WebSocketMetrics
 
-from .conftest import client, running, wait_until
+from .conftest import client, wait_until
 
 DASHBOARD = Path(__file__).parent.parent / "examples" / "grafana" / "trio_rt-dashboard.json"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -199,7 +199,7 @@ async def test_scrape_both_endpoints_with_live_clients(
 
     metrics = WebSocketMetrics(manager)
     metrics.export_to_prometheus(endpoint="/ws-metrics", port=0)
-    async with running(manager), metrics:
+    async with manager, metrics:
         host, port = metrics.prometheus_address("/ws-metrics")
         urls = (
             f"http://{host}:{port}/ws-metrics",
@@ -309,7 +309,7 @@ async def test_exporter_http_edges(make_manager: Callable[..., WebSocketManager]
 async def test_export_after_run_started(make_manager: Callable[..., WebSocketManager]) -> None:
     manager = make_manager()
     metrics = WebSocketMetrics(manager, sample_interval=0.05)
-    async with running(manager), metrics:
+    async with manager, metrics:
         metrics.export_to_prometheus(endpoint="/late", port=0)
         await wait_until(lambda: "/late" in metrics._addresses)
         host, port = metrics.prometheus_address("/late")
@@ -332,7 +332,7 @@ async def test_grafana_dashboard_uses_exposed_metrics(
         await manager.broadcast({"type": "y"})
 
     metrics = WebSocketMetrics(manager)
-    async with running(manager), metrics, client(manager) as c:
+    async with manager, metrics, client(manager) as c:
         await c.send({"type": "x"})
         await c.recv()
         _, families = await scrape(f"http://127.0.0.1:{manager.port}/metrics")

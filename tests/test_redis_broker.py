@@ -10,7 +10,7 @@ import trio_asyncio
 
 from trio_rt import Connection, RedisBroker, WebSocketManager
 
-from .conftest import client, free_port, redis_on, running, wait_until
+from .conftest import client, free_port, redis_on, wait_until
 
 
 def make(url: str, **kwargs: Any) -> WebSocketManager:
@@ -33,8 +33,8 @@ async def test_redis_restart_local_delivery_continues_then_cluster_delivery_resu
         assert isinstance(b1, RedisBroker)
         async with (
             trio_asyncio.open_loop(),  # two Redis-backed managers in one process share a loop
-            running(m1),
-            running(m2),
+            m1,
+            m2,
             client(m1) as a,
             client(m2) as b,
         ):
@@ -78,7 +78,7 @@ async def test_redis_restart_local_delivery_continues_then_cluster_delivery_resu
 
 async def test_unsubscribed_when_last_local_member_leaves(redis_url: str) -> None:
     manager = make(redis_url)
-    async with running(manager):
+    async with manager:
         broker = manager.broker
         async with client(manager) as a:
             await a.request({"type": "join_room", "room": "lonely"})
@@ -114,8 +114,8 @@ async def test_sharded_pubsub_on_a_redis_cluster(redis_cluster_nodes: list[str])
     rooms = [f"room-{i}" for i in range(12)]  # spread over the three shards' hash slots
     async with (
         trio_asyncio.open_loop(),
-        running(m1),
-        running(m2),
+        m1,
+        m2,
         client(m1) as a,
         client(m2) as b,
     ):

@@ -14,7 +14,7 @@ from websockets.trio.client import connect
 from trio_rt import CloseCode, Connection, ProtocolError, Reject, WebSocketManager
 from trio_rt._protocol import ErrorCode
 
-from .conftest import client, running, wait_until
+from .conftest import client, wait_until
 
 
 async def http_get(manager: WebSocketManager, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -72,7 +72,7 @@ async def test_custom_http_route(make_manager: Any) -> None:
     async def hello(request: Any) -> HttpResponse:
         return HttpResponse(200, b"hi", "text/plain")
 
-    async with running(manager):
+    async with manager:
         status, headers, body = await http_get(manager, "/hello")
         assert (status, headers["content-type"], body) == (200, "text/plain", b"hi")
 
@@ -97,7 +97,7 @@ async def test_options_are_validated(make_manager: Any) -> None:
 
 async def test_max_connections_rejects_at_handshake_with_503(make_manager: Any) -> None:
     manager = make_manager(max_connections=2)
-    async with running(manager):
+    async with manager:
         async with client(manager), client(manager):
             with pytest.raises(InvalidStatus) as info:
                 async with connect(manager.url, open_timeout=5):
@@ -130,7 +130,7 @@ async def test_connection_handler_sees_handshake_and_may_reject(make_manager: An
     async def gone(conn: Connection, code: int) -> None:
         disconnected.append(conn.user_id or "?")
 
-    async with running(manager):
+    async with manager:
         with pytest.raises(InvalidStatus) as info:
             async with connect(manager.url + "chat?user=ann", open_timeout=5):
                 pass  # pragma: no cover
@@ -157,7 +157,7 @@ async def test_connection_handler_crash_is_500_and_leaves_nothing(make_manager: 
         await manager.join_room(conn, "lobby")
         raise RuntimeError("boom")
 
-    async with running(manager):
+    async with manager:
         with pytest.raises(InvalidStatus) as info:
             async with connect(manager.url, open_timeout=5):
                 pass  # pragma: no cover
@@ -167,7 +167,7 @@ async def test_connection_handler_crash_is_500_and_leaves_nothing(make_manager: 
 
 async def test_builtins_and_request_ids(make_manager: Any) -> None:
     manager = make_manager()
-    async with running(manager), client(manager) as c:
+    async with manager, client(manager) as c:
         assert await c.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
         assert await c.request({"type": "join_room", "room": "r", "id": "j"}) == {
             "type": "room_joined",
@@ -207,7 +207,7 @@ async def test_bad_input_gets_error_and_connection_survives(
     async def echo(conn: Connection, message: dict[str, Any]) -> None:
         await conn.send({"type": "echo", "data": message.get("data")})
 
-    async with running(manager), client(manager) as c:
+    async with manager, client(manager) as c:
         await c.send(frame)
         reply = await c.recv()
         assert reply["type"] == "error" and reply["code"] == code
@@ -226,7 +226,7 @@ async def test_oversized_message_closes_1009_and_invalid_utf8_closes_1007(
     async def gone(conn: Connection, code: int) -> None:
         codes.append(code)
 
-    async with running(manager):
+    async with manager:
         async with client(manager) as c:
             await c.send(json.dumps({"type": "x", "pad": "y" * 2000}))
             with pytest.raises(ConnectionClosed) as info:
@@ -262,7 +262,7 @@ async def test_handler_exception_is_logged_replied_and_survived(
     async def on_error(conn: Connection, exc: Exception) -> None:
         errors.append(exc)
 
-    async with running(manager), client(manager) as c:
+    async with manager, client(manager) as c:
         reply = await c.request({"type": "explode", "id": 9})
         assert reply["code"] == "internal_error" and reply["id"] == 9
         assert "secret" not in reply["message"]
@@ -287,7 +287,7 @@ async def test_fallback_handler_and_seed_style_registration(make_manager: Any) -
     with pytest.raises(TypeError):
         manager.on_disconnect(lambda c, code: None)  # type: ignore[arg-type, return-value]
 
-    async with running(manager), client(manager) as c:
+    async with manager, client(manager) as c:
         assert (await c.request({"type": "whatever", "x": 1}))["type"] == "ack"
         assert got == [{"type": "whatever", "x": 1}]
 
@@ -301,7 +301,7 @@ async def test_room_full_not_permitted_and_kick(make_manager: Any) -> None:
         conn.user_id = conn.request.query["u"][0]
 
     async with (
-        running(manager),
+        manager,
         client(manager, "/?u=ann") as ann,
         client(manager, "/?u=bob") as bob,
         client(manager, "/?u=mod") as mod,
@@ -331,7 +331,7 @@ async def test_room_full_not_permitted_and_kick(make_manager: Any) -> None:
 
 async def test_broadcast_variants_exclude_and_multi_room_once(make_manager: Any) -> None:
     manager = make_manager()
-    async with running(manager), client(manager) as a, client(manager) as b, client(manager) as c:
+    async with manager, client(manager) as a, client(manager) as b, client(manager) as c:
         await a.request({"type": "join_room", "room": "x"})
         await a.request({"type": "join_room", "room": "y"})
         await b.request({"type": "join_room", "room": "y"})
@@ -355,10 +355,10 @@ async def test_broadcast_variants_exclude_and_multi_room_once(make_manager: Any)
 
 async def test_welcome_can_be_replaced_or_suppressed(make_manager: Any) -> None:
     manager = make_manager(welcome=lambda conn: {"type": "welcome", "motd": "hi"})
-    async with running(manager), client(manager) as c:
+    async with manager, client(manager) as c:
         assert c.welcome == {"type": "welcome", "motd": "hi"}
     quiet = make_manager(welcome=lambda conn: None)
-    async with running(quiet), connect(quiet.url) as ws:
+    async with quiet, connect(quiet.url) as ws:
         await ws.send(json.dumps({"type": "ping"}))
         assert json.loads(await ws.recv()) == {"type": "pong"}
 
@@ -370,7 +370,7 @@ async def test_messages_sent_in_connection_handler_follow_the_welcome(make_manag
     async def greet(conn: Connection) -> None:
         await conn.send({"type": "hello"})
 
-    async with running(manager), client(manager) as c:
+    async with manager, client(manager) as c:
         assert await c.recv() == {"type": "hello"}
 
 
@@ -411,7 +411,7 @@ async def test_closing_from_a_handler(make_manager: Any) -> None:
     async def gone(conn: Connection, code: int) -> None:
         codes.append(code)
 
-    async with running(manager), client(manager) as c:
+    async with manager, client(manager) as c:
         await c.send({"type": "bye"})
         assert await c.recv() == {"type": "goodbye"}
         with pytest.raises(ConnectionClosed) as info:
@@ -424,7 +424,7 @@ async def test_closing_from_a_handler(make_manager: Any) -> None:
 async def test_compression_negotiated_only_when_enabled(make_manager: Any) -> None:
     for enabled in (True, False):
         manager = make_manager(compression=enabled)
-        async with running(manager), client(manager) as c:
+        async with manager, client(manager) as c:
             await c.request({"type": "join_room", "room": "r"})
             await manager.broadcast_to_room("r", {"type": "m", "pad": "z" * 5000})
             assert (await c.recv())["pad"] == "z" * 5000
@@ -440,7 +440,7 @@ async def test_heartbeat_closes_a_client_that_stops_answering(make_manager: Any)
         codes.append(code)
 
     # a healthy client answers pings automatically and stays
-    async with running(manager), client(manager) as healthy:
+    async with manager, client(manager) as healthy:
         # a raw TCP client that completes the handshake and then never reads again
         sock = trio.socket.socket()
         await sock.connect(manager.address)
@@ -457,7 +457,7 @@ async def test_heartbeat_closes_a_client_that_stops_answering(make_manager: Any)
 
 async def test_handshake_timeout_drops_slow_handshakes(make_manager: Any) -> None:
     manager = make_manager(handshake_timeout=0.2)
-    async with running(manager):
+    async with manager:
         with socket.create_connection(manager.address) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finishes the request
             sock.settimeout(5)
@@ -483,7 +483,7 @@ async def test_a_broadcast_is_serialized_and_framed_once(
         return real_frame(payload)
 
     manager = make_manager(compression=False)
-    async with running(manager):
+    async with manager:
         clients = []
         async with trio.open_nursery() as nursery:
 
@@ -507,7 +507,7 @@ async def test_a_broadcast_is_serialized_and_framed_once(
 
 async def test_compressed_batches_arrive_whole_and_in_order(make_manager: Any) -> None:
     manager = make_manager(compression=True)
-    async with running(manager), client(manager) as a, client(manager) as b:
+    async with manager, client(manager) as a, client(manager) as b:
         for c in (a, b):
             await c.request({"type": "join_room", "room": "z"})
         for i in range(300):  # faster than the clients read: the writers send batches
@@ -523,7 +523,7 @@ async def test_subprotocol_is_selected_from_the_clients_offer_never_failing(
     make_manager: Any,
 ) -> None:
     manager = make_manager()
-    async with running(manager):
+    async with manager:
         for offered, selected in [
             (["bearer.abc", "trio_rt.v1"], "trio_rt.v1"),  # a browser sending a token this way
             (None, None),
