@@ -32,7 +32,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import signal
 import subprocess
@@ -50,8 +49,8 @@ from benchmarks.fanout import (
     machine_busy_seconds,
     median,
     stop,
-    version,
     wait_until_idle,
+    write_results,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -586,28 +585,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, kinds) if set(phases) == set(PHASES) else None
     if summary is not None:
         print_table(summary, args)
-    out = args.json
-    if out is None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = RESULTS_DIR / f"connections-{started:%Y%m%dT%H%M%SZ}.json"
-    document = {
-        "benchmark": "connections",
-        "started_utc": started.isoformat(timespec="seconds"),
-        "params": {k: v for k, v in vars(args).items() if k not in ("loadgen", "port", "json")},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "trio": version("trio"),
-            "websockets": version("websockets"),
-            "trio_rt": version("trio_rt"),
-            "loadavg": os.getloadavg(),
-        },
-        "summary": summary,
-        "runs": runs,
-    }
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"results: {out}")
+    write_results(
+        "connections",
+        started,
+        {k: v for k, v in vars(args).items() if k not in ("loadgen", "port", "json")},
+        {"summary": summary, "runs": runs},
+        args.json,
+    )
     return 0
 
 

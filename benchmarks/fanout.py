@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -277,6 +278,38 @@ def version(dist: str) -> str | None:
         return None
 
 
+def write_results(
+    name: str,
+    stamp: dt.datetime,
+    params: dict[str, Any],
+    payload: dict[str, Any],
+    out: Path | None,
+    *,
+    packages: Sequence[str] = ("trio", "websockets", "trio_rt"),
+    stamp_key: str = "started_utc",
+) -> Path:
+    """Write one benchmark's JSON document (machine notes included) and say where."""
+    if out is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out = RESULTS_DIR / f"{name}-{stamp:%Y%m%dT%H%M%SZ}.json"
+    document = {
+        "benchmark": name.replace("-", "_"),
+        stamp_key: stamp.isoformat(timespec="seconds"),
+        "params": params,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            **{package: version(package) for package in packages},
+            "loadavg": os.getloadavg(),
+        },
+        **payload,
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results: {out}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200)
@@ -348,34 +381,19 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, labels)
     print_table(summary, args.clients, args.messages, args.size)
 
-    out = args.json
-    if out is None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = RESULTS_DIR / f"fanout-{started:%Y%m%dT%H%M%SZ}.json"
-    document = {
-        "benchmark": "fanout",
-        "started_utc": started.isoformat(timespec="seconds"),
-        "params": {
+    write_results(
+        "fanout",
+        started,
+        {
             "clients": args.clients,
             "messages": args.messages,
             "size": args.size,
             "runs": args.runs,
             "servers": kinds,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "trio": version("trio"),
-            "websockets": version("websockets"),
-            "trio_rt": version("trio_rt"),
-            "loadavg": os.getloadavg(),
-        },
-        "summary": summary,
-        "runs": runs,
-    }
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"results: {out}")
+        {"summary": summary, "runs": runs},
+        args.json,
+    )
     return 0
 
 

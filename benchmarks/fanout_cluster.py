@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,13 +39,12 @@ import psutil
 
 from benchmarks.fanout import (
     REPO_ROOT,
-    RESULTS_DIR,
     LineReader,
     cpu_seconds,
     machine_busy_seconds,
     stop,
-    version,
     wait_until_idle,
+    write_results,
 )
 from benchmarks.loadgen import Client, Stats, join, open_client, percentile
 from benchmarks.loadgen import cpu_seconds as loadgen_cpu_seconds
@@ -348,33 +346,19 @@ def main(argv: list[str] | None = None) -> int:
 
     per = summarize(runs)
     print_table(per, args)
-    out = args.json
-    if out is None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = RESULTS_DIR / f"fanout-cluster-{started:%Y%m%dT%H%M%SZ}.json"
-    document = {
-        "benchmark": "fanout_cluster",
-        "started_utc": started.isoformat(timespec="seconds"),
-        "params": {
+    write_results(
+        "fanout-cluster",
+        started,
+        {
             "clients": args.clients,
             "messages": args.messages,
             "size": args.size,
             "runs": args.runs,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "trio": version("trio"),
-            "websockets": version("websockets"),
-            "redis-py": version("redis"),
-            "loadavg": os.getloadavg(),
-        },
-        "summary": per,
-        "runs": runs,
-    }
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"results: {out}")
+        {"summary": per, "runs": runs},
+        args.json,
+        packages=("trio", "websockets", "redis"),
+    )
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -171,26 +170,12 @@ def run_all(
 def write_json(
     name: str, params: dict[str, Any], payload: dict[str, Any], out: Path | None
 ) -> Path:
-    started = dt.datetime.now(dt.UTC)
-    if out is None:
-        fanout.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = fanout.RESULTS_DIR / f"{name}-{started:%Y%m%dT%H%M%SZ}.json"
-    document = {
-        "benchmark": name,
-        "finished_utc": started.isoformat(timespec="seconds"),
-        "params": params,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "trio": fanout.version("trio"),
-            "websockets": fanout.version("websockets"),
-            "python-socketio": fanout.version("python-socketio"),
-            "aiohttp": fanout.version("aiohttp"),
-            "loadavg": os.getloadavg(),
-        },
-        **payload,
-    }
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"results: {out}")
-    return out
+    return fanout.write_results(
+        name,
+        dt.datetime.now(dt.UTC),
+        params,
+        payload,
+        out,
+        packages=("trio", "websockets", "python-socketio", "aiohttp"),
+        stamp_key="finished_utc",
+    )
