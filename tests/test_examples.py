@@ -127,7 +127,7 @@ async def test_seed_message_handling() -> None:
         await ann.send({"type": "chat_message", "payload": {"room": "r", "message": "yo"}})
         assert (await bob.recv())["data"] == {"user_id": "ann", "message": "yo"}
         reply = await ann.request({"type": "subscribe", "payload": {"table": "posts"}})
-        assert reply["code"] == "unknown_type"
+        assert reply["code"] == "invalid_field" and "table" in reply["message"]
 
 
 async def test_seed_room_management() -> None:

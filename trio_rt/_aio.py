@@ -16,12 +16,16 @@ component is used.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
+import trio
 import trio_asyncio
 
-__all__ = ["ensure_loop"]
+__all__ = ["AioCaller", "ensure_loop"]
+
+T = TypeVar("T")
 
 _loops_opened_here = 0
 
@@ -48,3 +52,71 @@ async def ensure_loop() -> AsyncIterator[None]:
             yield
     finally:
         _loops_opened_here -= 1
+
+
+class AioCaller:
+    """Runs asyncio coroutine functions for Trio callers anywhere in the task tree.
+
+    Run it in a nursery (``await nursery.start(caller.run)``); `run` uses the current
+    trio-asyncio loop or opens one (see `ensure_loop`). ``await caller.call(fn)`` queues
+    ``fn()`` (an asyncio coroutine function) and returns its result or raises its exception,
+    whether or not the caller itself runs inside the loop. Calls wait in a bounded queue
+    (`queue_size`; when full, callers wait). When `run` ends, queued and running calls fail with
+    RuntimeError; a caller cancelled while waiting abandons its call (the call itself finishes).
+    """
+
+    def __init__(self, name: str, *, queue_size: int = 256) -> None:
+        self.name = name
+        self._queue_size = queue_size
+        self._send: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self._send is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[_Call](self._queue_size)
+        async with ensure_loop(), trio.open_nursery() as nursery:
+            self._send = send
+            try:
+                task_status.started()
+                async with receive:
+                    async for call in receive:
+                        nursery.start_soon(call.serve)
+            finally:
+                self._send = None
+                send.close()
+                nursery.cancel_scope.cancel()
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        send = self._send
+        if send is None:
+            raise RuntimeError(f"{self.name} is not running")
+        call = _Call(fn)
+        try:
+            await send.send(call)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise RuntimeError(f"{self.name} stopped") from None
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.value  # type: ignore[no-any-return]
+
+
+class _Call:
+    __slots__ = ("done", "error", "fn", "value")
+
+    def __init__(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        self.fn = fn
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = RuntimeError("the call did not finish")
+
+    async def serve(self) -> None:
+        try:
+            self.value = await trio_asyncio.aio_as_trio(self.fn)()
+            self.error = None
+        except Exception as exc:  # handed to the caller
+            self.error = exc
+        finally:
+            self.done.set()

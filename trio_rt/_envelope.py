@@ -35,6 +35,7 @@ class Envelope:
     kind: str = KIND_MESSAGE
     user_id: str | None = None  # kind == "kick": whose connections leave the room
     origin: str | None = None  # the publishing server's id (metrics, cross_server_message)
+    offset: int | None = None  # the stream offset of a room message with history (recovery)
 
 
 def encode_envelope(env: Envelope) -> bytes:
@@ -49,6 +50,8 @@ def encode_envelope(env: Envelope) -> bytes:
         header["u"] = env.user_id
     if env.origin is not None:
         header["o"] = env.origin
+    if env.offset is not None:
+        header["p"] = env.offset
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + env.payload
 
 
@@ -74,6 +77,9 @@ def decode_envelope(data: bytes) -> Envelope:
             raise ValueError(f"bad envelope field {name!r}")
     if not isinstance(kind, str):
         raise ValueError("bad envelope kind")
+    offset = header.get("p")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+        raise ValueError("bad envelope offset")
     return Envelope(
         payload=payload,
         rooms=tuple(rooms) if rooms is not None else None,
@@ -81,6 +87,7 @@ def decode_envelope(data: bytes) -> Envelope:
         kind=kind,
         user_id=user_id,
         origin=origin,
+        offset=offset,
     )
 
 

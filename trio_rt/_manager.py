@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 from websockets.http11 import Request as WsRequest
@@ -43,17 +43,26 @@ from ._protocol import (
     ClientMessage,
     CloseCode,
     ErrorCode,
+    History,
     JoinRoom,
     Kick,
     LeaveRoom,
     Ping,
     ProtocolError,
+    StreamPosition,
+    Subscribe,
+    Unsubscribe,
     encode,
     error_message,
     parse,
     validate_room_name,
 )
 from ._rooms import Room, RoomError, RoomRegistry
+from ._streams import Recovery
+
+if TYPE_CHECKING:
+    from ._history import RoomHistory
+    from ._room_store import RoomStore
 
 __all__ = ["ServerStats", "WebSocketManager"]
 
@@ -64,6 +73,8 @@ DisconnectHandler = Callable[[Connection, int], Awaitable[None]]
 MessageHandler = Callable[[Connection, dict[str, Any]], Awaitable[None]]
 ErrorHandler = Callable[[Connection, Exception], Awaitable[None]]
 ServerMessageHandler = Callable[[dict[str, Any], str], Awaitable[None]]
+Service = Callable[..., Awaitable[None]]  # async fn(*, task_status) run in the manager's nursery
+BuiltinHandler = Callable[[Connection, Any], Awaitable[None]]
 SERVER_INBOX_SIZE = 1000  # cross-server messages waiting for their handlers
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,6 +170,8 @@ class WebSocketManager:
         *,
         broker: Broker | None = None,
         welcome: Callable[[Connection], dict[str, Any] | None] | None = None,
+        history: RoomHistory | None = None,
+        room_store: RoomStore | None = None,
         **options: Any,
     ) -> None:
         unknown = set(options) - ServerOptions.names()
@@ -191,6 +204,12 @@ class WebSocketManager:
         self._server_message_handlers: list[ServerMessageHandler] = []
         self._server_inbox: trio.MemorySendChannel[tuple[dict[str, Any], str]] | None = None
         self._room_prefix = f"{prefix}:room:"
+        self.history = history
+        self.room_store = room_store
+        self._services: list[Service] = list(history.services()) if history is not None else []
+        self._service_nursery: trio.Nursery | None = None
+        self._builtins: dict[type, BuiltinHandler] = {}
+        self._channel_handlers: dict[str, Callable[[bytes], None]] = {}
 
     # -- handler registration -----------------------------------------------------------------
     def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:
@@ -283,6 +302,27 @@ class WebSocketManager:
 
         return register
 
+    def add_service(self, service: Service) -> None:
+        """Run ``await service(task_status=...)`` in the manager's nursery while it serves.
+
+        Services added before `serve` start before the listener opens (the server is ready
+        once each has called ``task_status.started()``); added while serving, they start at
+        once. They are cancelled after the connections have closed, at the end of a graceful
+        shutdown.
+        """
+        if self._service_nursery is not None:
+            self._service_nursery.start_soon(service)
+        else:
+            self._services.append(service)
+
+    def _on_channel(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Let a component receive the raw messages of a broker channel (sync, never blocks)."""
+        self._channel_handlers[channel] = handler
+
+    def _set_builtin(self, command: type, handler: BuiltinHandler) -> None:
+        """Let a component (the change streams) handle a built-in command type."""
+        self._builtins[command] = handler
+
     # -- lifecycle ------------------------------------------------------------------------------
     @property
     def address(self) -> tuple[str, int]:
@@ -348,6 +388,7 @@ class WebSocketManager:
         finally:
             self._running = False
             self._address = None
+            self._service_nursery = None
 
     async def _run_inner(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[Server]
@@ -369,6 +410,17 @@ class WebSocketManager:
                 self._server_inbox = send
                 nursery.start_soon(self._run_server_message_handlers, receive)
                 await self.broker.subscribe(self._servers_channel)
+                if self.room_store is not None:
+                    for settings in await self.room_store.load():
+                        self._rooms.create(
+                            settings.name,
+                            max_users=settings.max_users,
+                            persistent=True,
+                            moderators=settings.moderators,
+                        )
+                for service in self._services:
+                    await nursery.start(service)
+                self._service_nursery = nursery
                 listeners = await trio.open_tcp_listeners(o.port, host=o.host)
                 sockname = listeners[0].socket.getsockname()
                 self._address = (str(sockname[0]), int(sockname[1]))
@@ -558,13 +610,23 @@ class WebSocketManager:
                         label = command.type if command.type in self._message_handlers else "*"
                         instruments.handler_finished(label, time.perf_counter() - started)
             elif isinstance(command, JoinRoom):
-                await self.join_room(conn, command.room)
-                await conn.send(_reply("room_joined", request_id, room=command.room))
+                await self._join_command(conn, command)
             elif isinstance(command, LeaveRoom):
                 await self.leave_room(conn, command.room)
                 await conn.send(_reply("room_left", request_id, room=command.room))
             elif isinstance(command, Ping):
                 await conn.send(_reply("pong", request_id))
+            elif isinstance(command, History):
+                await self._history_command(conn, command)
+            elif isinstance(command, Subscribe | Unsubscribe):
+                builtin = self._builtins.get(type(command))
+                if builtin is None:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_TYPE,
+                        "table subscriptions are not enabled on this server",
+                        request_id=request_id,
+                    )
+                await builtin(conn, command)
             elif isinstance(command, Kick):
                 if not self._rooms.is_moderator(command.room, conn.user_id):
                     raise RoomError(
@@ -599,6 +661,71 @@ class WebSocketManager:
                 )
             )
 
+    async def _join_command(self, conn: Connection, command: JoinRoom) -> None:
+        room, request_id, history = command.room, command.request_id, self.history
+        if history is None or not history.enabled(room):
+            await self.join_room(conn, room)
+            await conn.send(_reply("room_joined", request_id, room=room))
+            return
+        if command.since is None:
+            await self.join_room(conn, room)
+            position = await history.current(room)
+            await conn.send(
+                _reply("room_joined", request_id, room=room, position=position.to_json())
+            )
+            return
+        # Recovery: live messages for this room wait in a buffer while the missed ones are
+        # read, so the client gets them in order, each once.
+        if conn._recovering is None:
+            conn._recovering = {}
+        buffer: list[tuple[int, OutboundMessage]] = []
+        conn._recovering[room] = buffer
+        result: Recovery | None = None
+        try:
+            await self.join_room(conn, room)
+            try:
+                result = await history.recover(room, command.since)
+            except Exception:
+                log.exception("recovery of room %r failed; the client will refetch", room)
+                result = Recovery([], command.since, "unavailable")
+        finally:
+            # No await from here on: the buffer is flushed and removed in one step.
+            del conn._recovering[room]
+            replayed = result.entries if result is not None and result.recovered else []
+            last = replayed[-1].position.offset if replayed else command.since.offset
+            for entry in replayed:
+                conn.send_encoded(OutboundMessage(entry.payload.encode("utf-8")))
+            for offset, message in sorted(buffer, key=lambda item: item[0]):
+                if result is None or not result.recovered or offset > last:
+                    conn.send_encoded(message)
+        reply = _reply(
+            "room_joined",
+            request_id,
+            room=room,
+            position=result.position.to_json(),
+            recovered=result.recovered,
+        )
+        if result.reason is not None:
+            reply["reason"] = result.reason
+        await conn.send(reply)
+
+    async def _history_command(self, conn: Connection, command: History) -> None:
+        history = self.history
+        if history is None or not history.enabled(command.room):
+            raise RoomError(ErrorCode.NOT_PERMITTED, f"room {command.room!r} keeps no history")
+        if command.room not in self._rooms.rooms_of(conn):
+            raise RoomError(
+                ErrorCode.NOT_IN_ROOM, f"join room {command.room!r} to read its history"
+            )
+        entries, current = await history.page(command.room, command.limit, command.before)
+        # The stored messages are JSON already: splice them in rather than parse and re-encode.
+        head = _reply("history", command.request_id, room=command.room)
+        head["position"] = current.to_json()
+        opening = encode(head)[:-1] + b',"messages":['
+        body = b",".join(e.payload.encode("utf-8") for e in entries)
+        conn.send_encoded(OutboundMessage(opening + body + b"]}"))
+        await trio.lowlevel.checkpoint()
+
     # -- rooms ----------------------------------------------------------------------------------
     async def create_room(
         self,
@@ -611,7 +738,18 @@ class WebSocketManager:
         """Create a room, or update an existing room's settings. Raises ValueError on bad input.
 
         Non-persistent rooms disappear when their last member leaves; persistent ones stay.
+        With a `room_store`, a persistent room's settings are saved first (so a store error
+        raises and changes nothing) and it exists again after a restart.
         """
+        existing = self._rooms.get(name)
+        if self.room_store is not None:
+            validate_room_name(name)
+            if persistent:
+                from ._room_store import RoomSettings
+
+                await self.room_store.save(RoomSettings(name, max_users, frozenset(moderators)))
+            elif existing is not None and existing.persistent:
+                await self.room_store.delete(name)
         room = self._rooms.create(
             name, max_users=max_users, persistent=persistent, moderators=moderators
         )
@@ -619,7 +757,13 @@ class WebSocketManager:
         return room
 
     async def delete_room(self, name: str) -> None:
-        """Remove a room; its local members get ``room_left`` (reason ``deleted``)."""
+        """Remove a room; its local members get ``room_left`` (reason ``deleted``).
+
+        A persistent room is removed from the `room_store` too (first: a store error raises
+        and changes nothing)."""
+        existing = self._rooms.get(name)
+        if self.room_store is not None and existing is not None and existing.persistent:
+            await self.room_store.delete(name)
         members = self._rooms.delete(name)
         if members:
             self.broker.unsubscribe(self._room_channel(name))
@@ -709,9 +853,27 @@ class WebSocketManager:
 
     async def broadcast_to_room(
         self, room: str, data: dict[str, Any], *, exclude: Connection | None = None
-    ) -> None:
-        """Send `data` to every member of `room`, on every server (except `exclude`)."""
-        await self._publish((room,), data, exclude)
+    ) -> StreamPosition | None:
+        """Send `data` to every member of `room`, on every server (except `exclude`).
+
+        In a room with history (`RoomHistory`), the message gets ``room`` and ``position``
+        fields and is stored before it is published; the position is returned. Raises what
+        the history store raises, and then nothing was sent.
+        """
+        history = self.history
+        if history is None or not history.enabled(room):
+            await self._publish((room,), data, exclude)
+            return None
+        position, payload = await history.record(room, data)
+        self._stats.broadcasts += 1
+        env = Envelope(
+            payload,
+            rooms=(room,),
+            exclude=exclude.id if exclude is not None else None,
+            offset=position.offset,
+        )
+        await self.broker.publish(self._room_channel(room), encode_envelope(env))
+        return position
 
     async def broadcast_to_rooms(
         self, rooms: Iterable[str], data: dict[str, Any], *, exclude: Connection | None = None
@@ -742,6 +904,10 @@ class WebSocketManager:
 
     def _on_broker_message(self, channel: str, data: bytes) -> None:
         """Deliver what the broker hands us to local clients. Sync: it never waits on a client."""
+        component = self._channel_handlers.get(channel)
+        if component is not None:
+            component(data)
+            return
         try:
             env = decode_envelope(data)
         except ValueError:
@@ -765,10 +931,21 @@ class WebSocketManager:
         message = OutboundMessage(env.payload)
         exclude = env.exclude
         n = 0
-        for conn in targets:
-            if conn.id != exclude:
-                conn.send_encoded(message)
-                n += 1
+        if env.offset is None:
+            for conn in targets:
+                if conn.id != exclude:
+                    conn.send_encoded(message)
+                    n += 1
+        else:  # a room message with a position: members recovering this room buffer it
+            room = channel[len(self._room_prefix) :]
+            for conn in targets:
+                if conn.id != exclude:
+                    recovering = conn._recovering
+                    if recovering is not None and room in recovering:
+                        recovering[room].append((env.offset, message))
+                    else:
+                        conn.send_encoded(message)
+                    n += 1
         self._stats.deliveries += n
         if instruments is not None:
             instruments.fanned_out(n, time.perf_counter() - started)

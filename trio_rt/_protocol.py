@@ -19,15 +19,20 @@ __all__ = [
     "ClientMessage",
     "CloseCode",
     "ErrorCode",
+    "History",
     "JoinRoom",
     "Kick",
     "LeaveRoom",
     "Ping",
     "ProtocolError",
+    "StreamPosition",
+    "Subscribe",
+    "Unsubscribe",
     "encode",
     "encode_text_frame",
     "error_message",
     "parse",
+    "parse_position",
     "validate_room_name",
 ]
 
@@ -95,10 +100,61 @@ class ClientMessage:
     request_id: str | int | None = None
 
 
+MAX_EPOCH_LENGTH: Final = 64
+MAX_OFFSET: Final = 2**53  # positions travel as JSON numbers: JavaScript must hold them exactly
+MAX_TABLE_NAME_LENGTH: Final = 48
+_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """A place in a stream: entries with a greater `offset` in the same `epoch` come after it."""
+
+    offset: int
+    epoch: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offset": self.offset, "epoch": self.epoch}
+
+
+def parse_position(
+    raw: object, *, field: str = "since", request_id: str | int | None = None
+) -> StreamPosition:
+    """Validate a position sent by a client: ``{"offset": int >= 0, "epoch": str}``."""
+    if not isinstance(raw, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f'\'{field}\' must be an object {{"offset": int, "epoch": str}}',
+            request_id=request_id,
+        )
+    offset, epoch = raw.get("offset"), raw.get("epoch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"'{field}.offset' must be an integer from 0 to 2^53",
+            request_id=request_id,
+        )
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"'{field}.epoch' must be a non-empty string of at most {MAX_EPOCH_LENGTH} characters",
+            request_id=request_id,
+        )
+    extra = set(raw) - {"offset", "epoch"}
+    if extra:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"'{field}' has unknown field(s): {', '.join(sorted(map(str, extra)))}",
+            request_id=request_id,
+        )
+    return StreamPosition(offset, epoch)
+
+
 @dataclass(frozen=True, slots=True)
 class JoinRoom:
     room: str
     request_id: str | int | None = None
+    since: StreamPosition | None = None  # recover what was missed after this position
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +177,38 @@ class Kick:
     request_id: str | int | None = None
 
 
-Command = JoinRoom | LeaveRoom | Ping | Kick | ClientMessage
+@dataclass(frozen=True, slots=True)
+class History:
+    """Stored messages of a room: the latest `limit`, or the `limit` before `before`."""
 
-BUILTIN_TYPES: Final = frozenset({"join_room", "leave_room", "ping", "kick"})
+    room: str
+    limit: int
+    before: StreamPosition | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Table changes matching `filters` (checked against the table by the change streams)."""
+
+    table: str
+    filters: dict[str, Any]
+    since: StreamPosition | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    subscription: str
+    request_id: str | int | None = None
+
+
+Command = JoinRoom | LeaveRoom | Ping | Kick | History | Subscribe | Unsubscribe | ClientMessage
+
+BUILTIN_TYPES: Final = frozenset(
+    {"join_room", "leave_room", "ping", "kick", "history", "subscribe", "unsubscribe"}
+)
+DEFAULT_HISTORY_LIMIT: Final = 50
 
 
 def _checked_name(
@@ -213,7 +298,54 @@ def parse(frame: str | bytes) -> Command:
         request_id,
     )
     if mtype == "join_room":
-        return JoinRoom(validate_room_name(obj.get("room"), request_id=request_id), request_id)
+        room = validate_room_name(obj.get("room"), request_id=request_id)
+        raw_since = obj.get("since")
+        since = None if raw_since is None else parse_position(raw_since, request_id=request_id)
+        return JoinRoom(room, request_id, since)
+    if mtype == "history":
+        room = validate_room_name(obj.get("room"), request_id=request_id)
+        limit = obj.get("limit", DEFAULT_HISTORY_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "'limit' must be an integer from 1 to 1000",
+                request_id=request_id,
+            )
+        raw_before = obj.get("before")
+        before = (
+            None
+            if raw_before is None
+            else parse_position(raw_before, field="before", request_id=request_id)
+        )
+        return History(room, limit, before, request_id)
+    if mtype == "subscribe":
+        table = _checked_name(
+            obj.get("table"),
+            "table",
+            MAX_TABLE_NAME_LENGTH,
+            _TABLE_NAME,
+            "be a table name: a lowercase letter, then lowercase letters, digits or '_'",
+            request_id,
+        )
+        filters = obj.get("filters", {})
+        if filters is None:
+            filters = {}
+        if not isinstance(filters, dict):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "'filters' must be an object", request_id=request_id
+            )
+        raw_since = obj.get("since")
+        since = None if raw_since is None else parse_position(raw_since, request_id=request_id)
+        return Subscribe(table, filters, since, request_id)
+    if mtype == "unsubscribe":
+        sid = obj.get("subscription")
+        if not isinstance(sid, str) or not 0 < len(sid) <= MAX_ID_LENGTH:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "'subscription' must be a subscription id from a 'subscribed' reply",
+                request_id=request_id,
+            )
+        return Unsubscribe(sid, request_id)
     if mtype == "leave_room":
         return LeaveRoom(validate_room_name(obj.get("room"), request_id=request_id), request_id)
     if mtype == "ping":

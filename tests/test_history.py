@@ -1,0 +1,124 @@
+"""Room history, positions and recovery over real sockets, with the in-memory backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trio_rt import WebSocketManager
+from trio_rt._history import RoomHistory
+from trio_rt._streams import MemorySequencer, MemoryStreamStore
+
+from .conftest import client
+
+
+def history_manager(make_manager: Any, **kwargs: Any) -> WebSocketManager:
+    manager: WebSocketManager = make_manager(history=RoomHistory(**kwargs))
+    return manager
+
+
+async def test_room_messages_carry_positions_and_history_pages(make_manager: Any) -> None:
+    async with history_manager(make_manager) as manager, client(manager) as c:
+        joined = await c.request({"type": "join_room", "room": "r", "id": 1})
+        assert joined["type"] == "room_joined" and joined["position"]["offset"] == 0
+        epoch = joined["position"]["epoch"]
+        positions = [
+            await manager.broadcast_to_room("r", {"type": "chat", "n": i}) for i in range(5)
+        ]
+        for i in range(5):
+            msg = await c.recv()
+            assert msg["n"] == i and msg["room"] == "r"
+            assert msg["position"] == {"offset": i + 1, "epoch": epoch}
+            assert positions[i] is not None and positions[i].offset == i + 1  # type: ignore[union-attr]
+        page = await c.request({"type": "history", "room": "r", "limit": 2, "id": 2})
+        assert page["id"] == 2 and [m["n"] for m in page["messages"]] == [3, 4]
+        assert page["position"] == {"offset": 5, "epoch": epoch}
+        older = await c.request(
+            {"type": "history", "room": "r", "limit": 10, "before": page["messages"][0]["position"]}
+        )
+        assert [m["n"] for m in older["messages"]] == [0, 1, 2]
+        # Not a member of the room: no history.
+        other = await c.request({"type": "history", "room": "elsewhere"})
+        assert other["type"] == "error" and other["code"] == "not_in_room"
+        bad = await c.request({"type": "history", "room": "r", "limit": 0})
+        assert bad["code"] == "invalid_field" and "limit" in bad["message"]
+
+
+async def test_recovery_replays_what_was_missed_in_order(make_manager: Any) -> None:
+    async with history_manager(make_manager) as manager:
+        async with client(manager) as c:
+            joined = await c.request({"type": "join_room", "room": "r"})
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 0})
+            last = (await c.recv())["position"]
+        for i in range(1, 4):
+            await manager.broadcast_to_room("r", {"type": "chat", "n": i})
+        async with client(manager) as c:
+            await c.send({"type": "join_room", "room": "r", "since": last, "id": 9})
+            replayed = [await c.recv() for _ in range(3)]
+            assert [m["n"] for m in replayed] == [1, 2, 3]
+            ack = await c.recv()
+            assert ack["type"] == "room_joined" and ack["recovered"] is True and ack["id"] == 9
+            assert ack["position"]["offset"] == 4
+            assert ack["position"]["epoch"] == joined["position"]["epoch"]
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
+            assert (await c.recv())["n"] == 4  # live again
+
+
+async def test_recovery_not_possible_says_why(make_manager: Any) -> None:
+    async with history_manager(make_manager, store=MemoryStreamStore(max_entries=2)) as manager:
+        async with client(manager) as c:
+            await c.request({"type": "join_room", "room": "r"})
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 0})
+            last = (await c.recv())["position"]
+            for i in range(1, 5):
+                await manager.broadcast_to_room("r", {"type": "chat", "n": i})
+        async with client(manager) as c:
+            ack = await c.request({"type": "join_room", "room": "r2", "since": last})
+            assert ack["recovered"] is False and ack["reason"] == "epoch_changed"
+            ack = await c.request({"type": "join_room", "room": "r", "since": last})
+            assert ack["recovered"] is False and ack["reason"] == "retention"
+            bad = await c.request({"type": "join_room", "room": "r", "since": {"offset": "x"}})
+            assert bad["type"] == "error" and "since.offset" in bad["message"]
+
+
+async def test_recovery_during_a_stream_of_broadcasts_loses_and_repeats_nothing(
+    make_manager: Any,
+) -> None:
+    class SlowStore(MemoryStreamStore):
+        """Reads take a while, so live messages arrive during the replay (the buffer path)."""
+
+        async def read(self, stream: str, epoch: str, after: int, limit: int) -> Any:
+            entries = await super().read(stream, epoch, after, limit)
+            await trio.sleep(0.05)  # the answer travels back while new messages are published
+            return entries
+
+    history = RoomHistory(SlowStore(), MemorySequencer())
+    async with make_manager(history=history) as manager:
+        async with client(manager) as c:
+            await c.request({"type": "join_room", "room": "r"})
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 0})
+            last = (await c.recv())["position"]
+        total = 300
+        async with trio.open_nursery() as nursery:
+
+            async def publish() -> None:
+                for i in range(1, total + 1):
+                    await manager.broadcast_to_room("r", {"type": "chat", "n": i})
+                    await trio.sleep(0.001)
+
+            nursery.start_soon(publish)
+            async with client(manager) as c:
+                await trio.sleep(0.03)
+                await c.send({"type": "join_room", "room": "r", "since": last})
+                seen: list[int] = []
+                acked = False
+                while len(seen) < total:
+                    msg = await c.recv()
+                    if msg["type"] == "room_joined":
+                        assert msg["recovered"] is True
+                        acked = True
+                        continue
+                    seen.append(msg["n"])
+                assert acked or (await c.recv())["type"] == "room_joined"
+                assert seen == list(range(1, total + 1))

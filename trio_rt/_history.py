@@ -1,0 +1,112 @@
+"""RoomHistory: room messages kept in a stream, with positions, history pages and recovery.
+
+Given to the manager (``WebSocketManager(history=RoomHistory(store, sequencer))``), it makes
+every `broadcast_to_room` to a room with history (all rooms, or those `rooms` selects):
+
+1. take the next position of the stream ``room:<name>`` from the sequencer;
+2. add ``"room"`` and ``"position": {"offset", "epoch"}`` to the message;
+3. store it (the store's `append`), and only then publish it: whatever a client receives can
+   be recovered.
+
+Clients that come back send the last position they saw with `join_room` (``since``) and get
+what they missed, or ``recovered: false`` and refetch with `history`. The contract is in
+docs/protocol.md ("Positions and recovery").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._protocol import encode
+from ._streams import (
+    MemorySequencer,
+    MemoryStreamStore,
+    Recovery,
+    Sequencer,
+    StreamEntry,
+    StreamPosition,
+    StreamStore,
+    recover,
+)
+
+__all__ = ["RoomHistory"]
+
+
+class RoomHistory:
+    """Positions and stored history for room messages.
+
+    `store` defaults to a `MemoryStreamStore`, `sequencer` to a `MemorySequencer` (both for
+    one process). For several servers use `CassandraStreamStore` and `RedisSequencer`.
+    `rooms(name) -> bool` selects the rooms with history (default: every room).
+    `recovery_limit`: more missed messages than this and recovery answers ``too_many``.
+    `max_page`: the most messages one `history` request returns.
+    """
+
+    def __init__(
+        self,
+        store: StreamStore | None = None,
+        sequencer: Sequencer | None = None,
+        *,
+        rooms: Callable[[str], bool] | None = None,
+        recovery_limit: int = 1000,
+        max_page: int = 100,
+    ) -> None:
+        for name, value in (("recovery_limit", recovery_limit), ("max_page", max_page)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        self.store = store if store is not None else MemoryStreamStore()
+        self.sequencer = sequencer if sequencer is not None else MemorySequencer()
+        self.sequencer.attach(self.store)
+        self._rooms = rooms
+        self.recovery_limit = recovery_limit
+        self.max_page = max_page
+
+    def services(self) -> list[Callable[..., Awaitable[None]]]:
+        """Tasks to run in the manager's nursery (a Redis sequencer's connection)."""
+        run = getattr(self.sequencer, "run", None)
+        return [run] if run is not None else []
+
+    def enabled(self, room: str) -> bool:
+        return self._rooms is None or self._rooms(room)
+
+    @staticmethod
+    def stream(room: str) -> str:
+        return f"room:{room}"
+
+    async def record(self, room: str, data: dict[str, Any]) -> tuple[StreamPosition, bytes]:
+        """Allocate, store, and return the position and the encoded message to publish.
+
+        Raises what the store raises (nothing is published then).
+        """
+        stream = self.stream(room)
+        allocation = await self.sequencer.next(stream)
+        message = {**data, "room": room, "position": allocation.position.to_json()}
+        payload = encode(message)
+        await self.store.append(stream, allocation, payload.decode("utf-8"))
+        return allocation.position, payload
+
+    async def current(self, room: str) -> StreamPosition:
+        return await self.sequencer.current(self.stream(room))
+
+    async def recover(self, room: str, since: StreamPosition) -> Recovery:
+        stream = self.stream(room)
+        current = await self.sequencer.current(stream)
+        return await recover(self.store, stream, since, current, limit=self.recovery_limit)
+
+    async def page(
+        self, room: str, limit: int, before: StreamPosition | None
+    ) -> tuple[list[StreamEntry], StreamPosition]:
+        """Up to `limit` messages (at most `max_page`), oldest first, before `before` if given.
+        A `before` of another epoch returns nothing."""
+        stream = self.stream(room)
+        current = await self.sequencer.current(stream)
+        if before is not None and before.epoch != current.epoch:
+            return [], current
+        entries = await self.store.latest(
+            stream,
+            current.epoch,
+            min(limit, self.max_page),
+            before.offset if before is not None else None,
+        )
+        return entries, current

@@ -1,0 +1,357 @@
+"""Streams: positions (offset + epoch), sequencers, stream stores, and the tail cursor.
+
+A *stream* is an ordered log with a name: ``room:<name>`` for the messages of a room with
+history, ``table:<name>`` for the changes of a table. Every entry has a position: an `offset`
+(1, 2, 3, ... within the epoch) and an `epoch` (a string naming one generation of the stream;
+when a stream's history is lost the epoch changes, and positions of another epoch mean nothing).
+
+- A `Sequencer` hands out positions, and a write timestamp that grows with the offset, so that
+  Cassandra's last-write-wins order and offset order agree whatever the writers' clocks say.
+  `MemorySequencer` serves one process; `RedisSequencer` (trio_rt._redis_streams) a cluster.
+- A `StreamStore` keeps entries for a retention period and answers "what came after offset X".
+  `MemoryStreamStore` here; `CassandraStreamStore` in trio_rt.cassandra.
+- `StreamCursor` (sans-IO) turns repeated reads of a store into an in-order, exactly-once
+  sequence even when writes commit out of offset order (a slow batch leaves a *hole* that is
+  filled later: entries behind it are held until it is, or until `hole_timeout`).
+
+Nothing here does network I/O; the memory implementations only yield to the scheduler.
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from ._protocol import StreamPosition, parse_position
+
+__all__ = [
+    "Allocation",
+    "MemorySequencer",
+    "MemoryStreamStore",
+    "Recovery",
+    "Sequencer",
+    "StreamCursor",
+    "StreamEntry",
+    "StreamPosition",
+    "StreamStore",
+    "new_epoch",
+    "parse_position",
+    "recover",
+]
+
+
+def new_epoch() -> str:
+    """A fresh epoch: 8 random hex characters."""
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """A position handed out by a sequencer, with the write timestamp (microseconds) to use."""
+
+    position: StreamPosition
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One stored entry. `payload` is JSON text (a room message, or a change event)."""
+
+    position: StreamPosition
+    timestamp: int
+    payload: str
+
+
+# -- stores -----------------------------------------------------------------------------------
+class StreamStore(abc.ABC):
+    """Keeps stream entries for a retention period.
+
+    Contract (tests/test_streams_contract.py runs it against every implementation):
+
+    - ``append(stream, allocation, payload)`` stores one entry at the allocated position.
+    - ``read(stream, epoch, after, limit)`` returns up to `limit` entries of `epoch` with
+      offsets greater than `after` that are visible now, in offset order. An entry may become
+      visible after entries with greater offsets (concurrent writers): readers re-read.
+    - ``latest(stream, epoch, limit, before=None)`` returns the `limit` entries with the
+      greatest offsets (below `before` when given), in offset order.
+    - ``contains(stream, position)`` is True while that entry is retained.
+    - ``head(stream)`` returns the allocation of the greatest offset written, or None.
+    """
+
+    @abc.abstractmethod
+    async def append(self, stream: str, allocation: Allocation, payload: str) -> None: ...
+
+    @abc.abstractmethod
+    async def read(self, stream: str, epoch: str, after: int, limit: int) -> list[StreamEntry]: ...
+
+    @abc.abstractmethod
+    async def latest(
+        self, stream: str, epoch: str, limit: int, before: int | None = None
+    ) -> list[StreamEntry]: ...
+
+    @abc.abstractmethod
+    async def contains(self, stream: str, position: StreamPosition) -> bool: ...
+
+    @abc.abstractmethod
+    async def head(self, stream: str) -> Allocation | None: ...
+
+
+class MemoryStreamStore(StreamStore):
+    """Entries in process memory: the last `max_entries` per stream, for `retention` seconds.
+
+    For one process (the demo, tests): a restart loses everything, so a `MemorySequencer`
+    starts new epochs and clients are told that recovery is not possible.
+    """
+
+    def __init__(self, *, max_entries: int = 1000, retention: float = 3600.0) -> None:
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be a positive integer, not {max_entries!r}")
+        if not retention > 0:
+            raise ValueError(f"retention must be positive, not {retention!r}")
+        self.max_entries = max_entries
+        self.retention = float(retention)
+        self._streams: dict[str, deque[StreamEntry]] = {}
+        self._heads: dict[str, Allocation] = {}
+
+    def _entries(self, stream: str) -> deque[StreamEntry]:
+        entries = self._streams.get(stream)
+        if entries is None:
+            return deque()
+        horizon = time.time_ns() // 1000 - int(self.retention * 1e6)
+        while entries and entries[0].timestamp < horizon:
+            entries.popleft()
+        return entries
+
+    async def append(self, stream: str, allocation: Allocation, payload: str) -> None:
+        entries = self._streams.get(stream)
+        if entries is None:
+            entries = self._streams[stream] = deque(maxlen=self.max_entries)
+        entry = StreamEntry(allocation.position, allocation.timestamp, payload)
+        # Keep offset order even if appends arrive out of order (concurrent writers).
+        if entries and entries[-1].position.offset > allocation.position.offset:
+            items = sorted([*entries, entry], key=lambda e: e.position.offset)
+            entries.clear()
+            entries.extend(items[-self.max_entries :])
+        else:
+            entries.append(entry)
+        head = self._heads.get(stream)
+        if head is None or head.position.offset < allocation.position.offset:
+            self._heads[stream] = allocation
+        await trio.lowlevel.checkpoint()
+
+    async def read(self, stream: str, epoch: str, after: int, limit: int) -> list[StreamEntry]:
+        out = [
+            e
+            for e in self._entries(stream)
+            if e.position.epoch == epoch and e.position.offset > after
+        ][:limit]
+        await trio.lowlevel.checkpoint()
+        return out
+
+    async def latest(
+        self, stream: str, epoch: str, limit: int, before: int | None = None
+    ) -> list[StreamEntry]:
+        out = [
+            e
+            for e in self._entries(stream)
+            if e.position.epoch == epoch and (before is None or e.position.offset < before)
+        ]
+        await trio.lowlevel.checkpoint()
+        return out[-limit:] if limit > 0 else []
+
+    async def contains(self, stream: str, position: StreamPosition) -> bool:
+        found = any(e.position == position for e in self._entries(stream))
+        await trio.lowlevel.checkpoint()
+        return found
+
+    async def head(self, stream: str) -> Allocation | None:
+        await trio.lowlevel.checkpoint()
+        return self._heads.get(stream)
+
+
+# -- sequencers -------------------------------------------------------------------------------
+class Sequencer(abc.ABC):
+    """Hands out stream positions.
+
+    Contract: within one epoch, offsets start after the store's head and grow by one per
+    `next`; timestamps grow strictly with offsets. `current` is the last position handed out
+    (offset 0 before the first). A sequencer that lost its state (a restart, a Redis flush)
+    continues from the store's head when it can, and starts a new epoch when it cannot.
+    """
+
+    store: StreamStore | None = None
+
+    def attach(self, store: StreamStore) -> None:
+        """Continue the streams of `store` (called by the components that own both)."""
+        self.store = store
+
+    @abc.abstractmethod
+    async def next(self, stream: str) -> Allocation: ...
+
+    @abc.abstractmethod
+    async def current(self, stream: str) -> StreamPosition: ...
+
+
+@dataclass
+class _Counter:
+    epoch: str
+    offset: int
+    timestamp: int
+
+
+class MemorySequencer(Sequencer):
+    """Positions from process memory: correct for one writing process only.
+
+    With several server processes, use `RedisSequencer`: two memory sequencers would hand out
+    the same offsets.
+    """
+
+    def __init__(self, *, clock: Callable[[], int] = time.time_ns) -> None:
+        self._clock = clock  # nanoseconds; injectable for tests of skewed clocks
+        self._counters: dict[str, _Counter] = {}
+        self._seeding: dict[str, trio.Event] = {}
+
+    async def _counter(self, stream: str) -> _Counter:
+        counter = self._counters.get(stream)
+        if counter is not None:
+            return counter
+        pending = self._seeding.get(stream)
+        if pending is not None:
+            await pending.wait()
+            return self._counters[stream]
+        done = self._seeding[stream] = trio.Event()
+        try:
+            head = await self.store.head(stream) if self.store is not None else None
+            if head is None:
+                counter = _Counter(new_epoch(), 0, 0)
+            else:
+                counter = _Counter(head.position.epoch, head.position.offset, head.timestamp)
+            self._counters[stream] = counter
+            return counter
+        finally:
+            done.set()
+            del self._seeding[stream]
+
+    async def next(self, stream: str) -> Allocation:
+        counter = await self._counter(stream)
+        counter.offset += 1
+        counter.timestamp = max(self._clock() // 1000, counter.timestamp + 1)
+        return Allocation(StreamPosition(counter.offset, counter.epoch), counter.timestamp)
+
+    async def current(self, stream: str) -> StreamPosition:
+        counter = await self._counter(stream)
+        return StreamPosition(counter.offset, counter.epoch)
+
+
+# -- recovery ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """The answer to "what did I miss since `since`": entries, or why recovery is not possible
+    (`reason`: ``epoch_changed``, ``retention`` or ``too_many``)."""
+
+    entries: list[StreamEntry]
+    position: StreamPosition
+    reason: str | None = None
+
+    @property
+    def recovered(self) -> bool:
+        return self.reason is None
+
+
+async def recover(
+    store: StreamStore,
+    stream: str,
+    since: StreamPosition,
+    current: StreamPosition,
+    *,
+    limit: int,
+) -> Recovery:
+    """Entries of `stream` after `since`, given the stream's `current` position.
+
+    Not possible when the epoch changed, when the entry at `since` is no longer retained
+    (entries after it may be gone too), or when more than `limit` entries were missed.
+    """
+    if since.epoch != current.epoch:
+        return Recovery([], current, "epoch_changed")
+    if since.offset >= current.offset:
+        await trio.lowlevel.checkpoint()
+        return Recovery([], current)
+    if since.offset > 0 and not await store.contains(stream, since):
+        return Recovery([], current, "retention")
+    entries = await store.read(stream, since.epoch, since.offset, limit + 1)
+    if len(entries) > limit:
+        return Recovery([], current, "too_many")
+    if since.offset == 0 and entries and entries[0].position.offset != 1:
+        return Recovery([], current, "retention")
+    last = entries[-1].position if entries else since
+    return Recovery(entries, last if last.offset > current.offset else current)
+
+
+# -- the tail cursor (sans-IO) ----------------------------------------------------------------
+@dataclass
+class StreamCursor:
+    """Exactly-once, in-order delivery from repeated reads of a stream whose entries may become
+    visible out of offset order.
+
+    `done` is the offset up to which everything is settled (delivered, skipped, or older than
+    the start). Feed it what a read of offsets > `done` returned; it returns the entries that
+    can be delivered now, in offset order. An entry behind a missing offset (a *hole*: a write
+    allocated but not yet visible) waits until the hole fills or has been open for
+    `hole_timeout` seconds; then the hole is skipped and counted in `skipped`.
+    """
+
+    epoch: str
+    done: int
+    hole_timeout: float = 10.0
+    skipped: int = 0
+    _pending: dict[int, StreamEntry] = field(default_factory=dict)
+    _settled_above: set[int] = field(default_factory=set)
+    _hole_since: dict[int, float] = field(default_factory=dict)
+
+    def settle_existing(self, offsets: Iterable[int]) -> None:
+        """Mark entries already visible when the cursor starts as not to be delivered
+        (a live tail starts after them; holes below them are still delivered when they fill)."""
+        self._settled_above.update(o for o in offsets if o > self.done)
+
+    @property
+    def holding(self) -> bool:
+        """True while entries wait behind a hole (the caller should re-read soon)."""
+        return bool(self._pending) or bool(self._settled_above)
+
+    def feed(self, entries: Iterable[StreamEntry], now: float) -> list[StreamEntry]:
+        for entry in entries:
+            o = entry.position.offset
+            if entry.position.epoch != self.epoch or o <= self.done:
+                continue
+            if o not in self._settled_above:
+                self._pending.setdefault(o, entry)
+        out: list[StreamEntry] = []
+        while True:
+            nxt = self.done + 1
+            if nxt in self._settled_above:
+                self._settled_above.discard(nxt)
+            elif nxt in self._pending:
+                out.append(self._pending.pop(nxt))
+                self._hole_since.pop(nxt, None)
+            elif self._pending or self._settled_above:
+                opened = self._hole_since.setdefault(nxt, now)
+                if now - opened < self.hole_timeout:
+                    break
+                del self._hole_since[nxt]
+                self.skipped += 1
+            else:
+                break
+            self.done = nxt
+        return out
+
+    def next_hole_deadline(self) -> float | None:
+        """When the oldest open hole times out (None when nothing waits)."""
+        if not self._hole_since:
+            return None
+        return min(self._hole_since.values()) + self.hole_timeout
