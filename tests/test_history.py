@@ -10,7 +10,7 @@ from trio_rt import WebSocketManager
 from trio_rt._history import RoomHistory
 from trio_rt._streams import MemorySequencer, MemoryStreamStore
 
-from .conftest import client
+from .conftest import client, wait_until
 
 
 def history_manager(make_manager: Any, **kwargs: Any) -> WebSocketManager:
@@ -122,3 +122,51 @@ async def test_recovery_during_a_stream_of_broadcasts_loses_and_repeats_nothing(
                     seen.append(msg["n"])
                 assert acked or (await c.recv())["type"] == "room_joined"
                 assert seen == list(range(1, total + 1))
+
+
+async def test_python_client_recovers_missed_messages_after_a_reconnect(make_manager: Any) -> None:
+    from trio_rt.client import ClientEvent, WebSocketClient
+
+    async with history_manager(make_manager) as manager:
+        events: list[ClientEvent] = []
+        async with WebSocketClient(manager.url, initial_delay=0.01, rng=None) as c:
+            c.add_listener("recovery_failed", events.append)
+            await c.join_room("r")
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 0})
+            assert (await c.receive())["n"] == 0
+            assert c.position("r") is not None and c.position("r")["offset"] == 1  # type: ignore[index]
+            # The server drops the connection; messages are sent while the client is away.
+            (conn,) = manager.connections.values()
+            await conn.close(1011, "test")
+            await wait_until(lambda: not manager.connections)
+            for i in range(1, 4):
+                await manager.broadcast_to_room("r", {"type": "chat", "n": i})
+            got = [(await c.receive())["n"] for _ in range(3)]
+            assert got == [1, 2, 3]
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
+            assert (await c.receive())["n"] == 4
+            assert c.position("r")["offset"] == 5  # type: ignore[index]
+            assert events == []
+
+
+async def test_python_client_refetches_history_when_recovery_is_not_possible(
+    make_manager: Any,
+) -> None:
+    from trio_rt.client import ClientEvent, WebSocketClient
+
+    store = MemoryStreamStore(max_entries=2)
+    async with make_manager(history=RoomHistory(store)) as manager:
+        events: list[ClientEvent] = []
+        async with WebSocketClient(manager.url, initial_delay=0.01) as c:
+            c.add_listener("recovery_failed", events.append)
+            await c.join_room("r")
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 0})
+            assert (await c.receive())["n"] == 0
+            (conn,) = manager.connections.values()
+            await conn.close(1011, "test")
+            await wait_until(lambda: not manager.connections)
+            for i in range(1, 6):  # more than the store keeps
+                await manager.broadcast_to_room("r", {"type": "chat", "n": i})
+            page = await c.receive()
+            assert page["type"] == "history" and [m["n"] for m in page["messages"]] == [4, 5]
+            assert [(e.room, e.reason) for e in events] == [("r", "retention")]

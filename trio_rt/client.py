@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, NoReturn, Self, TypeAlias, TypeVar
+from typing import Any, Final, Literal, NoReturn, Self, TypeAlias, TypeGuard, TypeVar
 
 import trio
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
@@ -71,10 +71,10 @@ HeadersLike: TypeAlias = Mapping[str, str] | Sequence[tuple[str, str]]
 HeadersProvider: TypeAlias = Callable[[], Awaitable[HeadersLike] | HeadersLike]
 OverflowPolicy: TypeAlias = Literal["raise", "drop_oldest", "wait"]
 EventType: TypeAlias = Literal[
-    "connected", "disconnected", "reconnecting", "rejoin_failed", "closed"
+    "connected", "disconnected", "reconnecting", "rejoin_failed", "recovery_failed", "closed"
 ]
 EVENT_TYPES: Final[frozenset[str]] = frozenset(
-    {"connected", "disconnected", "reconnecting", "rejoin_failed", "closed"}
+    {"connected", "disconnected", "reconnecting", "rejoin_failed", "recovery_failed", "closed"}
 )
 
 DEFAULT_FATAL_CLOSE_CODES: Final[frozenset[int]] = frozenset(
@@ -281,6 +281,14 @@ def _decode(raw: str | bytes) -> Message | None:
     return value
 
 
+def _is_position(value: object) -> TypeGuard[dict[str, Any]]:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("offset"), int)
+        and isinstance(value.get("epoch"), str)
+    )
+
+
 def _raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     """Re-raise the one real exception of a nursery's group (the client hides its nursery)."""
     real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
@@ -327,6 +335,11 @@ class ClientEvent:
       (why the previous connection or attempt ended).
     * ``rejoin_failed``: ``room``, ``error`` (a :class:`ServerError`): a room could not be joined
       again after a reconnect; the client forgot it.
+    * ``recovery_failed``: ``room`` (a room, or ``subscription:<key>``), ``reason``
+      (``epoch_changed``, ``retention``, ``too_many``, ``unavailable``): what was missed while
+      disconnected cannot be replayed. For a room the client has already asked for the latest
+      ``refetch_limit`` messages (a ``history`` message follows); for a subscription, refetch
+      the table's current state yourself.
     * ``closed``: ``error`` (``None`` after a normal close).
     """
 
@@ -338,6 +351,7 @@ class ClientEvent:
     error: BaseException | None = None
     welcome: Message | None = None
     room: str | None = None
+    reason: str = ""
 
 
 Listener: TypeAlias = Callable[[ClientEvent], Awaitable[None] | None]
@@ -421,6 +435,17 @@ class _Waiter:
 _DATA: Final = "data"
 _JOIN: Final = "join"
 _LEAVE: Final = "leave"
+_SUBSCRIBE: Final = "subscribe"  # `room` holds the subscription's client-side key
+
+
+@dataclass(eq=False)
+class _Subscription:
+    """A table subscription the client keeps across reconnects."""
+
+    table: str
+    filters: dict[str, Any]
+    position: dict[str, Any] | None = None  # of the last change received
+    server_id: str | None = None  # the server's subscription id on the current connection
 
 
 @dataclass(eq=False, slots=True)
@@ -450,6 +475,7 @@ class _Session:
     confirmed: set[str] = field(default_factory=set)  # room_joined received on this connection
     pending: dict[str, _Request] = field(default_factory=dict)  # request id -> request
     restore_ids: set[str] = field(default_factory=set)
+    subscribe_ids: dict[str, str] = field(default_factory=dict)  # request id -> key
     failed_rooms: list[tuple[str, ServerError]] = field(default_factory=list)
     reader_done: bool = False
     close_exc: ConnectionClosed | None = None
@@ -624,6 +650,14 @@ class WebSocketClient:
         self._enqueued_seq = 0  # seq of the last application message queued
         self._settled_seq = 0  # every message up to this seq was written, lost or dropped
         self._rooms: dict[str, _Waiter] = {}  # rooms to be in -> completion of their first join
+        # Stream positions: the last seen per room with history, to recover after a reconnect.
+        self._positions: dict[str, dict[str, Any]] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._by_server_id: dict[str, str] = {}  # the server's subscription id -> key
+        self._subscription_keys = 0
+        self._recovery_failed: list[tuple[str, str]] = []  # events to emit from the reader
+        self.refetch_limit = 50
+        """How many messages to ask for when a room's recovery is not possible."""
         self._request_ids = 0
 
         self._recv_send, self._recv_receive = trio.open_memory_channel[Message](receive_buffer)
@@ -871,6 +905,47 @@ class WebSocketClient:
         self._outbox.append(_Item(_LEAVE, room=room, waiter=done))
         self._changed.fire()
         await done.wait()
+
+    # -- positions and subscriptions ------------------------------------------------------------
+    def position(self, room: str) -> dict[str, Any] | None:
+        """The last stream position seen in `room` (rooms with history), sent as ``since``
+        when the room is joined again after a reconnect."""
+        return self._positions.get(room)
+
+    def subscribe(self, table: str, filters: Mapping[str, Any] | None = None) -> str:
+        """Subscribe to the changes of `table` matching `filters`; returns a key.
+
+        The subscription is renewed after every reconnect, from the position of the last
+        change received (changes missed meanwhile are replayed, or a ``recovery_failed`` event
+        says they cannot be). ``data_update`` messages are delivered with an added ``key``. A
+        refusal arrives as an ``error`` message with the same ``key``; the subscription is then
+        forgotten.
+        """
+        if not isinstance(table, str) or not table:
+            raise ValueError("table must be a non-empty string")
+        self._raise_if_closing()
+        self._subscription_keys += 1
+        key = f"sub{self._subscription_keys}"
+        self._subscriptions[key] = _Subscription(table, dict(filters or {}))
+        self._outbox.append(_Item(_SUBSCRIBE, room=key))
+        self._changed.fire()
+        return key
+
+    def unsubscribe(self, key: str) -> None:
+        """Forget a subscription; the server is told if it holds it. Unknown keys are ignored."""
+        sub = self._subscriptions.pop(key, None)
+        if sub is None or sub.server_id is None:
+            return
+        self._by_server_id.pop(sub.server_id, None)
+        message = {"type": "unsubscribe", "subscription": sub.server_id}
+        self._outbox.append(_Item(_DATA, text=_encode(message)))
+        self._queued += 1
+        self._changed.fire()
+
+    @property
+    def subscriptions(self) -> Mapping[str, tuple[str, dict[str, Any]]]:
+        """key -> (table, filters) of the subscriptions kept across reconnects."""
+        return {key: (sub.table, sub.filters) for key, sub in self._subscriptions.items()}
 
     # -- receiving ----------------------------------------------------------------------------
     async def receive(self) -> Message:
@@ -1168,7 +1243,11 @@ class WebSocketClient:
             session.pending[rid] = _Request(_JOIN, room, waiter)
             session.restore_ids.add(rid)
             session.join_sent.add(room)
-            await ws.send(_encode({"type": "join_room", "room": room, "id": rid}))
+            await ws.send(_encode(self._join_message(room, rid)))
+        self._by_server_id.clear()
+        for key, sub in self._subscriptions.items():
+            sub.server_id = None
+            await ws.send(_encode(self._subscribe_message(key, sub, session)))
         if self._on_connect is not None:
             info = ConnectInfo(welcome, number, tuple(room for room, _ in rooms))
             result = self._on_connect(info)
@@ -1224,17 +1303,98 @@ class WebSocketClient:
                     log.warning("dropping an invalid message from %s: %r", self.url, raw[:200])
                     continue
                 self.stats.received += 1
-                if self._handle_control(session, message):
-                    continue
-                await self._recv_send.send(message)
+                consumed = self._handle_control(session, message)
+                while self._recovery_failed:
+                    room, reason = self._recovery_failed.pop(0)
+                    await self._emit(ClientEvent("recovery_failed", room=room, reason=reason))
+                if not consumed:
+                    await self._recv_send.send(message)
         except ConnectionClosed as exc:
             # Only the end of the connection sets reader_done; a cancelled reader does not.
             session.close_exc = exc
             session.reader_done = True
             self._changed.fire()
 
+    def _join_message(self, room: str, rid: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "join_room", "room": room, "id": rid}
+        since = self._positions.get(room)
+        if since is not None:
+            message["since"] = since
+        return message
+
+    def _subscribe_message(self, key: str, sub: _Subscription, session: _Session) -> Message:
+        rid = self._next_request_id()
+        session.subscribe_ids[rid] = key
+        message: dict[str, Any] = {
+            "type": "subscribe",
+            "table": sub.table,
+            "filters": sub.filters,
+            "id": rid,
+        }
+        if sub.position is not None:
+            message["since"] = sub.position
+        return message
+
+    def _track_position(self, session: _Session, message: Message) -> bool:
+        """Remember stream positions; handle subscription replies. True: consumed."""
+        mtype = message["type"]
+        rid = message.get("id")
+        if mtype == "data_update":
+            sid = message.get("subscription")
+            key = self._by_server_id.get(sid) if isinstance(sid, str) else None
+            event = message.get("event")
+            sub = self._subscriptions.get(key) if key is not None else None
+            if sub is not None and isinstance(event, dict) and _is_position(event.get("position")):
+                sub.position = event["position"]
+                message["key"] = key
+            return False
+        if isinstance(rid, str) and rid in session.subscribe_ids:
+            key = session.subscribe_ids.pop(rid)
+            sub = self._subscriptions.get(key)
+            if sub is None:  # unsubscribed while the request was in flight
+                return bool(mtype == "subscribed")
+            message["key"] = key
+            if mtype == "error":
+                del self._subscriptions[key]
+                return False  # the app learns why
+            if mtype != "subscribed":
+                return False
+            sid = message.get("subscription")
+            if isinstance(sid, str):
+                sub.server_id = sid
+                self._by_server_id[sid] = key
+            if _is_position(message.get("position")):
+                sub.position = message["position"]
+            if message.get("recovered") is False:
+                self._recovery_failed.append(("subscription:" + key, str(message.get("reason"))))
+            return True
+        room = message.get("room")
+        if not isinstance(room, str):
+            return False
+        position: object = message.get("position")
+        if mtype == "room_joined":
+            if message.get("recovered") is False:
+                self._recovery_failed.append((room, str(message.get("reason"))))
+                history = {"type": "history", "room": room, "limit": self.refetch_limit}
+                self._outbox.appendleft(_Item(_DATA, text=_encode(history)))
+                self._queued += 1
+                self._changed.fire()
+            if _is_position(position):
+                self._positions[room] = position
+        elif _is_position(position) and room in self._rooms:
+            known = self._positions.get(room)
+            if (
+                known is None
+                or known.get("epoch") != position["epoch"]
+                or known.get("offset", 0) < position["offset"]
+            ):
+                self._positions[room] = position
+        return False
+
     def _handle_control(self, session: _Session, message: Message) -> bool:
         """Apply what a message means for rooms and requests. True: consumed (not delivered)."""
+        if self._track_position(session, message):
+            return True
         mtype = message["type"]
         rid = message.get("id")
         if (
@@ -1329,7 +1489,12 @@ class WebSocketClient:
             rid = self._next_request_id()
             session.pending[rid] = _Request(_JOIN, room, item.waiter)
             session.join_sent.add(room)
-            return _encode({"type": "join_room", "room": room, "id": rid})
+            return _encode(self._join_message(room, rid))
+        if item.kind == _SUBSCRIBE:
+            sub = self._subscriptions.get(room)
+            if sub is None or sub.server_id is not None:
+                return None  # unsubscribed meanwhile, or subscribed by a reconnect
+            return _encode(self._subscribe_message(room, sub, session))
         # _LEAVE
         assert item.waiter is not None
         if room in self._rooms or room not in session.join_sent:
