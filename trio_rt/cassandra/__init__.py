@@ -12,20 +12,28 @@ async with CassandraSession.connect(["127.0.0.1"], port=9042) as session:
         ...
 ```
 
-See docs/cassandra.md.
+The model layer (:class:`Table`, :class:`Database`) builds the CQL from checked table
+definitions and captures changes through a :class:`ChangeCapture`. See docs/cassandra.md.
 """
 
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
+from ._model import CapturedWrite, Change, ChangeCapture, Column, Database, Table
 from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
 
 __all__ = [
+    "CapturedWrite",
     "CassandraError",
     "CassandraQueryError",
     "CassandraSession",
     "CassandraStats",
     "CassandraTimeout",
     "CassandraUnavailable",
+    "Change",
+    "ChangeCapture",
+    "Column",
+    "Database",
     "Params",
     "Row",
     "RowIterator",
+    "Table",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -29,7 +30,14 @@ try:
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, ResponseFuture
     from cassandra.cluster import Session as DriverSession
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-    from cassandra.query import PreparedStatement, SimpleStatement, Statement, dict_factory
+    from cassandra.query import (
+        BatchStatement,
+        BatchType,
+        PreparedStatement,
+        SimpleStatement,
+        Statement,
+        dict_factory,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "trio_rt.cassandra needs cassandra-driver: pip install 'trio_rt[cassandra]'"
@@ -50,6 +58,9 @@ _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 # Trio cancel (TooSlowError) wins and the driver's timer only frees the stream afterwards.
 _DEADLINE_SLACK = 0.25
 _CLOSE_TIMEOUT = 30.0
+# The protocol's limit on the statements of one BATCH message (a [short] count).
+_MAX_BATCH = 65535
+_MAX_TIMESTAMP = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,30 @@ def _shutdown_in_thread(result: outcome.Outcome[DriverSession]) -> None:
         trio.lowlevel.start_thread_soon(result.value.cluster.shutdown, lambda _: None)
 
 
+class _TimestampOverride:
+    """Wraps ``Cluster.timestamp_generator`` so one request can carry a chosen timestamp.
+
+    The driver has no per-statement timestamp: ``Session.execute_async`` asks the cluster's
+    (public, settable) ``timestamp_generator`` for the request's client-side timestamp,
+    synchronously, on the calling thread. While :meth:`use` is active on a thread, calls made
+    on that thread return the chosen value; every other call (other threads, other requests)
+    goes to the original generator.
+    """
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self._local = threading.local()
+
+    def __call__(self) -> Any:
+        forced = getattr(self._local, "value", None)
+        if forced is not None:
+            return forced
+        return self.original()
+
+    def set(self, value: int | None) -> None:
+        self._local.value = value
+
+
 class CassandraSession:
     """A connected Cassandra session for Trio code. Create it with :meth:`connect`.
 
@@ -138,6 +173,7 @@ class CassandraSession:
         self._prepares = 0
         # Whatever a task is parked on for a response: woken with an error by aclose().
         self._waiting: set[Handoff[_Page] | _Batch] = set()
+        self._timestamps: _TimestampOverride | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -368,6 +404,61 @@ class CassandraSession:
             await trio.lowlevel.checkpoint()
         return sent
 
+    async def execute_batch(
+        self,
+        statements: Sequence[tuple[str, Params]],
+        *,
+        logged: bool = True,
+        timestamp: int | None = None,
+        consistency: int | None = None,
+        request_timeout: float | None = None,
+    ) -> list[Row]:
+        """Run `statements` (query, params) as ONE ``BATCH`` of prepared statements.
+
+        ``logged=True`` (the default) sends a LOGGED batch: Cassandra applies all of it or,
+        after a coordinator failure, replays it from the batch log, so either every statement
+        is eventually applied or none is (no isolation across partitions). ``logged=False``
+        sends an UNLOGGED batch (no such guarantee across partitions). A statement rejected by
+        the server (a bad query, a bind error, an oversized batch) fails the whole batch:
+        nothing is written.
+
+        `timestamp` (microseconds since the epoch) is the write time of every statement in
+        the batch (what ``WRITETIME()`` returns); by default the driver's client-side
+        timestamp generator supplies one. Each query is prepared once and cached, like in
+        :meth:`execute`; `params` must be given for each (use ``()`` when there is none).
+        The result is ``[]``, or the ``[applied]`` row of a conditional batch.
+
+        Errors, timeouts and cancellation are those of :meth:`execute`: a cancelled call
+        abandons its request, which may or may not be applied. Raises ``ValueError`` (no
+        statement, more than 65,535, a bad `timestamp`) before anything is sent, and
+        :class:`CassandraQueryError` for bind errors (naming the statement's query).
+        """
+        items = list(statements)
+        if not items:
+            raise ValueError("execute_batch needs at least one statement")
+        if len(items) > _MAX_BATCH:
+            raise ValueError(f"a batch holds at most {_MAX_BATCH} statements, got {len(items)}")
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+                raise TypeError("execute_batch takes (query, params) tuples")
+        if timestamp is not None:
+            if isinstance(timestamp, bool) or not isinstance(timestamp, int):
+                raise TypeError("timestamp must be an int (microseconds since the epoch)")
+            if not 0 <= timestamp <= _MAX_TIMESTAMP:
+                raise ValueError("timestamp must be between 0 and 2**63 - 1 microseconds")
+            if not self._session.use_client_timestamp:
+                raise ValueError("timestamp needs the driver session's use_client_timestamp")
+        batch = BatchStatement(batch_type=BatchType.LOGGED if logged else BatchType.UNLOGGED)
+        for query, params in items:
+            prepared = await self._lookup(query)
+            batch.add(_bind(prepared, params, query))
+        if consistency is not None:
+            batch.consistency_level = consistency
+        first = items[0][0]
+        summary = first if len(items) == 1 else f"BATCH of {len(items)}: {first}; ..."
+        page = await self._request(batch, summary, None, request_timeout, timestamp=timestamp)
+        return page.rows
+
     def iterate(
         self,
         query: str,
@@ -504,6 +595,17 @@ class CassandraSession:
             limit = remaining if limit is None else min(limit, remaining)
         return limit
 
+    def _timestamp_override(self) -> _TimestampOverride:
+        """The wrapper around the cluster's timestamp generator (installed on first use)."""
+        if self._timestamps is None:
+            cluster = self._session.cluster
+            current = cluster.timestamp_generator
+            if not isinstance(current, _TimestampOverride):
+                current = _TimestampOverride(current)
+                cluster.timestamp_generator = current
+            self._timestamps = current
+        return self._timestamps
+
     def _settled(self) -> None:
         self._in_flight -= 1
         if not self._closed:
@@ -518,6 +620,8 @@ class CassandraSession:
         query: str,
         paging_state: bytes | None,
         request_timeout: float | None,
+        *,
+        timestamp: int | None = None,
     ) -> _Page:
         """One request/response through the bridge: the core of the module.
 
@@ -533,9 +637,17 @@ class CassandraSession:
         try:
             self._check_open()
             handoff = _PageHandoff(on_settled=self._settled, on_abandoned=self._abandon)
-            future = self._session.execute_async(
-                statement, timeout=self._driver_timeout(request_timeout), paging_state=paging_state
-            )
+            if timestamp is not None:
+                self._timestamp_override().set(timestamp)
+            try:
+                future = self._session.execute_async(
+                    statement,
+                    timeout=self._driver_timeout(request_timeout),
+                    paging_state=paging_state,
+                )
+            finally:
+                if timestamp is not None:
+                    self._timestamp_override().set(None)
         except BaseException as exc:
             self._slots.release()
             if isinstance(exc, Exception) and not isinstance(exc, trio.ClosedResourceError):
