@@ -618,3 +618,45 @@ async def test_capture_full_rows(session: CassandraSession, keyspace: str) -> No
         other = {"author": "bob", "id": uuid.uuid1()}
         change = await db.update(posts, other, {"title": "new"})
         assert change is not None and change.data == {**other, "title": "new"}
+
+
+# -- the seed example ---------------------------------------------------------------------
+
+
+async def test_seed_chat_history(session: CassandraSession, keyspace: str) -> None:
+    from trio_rt_examples.seed.chat_history import ChatMessage
+
+    with trio.fail_after(GUARD):
+        db = Database(session, keyspace)
+        await ChatMessage.ensure_table(db)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        sent = []
+        # three days ago, yesterday (twice), today (twice); and another room
+        for age, n in [(3, 0), (1, 1), (1, 0), (0, 1), (0, 0)]:
+            at = now - dt.timedelta(days=age, minutes=n)
+            row = await ChatMessage.create(
+                db, room="lobby", user_id="ann", text=f"d{age}m{n}", at=at
+            )
+            sent.append(row)
+        await ChatMessage.create(db, room="other", user_id="bob", text="elsewhere")
+        assert sent[-1]["day"] == now.date() and sent[-1]["sent_at"] == now
+
+        latest = await ChatMessage.latest(db, "lobby", 3, today=now.date())
+        assert [r["text"] for r in latest] == ["d0m0", "d0m1", "d1m0"]
+        latest = await ChatMessage.latest(db, "lobby", 10, today=now.date())
+        assert [r["text"] for r in latest] == ["d0m0", "d0m1", "d1m0", "d1m1", "d3m0"]
+        assert latest == list(reversed(sent))  # the rows create() returned, as stored
+        assert [
+            r["text"]
+            for r in await ChatMessage.latest(db, "lobby", 10, max_days=2, today=now.date())
+        ] == [
+            "d0m0",
+            "d0m1",
+            "d1m0",
+            "d1m1",
+        ]
+        wire = ChatMessage.table.to_json(latest[0])
+        assert wire["room"] == "lobby" and wire["sent_at"].endswith("Z")
+        json.dumps(wire)
+        with pytest.raises(TypeError, match=r"chat_messages\.text \(text\)"):
+            await ChatMessage.create(db, room="lobby", user_id="ann", text=5)  # type: ignore[arg-type]
