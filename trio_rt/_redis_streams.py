@@ -79,18 +79,27 @@ class RedisSequencer(Sequencer):
         return self._caller.running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect and serve calls until cancelled."""
+        """Connect and serve calls until cancelled; then close the connection."""
+        # The caller is shielded so that it still serves the closing call after a
+        # cancellation from outside; it is cancelled last, explicitly.
+        caller_scope = trio.CancelScope(shield=True)
+
+        async def run_caller(*, task_status: trio.TaskStatus[None]) -> None:
+            with caller_scope:
+                await self._caller.run(task_status=task_status)
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._caller.run)
-            self._client = await self._caller.call(self._connect)
+            await nursery.start(run_caller)
             try:
+                self._client = await self._caller.call(self._connect)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    client, self._client = self._client, None
-                    await self._caller.call(client.aclose)
-                nursery.cancel_scope.cancel()
+                client, self._client = self._client, None
+                if client is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await self._caller.call(client.aclose)
+                caller_scope.cancel()
 
     async def __aenter__(self) -> RedisSequencer:
         self._nursery_cm = trio.open_nursery()

@@ -1492,8 +1492,8 @@ class WebSocketClient:
             return _encode(self._join_message(room, rid))
         if item.kind == _SUBSCRIBE:
             sub = self._subscriptions.get(room)
-            if sub is None or sub.server_id is not None:
-                return None  # unsubscribed meanwhile, or subscribed by a reconnect
+            if sub is None or sub.server_id is not None or room in session.subscribe_ids.values():
+                return None  # unsubscribed meanwhile, or already subscribed on this connection
             return _encode(self._subscribe_message(room, sub, session))
         # _LEAVE
         assert item.waiter is not None
