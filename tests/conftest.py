@@ -9,16 +9,20 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 from websockets.trio.client import ClientConnection, connect
 
 from trio_rt import WebSocketManager
-from trio_rt.testing.services import redis_ping
+from trio_rt.testing.services import CassandraEndpoint, redis_ping
+
+if TYPE_CHECKING:
+    from trio_rt.cassandra import CassandraSession
 
 # Real Redis and Cassandra for the tests that ask for them (started once per run when the
 # TRIO_RT_* environment variables do not point at running servers).
@@ -140,3 +144,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# -- Cassandra: a session on the test node, and a keyspace of one's own per test ----------------
+@pytest.fixture
+async def session(cassandra_endpoint: CassandraEndpoint) -> AsyncIterator[CassandraSession]:
+    from trio_rt.cassandra import CassandraSession
+
+    async with CassandraSession.connect(
+        [cassandra_endpoint.host], port=cassandra_endpoint.port
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+async def keyspace(session: CassandraSession) -> AsyncIterator[str]:
+    name = "trt_" + uuid.uuid4().hex[:12]
+    await session.create_keyspace(name)
+    yield name
+    await session.drop_keyspace(name)

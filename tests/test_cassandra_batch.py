@@ -10,17 +10,8 @@ import pytest
 import trio
 
 from trio_rt.cassandra import CassandraQueryError, CassandraSession
-from trio_rt.testing.pytest_plugin import CassandraEndpoint
 
 GUARD = 120  # s: deadlock guard for a whole test body
-
-
-@pytest.fixture
-async def session(cassandra_endpoint: CassandraEndpoint) -> AsyncIterator[CassandraSession]:
-    async with CassandraSession.connect(
-        [cassandra_endpoint.host], port=cassandra_endpoint.port
-    ) as s:
-        yield s
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,22 +33,6 @@ from .conftest import count_tasks, wait_until
 GUARD = 120  # s: deadlock guard for a whole test body
 HEAVY_ROWS = 1000
 HEAVY_VALUE = "x" * 4096  # HEAVY_ROWS * 4 KiB: a read big enough to outlast a tiny deadline
-
-
-@pytest.fixture
-async def session(cassandra_endpoint: CassandraEndpoint) -> AsyncIterator[CassandraSession]:
-    async with CassandraSession.connect(
-        [cassandra_endpoint.host], port=cassandra_endpoint.port
-    ) as s:
-        yield s
-
-
-@pytest.fixture
-async def keyspace(session: CassandraSession) -> AsyncIterator[str]:
-    name = "trt_" + uuid.uuid4().hex[:12]
-    await session.create_keyspace(name)
-    yield name
-    await session.drop_keyspace(name)
 
 
 async def insert_concurrently(

@@ -9,7 +9,6 @@ recovery.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +23,6 @@ from trio_rt._redis_streams import RedisSequencer
 from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamStore
 from trio_rt.cassandra import CassandraSession, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
-from trio_rt.testing.services import CassandraEndpoint
 
 from .conftest import client, wait_until
 
@@ -42,22 +40,6 @@ def posts() -> Table:
         ],
         partition_key="id",
     )
-
-
-@pytest.fixture
-async def session(cassandra_endpoint: CassandraEndpoint) -> AsyncIterator[CassandraSession]:
-    async with CassandraSession.connect(
-        [cassandra_endpoint.host], port=cassandra_endpoint.port
-    ) as s:
-        yield s
-
-
-@pytest.fixture
-async def keyspace(session: CassandraSession) -> AsyncIterator[str]:
-    name = "trt_cs_" + uuid.uuid4().hex[:10]
-    await session.create_keyspace(name)
-    yield name
-    await session.drop_keyspace(name)
 
 
 async def make_db(session: CassandraSession, keyspace: str) -> Database:
@@ -202,7 +184,7 @@ async def test_a_named_watcher_resumes_after_a_restart_without_loss_or_repeat(
             for i in ids:
                 await db.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
             with trio.fail_after(GUARD):
-                await wait_until(lambda: len(seen) >= ids.stop)
+                await wait_until(lambda: len(seen) >= ids.stop, GUARD)
 
     await run_server(range(0, 5))
     # Written while no server runs: the watcher must get these after the restart.
@@ -234,7 +216,7 @@ async def test_a_clock_stepping_back_keeps_order_and_last_write_wins(
         now[0] -= 3600 * 10**9  # NTP steps the clock back an hour
         await db.update(table, {"id": 1}, {"title": "second"})
         with trio.fail_after(GUARD):
-            await wait_until(lambda: len(recorder.events) == 2)
+            await wait_until(lambda: len(recorder.events) == 2, GUARD)
     assert [e.data.get("title") for e in recorder.events] == ["first", "second"]
     row = await db.get(table, {"id": 1})
     # A plain client timestamp an hour earlier would have lost to the first write.
@@ -268,11 +250,11 @@ async def test_a_slow_batch_is_delivered_in_order_when_it_lands(
         for i in (3, 4):
             await db.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
         with trio.fail_after(GUARD):
-            await wait_until(lambda: len(recorder.events) == 1)
+            await wait_until(lambda: len(recorder.events) == 1, GUARD)
             await trio.sleep(0.3)  # 3 and 4 are visible but must wait behind the hole at 2
             assert [e.data["id"] for e in recorder.events] == [1]
             release.set()
-            await wait_until(lambda: len(recorder.events) == 4)
+            await wait_until(lambda: len(recorder.events) == 4, GUARD)
     assert [e.data["id"] for e in recorder.events] == [1, 2, 3, 4]
     assert changes.stats["skipped_holes"] == 0
 
@@ -293,7 +275,7 @@ async def test_a_write_whose_notification_never_comes_is_found_by_polling(
         await changes.watch(table, callback=recorder)
         await silent.insert(table, {"id": 7, "author": "a", "title": "t", "score": 0})
         with trio.fail_after(GUARD):
-            await wait_until(lambda: len(recorder.events) == 1)
+            await wait_until(lambda: len(recorder.events) == 1, GUARD)
     assert recorder.events[0].data["id"] == 7
 
 
@@ -366,7 +348,7 @@ async def test_subscriptions_filters_permissions_and_recovery(
             assert unsub["type"] == "unsubscribed"
             again = await c.request({"type": "unsubscribe", "subscription": ack["subscription"]})
             assert again["code"] == "invalid_field"
-        await wait_until(lambda: changes.subscription_count() == 0)
+        await wait_until(lambda: changes.subscription_count() == 0, GUARD)
 
 
 async def test_python_client_renews_subscriptions_and_recovers(
@@ -381,13 +363,13 @@ async def test_python_client_renews_subscriptions_and_recovers(
     await changes.create_schema()
     async with manager, WebSocketClient(manager.url, initial_delay=0.01) as c:
         key = c.subscribe("posts", {"author": "ann"})
-        await wait_until(lambda: changes.subscription_count() == 1)
+        await wait_until(lambda: changes.subscription_count() == 1, GUARD)
         await db.insert(table, {"id": 1, "author": "ann", "title": "t", "score": 0})
         got = await c.receive()
         assert got["type"] == "data_update" and got["key"] == key
         (conn,) = manager.connections.values()
         await conn.close(1011, "test")
-        await wait_until(lambda: changes.subscription_count() == 0)
+        await wait_until(lambda: changes.subscription_count() == 0, GUARD)
         await db.insert(table, {"id": 2, "author": "ann", "title": "missed", "score": 0})
         await db.insert(table, {"id": 3, "author": "bob", "title": "t", "score": 0})
         got = await c.receive()
@@ -395,3 +377,53 @@ async def test_python_client_renews_subscriptions_and_recovers(
         await db.insert(table, {"id": 4, "author": "ann", "title": "live", "score": 0})
         got = await c.receive()
         assert got["event"]["data"]["title"] == "live"
+
+
+# -- persistent rooms and room history in Cassandra --------------------------------------------
+async def test_persistent_rooms_and_their_history_survive_a_restart(
+    session: CassandraSession, keyspace: str
+) -> None:
+    from trio_rt import RoomHistory
+    from trio_rt.cassandra import CassandraRoomStore
+
+    stream_store = CassandraStreamStore(session, keyspace)
+    await stream_store.create_schema()
+    room_store = CassandraRoomStore(session, keyspace)
+    await room_store.create_schema()
+
+    def server() -> WebSocketManager:
+        # A fresh MemorySequencer each time: a restarted process continues from Cassandra.
+        return WebSocketManager(
+            host="127.0.0.1",
+            port=0,
+            heartbeat_interval=None,
+            history=RoomHistory(stream_store),
+            room_store=room_store,
+        )
+
+    first = server()
+    async with first:
+        await first.create_room("lobby", persistent=True, max_users=2, moderators=["mod"])
+        await first.create_room("scratch", persistent=True)
+        async with client(first) as c:
+            await c.request({"type": "join_room", "room": "lobby"})
+            for i in range(3):
+                await first.broadcast_to_room("lobby", {"type": "chat", "n": i})
+            got = [await c.recv() for _ in range(3)]
+            seen_first = got[0]["position"]
+        await first.delete_room("scratch")
+    second = server()
+    async with second:
+        lobby = second.get_room("lobby")
+        assert lobby is not None and lobby.persistent
+        assert lobby.max_users == 2 and lobby.moderators == frozenset({"mod"})
+        assert second.get_room("scratch") is None
+        await second.broadcast_to_room("lobby", {"type": "chat", "n": 3})
+        async with client(second) as c:
+            await c.send({"type": "join_room", "room": "lobby", "since": seen_first})
+            assert [(await c.recv())["n"] for _ in range(3)] == [1, 2, 3]
+            ack = await c.recv()
+            assert ack["recovered"] is True and ack["position"]["offset"] == 4
+            assert ack["position"]["epoch"] == seen_first["epoch"]
+            page = await c.request({"type": "history", "room": "lobby", "limit": 10})
+            assert [m["n"] for m in page["messages"]] == [0, 1, 2, 3]

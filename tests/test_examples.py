@@ -201,3 +201,32 @@ async def test_seed_scalability(redis_url: str) -> None:
             assert (await a.recv())["type"] == "hello" and (await b.recv())["type"] == "hello"
             await apps[0].send_to_servers({"type": "announce", "text": "maintenance"})
             assert await b.recv() == {"type": "announcement", "text": "maintenance"}
+
+
+async def test_seed_change_streams(session: Any, keyspace: str) -> None:
+    import uuid
+
+    from trio_rt_examples.seed import change_streams
+
+    manager, _, db = await change_streams.build(session, keyspace)
+    async with manager, client(manager, "/?user=ann") as ann, client(manager) as anonymous:
+        await ann.request({"type": "join_room", "room": "category:news"})
+        await ann.request({"type": "join_room", "room": "user:ann"})
+        sub = await ann.request(
+            {"type": "subscribe", "table": "posts", "filters": {"score": {"gt": 5}}}
+        )
+        assert sub["type"] == "subscribed"
+        denied = await anonymous.request({"type": "subscribe", "table": "posts"})
+        assert denied["code"] == "not_permitted"
+        post = {"id": uuid.uuid4(), "category": "news", "author": "bob", "title": "t", "score": 9}
+        await db.insert(change_streams.posts, post)
+        got = {(m := await ann.recv())["type"]: m for _ in range(2)}
+        assert got["post_update"]["operation"] == "insert"
+        assert got["post_update"]["data"]["id"] == str(post["id"])
+        assert got["data_update"]["event"]["data"]["score"] == 9
+        await db.insert(
+            change_streams.user_notifications,
+            {"user_id": "ann", "id": uuid.uuid1(), "text": "hello"},
+        )
+        note = await ann.recv()
+        assert note["type"] == "notification" and note["data"]["text"] == "hello"

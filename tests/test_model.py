@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +26,6 @@ from trio_rt.cassandra import (
     Params,
     Table,
 )
-from trio_rt.testing.pytest_plugin import CassandraEndpoint
 
 GUARD = 120  # s: deadlock guard for a whole test body
 
@@ -306,22 +304,6 @@ def test_to_json_refuses_unknown_columns_and_wrong_types() -> None:
 
 
 # -- against Cassandra --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def session(cassandra_endpoint: CassandraEndpoint) -> AsyncIterator[CassandraSession]:
-    async with CassandraSession.connect(
-        [cassandra_endpoint.host], port=cassandra_endpoint.port
-    ) as s:
-        yield s
-
-
-@pytest.fixture
-async def keyspace(session: CassandraSession) -> AsyncIterator[str]:
-    name = "trt_" + uuid.uuid4().hex[:12]
-    await session.create_keyspace(name)
-    yield name
-    await session.drop_keyspace(name)
 
 
 class LogCapture:

@@ -5,17 +5,22 @@ The public surface is re-exported here; modules starting with ``_`` are private.
 
 from ._broker import Broker, MemoryBroker, MemoryHub
 from ._connection import Connection, Request
+from ._history import RoomHistory
 from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
 from ._options import ServerOptions
 from ._outbox import SlowConsumerPolicy
-from ._protocol import CloseCode, ErrorCode, ProtocolError
+from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
+from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
+from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
 
 __all__ = [
     "AuthError",
     "Broker",
+    "ChangeEvent",
+    "ChangeStreamManager",
     "Claims",
     "CloseCode",
     "Connection",
@@ -24,16 +29,26 @@ __all__ = [
     "JWTAuthenticator",
     "MemoryBroker",
     "MemoryHub",
+    "MemorySequencer",
+    "MemoryStreamStore",
     "ProtocolError",
     "RedisBroker",
+    "RedisSequencer",
     "Reject",
     "Request",
     "Room",
     "RoomError",
+    "RoomHistory",
+    "RoomSettings",
+    "RoomStore",
+    "Sequencer",
     "ServerOptions",
     "ServerRegistry",
     "ServerStats",
     "SlowConsumerPolicy",
+    "StreamEntry",
+    "StreamPosition",
+    "StreamStore",
     "TokenVerifier",
     "WebSocketManager",
     "WebSocketMetrics",
@@ -52,6 +67,15 @@ def __getattr__(name: str) -> object:
         from ._redis_broker import RedisBroker
 
         return RedisBroker
+    if name == "RedisSequencer":
+        from ._redis_streams import RedisSequencer
+
+        return RedisSequencer
+    # Change streams need cassandra-driver (the `cassandra` extra): imported on first use.
+    if name in ("ChangeStreamManager", "ChangeEvent"):
+        from . import _changes
+
+        return getattr(_changes, name)
     # JWT support needs pyjwt (the `auth` extra): imported on first use.
     if name in ("AuthError", "Claims", "JWTAuthenticator", "TokenVerifier", "extract_token"):
         from . import _auth

@@ -29,6 +29,7 @@ import inspect
 import json
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -252,6 +253,8 @@ class ChangeStreamManager:
         self._channel = f"{manager.options.channel_prefix}:changes"
         self._origin = secrets.token_hex(6).encode()
         self.stats = {"changes": 0, "deliveries": 0, "skipped_holes": 0, "callback_errors": 0}
+        self._lag = 0.0
+        manager._change_streams = self
         manager._set_builtin(Subscribe, self._subscribe_command)
         manager._set_builtin(Unsubscribe, self._unsubscribe_command)
         manager.on_disconnect(self._on_disconnect)
@@ -365,7 +368,10 @@ class ChangeStreamManager:
                 )
             if ready:
                 self.stats["changes"] += len(ready)
+                self._lag = max(0.0, time.time() - ready[-1].timestamp / 1e6)
                 await deliver(ready)
+            elif not entries:
+                self._lag = 0.0
             if len(entries) >= self.batch_size and ready:
                 continue
             timeout = self.poll_interval
@@ -653,6 +659,11 @@ class ChangeStreamManager:
         for sid in list(self._by_conn.get(conn.id, {})):
             self._drop(conn.id, sid)
         await trio.lowlevel.checkpoint()
+
+    def lag(self) -> float:
+        """Seconds between the write and the delivery of the latest change handed out
+        (0 when the tails are idle): the change-stream lag of WebSocketMetrics."""
+        return self._lag
 
     def subscription_count(self) -> int:
         return sum(len(subs) for subs in self._by_conn.values())

@@ -61,6 +61,7 @@ from ._rooms import Room, RoomError, RoomRegistry
 from ._streams import Recovery
 
 if TYPE_CHECKING:
+    from ._changes import ChangeStreamManager
     from ._history import RoomHistory
     from ._room_store import RoomStore
 
@@ -210,6 +211,7 @@ class WebSocketManager:
         self._service_nursery: trio.Nursery | None = None
         self._builtins: dict[type, BuiltinHandler] = {}
         self._channel_handlers: dict[str, Callable[[bytes], None]] = {}
+        self._change_streams: ChangeStreamManager | None = None  # set by ChangeStreamManager
 
     # -- handler registration -----------------------------------------------------------------
     def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:

@@ -149,6 +149,7 @@ class WebSocketStats:
     total_rooms: int
     room_memberships: int  # (connection, room) pairs on this server
     broker_subscriptions: int  # broker channels this server is subscribed to
+    table_subscriptions: int  # client subscriptions to table changes (ChangeStreamManager)
     memory_usage_mb: float | None  # resident set size; None when it cannot be read
     outbox_depth_max: int  # messages queued for the most backed-up client
     outbox_depth_total: int
@@ -193,7 +194,8 @@ class WebSocketMetrics:
 
     `window`: seconds of the messages/s sliding window; `sample_interval`: how often `run`
     samples the counters; `route`: the path on the manager's port (None: no route);
-    `change_stream_lag`: a callable returning the change feed's lag in seconds (or None);
+    `change_stream_lag`: a callable returning the change feed's lag in seconds (or None;
+    default: the manager's ChangeStreamManager's `lag`, when it has one);
     `clock`: monotonic seconds, injectable for tests.
     """
 
@@ -293,6 +295,10 @@ class WebSocketMetrics:
             if depth > depth_max:
                 depth_max = depth
         broker_stats = getattr(m.broker, "stats", None)
+        streams = m._change_streams
+        lag = self._change_stream_lag
+        if lag is None and streams is not None:
+            lag = streams.lag
         return WebSocketStats(
             server_id=m.server_id,
             uptime_seconds=max(0.0, time.time() - s.started_at),
@@ -304,6 +310,7 @@ class WebSocketMetrics:
             total_rooms=len(m.rooms),
             room_memberships=sum(len(m.members_of(r)) for r in m.rooms),
             broker_subscriptions=len(m.broker.channels),
+            table_subscriptions=streams.subscription_count() if streams is not None else 0,
             memory_usage_mb=_rss_bytes(self._process) / 2**20 if self._process else _rss_mb(),
             outbox_depth_max=depth_max,
             outbox_depth_total=depth_total,
@@ -313,9 +320,7 @@ class WebSocketMetrics:
             heartbeat_timeouts=s.heartbeat_timeouts,
             broker_backlog=_broker_backlog(m.broker),
             broker_errors=int(getattr(broker_stats, "errors", 0)),
-            change_stream_lag_seconds=self._change_stream_lag()
-            if self._change_stream_lag is not None
-            else None,
+            change_stream_lag_seconds=lag() if lag is not None else None,
             handler_errors=s.handler_errors,
             protocol_errors=s.protocol_errors,
             handshakes_rejected=dict(s.handshakes_rejected),
@@ -463,6 +468,11 @@ class _ManagerCollector(Collector):
             "trio_rt_broker_subscriptions",
             "Broker channels subscribed to.",
             st.broker_subscriptions,
+        )
+        yield gauge(
+            "trio_rt_table_subscriptions",
+            "Client subscriptions to table changes.",
+            st.table_subscriptions,
         )
         if st.memory_usage_mb is not None:
             yield gauge(

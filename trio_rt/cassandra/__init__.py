@@ -18,14 +18,18 @@ definitions and captures changes through a :class:`ChangeCapture`. See docs/cass
 
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
 from ._model import CapturedWrite, Change, ChangeCapture, Column, Database, Table
+from ._rooms import CassandraRoomStore
 from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
+from ._streams import CassandraStreamStore
 
 __all__ = [
     "CapturedWrite",
     "CassandraError",
     "CassandraQueryError",
+    "CassandraRoomStore",
     "CassandraSession",
     "CassandraStats",
+    "CassandraStreamStore",
     "CassandraTimeout",
     "CassandraUnavailable",
     "Change",
