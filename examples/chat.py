@@ -8,7 +8,11 @@ message, and send::
 Every member of the room (the sender included) receives::
 
     {"type": "chat_message", "room": "chat:general",
-     "data": {"user_id": "NAME", "message": "hi", "timestamp": "2026-11-26T08:00:00.000Z"}}
+     "data": {"user_id": "NAME", "message": "hi", "timestamp": "2026-11-26T08:00:00.000Z"},
+     "position": {"offset": 7, "epoch": "1f2e3d4c"}}
+
+Rooms keep their last 1,000 messages in memory (`RoomHistory`): ``{"type": "history", "room":
+...}`` pages through them, and a client that comes back with ``since`` gets what it missed.
 
 Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``.
 """
@@ -19,7 +23,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from trio_rt import Connection, ErrorCode, ProtocolError, Reject, WebSocketManager
+from trio_rt import Connection, ErrorCode, ProtocolError, Reject, RoomHistory, WebSocketManager
 
 MAX_CHAT_MESSAGE = 2000
 _USER_NAME = re.compile(r"[\w.@-]{1,32}")
@@ -27,6 +31,7 @@ _USER_NAME = re.compile(r"[\w.@-]{1,32}")
 
 def build_app(**options: Any) -> WebSocketManager:
     """Build the chat server; `options` are WebSocketManager options (host, port, ...)."""
+    options.setdefault("history", RoomHistory())
     manager = WebSocketManager(**options)
 
     @manager.on_connection

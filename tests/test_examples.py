@@ -58,6 +58,12 @@ async def test_chat_example_validates_its_input() -> None:
         ]:
             reply = await ann.request(bad)
             assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+        sent = await ann.request(
+            {"type": "chat_message", "payload": {"room": "r", "message": "kept"}}
+        )
+        assert sent["data"]["message"] == "kept" and sent["position"]["offset"] == 1
+        page = await ann.request({"type": "history", "room": "r"})
+        assert [m["data"]["message"] for m in page["messages"]] == ["kept"]
         with pytest.raises(InvalidStatus) as info:
             async with connect(manager.url + "?user=bad%20name"):
                 pass  # pragma: no cover
