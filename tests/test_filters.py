@@ -113,6 +113,7 @@ def test_empty_and_null() -> None:
         ({"id": {"gte": str(uuid.uuid1())}}, ErrorCode.INVALID_FIELD, "no order"),
         ({"id": str(uuid.uuid4())}, ErrorCode.INVALID_FIELD, "version 1"),
         ({"created": {"gt": "yesterday"}}, ErrorCode.INVALID_FIELD, "ISO 8601"),
+        ({"created": "0001-01-01T00:00:00+01:00"}, ErrorCode.INVALID_FIELD, "range in UTC"),
         ({"score": {"in": list(range(MAX_IN_VALUES + 1))}}, ErrorCode.TOO_LARGE, "at most 100"),
         (
             {f"c{i}": 1 for i in range(MAX_FILTER_COLUMNS + 1)},
