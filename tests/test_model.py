@@ -633,6 +633,16 @@ async def test_capture_prepare_failure_and_cancel(session: CassandraSession, key
             await db.insert(posts, {**key, "title": "hi"})
         assert capture.failed_calls == [] and capture.committed_calls == []  # never attempted
         capture.refuse = False
+        prepare = capture.prepare
+
+        async def wrong(change: Change) -> Any:
+            return (await prepare(change)).statements
+
+        capture.prepare = wrong  # type: ignore[method-assign]
+        with pytest.raises(TypeError, match="must return a CapturedWrite, got list"):
+            await db.insert(posts, {**key, "title": "hi"})
+        capture.prepare = prepare  # type: ignore[method-assign]
+        assert capture.failed_calls == [] and capture.committed_calls == []
         with trio.CancelScope() as scope:
             capture.cancel = scope  # cancelled while the capture prepares
             await db.insert(posts, {**key, "title": "hi"})

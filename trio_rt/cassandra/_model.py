@@ -779,7 +779,8 @@ class ChangeCapture(Protocol):
     """The seam between :class:`Database` writes and a change log.
 
     For each write, :class:`Database` calls :meth:`prepare` once (before anything is sent;
-    if it raises, the write is not attempted and nothing else is called), then sends the data
+    if it raises or returns something else than a :class:`CapturedWrite`, the write is not
+    attempted and nothing else is called), then sends the data
     statement plus ``write.statements`` as ONE logged batch with ``write.timestamp``, then
     calls exactly one of :meth:`committed` (the batch succeeded) or :meth:`failed` (it raised,
     or the caller was cancelled; a timed-out or cancelled batch *may* still be applied). The
@@ -914,6 +915,10 @@ class Database:
             await self.session.execute(cql, params)
             return None
         write = await capture.prepare(change)
+        if not isinstance(write, CapturedWrite):
+            raise TypeError(
+                f"ChangeCapture.prepare must return a CapturedWrite, got {type(write).__name__}"
+            )
         try:
             await self.session.execute_batch(
                 [(cql, params), *write.statements], logged=True, timestamp=write.timestamp
