@@ -53,6 +53,7 @@ def test_seed_shaped_filter() -> None:
     assert not f.matches({"author": "ann", "score": 10, "tag": "c"})
     assert not f.matches({"author": "ann", "tag": "b"})  # absent column: no match
     assert f.to_json() == {"author": {"eq": "ann"}, "score": {"gte": 10}, "tag": {"in": ["a", "b"]}}
+    assert f.columns == {"author", "score", "tag"}
 
 
 def test_values_are_coerced_with_the_column_type() -> None:
