@@ -53,6 +53,7 @@ def test_seed_shaped_filter() -> None:
     assert not f.matches({"author": "ann", "score": 10, "tag": "c"})
     assert not f.matches({"author": "ann", "tag": "b"})  # absent column: no match
     assert f.to_json() == {"author": {"eq": "ann"}, "score": {"gte": 10}, "tag": {"in": ["a", "b"]}}
+    assert f.columns == {"author", "score", "tag"}
 
 
 def test_values_are_coerced_with_the_column_type() -> None:
@@ -113,6 +114,7 @@ def test_empty_and_null() -> None:
         ({"id": {"gte": str(uuid.uuid1())}}, ErrorCode.INVALID_FIELD, "no order"),
         ({"id": str(uuid.uuid4())}, ErrorCode.INVALID_FIELD, "version 1"),
         ({"created": {"gt": "yesterday"}}, ErrorCode.INVALID_FIELD, "ISO 8601"),
+        ({"created": "0001-01-01T00:00:00+01:00"}, ErrorCode.INVALID_FIELD, "range in UTC"),
         ({"score": {"in": list(range(MAX_IN_VALUES + 1))}}, ErrorCode.TOO_LARGE, "at most 100"),
         (
             {f"c{i}": 1 for i in range(MAX_FILTER_COLUMNS + 1)},

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_rt.cassandra import (
     CapturedWrite,
@@ -277,6 +279,7 @@ def test_python_values_are_checked(
         ("t_timeuuid", str(uuid.uuid4()), "version 1"),
         ("t_timestamp", "yesterday", "ISO 8601 timestamp"),
         ("t_timestamp", 1700000000000, "as a string"),
+        ("t_timestamp", "0001-01-01T00:00:00+05:00", "outside Python's datetime range"),
         ("t_date", "2024-02-30", "ISO 8601 date"),
         ("t_decimal", "abc", "expected a decimal"),
         ("t_decimal", "Infinity", "finite"),
@@ -293,6 +296,47 @@ def test_python_values_are_checked(
 def test_from_json_errors(column: str, value: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         all_types_table().from_json(column, value)
+
+
+timestamps = st.datetimes(timezones=st.none() | st.just(dt.UTC) | st.timezones())
+PYTHON_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "t_text": st.text(),
+    "t_ascii": st.text(st.characters(max_codepoint=127)),
+    "t_tinyint": st.integers(-(2**7), 2**7 - 1),
+    "t_smallint": st.integers(-(2**15), 2**15 - 1),
+    "k": st.integers(-(2**31), 2**31 - 1),
+    "t_bigint": st.integers(-(2**63), 2**63 - 1),
+    "t_varint": st.integers(-(10**100), 10**100),
+    "t_float": st.floats(width=32, allow_nan=False),
+    "t_double": st.floats(allow_nan=False),
+    "t_boolean": st.booleans(),
+    "t_uuid": st.uuids(),
+    "t_timeuuid": st.uuids(version=1),
+    "t_timestamp": timestamps,
+    "t_date": st.dates(),
+    "t_decimal": st.decimals(allow_nan=False, allow_infinity=False),
+    "t_blob": st.binary(),
+    "t_list": st.lists(st.integers(-(2**31), 2**31 - 1)),
+    "t_set": st.sets(st.text()),
+    "t_map": st.dictionaries(st.text(), timestamps),
+    "t_imap": st.dictionaries(st.integers(-(2**31), 2**31 - 1), st.booleans()),
+}
+
+
+@given(st.data())
+@settings(max_examples=400, deadline=None)
+def test_json_round_trip_property(data: st.DataObject) -> None:
+    table = all_types_table()
+    column = data.draw(st.sampled_from(sorted(PYTHON_VALUES)))
+    value = data.draw(PYTHON_VALUES[column])
+    try:
+        canonical = table.normalize(column, value)
+    except ValueError:  # a datetime that leaves Python's range once moved to UTC
+        assert column in ("t_timestamp", "t_map")
+        return
+    wire = json.loads(json.dumps(table.to_json({column: value}), allow_nan=False))[column]
+    assert table.from_json(column, wire) == canonical
+    assert table.normalize(column, canonical) == canonical  # canonical is a fixed point
 
 
 def test_to_json_refuses_unknown_columns_and_wrong_types() -> None:
@@ -571,6 +615,16 @@ async def test_capture_prepare_failure_and_cancel(session: CassandraSession, key
             await db.insert(posts, {**key, "title": "hi"})
         assert capture.failed_calls == [] and capture.committed_calls == []  # never attempted
         capture.refuse = False
+        prepare = capture.prepare
+
+        async def wrong(change: Change) -> Any:
+            return (await prepare(change)).statements
+
+        capture.prepare = wrong  # type: ignore[method-assign]
+        with pytest.raises(TypeError, match="must return a CapturedWrite, got list"):
+            await db.insert(posts, {**key, "title": "hi"})
+        capture.prepare = prepare  # type: ignore[method-assign]
+        assert capture.failed_calls == [] and capture.committed_calls == []
         with trio.CancelScope() as scope:
             capture.cancel = scope  # cancelled while the capture prepares
             await db.insert(posts, {**key, "title": "hi"})

@@ -99,6 +99,11 @@ class RowFilter:
     table: FilterTable
     clauses: tuple[Clause, ...]
 
+    @property
+    def columns(self) -> frozenset[str]:
+        """The columns the filter looks at (a change whose data lacks one never matches)."""
+        return frozenset(clause.column for clause in self.clauses)
+
     def matches(self, data: Mapping[str, Any]) -> bool:
         """Whether `data` (column -> Python value, e.g. ``Change.data``) passes the filter.
 

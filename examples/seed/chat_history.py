@@ -62,7 +62,10 @@ class ChatMessage:
         at: dt.datetime | None = None,
     ) -> dict[str, Any]:
         """Store one message (sent now, or `at`) and return its row."""
-        sent_at = dt.datetime.now(dt.UTC) if at is None else at.astimezone(dt.UTC)
+        if at is None:
+            sent_at = dt.datetime.now(dt.UTC)
+        else:  # a naive datetime is taken as UTC, as everywhere in the model layer
+            sent_at = at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
         row = {
             "room": room,
             "day": sent_at.date(),

@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
+from cassandra.util import Date as _DriverDate
+from cassandra.util import SortedSet as _DriverSortedSet
+
 from ._session import CassandraSession, Params, Row, RowIterator
 
 __all__ = [
@@ -181,20 +184,21 @@ def _timeuuid(value: object) -> uuid.UUID:
 def _timestamp(value: object) -> dt.datetime:
     _expect(value, dt.datetime, "datetime.datetime")
     assert isinstance(value, dt.datetime)
-    moment = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    try:
+        moment = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00
+        raise ValueError(f"{value} is outside Python's datetime range in UTC") from None
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _date(value: object) -> dt.date:
+    if isinstance(value, _DriverDate):  # what the driver returns for a date column
+        try:
+            result: dt.date = value.date()
+        except (ValueError, OverflowError):
+            raise ValueError(f"{value} is outside Python's date range") from None
+        return result
     if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
-        to_date = getattr(value, "date", None)  # cassandra.util.Date, as the driver returns
-        if type(value).__name__ == "Date" and callable(to_date):
-            try:
-                result = to_date()
-            except (ValueError, OverflowError):
-                raise ValueError(f"{value} is outside Python's date range") from None
-            if isinstance(result, dt.date):
-                return result
         raise TypeError(f"expected datetime.date, got {type(value).__name__}")
     return value
 
@@ -455,9 +459,7 @@ class _CqlType:
         element = self.items[0].normalize
         if self.kind == "set":
             # the driver returns sets as cassandra.util.SortedSet
-            if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__iter__"):
-                raise TypeError(f"expected a set, got {type(value).__name__}")
-            if isinstance(value, list | tuple):
+            if not isinstance(value, set | frozenset | _DriverSortedSet):
                 raise TypeError(f"expected a set, got {type(value).__name__}")
             return {self._element(element, v) for v in value}
         if not isinstance(value, list | tuple):
@@ -777,7 +779,8 @@ class ChangeCapture(Protocol):
     """The seam between :class:`Database` writes and a change log.
 
     For each write, :class:`Database` calls :meth:`prepare` once (before anything is sent;
-    if it raises, the write is not attempted and nothing else is called), then sends the data
+    if it raises or returns something else than a :class:`CapturedWrite`, the write is not
+    attempted and nothing else is called), then sends the data
     statement plus ``write.statements`` as ONE logged batch with ``write.timestamp``, then
     calls exactly one of :meth:`committed` (the batch succeeded) or :meth:`failed` (it raised,
     or the caller was cancelled; a timed-out or cancelled batch *may* still be applied). The
@@ -912,6 +915,10 @@ class Database:
             await self.session.execute(cql, params)
             return None
         write = await capture.prepare(change)
+        if not isinstance(write, CapturedWrite):
+            raise TypeError(
+                f"ChangeCapture.prepare must return a CapturedWrite, got {type(write).__name__}"
+            )
         try:
             await self.session.execute_batch(
                 [(cql, params), *write.statements], logged=True, timestamp=write.timestamp
