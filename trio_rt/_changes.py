@@ -41,7 +41,7 @@ from ._filters import RowFilter, parse_filters
 from ._manager import WebSocketManager
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
-from ._streams import Sequencer, StreamCursor, StreamEntry, recover
+from ._streams import Allocation, Sequencer, StreamCursor, StreamEntry, recover
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -110,7 +110,7 @@ class ChangeLog:
         self,
         store: CassandraStreamStore,
         sequencer: Sequencer,
-        notify: Callable[[str], None] | None = None,
+        notify: Callable[[str, int], None] | None = None,
         tables: dict[str, Table] | None = None,
     ) -> None:
         self.store = store
@@ -137,7 +137,9 @@ class ChangeLog:
 
     def committed(self, change: Change, write: CapturedWrite) -> None:
         if self.notify is not None:
-            self.notify(_stream(change.table))
+            allocation = write.token
+            offset = allocation.position.offset if isinstance(allocation, Allocation) else 0
+            self.notify(_stream(change.table), offset)
 
     def failed(self, change: Change, write: CapturedWrite, exc: BaseException) -> None:
         # The allocated offset stays a hole; readers skip it after their hole_timeout.
@@ -244,7 +246,11 @@ class ChangeStreamManager:
             db.capture = self.changelog
         self._has_permission = has_permission
         self._wakeups: dict[str, trio.Event] = {}
-        self._nudges: set[str] = set()
+        # Per stream: a counter bumped by every nudge (a tail that was busy reading when one
+        # came does not miss it), and the greatest offset a nudge announced.
+        self._generation: dict[str, int] = {}
+        self._announced: dict[str, int] = {}
+        self._nudges: dict[str, int] = {}
         self._nudge_ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._watches: list[Watch] = []
@@ -287,36 +293,50 @@ class ChangeStreamManager:
                 manager.broker.unsubscribe(self._channel)
 
     # -- nudges ---------------------------------------------------------------------------------
-    def _wake(self, stream: str) -> None:
+    def _wake(self, stream: str, offset: int) -> None:
+        self._generation[stream] = self._generation.get(stream, 0) + 1
+        if offset > self._announced.get(stream, 0):
+            self._announced[stream] = offset
         event = self._wakeups.pop(stream, None)
         if event is not None:
             event.set()
 
-    def _notify(self, stream: str) -> None:
+    def _notify(self, stream: str, offset: int) -> None:
         """A write through this server committed: wake local tails, tell the other servers."""
-        self._wake(stream)
-        self._nudges.add(stream)  # policy: coalesce (one nudge per stream in flight)
+        self._wake(stream, offset)
+        # Policy when writes outpace the publisher: coalesce, one nudge per stream carrying
+        # the greatest offset.
+        self._nudges[stream] = max(offset, self._nudges.get(stream, 0))
         self._nudge_ready.set()
 
     async def _publish_nudges(self) -> None:
         while True:
             await self._nudge_ready.wait()
             self._nudge_ready = trio.Event()
-            streams, self._nudges = self._nudges, set()
-            for stream in streams:
+            nudges, self._nudges = self._nudges, {}
+            for stream, offset in nudges.items():
                 try:
                     await self.manager.broker.publish(
-                        self._channel, self._origin + b"\n" + stream.encode()
+                        self._channel, b"%s\n%d\n%s" % (self._origin, offset, stream.encode())
                     )
                 except Exception:
                     log.warning("could not publish a change nudge; others poll", exc_info=True)
 
     def _on_nudge(self, data: bytes) -> None:
-        origin, _, stream = data.partition(b"\n")
+        try:
+            origin, offset, stream = data.split(b"\n", 2)
+            announced = int(offset)
+        except ValueError:
+            log.warning("ignoring a malformed change nudge")
+            return
         if origin != self._origin:
-            self._wake(stream.decode("utf-8", "replace"))
+            self._wake(stream.decode("utf-8", "replace"), announced)
 
-    async def _wait(self, stream: str, seconds: float) -> None:
+    async def _wait(self, stream: str, generation: int, seconds: float) -> None:
+        """Until a nudge newer than `generation`, or `seconds`."""
+        if self._generation.get(stream, 0) != generation:
+            await trio.lowlevel.checkpoint()
+            return
         event = self._wakeups.get(stream)
         if event is None:
             event = self._wakeups[stream] = trio.Event()
@@ -355,7 +375,14 @@ class ChangeStreamManager:
         deliver: Callable[[list[StreamEntry]], Awaitable[None]],
     ) -> None:
         while True:
-            entries = await self.store.read(stream, cursor.epoch, cursor.done, self.batch_size)
+            generation = self._generation.get(stream, 0)
+            announced = self._announced.get(stream, 0)
+            # After a nudge, read up to the announced offset straight away; otherwise (a poll)
+            # the store looks up the stream's head first.
+            hint = announced if announced > cursor.done else None
+            entries = await self.store.read(
+                stream, cursor.epoch, cursor.done, self.batch_size, upto=hint
+            )
             before = cursor.skipped
             ready = cursor.feed(entries, trio.current_time())
             if cursor.skipped != before:
@@ -381,7 +408,7 @@ class ChangeStreamManager:
                 timeout = min(timeout, 0.05)
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - trio.current_time()))
-            await self._wait(stream, timeout)
+            await self._wait(stream, generation, timeout)
             if not entries and not cursor.holding:
                 head = await self.store.head(stream)
                 if head is not None and head.position.epoch != cursor.epoch:

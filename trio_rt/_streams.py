@@ -75,9 +75,11 @@ class StreamStore(abc.ABC):
     Contract (tests/test_streams_contract.py runs it against every implementation):
 
     - ``append(stream, allocation, payload)`` stores one entry at the allocated position.
-    - ``read(stream, epoch, after, limit)`` returns up to `limit` entries of `epoch` with
-      offsets greater than `after` that are visible now, in offset order. An entry may become
-      visible after entries with greater offsets (concurrent writers): readers re-read.
+    - ``read(stream, epoch, after, limit, upto=None)`` returns up to `limit` entries of
+      `epoch` with offsets greater than `after` that are visible now, in offset order. An entry
+      may become visible after entries with greater offsets (concurrent writers): readers
+      re-read. `upto` is a hint (an offset known to exist, from a nudge): a store may read up
+      to it without first looking up the head; entries beyond it may be left out.
     - ``latest(stream, epoch, limit, before=None)`` returns the `limit` entries with the
       greatest offsets (below `before` when given), in offset order.
     - ``contains(stream, position)`` is True while that entry is retained.
@@ -88,7 +90,9 @@ class StreamStore(abc.ABC):
     async def append(self, stream: str, allocation: Allocation, payload: str) -> None: ...
 
     @abc.abstractmethod
-    async def read(self, stream: str, epoch: str, after: int, limit: int) -> list[StreamEntry]: ...
+    async def read(
+        self, stream: str, epoch: str, after: int, limit: int, *, upto: int | None = None
+    ) -> list[StreamEntry]: ...
 
     @abc.abstractmethod
     async def latest(
@@ -145,7 +149,9 @@ class MemoryStreamStore(StreamStore):
             self._heads[stream] = allocation
         await trio.lowlevel.checkpoint()
 
-    async def read(self, stream: str, epoch: str, after: int, limit: int) -> list[StreamEntry]:
+    async def read(
+        self, stream: str, epoch: str, after: int, limit: int, *, upto: int | None = None
+    ) -> list[StreamEntry]:
         out = [
             e
             for e in self._entries(stream)

@@ -18,6 +18,7 @@ data and its change entry are both written or neither.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -116,7 +117,14 @@ class CassandraStreamStore(StreamStore):
         )
 
     async def _query_shards(
-        self, query: str, stream: str, epoch: str, bucket: int, bound: int, limit: int
+        self,
+        query: str,
+        stream: str,
+        epoch: str,
+        bucket: int,
+        bound: int,
+        limit: int,
+        shards: Iterable[int] | None = None,
     ) -> list[StreamEntry]:
         results: list[list[Any]] = [[] for _ in range(self.shards)]
 
@@ -126,7 +134,7 @@ class CassandraStreamStore(StreamStore):
             )
 
         async with trio.open_nursery() as nursery:
-            for shard in range(self.shards):
+            for shard in range(self.shards) if shards is None else shards:
                 nursery.start_soon(one, shard)
         return [
             StreamEntry(StreamPosition(row["pos"], epoch), row["ts"], row["payload"])
@@ -134,15 +142,28 @@ class CassandraStreamStore(StreamStore):
             for row in rows
         ]
 
-    async def read(self, stream: str, epoch: str, after: int, limit: int) -> list[StreamEntry]:
-        head = await self.head(stream)
-        if head is None or head.position.epoch != epoch or limit < 1:
+    async def read(
+        self, stream: str, epoch: str, after: int, limit: int, *, upto: int | None = None
+    ) -> list[StreamEntry]:
+        if limit < 1:
             return []
-        last_bucket = head.position.offset // self.bucket_size
+        if upto is None:
+            head = await self.head(stream)
+            if head is None or head.position.epoch != epoch:
+                return []
+            upto = head.position.offset
+        last_bucket = max(upto, after + 1) // self.bucket_size
+        # A nudge for the next few offsets: only their shards can hold them (one query, not
+        # one per shard, on the latency path).
+        shards = None
+        if upto - after < self.shards:
+            shards = sorted({o % self.shards for o in range(after + 1, max(upto, after + 1) + 1)})
         out: list[StreamEntry] = []
         bucket = (after + 1) // self.bucket_size
         while bucket <= last_bucket and len(out) < limit:
-            found = await self._query_shards(self._after, stream, epoch, bucket, after, limit)
+            found = await self._query_shards(
+                self._after, stream, epoch, bucket, after, limit, shards
+            )
             found.sort(key=lambda e: e.position.offset)
             out.extend(found[: limit - len(out)])
             bucket += 1
