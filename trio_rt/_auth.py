@@ -432,3 +432,11 @@ class JWTAuthenticator:
             raise Reject(401, e.reason, **{"WWW-Authenticate": challenge}) from None
         conn.user_id = claims.user_id
         conn.state["claims"] = claims
+        conn.expires_at = self.deadline(claims)
+
+    def deadline(self, claims: Claims) -> float | None:
+        """When a connection authenticated with `claims` stops being valid (Unix time): the
+        token's `exp` plus the verifier's leeway, the last moment `verify` accepts it."""
+        if claims.expires_at is None:
+            return None
+        return claims.expires_at + self.verifier.leeway

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Final
 
 __all__ = [
     "MAX_ID_LENGTH",
     "MAX_ROOM_NAME_LENGTH",
+    "MAX_TOKEN_LENGTH",
     "MAX_TYPE_LENGTH",
     "ClientMessage",
     "CloseCode",
@@ -24,6 +25,7 @@ __all__ = [
     "LeaveRoom",
     "Ping",
     "ProtocolError",
+    "Refresh",
     "encode",
     "encode_text_frame",
     "error_message",
@@ -34,6 +36,7 @@ __all__ = [
 MAX_TYPE_LENGTH: Final = 64
 MAX_ROOM_NAME_LENGTH: Final = 128
 MAX_ID_LENGTH: Final = 128
+MAX_TOKEN_LENGTH: Final = 8192  # a `refresh` token; TokenVerifier has its own (same default)
 # Room names are identifiers shared with Redis channels and Cassandra keys: keep them printable,
 # without whitespace or control characters. Letters of any script are allowed.
 _ROOM_NAME = re.compile(r"[^\s\x00-\x1f\x7f]+")
@@ -53,7 +56,8 @@ class ErrorCode(StrEnum):
     ROOM_FULL = "room_full"
     NOT_IN_ROOM = "not_in_room"
     NOT_PERMITTED = "not_permitted"
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # carries `retry_after` (seconds)
+    LIMIT_EXCEEDED = "limit_exceeded"  # a per-connection cap (rooms, subscriptions)
     INTERNAL_ERROR = "internal_error"
 
 
@@ -74,6 +78,8 @@ class CloseCode(IntEnum):
     FORBIDDEN = (
         4003  # authentication/authorization failure: do not reconnect with the same credentials
     )
+    TOKEN_EXPIRED = 4004  # the connection's token expired without an in-band refresh
+    RATE_LIMITED = 4029  # sustained abuse of the rate limits: reconnect later, slower
 
 
 class ProtocolError(Exception):
@@ -121,9 +127,17 @@ class Kick:
     request_id: str | int | None = None
 
 
-Command = JoinRoom | LeaveRoom | Ping | Kick | ClientMessage
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """The client sends a fresh token for its connection (in-band re-authentication)."""
 
-BUILTIN_TYPES: Final = frozenset({"join_room", "leave_room", "ping", "kick"})
+    token: str = field(repr=False)
+    request_id: str | int | None = None
+
+
+Command = JoinRoom | LeaveRoom | Ping | Kick | Refresh | ClientMessage
+
+BUILTIN_TYPES: Final = frozenset({"join_room", "leave_room", "ping", "kick", "refresh"})
 
 
 def _checked_name(
@@ -228,6 +242,19 @@ def parse(frame: str | bytes) -> Command:
                 request_id=request_id,
             )
         return Kick(room, user_id, request_id)
+    if mtype == "refresh":
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "'token' must be a non-empty string", request_id=request_id
+            )
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"'token' is longer than {MAX_TOKEN_LENGTH} characters",
+                request_id=request_id,
+            )
+        return Refresh(token, request_id)
     return ClientMessage(mtype, obj, request_id)
 
 
