@@ -9,23 +9,33 @@ from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
 from ._options import ServerOptions
 from ._outbox import SlowConsumerPolicy
+from ._permissions import CassandraPermissionStore, MemoryPermissionStore, PermissionStore
 from ._protocol import CloseCode, ErrorCode, ProtocolError
+from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._rooms import Room, RoomError
 
 __all__ = [
     "AuthError",
     "Broker",
+    "CassandraPermissionStore",
     "Claims",
     "CloseCode",
     "Connection",
+    "Decision",
     "ErrorCode",
     "HttpResponse",
     "JWTAuthenticator",
+    "LocalRateLimiter",
     "MemoryBroker",
     "MemoryHub",
+    "MemoryPermissionStore",
+    "PermissionStore",
     "ProtocolError",
+    "Rate",
+    "RateLimiter",
     "RedisBroker",
+    "RedisRateLimiter",
     "Reject",
     "Request",
     "Room",
@@ -52,6 +62,10 @@ def __getattr__(name: str) -> object:
         from ._redis_broker import RedisBroker
 
         return RedisBroker
+    if name == "RedisRateLimiter":
+        from ._redis_ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter
     # JWT support needs pyjwt (the `auth` extra): imported on first use.
     if name in ("AuthError", "Claims", "JWTAuthenticator", "TokenVerifier", "extract_token"):
         from . import _auth

@@ -424,6 +424,8 @@ class WebSocketManager:
                     from ._aio import ensure_loop
 
                     await stack.enter_async_context(ensure_loop())
+                if hasattr(self._rate_limiter, "aclose"):
+                    stack.push_async_callback(self._close_rate_limiter)
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 await nursery.start(self.broker.run, self._on_broker_message)
                 await self.broker.subscribe(self._all_channel)
@@ -461,6 +463,10 @@ class WebSocketManager:
                 )
                 log.info("trio_rt server %s listening on %s:%d", self.server_id, *self._address)
                 task_status.started(server)
+
+    async def _close_rate_limiter(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.options.close_timeout):
+            await self._rate_limiter.aclose()  # type: ignore[attr-defined]
 
     async def _shutdown(self, ws_server: Server) -> None:
         self._closing = True
