@@ -7,6 +7,7 @@ See docs/protocol.md for the contract with clients.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -204,7 +205,7 @@ def parse(frame: str | bytes) -> Command:
             ErrorCode.UNSUPPORTED_DATA, "binary frames are not supported; send JSON text frames"
         )
     try:
-        obj = json.loads(frame)
+        obj = json.loads(frame, parse_float=_finite_float, parse_constant=_no_constant)
     except RecursionError:
         raise ProtocolError(ErrorCode.INVALID_JSON, "JSON is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and int too long to convert
@@ -258,6 +259,18 @@ def parse(frame: str | bytes) -> Command:
     return ClientMessage(mtype, obj, request_id)
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 would become inf: nothing the server could send back (encode refuses it).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python-only extensions
+
+
 def _json_kind(obj: object) -> str:
     if isinstance(obj, list):
         return "an array"
@@ -274,11 +287,16 @@ def encode(message: dict[str, Any]) -> bytes:
     """Serialize a server message to the UTF-8 bytes of one text frame's payload.
 
     Raises TypeError or ValueError for data JSON cannot represent (NaN is refused: browsers'
-    JSON.parse rejects it).
+    JSON.parse rejects it). Strings with lone surrogates (a client may send "\\ud800") go out
+    as JSON escapes, the way they came in: the frame stays valid UTF-8.
     """
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(
+            message, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        ).encode("ascii")
 
 
 def error_message(
