@@ -494,3 +494,86 @@ def test_new_options_are_validated(make_manager: MakeManager) -> None:
     ]:
         with pytest.raises(ValueError, match="invalid WebSocketManager options"):
             make_manager(**bad)
+
+
+# -- the Python client's token provider -----------------------------------------------------------
+def client_options(**options: Any) -> dict[str, Any]:
+    import random
+
+    options.setdefault("initial_delay", 0.01)
+    options.setdefault("max_delay", 0.05)
+    options.setdefault("ping_interval", None)
+    options.setdefault("rng", random.Random(0))
+    return options
+
+
+async def test_client_sends_a_static_token(make_manager: MakeManager) -> None:
+    from trio_rt.client import WebSocketClient
+
+    manager = jwt_manager(make_manager)
+    async with manager, WebSocketClient(manager.url, token=token("zoe"), **client_options()) as c:
+        with trio.fail_after(10):
+            await c.wait_connected()
+        assert c.welcome is not None and c.welcome["user_id"] == "zoe"
+
+
+async def test_client_calls_the_provider_on_every_connect(make_manager: MakeManager) -> None:
+    """The first token expires (server closes 4004, not fatal); the reconnect takes a new one."""
+    from trio_rt.client import WebSocketClient
+
+    manager = jwt_manager(make_manager)
+    lifetimes = [0.5, 60.0]
+    calls: list[float] = []
+
+    async def provider() -> str:
+        lifetime = lifetimes[min(len(calls), 1)]
+        calls.append(lifetime)
+        await trio.lowlevel.checkpoint()
+        return token("ann", lifetime)
+
+    async with manager:
+        options = client_options(token=provider, refresh_margin=None)
+        async with WebSocketClient(manager.url, **options) as c:
+            with trio.fail_after(10):
+                await wait_until(lambda: c.stats.connections == 2)
+            assert calls == [0.5, 60.0]
+            assert manager.stats.tokens_expired == 1
+
+
+async def test_client_refreshes_in_band_before_expiry(make_manager: MakeManager) -> None:
+    from trio_rt.client import WebSocketClient
+
+    manager = jwt_manager(make_manager)
+    calls: list[str] = []
+
+    def provider() -> str:  # sync providers work too
+        calls.append("x")
+        return token("ann", 2.0 if len(calls) == 1 else 60.0)
+
+    async with manager:
+        options = client_options(token=provider, refresh_margin=1.5)
+        async with WebSocketClient(manager.url, **options) as c:
+            with trio.fail_after(10):
+                await c.wait_connected()
+                first_exp = time.time() + 2.0
+                await wait_until(lambda: c.stats.refreshes == 1)
+                await wait_until(
+                    lambda: all(
+                        conn.expires_at and conn.expires_at > first_exp + 30
+                        for conn in manager.connections.values()
+                    )
+                )
+                await trio.sleep(max(0.0, first_exp - time.time()) + 0.3)
+            assert c.stats.connections == 1  # never closed: the fresh token arrived in time
+            assert manager.stats.tokens_expired == 0
+            assert len(calls) == 2
+
+
+def test_token_exp_is_read_without_verification() -> None:
+    from trio_rt.client import _token_exp
+
+    assert _token_exp(jwt.encode({"exp": 123}, "k" * 32, algorithm="HS256")) == 123.0
+    assert _token_exp(jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")) is None
+    assert _token_exp("not-a-jwt") is None
+    assert _token_exp("a.!!!.c") is None
+    assert _token_exp(None) is None
