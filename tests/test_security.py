@@ -156,6 +156,10 @@ async def test_rate_limited_reply_then_4029_and_others_unaffected(
         assert await expect_close(c) == CloseCode.RATE_LIMITED
         await wait_until(lambda: codes == [4029])
         assert manager.stats.rate_limited == 3
+        from trio_rt import WebSocketMetrics
+
+        text = WebSocketMetrics(manager, route=None).exposition().decode()
+        assert f'trio_rt_rate_limited_messages_total{{server_id="{manager.server_id}"}} 3.0' in text
         # another client (another budget) never noticed
         assert await bystander.request({"type": "echo", "n": 1}) == {"type": "echo", "n": 1}
 
