@@ -25,6 +25,7 @@ __all__ = [
     "Decision",
     "ErrorCode",
     "HttpResponse",
+    "JWKSKeySource",
     "JWTAuthenticator",
     "LocalRateLimiter",
     "MemoryBroker",
@@ -67,7 +68,14 @@ def __getattr__(name: str) -> object:
 
         return RedisRateLimiter
     # JWT support needs pyjwt (the `auth` extra): imported on first use.
-    if name in ("AuthError", "Claims", "JWTAuthenticator", "TokenVerifier", "extract_token"):
+    if name in (
+        "AuthError",
+        "Claims",
+        "JWKSKeySource",
+        "JWTAuthenticator",
+        "TokenVerifier",
+        "extract_token",
+    ):
         from . import _auth
 
         return getattr(_auth, name)

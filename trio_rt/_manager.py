@@ -845,7 +845,7 @@ class WebSocketManager:
         from ._auth import AuthError
 
         try:
-            claims = auth.verifier.verify(token)
+            claims = await auth.verify(token)
         except AuthError as e:
             raise ProtocolError(ErrorCode.NOT_PERMITTED, f"refresh refused: {e.reason}") from None
         if claims.user_id != conn.user_id:
