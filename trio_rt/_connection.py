@@ -89,7 +89,9 @@ class Connection:
 
     Attributes for the app: `id` (unique, also across servers), `user_id` (set it in the
     connection handler, e.g. from a token), `state` (a dict for anything else), `request`
-    (path, query, headers, peer of the handshake).
+    (path, query, headers, peer of the handshake), `expires_at` (Unix time when the server
+    closes the connection with 4004 unless a `refresh` moves it; None: never; set by
+    `JWTAuthenticator`, or by the app's connection handler).
 
     Sending never waits on the client: `send` serializes the message and queues it in the
     connection's bounded outbox; the connection's writer task writes it. When the outbox is full
