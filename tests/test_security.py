@@ -362,7 +362,7 @@ async def test_expired_token_closes_4004(make_manager: MakeManager) -> None:
 
     async with manager:
         async with client(manager, **bearer(token(lifetime=60))) as stays:
-            async with client(manager, **bearer(token(lifetime=0.5))) as c:
+            async with client(manager, **bearer(token(lifetime=2.0))) as c:
                 assert await expect_close(c) == CloseCode.TOKEN_EXPIRED
             assert (await stays.request({"type": "ping"}))["type"] == "pong"
         await wait_until(lambda: sorted(codes) == [1000, 4004])
@@ -526,7 +526,7 @@ async def test_client_calls_the_provider_on_every_connect(make_manager: MakeMana
     from trio_rt.client import WebSocketClient
 
     manager = jwt_manager(make_manager)
-    lifetimes = [0.5, 60.0]
+    lifetimes = [2.0, 60.0]
     calls: list[float] = []
 
     async def provider() -> str:
@@ -540,7 +540,7 @@ async def test_client_calls_the_provider_on_every_connect(make_manager: MakeMana
         async with WebSocketClient(manager.url, **options) as c:
             with trio.fail_after(10):
                 await wait_until(lambda: c.stats.connections == 2)
-            assert calls == [0.5, 60.0]
+            assert calls == [2.0, 60.0]
             assert manager.stats.tokens_expired == 1
 
 
@@ -552,14 +552,14 @@ async def test_client_refreshes_in_band_before_expiry(make_manager: MakeManager)
 
     def provider() -> str:  # sync providers work too
         calls.append("x")
-        return token("ann", 2.0 if len(calls) == 1 else 60.0)
+        return token("ann", 4.0 if len(calls) == 1 else 60.0)
 
     async with manager:
-        options = client_options(token=provider, refresh_margin=1.5)
+        options = client_options(token=provider, refresh_margin=3.0)
         async with WebSocketClient(manager.url, **options) as c:
             with trio.fail_after(10):
                 await c.wait_connected()
-                first_exp = time.time() + 2.0
+                first_exp = time.time() + 4.0
                 await wait_until(lambda: c.stats.refreshes == 1)
                 await wait_until(
                     lambda: all(

@@ -94,7 +94,8 @@ DEFAULT_FATAL_CLOSE_CODES: Final[frozenset[int]] = frozenset(
 """Close codes after which the client gives up instead of reconnecting.
 
 Everything else reconnects, notably 1000, 1001 (server going away / restarting), 1006 (the TCP
-connection dropped), 1011, 1012-1014, 4000 (slow consumer) and 4001 (heartbeat timeout)."""
+connection dropped), 1011, 1012-1014, 4000 (slow consumer), 4001 (heartbeat timeout), 4004 (token
+expired: the reconnect takes a fresh token from the provider) and 4029 (rate-limited abuse)."""
 
 DEFAULT_RETRYABLE_HTTP_STATUSES: Final[frozenset[int]] = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses of a refused handshake that are worth retrying (server full, restarting...).
