@@ -85,3 +85,18 @@ async def test_redis_down_fails_open_to_local_limits(caplog: pytest.LogCaptureFi
     assert [d.allowed for d in decisions] == [True, True, False]
     assert limiter.failures == 3
     assert sum("limiting locally" in r.message for r in caplog.records) == 1
+
+
+async def test_on_a_redis_cluster(redis_cluster_nodes: list[str]) -> None:
+    prefix = f"test:{uuid.uuid4().hex}:"
+    limiter = RedisRateLimiter(f"redis://{redis_cluster_nodes[0]}/0", prefix=prefix, cluster=True)
+    rate = Rate(3, 3600)
+    async with trio_asyncio.open_loop():
+        try:
+            # many keys: they land on different shards
+            for key in (f"u:{i}" for i in range(20)):
+                decisions = [await limiter.hit(key, rate) for _ in range(4)]
+                assert [d.allowed for d in decisions] == [True, True, True, False]
+            assert limiter.failures == 0
+        finally:
+            await limiter.aclose()

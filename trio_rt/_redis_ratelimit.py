@@ -59,7 +59,9 @@ class RedisRateLimiter:
     """Rate-limit buckets in Redis: ``WebSocketManager(rate_limiter=RedisRateLimiter(url))``.
 
     Keys are ``<prefix><identity>[:<type>]`` (identity ``u:<user>`` or ``c:<connection>``).
-    The manager opens the trio-asyncio loop this runs in and calls `aclose` when it stops.
+    With `cluster=True`, `url` names any node of a Redis Cluster: each bucket is one key, so
+    the script runs on the shard that owns it. The manager opens the trio-asyncio loop this
+    runs in and calls `aclose` when it stops.
     """
 
     needs_asyncio = True
@@ -69,6 +71,7 @@ class RedisRateLimiter:
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "trio_rt:rl:",
+        cluster: bool = False,
         socket_timeout: float = 2.0,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -77,6 +80,7 @@ class RedisRateLimiter:
             raise TypeError("prefix must be a string")
         self.url = url
         self.prefix = prefix
+        self.cluster = cluster
         self._socket_timeout = socket_timeout
         self._client: Any = None
         self._script: Any = None
@@ -99,7 +103,8 @@ class RedisRateLimiter:
 
     async def _take(self, key: str, rate: Rate) -> Decision:
         if self._client is None:
-            self._client = aioredis.Redis.from_url(
+            factory = aioredis.RedisCluster if self.cluster else aioredis.Redis
+            self._client = factory.from_url(
                 self.url,
                 socket_timeout=self._socket_timeout,
                 socket_connect_timeout=self._socket_timeout,
