@@ -428,6 +428,22 @@ async def test_token_expiry_costs_no_task_per_connection(make_manager: MakeManag
             assert count_tasks() - base == 2 * anonymous
 
 
+async def test_expiry_entries_of_closed_connections_do_not_pile_up(
+    make_manager: MakeManager,
+) -> None:
+    manager = jwt_manager(make_manager, rate_limit=None)
+    async with manager, client(manager, **bearer(token())) as stays:
+        for _ in range(150):  # churn with long-lived tokens
+            async with client(manager, **bearer(token(lifetime=3600))):
+                pass
+            await stays.request({"type": "ping"})
+        assert len(manager._expiries) <= 2 * len(manager.connections) + 64 + 1
+        # the live connection's entry survived every compaction
+        await wait_until(lambda: len(manager.connections) == 1)
+        (live,) = manager.connections.values()
+        assert any(e[2] == live.id for e in manager._expiries)
+
+
 # -- Origin allowlist, connection caps ------------------------------------------------------------
 async def refused(manager: WebSocketManager, path: str = "/", **kwargs: Any) -> InvalidStatus:
     with pytest.raises(InvalidStatus) as info:

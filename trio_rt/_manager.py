@@ -864,7 +864,16 @@ class WebSocketManager:
             return
         deadline = trio.current_time() + (expires_at - time.time())
         self._expiry_seq += 1
-        heapq.heappush(self._expiries, (deadline, self._expiry_seq, conn.id, expires_at))
+        heap = self._expiries
+        heapq.heappush(heap, (deadline, self._expiry_seq, conn.id, expires_at))
+        if len(heap) > 2 * len(self._connections) + 64:
+            # Entries of closed or refreshed connections wait for their deadline otherwise:
+            # with long tokens and churn they would pile up. Amortized O(1) per push.
+            connections = self._connections
+            heap[:] = [
+                e for e in heap if (c := connections.get(e[2])) is not None and c.expires_at == e[3]
+            ]
+            heapq.heapify(heap)
         scope = self._expiry_scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
