@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from trio_rt import WebSocketManager
+from trio_rt import Connection, WebSocketManager
 from trio_rt._changes import ChangeEvent, ChangeLog, ChangeStreamManager
 from trio_rt._protocol import StreamPosition
 from trio_rt._redis_streams import RedisSequencer
@@ -393,7 +393,7 @@ async def test_persistent_rooms_and_their_history_survive_a_restart(
 
     def server() -> WebSocketManager:
         # A fresh MemorySequencer each time: a restarted process continues from Cassandra.
-        return WebSocketManager(
+        manager = WebSocketManager(
             host="127.0.0.1",
             port=0,
             heartbeat_interval=None,
@@ -401,11 +401,19 @@ async def test_persistent_rooms_and_their_history_survive_a_restart(
             room_store=room_store,
         )
 
+        @manager.on_connection
+        async def identify(conn: Connection) -> None:
+            conn.user_id = conn.request.query.get("user", [None])[0]
+
+        return manager
+
     first = server()
     async with first:
-        await first.create_room("lobby", persistent=True, max_users=2, moderators=["mod"])
+        await first.create_room(
+            "lobby", persistent=True, max_users=2, moderators=["mod"], private=True
+        )
         await first.create_room("scratch", persistent=True)
-        async with client(first) as c:
+        async with client(first, "/?user=mod") as c:
             await c.request({"type": "join_room", "room": "lobby"})
             for i in range(3):
                 await first.broadcast_to_room("lobby", {"type": "chat", "n": i})
@@ -416,10 +424,13 @@ async def test_persistent_rooms_and_their_history_survive_a_restart(
     async with second:
         lobby = second.get_room("lobby")
         assert lobby is not None and lobby.persistent
-        assert lobby.max_users == 2 and lobby.moderators == frozenset({"mod"})
+        assert lobby.max_users == 2 and lobby.moderators == frozenset({"mod"}) and lobby.private
         assert second.get_room("scratch") is None
         await second.broadcast_to_room("lobby", {"type": "chat", "n": 3})
-        async with client(second) as c:
+        async with client(second) as stranger:
+            denied = await stranger.request({"type": "join_room", "room": "lobby"})
+            assert denied["code"] == "not_permitted"
+        async with client(second, "/?user=mod") as c:
             await c.send({"type": "join_room", "room": "lobby", "since": seen_first})
             assert [(await c.recv())["n"] for _ in range(3)] == [1, 2, 3]
             ack = await c.recv()

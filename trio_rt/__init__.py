@@ -10,7 +10,9 @@ from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
 from ._options import ServerOptions
 from ._outbox import SlowConsumerPolicy
+from ._permissions import CassandraPermissionStore, MemoryPermissionStore, PermissionStore
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
+from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
@@ -19,20 +21,29 @@ from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry
 __all__ = [
     "AuthError",
     "Broker",
+    "CassandraPermissionStore",
     "ChangeEvent",
     "ChangeStreamManager",
     "Claims",
     "CloseCode",
     "Connection",
+    "Decision",
     "ErrorCode",
     "HttpResponse",
+    "JWKSKeySource",
     "JWTAuthenticator",
+    "LocalRateLimiter",
     "MemoryBroker",
     "MemoryHub",
+    "MemoryPermissionStore",
     "MemorySequencer",
     "MemoryStreamStore",
+    "PermissionStore",
     "ProtocolError",
+    "Rate",
+    "RateLimiter",
     "RedisBroker",
+    "RedisRateLimiter",
     "RedisSequencer",
     "Reject",
     "Request",
@@ -76,8 +87,19 @@ def __getattr__(name: str) -> object:
         from . import _changes
 
         return getattr(_changes, name)
+    if name == "RedisRateLimiter":
+        from ._redis_ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter
     # JWT support needs pyjwt (the `auth` extra): imported on first use.
-    if name in ("AuthError", "Claims", "JWTAuthenticator", "TokenVerifier", "extract_token"):
+    if name in (
+        "AuthError",
+        "Claims",
+        "JWKSKeySource",
+        "JWTAuthenticator",
+        "TokenVerifier",
+        "extract_token",
+    ):
         from . import _auth
 
         return getattr(_auth, name)

@@ -14,11 +14,13 @@ See docs/security.md for the threat model and what is not covered yet.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,14 @@ from ._http import Reject
 if TYPE_CHECKING:
     from ._connection import Connection, Request
 
-__all__ = ["AuthError", "Claims", "JWTAuthenticator", "TokenVerifier", "extract_token"]
+__all__ = [
+    "AuthError",
+    "Claims",
+    "JWKSKeySource",
+    "JWTAuthenticator",
+    "TokenVerifier",
+    "extract_token",
+]
 
 log = logging.getLogger("trio_rt.auth")
 
@@ -96,7 +105,7 @@ class TokenVerifier:
 
     def __init__(
         self,
-        key: str | bytes | PublicKey,
+        key: str | bytes | PublicKey | JWKSKeySource,
         algorithms: Iterable[str] = ("HS256",),
         *,
         audience: str | Iterable[str] | None = None,
@@ -128,7 +137,14 @@ class TokenVerifier:
                 "algorithm confusion"
             )
         (family,) = families
-        self._key: bytes | PublicKey = _prepare_key(key, family, algs)
+        self.key_source: JWKSKeySource | None = None
+        self._key: bytes | PublicKey | None = None
+        if isinstance(key, JWKSKeySource):
+            if family == "HMAC":
+                raise ValueError("a JWKS carries public keys: use RSA, EC or EdDSA algorithms")
+            self.key_source = key
+        else:
+            self._key = _prepare_key(key, family, algs)
         self.algorithms: tuple[str, ...] = algs
         self.family: str = family
 
@@ -179,7 +195,8 @@ class TokenVerifier:
 
         Reasons: "malformed token", "token too long", "algorithm not allowed", "bad signature",
         "token expired", "token not yet valid", "wrong audience", "wrong issuer",
-        "missing claim 'x'", "invalid claim 'x'", "invalid token".
+        "missing claim 'x'", "invalid claim 'x'", "invalid token", and with a `JWKSKeySource`
+        "unknown key" (no key of the JWKS has the token's `kid` and fits its `alg`).
         """
         if not isinstance(token, str) or not token:
             raise AuthError("malformed token")
@@ -195,10 +212,16 @@ class TokenVerifier:
             raise AuthError("algorithm not allowed")
         if "crit" in header:  # no JWS extension is understood here (RFC 7515 §4.1.11)
             raise AuthError("malformed token")
+        key: bytes | PublicKey | None = self._key
+        if self.key_source is not None:
+            kid = header.get("kid")
+            key = self.key_source.key_for(kid if isinstance(kid, str) else None, alg)
+        if key is None:
+            raise AuthError("unknown key")
         try:
             payload = self._jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=list(self.algorithms),
                 audience=self.audience,
                 issuer=self.issuer,
@@ -239,6 +262,151 @@ class TokenVerifier:
         if user_id is not None and (not isinstance(user_id, str) or not user_id):
             raise AuthError(f"invalid claim {self.user_claim!r}")
         return Claims(user_id=user_id, claims=payload, expires_at=exp)
+
+
+class JWKSKeySource:
+    """The public keys of an identity provider's JWKS URL, for `TokenVerifier(JWKSKeySource(url),
+    ("RS256",))`: the key is picked by the token's `kid`.
+
+    Pull-based, no background task: `JWTAuthenticator` calls `ensure(kid)` before verifying,
+    which fetches the JWKS when the cache is older than `cache_ttl` or the `kid` is unknown
+    (a rotated key), but never more often than every `min_refresh_interval` seconds (tokens
+    with made-up `kid`s cannot make the server hammer the provider). A failed fetch keeps the
+    keys it had (logged). `load(jwks)` is the sans-IO part.
+
+    Only public signature keys are taken: `kty` RSA (at least 2048 bits), EC or OKP; symmetric
+    (`oct`) keys, keys with `use` other than `sig` and keys whose `alg` is not allowed by the
+    verifier are ignored. Use an https URL: whoever controls the JWKS controls authentication.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache_ttl: float = 300.0,
+        min_refresh_interval: float = 30.0,
+        timeout: float = 5.0,
+        max_bytes: int = 1 << 20,
+        fetch: Callable[[str], Awaitable[bytes]] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ValueError("the JWKS URL must be an http(s) URL")
+        for name, value in (
+            ("cache_ttl", cache_ttl),
+            ("min_refresh_interval", min_refresh_interval),
+            ("timeout", timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        self.url = url
+        self.cache_ttl = float(cache_ttl)
+        self.min_refresh_interval = float(min_refresh_interval)
+        self.timeout = float(timeout)
+        self.max_bytes = max_bytes
+        self._fetch = fetch if fetch is not None else self._fetch_url
+        self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
+        self._keys: dict[str | None, tuple[jwt.PyJWK, ...]] = {}
+        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self.fetches = 0
+
+    @property
+    def kids(self) -> frozenset[str | None]:
+        return frozenset(self._keys)
+
+    def load(self, jwks: object) -> int:
+        """Replace the keys with those of a JWKS document (a dict); returns how many were
+        taken. Raises ValueError when it is not a JWKS."""
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise ValueError("not a JWKS document (no 'keys' list)")
+        keys: dict[str | None, list[jwt.PyJWK]] = {}
+        for entry in jwks["keys"]:
+            key = _public_jwk(entry)
+            if key is not None:
+                keys.setdefault(key.key_id, []).append(key)
+        self._keys = {kid: tuple(found) for kid, found in keys.items()}
+        return sum(len(found) for found in keys.values())
+
+    def key_for(self, kid: str | None, alg: str) -> PublicKey | None:
+        """The key for a token's `kid` and `alg`. A token without `kid` is accepted only when
+        the JWKS has exactly one usable key for `alg`."""
+        candidates = (
+            self._keys.get(kid, ())
+            if kid is not None
+            else tuple(k for found in self._keys.values() for k in found)
+        )
+        fitting = [k for k in candidates if _jwk_fits(k, alg)]
+        if len(fitting) != 1:
+            return None
+        return fitting[0].key  # type: ignore[no-any-return]
+
+    async def ensure(self, kid: str | None) -> None:
+        """Fetch the JWKS if it is stale, or if `kid` is unknown, within the refresh limits."""
+        now = self._clock()
+        stale = self._fetched_at is None or now - self._fetched_at >= self.cache_ttl
+        unknown = kid not in self._keys if kid is not None else not self._keys
+        recent = (
+            self._attempted_at is not None and now - self._attempted_at < self.min_refresh_interval
+        )
+        if (stale or unknown) and not recent:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Fetch and load the JWKS now; on failure keep the current keys (logged)."""
+        self._attempted_at = self._clock()
+        self.fetches += 1
+        try:
+            body = await self._fetch(self.url)
+            if len(body) > self.max_bytes:
+                raise ValueError(f"JWKS larger than {self.max_bytes} bytes")
+            n = self.load(json.loads(body))
+        except Exception as exc:
+            log.warning("could not refresh the JWKS from %s: %r", self.url, exc)
+            return
+        self._fetched_at = self._clock()
+        log.info("loaded %d keys from the JWKS at %s", n, self.url)
+
+    async def _fetch_url(self, url: str) -> bytes:
+        import trio
+
+        def get() -> bytes:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                data: bytes = response.read(self.max_bytes + 1)
+                return data
+
+        with trio.fail_after(self.timeout * 2):
+            return await trio.to_thread.run_sync(get, abandon_on_cancel=True)
+
+
+_JWK_FAMILIES = {"RSA": RSA_ALGORITHMS, "EC": EC_ALGORITHMS, "OKP": EDDSA_ALGORITHMS}
+
+
+def _public_jwk(entry: object) -> jwt.PyJWK | None:
+    if not isinstance(entry, dict) or entry.get("kty") not in _JWK_FAMILIES:
+        return None  # "oct" (a shared secret) is never taken from a JWKS
+    if entry.get("use", "sig") != "sig" or any(p in entry for p in ("d", "p", "q")):
+        return None  # encryption keys; private keys have no business in a JWKS
+    try:
+        key = jwt.PyJWK(entry)
+    except Exception:  # unsupported curve, malformed numbers...
+        return None
+    if isinstance(key.key, rsa.RSAPublicKey) and key.key.key_size < MIN_RSA_KEY_BITS:
+        return None
+    return key
+
+
+def _jwk_fits(key: jwt.PyJWK, alg: str) -> bool:
+    if alg not in _JWK_FAMILIES.get(str(key.key_type), frozenset()):
+        return False
+    declared = key._jwk_data.get("alg")
+    if declared is not None and declared != alg:
+        return False
+    if alg in _EC_CURVES:
+        return isinstance(key.key, ec.EllipticCurvePublicKey) and isinstance(
+            key.key.curve, _EC_CURVES[alg]
+        )
+    return True
 
 
 def _numeric_date(payload: dict[str, Any], name: str) -> float | None:
@@ -411,6 +579,18 @@ class JWTAuthenticator:
         self.query_param = query_param
         self.optional = optional
 
+    async def verify(self, token: str) -> Claims:
+        """`verifier.verify(token)`, after fetching the JWKS if the verifier uses one and the
+        token's key is not known yet. Raises AuthError."""
+        source = self.verifier.key_source
+        if source is not None:
+            try:
+                kid = jwt.get_unverified_header(token).get("kid")
+            except jwt.InvalidTokenError:
+                raise AuthError("malformed token") from None
+            await source.ensure(kid if isinstance(kid, str) else None)
+        return self.verifier.verify(token)
+
     async def __call__(self, conn: Connection) -> None:
         try:
             token = extract_token(
@@ -425,10 +605,18 @@ class JWTAuthenticator:
                 log.debug("handshake from %s refused: missing token", conn.request.remote_address)
                 # RFC 6750 §3.1: no error code when the request had no credentials at all.
                 raise Reject(401, "missing token", **{"WWW-Authenticate": "Bearer"})
-            claims = self.verifier.verify(token)
+            claims = await self.verify(token)
         except AuthError as e:
             log.debug("handshake from %s refused: %s", conn.request.remote_address, e.reason)
             challenge = f'Bearer error="invalid_token", error_description="{e.reason}"'
             raise Reject(401, e.reason, **{"WWW-Authenticate": challenge}) from None
         conn.user_id = claims.user_id
         conn.state["claims"] = claims
+        conn.expires_at = self.deadline(claims)
+
+    def deadline(self, claims: Claims) -> float | None:
+        """When a connection authenticated with `claims` stops being valid (Unix time): the
+        token's `exp` plus the verifier's leeway, the last moment `verify` accepts it."""
+        if claims.expires_at is None:
+            return None
+        return claims.expires_at + self.verifier.leeway

@@ -585,7 +585,7 @@ class ChangeStreamManager:
         limit = getattr(self.manager.options, "max_subscriptions_per_connection", None)
         if limit is not None and len(self._by_conn.get(conn.id, ())) >= limit:
             raise ProtocolError(
-                ErrorCode.RATE_LIMITED,
+                ErrorCode.LIMIT_EXCEEDED,
                 f"at most {limit} subscriptions per connection",
                 request_id=rid,
             )

@@ -89,7 +89,9 @@ class Connection:
 
     Attributes for the app: `id` (unique, also across servers), `user_id` (set it in the
     connection handler, e.g. from a token), `state` (a dict for anything else), `request`
-    (path, query, headers, peer of the handshake).
+    (path, query, headers, peer of the handshake), `expires_at` (Unix time when the server
+    closes the connection with 4004 unless a `refresh` moves it; None: never; set by
+    `JWTAuthenticator`, or by the app's connection handler).
 
     Sending never waits on the client: `send` serializes the message and queues it in the
     connection's bounded outbox; the connection's writer task writes it. When the outbox is full
@@ -100,6 +102,9 @@ class Connection:
         self.id: str = uuid.uuid4().hex
         self.user_id: str | None = None
         self.state: dict[str, Any] = {}
+        # Unix time after which the server no longer accepts this connection's credentials
+        # (set by JWTAuthenticator; a `refresh` moves it). The manager closes it then (4004).
+        self.expires_at: float | None = None
         self.request: Request = Request.from_websockets(ws)
         self._manager = manager
         self._ws = ws
@@ -210,6 +215,17 @@ class Connection:
             return
         self._start_close()
         await self._stream_closed.wait()
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        """`close` without waiting (sync): for the manager's own tasks, which must not block on
+        one client. Queued messages are still written first."""
+        if self._close_code is None:
+            self._close_code = code
+            self._close_reason = reason
+        if self._nursery is None:
+            self._outbox.seal()
+        else:
+            self._start_close()
 
     # -- lifecycle (called by the manager) ------------------------------------------------------
     async def _run(self) -> None:

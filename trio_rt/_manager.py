@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import inspect
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -38,10 +40,12 @@ from ._envelope import (
 from ._http import HttpHandler, HttpResponse, Reject, is_websocket_upgrade, to_ws_response
 from ._options import ServerOptions
 from ._outbox import OutboundMessage
+from ._permissions import PermissionStore
 from ._protocol import (
     BUILTIN_TYPES,
     ClientMessage,
     CloseCode,
+    Command,
     ErrorCode,
     History,
     JoinRoom,
@@ -49,6 +53,7 @@ from ._protocol import (
     LeaveRoom,
     Ping,
     ProtocolError,
+    Refresh,
     StreamPosition,
     Subscribe,
     Unsubscribe,
@@ -57,6 +62,7 @@ from ._protocol import (
     parse,
     validate_room_name,
 )
+from ._ratelimit import LocalRateLimiter, Rate, RateLimiter
 from ._rooms import Room, RoomError, RoomRegistry
 from ._streams import Recovery
 
@@ -64,6 +70,9 @@ if TYPE_CHECKING:
     from ._changes import ChangeStreamManager
     from ._history import RoomHistory
     from ._room_store import RoomStore
+
+if TYPE_CHECKING:
+    from ._auth import JWTAuthenticator
 
 __all__ = ["ServerStats", "WebSocketManager"]
 
@@ -77,6 +86,9 @@ ServerMessageHandler = Callable[[dict[str, Any], str], Awaitable[None]]
 Service = Callable[..., Awaitable[None]]  # async fn(*, task_status) run in the manager's nursery
 BuiltinHandler = Callable[[Connection, Any], Awaitable[None]]
 SERVER_INBOX_SIZE = 1000  # cross-server messages waiting for their handlers
+# What `authorize` grants when no PermissionStore is configured: the open server of before.
+# `moderate` (and any other action) needs a store; private rooms always need a grant.
+OPEN_ACTIONS = frozenset({"join", "read", "broadcast"})
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -97,6 +109,8 @@ class ServerStats:
     heartbeat_timeouts: int = 0
     handler_errors: int = 0
     protocol_errors: int = 0
+    rate_limited: int = 0  # messages refused by the rate limits
+    tokens_expired: int = 0  # connections closed with 4004
 
     def rejected(self, reason: str) -> None:
         self.handshakes_rejected[reason] = self.handshakes_rejected.get(reason, 0) + 1
@@ -164,6 +178,11 @@ class WebSocketManager:
     may raise `Reject`), `on_message(type)`, `on_disconnect` (always runs for an accepted
     connection, with its close code), `on_error` (an exception in a message handler; the client
     gets an `error` reply and the connection stays open).
+
+    Security (docs/security.md): `auth` (a `JWTAuthenticator`) authenticates handshakes, closes
+    connections whose token expired (4004) and accepts in-band `refresh`; `permissions` (a
+    `PermissionStore`) answers `authorize`; `rate_limiter` keeps the rate-limit buckets (default:
+    in this process; `RedisRateLimiter` shares them across servers).
     """
 
     def __init__(
@@ -173,6 +192,9 @@ class WebSocketManager:
         welcome: Callable[[Connection], dict[str, Any] | None] | None = None,
         history: RoomHistory | None = None,
         room_store: RoomStore | None = None,
+        auth: JWTAuthenticator | None = None,
+        permissions: PermissionStore | None = None,
+        rate_limiter: RateLimiter | None = None,
         **options: Any,
     ) -> None:
         unknown = set(options) - ServerOptions.names()
@@ -212,6 +234,32 @@ class WebSocketManager:
         self._builtins: dict[type, BuiltinHandler] = {}
         self._channel_handlers: dict[str, Callable[[bytes], None]] = {}
         self._change_streams: ChangeStreamManager | None = None  # set by ChangeStreamManager
+        # -- security state --
+        self.permissions: PermissionStore | None = permissions
+        self._auth = auth
+        if auth is not None:
+            self._connection_handlers.append(auth)  # first: later handlers see the user
+        self._rate_limiter: RateLimiter = (
+            rate_limiter if rate_limiter is not None else LocalRateLimiter()
+        )
+        o = self.options
+        self._default_rate = (
+            None
+            if o.rate_limit is None
+            else Rate(o.rate_limit, o.rate_limit_period, o.rate_limit_burst)
+        )
+        self._type_rates: dict[str, Rate | None] = {
+            t: None if n is None else Rate(n, o.rate_limit_period) for t, n in o.rate_limits.items()
+        }
+        self._refusals: dict[str, int] = {}  # connection id -> refused messages in a row
+        self._per_ip: dict[str, int] = {}  # open connections per peer address
+        self._per_user: dict[str, int] = {}  # open connections per user id
+        self._counted: dict[str, tuple[str | None, str | None]] = {}  # conn id -> (ip, user)
+        self._room_fields: dict[str, tuple[str, ...]] = {}  # type -> path of its target room
+        # Token expiry: one heap and one task for the whole server, not a timer per connection.
+        self._expiries: list[tuple[float, int, str, float]] = []
+        self._expiry_seq = 0
+        self._expiry_scope: trio.CancelScope | None = None
 
     # -- handler registration -----------------------------------------------------------------
     def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:
@@ -234,15 +282,29 @@ class WebSocketManager:
         self._error_handlers.append(_check_coroutine(fn))
         return fn
 
-    def on_message(self, type: str | None = None) -> Callable[[MessageHandler], MessageHandler]:
+    def on_message(
+        self, type: str | None = None, *, room_field: str | None = None
+    ) -> Callable[[MessageHandler], MessageHandler]:
         """Register `async def handler(conn, message)` for client messages of `type`.
 
         Without `type`, the handler receives every message whose type has no handler of its
         own (instead of an `unknown_type` error). Handlers of one connection run one at a time,
         in arrival order; start long work in a nursery of your own.
+
+        `room_field` (e.g. ``"room"`` or ``"payload.room"``, dots walk nested objects) marks a
+        client-initiated broadcast: before the handler runs, the manager checks that the field
+        holds a valid room name (`invalid_field` otherwise) and that the sender may
+        ``broadcast`` to ``room:<name>`` (`not_permitted` otherwise; see `authorize`).
         """
         if type is not None and type in BUILTIN_TYPES:
             raise ValueError(f"{type!r} is a built-in message type")
+        if room_field is not None:
+            if type is None:
+                raise ValueError("room_field needs a message type")
+            path = tuple(room_field.split("."))
+            if not all(path):
+                raise ValueError(f"invalid room_field {room_field!r}")
+            self._room_fields[type] = path
 
         def register(fn: MessageHandler) -> MessageHandler:
             _check_coroutine(fn)
@@ -398,11 +460,15 @@ class WebSocketManager:
         o = self.options
         with scope:
             async with contextlib.AsyncExitStack() as stack:
-                if getattr(self.broker, "needs_asyncio", False):
+                if getattr(self.broker, "needs_asyncio", False) or getattr(
+                    self._rate_limiter, "needs_asyncio", False
+                ):
                     # One trio-asyncio loop for every asyncio-based component of this server.
                     from ._aio import ensure_loop
 
                     await stack.enter_async_context(ensure_loop())
+                if hasattr(self._rate_limiter, "aclose"):
+                    stack.push_async_callback(self._close_rate_limiter)
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 await nursery.start(self.broker.run, self._on_broker_message)
                 await self.broker.subscribe(self._all_channel)
@@ -411,6 +477,7 @@ class WebSocketManager:
                 )
                 self._server_inbox = send
                 nursery.start_soon(self._run_server_message_handlers, receive)
+                nursery.start_soon(self._expire_tokens)
                 await self.broker.subscribe(self._servers_channel)
                 if self.room_store is not None:
                     for settings in await self.room_store.load():
@@ -419,6 +486,7 @@ class WebSocketManager:
                             max_users=settings.max_users,
                             persistent=True,
                             moderators=settings.moderators,
+                            private=settings.private,
                         )
                 for service in self._services:
                     await nursery.start(service)
@@ -451,6 +519,10 @@ class WebSocketManager:
                 log.info("trio_rt server %s listening on %s:%d", self.server_id, *self._address)
                 task_status.started(server)
 
+    async def _close_rate_limiter(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.options.close_timeout):
+            await self._rate_limiter.aclose()  # type: ignore[attr-defined]
+
     async def _shutdown(self, ws_server: Server) -> None:
         self._closing = True
         log.info("trio_rt server %s shutting down", self.server_id)
@@ -465,12 +537,16 @@ class WebSocketManager:
     async def _process_request(self, ws: ServerConnection, request: WsRequest) -> Response | None:
         if not is_websocket_upgrade(request):
             return await self._http(request)
+        o = self.options
         if self._closing:
             self._stats.rejected("shutting_down")
             return to_ws_response(
                 HttpResponse.json(503, {"error": "server shutting down"}, **{"Retry-After": "1"})
             )
-        limit = self.options.max_connections
+        if o.allowed_origins is not None and not self._origin_allowed(request):
+            self._stats.rejected("origin")
+            return to_ws_response(HttpResponse.json(403, {"error": "origin not allowed"}))
+        limit = o.max_connections
         if limit is not None and len(self._connections) >= limit:
             self._stats.rejected("server_full")
             return to_ws_response(
@@ -478,11 +554,32 @@ class WebSocketManager:
             )
         assert isinstance(ws, _ServerConnection)
         conn = Connection(self, ws)
+        ip = conn.request.remote_address[0] if conn.request.remote_address else None
+        if (
+            o.max_connections_per_ip is not None
+            and ip is not None
+            and self._per_ip.get(ip, 0) >= o.max_connections_per_ip
+        ):
+            self._stats.rejected("ip_limit")
+            return to_ws_response(
+                HttpResponse.json(
+                    429, {"error": "too many connections from this address"}, **{"Retry-After": "5"}
+                )
+            )
         self._connections[conn.id] = conn
         ws.trio_rt_conn = conn
+        if o.max_connections_per_ip is not None and ip is not None:
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+            self._counted[conn.id] = (ip, None)
         try:
             for handler in self._connection_handlers:
                 await handler(conn)
+            user = conn.user_id
+            if o.max_connections_per_user is not None and user is not None:
+                if self._per_user.get(user, 0) >= o.max_connections_per_user:
+                    raise Reject(429, "too many connections for this user", **{"Retry-After": "5"})
+                self._per_user[user] = self._per_user.get(user, 0) + 1
+                self._counted[conn.id] = (self._counted.get(conn.id, (None, None))[0], user)
         except Reject as r:
             self._forget(conn)
             ws.trio_rt_conn = None
@@ -496,6 +593,13 @@ class WebSocketManager:
             return to_ws_response(HttpResponse.json(500, {"error": "internal server error"}))
         conn._accepted = True
         return None
+
+    def _origin_allowed(self, request: WsRequest) -> bool:
+        origins = request.headers.get_all("Origin")
+        if not origins:
+            return self.options.allow_missing_origin
+        allowed = self.options.allowed_origins
+        return len(origins) == 1 and allowed is not None and origins[0].lower() in allowed
 
     def _select_subprotocol(
         self, ws: ServerConnection, offered: Sequence[Subprotocol]
@@ -544,6 +648,7 @@ class WebSocketManager:
             welcome = self._welcome(conn)
             if welcome is not None:
                 conn._outbox.push_front(OutboundMessage(encode(welcome)))
+            self._schedule_expiry(conn)
             await conn._run()
         finally:
             with trio.CancelScope(shield=True):
@@ -562,6 +667,16 @@ class WebSocketManager:
         """Unregister `conn` and its memberships (sync, idempotent). True the first time."""
         if self._connections.pop(conn.id, None) is None:
             return False
+        self._refusals.pop(conn.id, None)
+        counted = self._counted.pop(conn.id, None)
+        if counted is not None:
+            for counts, key in ((self._per_ip, counted[0]), (self._per_user, counted[1])):
+                if key is not None:
+                    n = counts.get(key, 0) - 1
+                    if n > 0:
+                        counts[key] = n
+                    else:
+                        counts.pop(key, None)
         for room, result in self._rooms.leave_all(conn):
             if result.last_member:
                 self.broker.unsubscribe(self._room_channel(room))
@@ -591,7 +706,16 @@ class WebSocketManager:
         request_id: str | int | None = None
         try:
             command = parse(frame)
-            request_id = command.request_id
+        except ProtocolError as exc:
+            # Invalid frames count against the default budget too: garbage is not free.
+            if await self._admit(conn, None, exc.request_id):
+                self._stats.protocol_errors += 1
+                await conn.send(error_message(exc.code, exc.message, request_id=exc.request_id))
+            return
+        request_id = command.request_id
+        if not await self._admit(conn, _type_of(command), request_id):
+            return
+        try:
             if isinstance(command, ClientMessage):
                 handler = self._message_handlers.get(command.type, self._fallback_handler)
                 if handler is None:
@@ -600,6 +724,9 @@ class WebSocketManager:
                         f"unknown message type {command.type!r}",
                         request_id=request_id,
                     )
+                path = self._room_fields.get(command.type)
+                if path is not None:
+                    await self._check_broadcast(conn, command.data, path, request_id)
                 instruments = self._instruments
                 if instruments is None:
                     await handler(conn, command.data)
@@ -612,6 +739,14 @@ class WebSocketManager:
                         label = command.type if command.type in self._message_handlers else "*"
                         instruments.handler_finished(label, time.perf_counter() - started)
             elif isinstance(command, JoinRoom):
+                room = self._rooms.get(command.room)
+                # A refusal is exactly the answer for a room that does not exist: reveal nothing.
+                if (
+                    room is not None
+                    and room.private
+                    and not await self._room_allowed(conn, room, "join")
+                ):
+                    raise RoomError(ErrorCode.NOT_PERMITTED, f"cannot join room {room.name!r}")
                 await self._join_command(conn, command)
             elif isinstance(command, LeaveRoom):
                 await self.leave_room(conn, command.room)
@@ -629,8 +764,13 @@ class WebSocketManager:
                         request_id=request_id,
                     )
                 await builtin(conn, command)
+            elif isinstance(command, Refresh):
+                expires_at = await self._refresh(conn, command.token)
+                await conn.send(_reply("refreshed", request_id, expires_at=expires_at))
             elif isinstance(command, Kick):
-                if not self._rooms.is_moderator(command.room, conn.user_id):
+                if not self._rooms.is_moderator(
+                    command.room, conn.user_id
+                ) and not await self.authorize(conn, f"room:{command.room}", "moderate"):
                     raise RoomError(
                         ErrorCode.NOT_PERMITTED,
                         f"only a moderator of room {command.room!r} can kick",
@@ -728,6 +868,164 @@ class WebSocketManager:
         conn.send_encoded(OutboundMessage(opening + body + b"]}"))
         await trio.lowlevel.checkpoint()
 
+    # -- security -------------------------------------------------------------------------------
+    async def authorize(self, conn: Connection, resource: str, action: str) -> bool:
+        """May `conn` do `action` on `resource` (``room:<name>``, ``table:<name>``)?
+
+        With a `permissions` store: its answer for ``conn.user_id`` (None when anonymous). A
+        store that raises is logged and answered False (fail closed). Without a store: True for
+        the actions of an open server (`join`, `read`, `broadcast`), False for anything else
+        (`moderate`). Private rooms are checked by the manager on top of this (see
+        docs/security.md). Never raises for a refusal.
+        """
+        store = self.permissions
+        if store is None:
+            await trio.lowlevel.checkpoint()
+            return action in OPEN_ACTIONS
+        try:
+            return bool(await store.has_permission(conn.user_id, resource, action))
+        except Exception:
+            log.exception("permission store failed for %r %s %s; refusing", conn, resource, action)
+            return False
+
+    async def _room_allowed(self, conn: Connection, room: Room[Connection], action: str) -> bool:
+        """Public rooms: `authorize`. Private rooms: a listed moderator, or an explicit grant
+        from the store (no store: nobody else)."""
+        if not room.private:
+            return await self.authorize(conn, f"room:{room.name}", action)
+        if conn.user_id is not None and conn.user_id in room.moderators:
+            await trio.lowlevel.checkpoint()
+            return True
+        if self.permissions is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        return await self.authorize(conn, f"room:{room.name}", action)
+
+    async def _check_broadcast(
+        self,
+        conn: Connection,
+        data: dict[str, Any],
+        path: tuple[str, ...],
+        request_id: str | int | None,
+    ) -> None:
+        value: Any = data
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        field_name = ".".join(path)
+        if not isinstance(value, str):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                f"'{field_name}' must be a room name",
+                request_id=request_id,
+            )
+        name = validate_room_name(value, request_id=request_id)
+        room = self._rooms.get(name)
+        allowed = (
+            await self._room_allowed(conn, room, "broadcast")
+            if room is not None
+            else await self.authorize(conn, f"room:{name}", "broadcast")
+        )
+        if not allowed:
+            raise RoomError(ErrorCode.NOT_PERMITTED, f"cannot broadcast to room {name!r}")
+
+    async def _admit(
+        self, conn: Connection, mtype: str | None, request_id: str | int | None
+    ) -> bool:
+        """The rate limits: True to go on; False when refused (the reply is sent here)."""
+        rates = self._type_rates
+        if mtype is not None and mtype in rates:
+            rate = rates[mtype]
+            suffix = ":" + mtype
+        else:
+            rate = self._default_rate
+            suffix = ""
+        if rate is None:
+            return True
+        identity = f"u:{conn.user_id}" if conn.user_id is not None else f"c:{conn.id}"
+        limiter = self._rate_limiter
+        if isinstance(limiter, LocalRateLimiter):
+            decision = limiter.hit_now(identity + suffix, rate)
+        else:
+            decision = await limiter.hit(identity + suffix, rate)
+        if decision.allowed:
+            if self._refusals:
+                self._refusals.pop(conn.id, None)
+            return True
+        self._stats.rate_limited += 1
+        refusals = self._refusals[conn.id] = self._refusals.get(conn.id, 0) + 1
+        retry_after = math.ceil(decision.retry_after * 1000) / 1000
+        await conn.send(
+            error_message(
+                ErrorCode.RATE_LIMITED,
+                "rate limit exceeded",
+                request_id=request_id,
+                retry_after=retry_after,
+            )
+        )
+        if refusals >= self.options.rate_limit_max_refusals:
+            conn._close_soon(CloseCode.RATE_LIMITED, "rate limit exceeded")
+        return False
+
+    async def _refresh(self, conn: Connection, token: str) -> float | None:
+        auth = self._auth
+        if auth is None:
+            raise ProtocolError(
+                ErrorCode.NOT_PERMITTED, "token refresh is not enabled on this server"
+            )
+        from ._auth import AuthError
+
+        try:
+            claims = await auth.verify(token)
+        except AuthError as e:
+            raise ProtocolError(ErrorCode.NOT_PERMITTED, f"refresh refused: {e.reason}") from None
+        if claims.user_id != conn.user_id:
+            raise ProtocolError(
+                ErrorCode.NOT_PERMITTED, "refresh refused: the token is for another user"
+            )
+        conn.state["claims"] = claims
+        conn.expires_at = auth.deadline(claims)
+        self._schedule_expiry(conn)
+        await trio.lowlevel.checkpoint()
+        return claims.expires_at
+
+    def _schedule_expiry(self, conn: Connection) -> None:
+        expires_at = conn.expires_at
+        if expires_at is None:
+            return
+        deadline = trio.current_time() + (expires_at - time.time())
+        self._expiry_seq += 1
+        heap = self._expiries
+        heapq.heappush(heap, (deadline, self._expiry_seq, conn.id, expires_at))
+        if len(heap) > 2 * len(self._connections) + 64:
+            # Entries of closed or refreshed connections wait for their deadline otherwise:
+            # with long tokens and churn they would pile up. Amortized O(1) per push.
+            connections = self._connections
+            heap[:] = [
+                e for e in heap if (c := connections.get(e[2])) is not None and c.expires_at == e[3]
+            ]
+            heapq.heapify(heap)
+        scope = self._expiry_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def _expire_tokens(self) -> None:
+        """The server's one expiry timer: sleeps until the earliest token deadline, closes the
+        connections whose token (still) expired then with 4004. A refresh pushes a new entry;
+        the stale one is skipped when it comes up."""
+        expiries = self._expiries
+        while True:
+            with trio.CancelScope(deadline=expiries[0][0] if expiries else math.inf) as scope:
+                self._expiry_scope = scope
+                await trio.sleep_forever()
+            self._expiry_scope = None
+            now = trio.current_time()
+            while expiries and expiries[0][0] <= now:
+                _, _, conn_id, expires_at = heapq.heappop(expiries)
+                conn = self._connections.get(conn_id)
+                if conn is not None and conn.expires_at == expires_at:
+                    self._stats.tokens_expired += 1
+                    conn._close_soon(CloseCode.TOKEN_EXPIRED, "token expired")
+
     # -- rooms ----------------------------------------------------------------------------------
     async def create_room(
         self,
@@ -736,12 +1034,18 @@ class WebSocketManager:
         max_users: int | None = None,
         persistent: bool = False,
         moderators: Iterable[str] = (),
+        private: bool = False,
     ) -> Room[Connection]:
         """Create a room, or update an existing room's settings. Raises ValueError on bad input.
 
         Non-persistent rooms disappear when their last member leaves; persistent ones stay.
         With a `room_store`, a persistent room's settings are saved first (so a store error
         raises and changes nothing) and it exists again after a restart.
+        A `private` room is joined by clients only with a ``join`` grant on ``room:<name>``
+        from the permission store, or as one of its `moderators`; a refusal reads exactly like
+        the answer for a room that does not exist. `join_room` called by the app is not checked.
+        Private rooms stay when empty (as if persistent) until `delete_room`: otherwise the next
+        join would re-create the room as a public one.
         """
         existing = self._rooms.get(name)
         if self.room_store is not None:
@@ -749,11 +1053,12 @@ class WebSocketManager:
             if persistent:
                 from ._room_store import RoomSettings
 
-                await self.room_store.save(RoomSettings(name, max_users, frozenset(moderators)))
+                moderators = frozenset(moderators)
+                await self.room_store.save(RoomSettings(name, max_users, moderators, private))
             elif existing is not None and existing.persistent:
                 await self.room_store.delete(name)
         room = self._rooms.create(
-            name, max_users=max_users, persistent=persistent, moderators=moderators
+            name, max_users=max_users, persistent=persistent, moderators=moderators, private=private
         )
         await trio.lowlevel.checkpoint()
         return room
@@ -785,6 +1090,13 @@ class WebSocketManager:
         if conn.id not in self._connections:
             await trio.lowlevel.checkpoint()
             return False
+        cap = self.options.max_rooms_per_connection
+        if cap is not None and self._rooms.room_count(conn) >= cap:
+            current = self._rooms.get(room)
+            if current is None or conn not in current.members:
+                raise RoomError(
+                    ErrorCode.LIMIT_EXCEEDED, f"a connection can be in at most {cap} rooms"
+                )
         result = self._rooms.join(conn, room)
         channel = self._room_channel(room)
         if result.first_member:
@@ -984,6 +1296,20 @@ class WebSocketManager:
                 if result.last_member:
                     self.broker.unsubscribe(self._room_channel(room))
                 conn.send_encoded(message)
+
+
+def _type_of(command: Command) -> str:
+    if isinstance(command, ClientMessage):
+        return command.type
+    if isinstance(command, JoinRoom):
+        return "join_room"
+    if isinstance(command, LeaveRoom):
+        return "leave_room"
+    if isinstance(command, Ping):
+        return "ping"
+    if isinstance(command, Kick):
+        return "kick"
+    return "refresh"
 
 
 def _reply(type: str, request_id: str | int | None, **fields: Any) -> dict[str, Any]:

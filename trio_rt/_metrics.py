@@ -536,6 +536,14 @@ class _ManagerCollector(Collector):
         yield counter(
             "trio_rt_heartbeat_timeouts", "Clients closed with 4001.", s.heartbeat_timeouts
         )
+        yield counter(
+            "trio_rt_rate_limited_messages",
+            "Client messages refused by the rate limits.",
+            s.rate_limited,
+        )
+        yield counter(
+            "trio_rt_tokens_expired", "Clients closed with 4004 (token expired).", s.tokens_expired
+        )
         errors = CounterMetricFamily(
             "trio_rt_errors",
             "Errors by kind: handler (app handler raised), protocol (bad client input), "

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 
 from ._outbox import SlowConsumerPolicy
 
 __all__ = ["ServerOptions"]
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+")  # RFC 6454 serialized origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,23 @@ class ServerOptions:
     # Subprotocols the server may select, in the client's order of preference. A browser that
     # offers any subprotocol (e.g. a `bearer.<token>` entry for auth) needs one selected back.
     subprotocols: tuple[str, ...] = ("trio_rt.v1",)
+    # -- security (docs/security.md) --
+    # Messages per rate_limit_period per user (per connection when anonymous); None: no limit.
+    rate_limit: int | None = 100
+    rate_limit_period: float = 60.0
+    rate_limit_burst: int | None = None  # bucket size; default rate_limit
+    # Per message type: its own budget (messages per rate_limit_period) instead of the
+    # default one; None exempts the type. Built-in types count too ("join_room", "ping"...).
+    rate_limits: Mapping[str, int | None] = field(default_factory=dict)
+    rate_limit_max_refusals: int = 20  # refused messages in a row -> close 4029
+    max_connections_per_ip: int | None = None  # per peer address; HTTP 429 beyond
+    max_connections_per_user: int | None = None  # per conn.user_id; HTTP 429 beyond
+    max_rooms_per_connection: int | None = 100
+    max_subscriptions_per_connection: int | None = 100  # table subscriptions
+    # Origin allowlist ("https://app.example.com"); None accepts any Origin. A disallowed
+    # Origin gets HTTP 403 before the upgrade.
+    allowed_origins: tuple[str, ...] | None = None
+    allow_missing_origin: bool = True  # no Origin header: not a browser (browsers always send it)
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -100,6 +120,47 @@ class ServerOptions:
             )
         else:
             object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
+        positive_int("rate_limit", self.rate_limit, allow_none=True)
+        positive_float("rate_limit_period", self.rate_limit_period)
+        positive_int("rate_limit_burst", self.rate_limit_burst, allow_none=True)
+        if not isinstance(self.rate_limits, Mapping) or not all(
+            isinstance(k, str)
+            and k
+            and (v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1))
+            for k, v in self.rate_limits.items()
+        ):
+            errors.append(
+                "rate_limits must map message types to a positive integer or None, "
+                f"not {self.rate_limits!r}"
+            )
+        else:
+            object.__setattr__(self, "rate_limits", MappingProxyType(dict(self.rate_limits)))
+        positive_int("rate_limit_max_refusals", self.rate_limit_max_refusals)
+        positive_int("max_connections_per_ip", self.max_connections_per_ip, allow_none=True)
+        positive_int("max_connections_per_user", self.max_connections_per_user, allow_none=True)
+        positive_int("max_rooms_per_connection", self.max_rooms_per_connection, allow_none=True)
+        positive_int(
+            "max_subscriptions_per_connection",
+            self.max_subscriptions_per_connection,
+            allow_none=True,
+        )
+        if self.allowed_origins is not None:
+            if isinstance(self.allowed_origins, str) or not all(
+                isinstance(o, str) and _ORIGIN.fullmatch(o) for o in self.allowed_origins
+            ):
+                errors.append(
+                    "allowed_origins must be None or a sequence of origins such as "
+                    "'https://app.example.com' (scheme://host[:port]), "
+                    f"not {self.allowed_origins!r}"
+                )
+            else:
+                object.__setattr__(
+                    self, "allowed_origins", tuple(o.lower() for o in self.allowed_origins)
+                )
+        if not isinstance(self.allow_missing_origin, bool):
+            errors.append(
+                f"allow_missing_origin must be True or False, not {self.allow_missing_origin!r}"
+            )
         if errors:
             raise ValueError("invalid WebSocketManager options: " + "; ".join(errors))
         if self.heartbeat_interval is not None and self.heartbeat_timeout is None:

@@ -7,14 +7,16 @@ See docs/protocol.md for the contract with clients.
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Final
 
 __all__ = [
     "MAX_ID_LENGTH",
     "MAX_ROOM_NAME_LENGTH",
+    "MAX_TOKEN_LENGTH",
     "MAX_TYPE_LENGTH",
     "ClientMessage",
     "CloseCode",
@@ -25,6 +27,7 @@ __all__ = [
     "LeaveRoom",
     "Ping",
     "ProtocolError",
+    "Refresh",
     "StreamPosition",
     "Subscribe",
     "Unsubscribe",
@@ -39,6 +42,7 @@ __all__ = [
 MAX_TYPE_LENGTH: Final = 64
 MAX_ROOM_NAME_LENGTH: Final = 128
 MAX_ID_LENGTH: Final = 128
+MAX_TOKEN_LENGTH: Final = 8192  # a `refresh` token; TokenVerifier has its own (same default)
 # Room names are identifiers shared with Redis channels and Cassandra keys: keep them printable,
 # without whitespace or control characters. Letters of any script are allowed.
 _ROOM_NAME = re.compile(r"[^\s\x00-\x1f\x7f]+")
@@ -58,7 +62,8 @@ class ErrorCode(StrEnum):
     ROOM_FULL = "room_full"
     NOT_IN_ROOM = "not_in_room"
     NOT_PERMITTED = "not_permitted"
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # carries `retry_after` (seconds)
+    LIMIT_EXCEEDED = "limit_exceeded"  # a per-connection cap (rooms, subscriptions)
     INTERNAL_ERROR = "internal_error"
 
 
@@ -79,6 +84,8 @@ class CloseCode(IntEnum):
     FORBIDDEN = (
         4003  # authentication/authorization failure: do not reconnect with the same credentials
     )
+    TOKEN_EXPIRED = 4004  # the connection's token expired without an in-band refresh
+    RATE_LIMITED = 4029  # sustained abuse of the rate limits: reconnect later, slower
 
 
 class ProtocolError(Exception):
@@ -203,10 +210,20 @@ class Unsubscribe:
     request_id: str | int | None = None
 
 
-Command = JoinRoom | LeaveRoom | Ping | Kick | History | Subscribe | Unsubscribe | ClientMessage
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """The client sends a fresh token for its connection (in-band re-authentication)."""
+
+    token: str = field(repr=False)
+    request_id: str | int | None = None
+
+
+Command = (
+    JoinRoom | LeaveRoom | Ping | Kick | Refresh | History | Subscribe | Unsubscribe | ClientMessage
+)
 
 BUILTIN_TYPES: Final = frozenset(
-    {"join_room", "leave_room", "ping", "kick", "history", "subscribe", "unsubscribe"}
+    {"join_room", "leave_room", "ping", "kick", "refresh", "history", "subscribe", "unsubscribe"}
 )
 DEFAULT_HISTORY_LIMIT: Final = 50
 
@@ -275,7 +292,7 @@ def parse(frame: str | bytes) -> Command:
             ErrorCode.UNSUPPORTED_DATA, "binary frames are not supported; send JSON text frames"
         )
     try:
-        obj = json.loads(frame)
+        obj = json.loads(frame, parse_float=_finite_float, parse_constant=_no_constant)
     except RecursionError:
         raise ProtocolError(ErrorCode.INVALID_JSON, "JSON is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and int too long to convert
@@ -360,7 +377,32 @@ def parse(frame: str | bytes) -> Command:
                 request_id=request_id,
             )
         return Kick(room, user_id, request_id)
+    if mtype == "refresh":
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "'token' must be a non-empty string", request_id=request_id
+            )
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"'token' is longer than {MAX_TOKEN_LENGTH} characters",
+                request_id=request_id,
+            )
+        return Refresh(token, request_id)
     return ClientMessage(mtype, obj, request_id)
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 would become inf: nothing the server could send back (encode refuses it).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python-only extensions
 
 
 def _json_kind(obj: object) -> str:
@@ -379,11 +421,16 @@ def encode(message: dict[str, Any]) -> bytes:
     """Serialize a server message to the UTF-8 bytes of one text frame's payload.
 
     Raises TypeError or ValueError for data JSON cannot represent (NaN is refused: browsers'
-    JSON.parse rejects it).
+    JSON.parse rejects it). Strings with lone surrogates (a client may send "\\ud800") go out
+    as JSON escapes, the way they came in: the frame stays valid UTF-8.
     """
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(
+            message, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        ).encode("ascii")
 
 
 def error_message(

@@ -19,6 +19,7 @@ class RoomSettings:
     name: str
     max_users: int | None = None
     moderators: frozenset[str] = frozenset()
+    private: bool = False
 
 
 class RoomStore(abc.ABC):

@@ -34,6 +34,7 @@ class Room(Generic[M]):
     max_users: int | None = None
     persistent: bool = False
     moderators: frozenset[str] = frozenset()
+    private: bool = False  # clients join only with a `join` grant (or as a moderator)
     members: set[M] = field(default_factory=set)
 
     @property
@@ -75,6 +76,7 @@ class RoomRegistry(Generic[M]):
         max_users: int | None = None,
         persistent: bool = False,
         moderators: Iterable[str] = (),
+        private: bool = False,
     ) -> Room[M]:
         """Create a room, or update the settings of an existing one (members are kept).
 
@@ -96,12 +98,13 @@ class RoomRegistry(Generic[M]):
             raise ValueError("moderators must be non-empty strings")
         room = self._rooms.get(name)
         if room is None:
-            room = Room(name, max_users, persistent, mods)
+            room = Room(name, max_users, persistent, mods, bool(private))
             self._rooms[name] = room
         else:
             room.max_users = max_users
             room.persistent = persistent
             room.moderators = mods
+            room.private = bool(private)
         return room
 
     def get(self, name: str) -> Room[M] | None:
@@ -152,7 +155,8 @@ class RoomRegistry(Generic[M]):
         room.members.discard(member)
         self._forget(member, name)
         last = not room.members
-        removed = last and not room.persistent
+        # A private room never disappears by itself: the next join would re-create it public.
+        removed = last and not room.persistent and not room.private
         if removed:
             del self._rooms[name]
         return LeaveResult(left=True, last_member=last, removed=removed)
@@ -171,6 +175,11 @@ class RoomRegistry(Generic[M]):
     def is_moderator(self, name: str, user_id: str | None) -> bool:
         room = self._rooms.get(name)
         return room is not None and user_id is not None and user_id in room.moderators
+
+    def room_count(self, member: M) -> int:
+        """Number of rooms `member` is in."""
+        names = self._memberships.get(member)
+        return len(names) if names is not None else 0
 
     def member_count(self) -> int:
         """Number of members with at least one room."""

@@ -22,6 +22,8 @@ them outlives the block. See docs/client.md for the full contract; the short ver
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import enum
 import inspect
@@ -30,6 +32,7 @@ import logging
 import math
 import random
 import ssl as ssl_module
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +72,7 @@ Message: TypeAlias = dict[str, Any]
 
 HeadersLike: TypeAlias = Mapping[str, str] | Sequence[tuple[str, str]]
 HeadersProvider: TypeAlias = Callable[[], Awaitable[HeadersLike] | HeadersLike]
+TokenProvider: TypeAlias = Callable[[], Awaitable[str] | str]
 OverflowPolicy: TypeAlias = Literal["raise", "drop_oldest", "wait"]
 EventType: TypeAlias = Literal[
     "connected", "disconnected", "reconnecting", "rejoin_failed", "recovery_failed", "closed"
@@ -90,7 +94,8 @@ DEFAULT_FATAL_CLOSE_CODES: Final[frozenset[int]] = frozenset(
 """Close codes after which the client gives up instead of reconnecting.
 
 Everything else reconnects, notably 1000, 1001 (server going away / restarting), 1006 (the TCP
-connection dropped), 1011, 1012-1014, 4000 (slow consumer) and 4001 (heartbeat timeout)."""
+connection dropped), 1011, 1012-1014, 4000 (slow consumer), 4001 (heartbeat timeout), 4004 (token
+expired: the reconnect takes a fresh token from the provider) and 4029 (rate-limited abuse)."""
 
 DEFAULT_RETRYABLE_HTTP_STATUSES: Final[frozenset[int]] = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses of a refused handshake that are worth retrying (server full, restarting...).
@@ -271,6 +276,24 @@ def _encode(message: Mapping[str, Any]) -> str:
     return json.dumps(dict(message), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _token_exp(token: str | None) -> float | None:
+    """The `exp` claim of a JWT, read without verifying anything (the server verifies); None
+    when the token is not a JWT or has no numeric `exp`."""
+    if token is None:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return None
+    return float(exp)
+
+
 def _decode(raw: str | bytes) -> Message | None:
     try:
         value = json.loads(raw)
@@ -384,6 +407,7 @@ class ClientStats:
     dropped: int = 0  # queued messages discarded by the "drop_oldest" overflow policy
     lost: int = 0  # messages whose write failed because the connection broke (not resent)
     discarded: int = 0  # messages still queued when the client closed
+    refreshes: int = 0  # fresh tokens sent in-band (`refresh`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,6 +505,8 @@ class _Session:
     close_exc: ConnectionClosed | None = None
     close_requested: bool = False
     writing: bool = False
+    token_expires_at: float | None = None  # `exp` of the token this connection runs on
+    refresh_ids: set[str] = field(default_factory=set)  # in-band refreshes awaiting a reply
 
 
 @dataclass(slots=True)
@@ -543,7 +569,15 @@ class WebSocketClient:
         receive_buffer: capacity of the receive buffer, in messages. When it is full the reader
             stops reading (backpressure up to the server; nothing is dropped).
         headers: extra HTTP headers for the handshake: a mapping, or a callable (sync or async)
-            returning one, called before every connection attempt (e.g. a token provider).
+            returning one, called before every connection attempt.
+        token: a bearer token (JWT) for the handshake: a string, or a callable (sync or async)
+            returning one, called before every connection attempt and sent as
+            ``Authorization: Bearer <token>`` (do not also set that header in ``headers``).
+        refresh_margin: with a callable ``token``, seconds before the current token's ``exp``
+            (read from the token, unverified) at which the client calls the provider again and
+            sends the fresh token in-band (``refresh``), so the server does not close the
+            connection with 4004. ``None`` disables in-band refresh (a 4004 close still
+            reconnects with a fresh token).
         on_connect: hook called (sync or async) with a :class:`ConnectInfo` after every welcome,
             once the rooms' join requests are sent; the messages it returns are sent right
             away, before the outbox (e.g. a request to replay missed messages).
@@ -574,6 +608,8 @@ class WebSocketClient:
         overflow: OverflowPolicy = "raise",
         receive_buffer: int = 1000,
         headers: HeadersLike | HeadersProvider | None = None,
+        token: str | TokenProvider | None = None,
+        refresh_margin: float | None = 30.0,
         on_connect: ConnectHook | None = None,
         is_fatal: Callable[[BaseException], bool] = default_is_fatal,
         compression: bool = True,
@@ -610,6 +646,12 @@ class WebSocketClient:
             raise ValueError("open_timeout must be None or > 0")
         if not close_timeout > 0:
             raise ValueError("close_timeout must be > 0")
+        if token is not None and not callable(token) and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty string or a callable returning one")
+        if refresh_margin is not None and not (
+            isinstance(refresh_margin, int | float) and refresh_margin >= 0
+        ):
+            raise ValueError("refresh_margin must be None or a number of seconds >= 0")
 
         self._rng = rng if rng is not None else random.Random()
         self.urls: tuple[str, ...] = urls
@@ -629,6 +671,8 @@ class WebSocketClient:
         self._queue_size = queue_size
         self._overflow = overflow
         self._headers = headers
+        self._token = token
+        self._refresh_margin = refresh_margin
         self._on_connect = on_connect
         self._is_fatal = is_fatal
         self._compression = compression
@@ -1125,8 +1169,13 @@ class WebSocketClient:
             self._attempt_scope = scope
             try:
                 headers = await self._resolve_headers()
+                token = await self._resolve_token()
+                if token is not None:
+                    base = list(headers.items() if isinstance(headers, Mapping) else headers or ())
+                    headers = [*base, ("Authorization", f"Bearer {token}")]
                 async with self._connect(headers) as ws:
                     session = self._session = _Session(ws)
+                    session.token_expires_at = _token_exp(token)
                     await self._run_session(session, scope, outcome, number)
             except Exception as exc:
                 outcome.error = exc
@@ -1173,6 +1222,51 @@ class WebSocketClient:
             return await result
         return result
 
+    async def _resolve_token(self) -> str | None:
+        provider = self._token
+        if provider is None or isinstance(provider, str):
+            return provider
+        result = provider()
+        token = await result if inspect.isawaitable(result) else result
+        if not isinstance(token, str) or not token:
+            raise TypeError("the token provider must return a non-empty string")
+        return token
+
+    async def _refresh_loop(self, session: _Session) -> None:
+        """While connected: shortly before the token expires, get a fresh one and send it
+        in-band. Stops after a refusal (the server then closes with 4004 at expiry and the
+        reconnect takes a fresh token) or when the token has no readable `exp`."""
+        margin = self._refresh_margin
+        assert margin is not None
+        ws = session.ws
+        while True:
+            exp = session.token_expires_at
+            if exp is None:
+                return
+            await trio.sleep(max(0.0, exp - margin - time.time()))
+            if session.token_expires_at != exp:
+                continue  # moved meanwhile
+            try:
+                token = await self._resolve_token()
+            except Exception:
+                log.exception("the token provider failed; not refreshing in-band")
+                session.token_expires_at = None
+                return
+            assert token is not None
+            new_exp = _token_exp(token)
+            if new_exp is None or new_exp <= exp:
+                log.warning("the token provider returned no fresher token; not refreshing")
+                session.token_expires_at = None
+                return
+            rid = self._next_request_id()
+            session.refresh_ids.add(rid)
+            session.token_expires_at = new_exp  # until the reply says otherwise
+            try:
+                await ws.send(_encode({"type": "refresh", "token": token, "id": rid}))
+            except ConnectionClosed:
+                return
+            self.stats.refreshes += 1
+
     async def _run_session(
         self, session: _Session, scope: trio.CancelScope, outcome: _Outcome, number: int
     ) -> None:
@@ -1203,6 +1297,8 @@ class WebSocketClient:
                     await self._emit(ClientEvent("rejoin_failed", room=room, error=error))
                 await self._emit(ClientEvent("connected", attempt=number, welcome=welcome))
                 nursery.start_soon(self._write_loop, session)
+                if callable(self._token) and self._refresh_margin is not None:
+                    nursery.start_soon(self._refresh_loop, session)
                 while not session.reader_done and not session.close_requested:
                     await self._changed.wait()
                 if session.close_requested and not session.reader_done:
@@ -1397,6 +1493,12 @@ class WebSocketClient:
             return True
         mtype = message["type"]
         rid = message.get("id")
+        if rid in session.refresh_ids and mtype in ("refreshed", "error"):
+            session.refresh_ids.discard(rid)
+            if mtype == "error":
+                log.warning("in-band token refresh refused: %s", message.get("message"))
+                session.token_expires_at = None  # the reconnect after 4004 takes a fresh token
+            return True
         if (
             isinstance(rid, str)
             and mtype in ("room_joined", "room_left", "error")

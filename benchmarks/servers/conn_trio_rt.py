@@ -35,6 +35,7 @@ async def main(host: str, port: int, heartbeat: float | None, compression: bool)
         heartbeat_interval=heartbeat,
         compression=compression,
         max_connections=None,
+        rate_limit=None,  # a load test, not abuse
     )
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:

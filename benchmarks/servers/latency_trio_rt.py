@@ -28,7 +28,11 @@ ROOM = "bench"
 
 async def main(host: str, port: int, compression: bool) -> None:
     manager = WebSocketManager(
-        host=host, port=port, compression=compression, heartbeat_interval=None
+        host=host,
+        port=port,
+        compression=compression,
+        heartbeat_interval=None,
+        rate_limit=None,  # a load test, not abuse
     )
 
     @manager.on_message("bench_start")

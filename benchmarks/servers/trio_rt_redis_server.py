@@ -33,6 +33,7 @@ async def main(host: str, port: int, redis_url: str) -> None:
         compression=False,
         heartbeat_interval=None,
         broker=RedisBroker(redis_url),
+        rate_limit=None,  # a load test, not abuse
     )
 
     @manager.on_message("bench_start")

@@ -25,7 +25,13 @@ ROOM = "bench"
 
 
 async def main(host: str, port: int) -> None:
-    manager = WebSocketManager(host=host, port=port, compression=False, heartbeat_interval=None)
+    manager = WebSocketManager(
+        host=host,
+        port=port,
+        compression=False,
+        heartbeat_interval=None,
+        rate_limit=None,  # a load test, not abuse
+    )
 
     @manager.on_message("bench_start")
     async def start(conn: Any, message: dict[str, Any]) -> None:

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from trio_rt import Connection, ErrorCode, ProtocolError, WebSocketManager
+from trio_rt import Connection, ErrorCode, MemoryPermissionStore, ProtocolError, WebSocketManager
 
-# Stands in for the seed's hasPermission(); see docs/security.md.
-PERMISSIONS = {("ann", "posts", "read")}
-
-
-async def has_permission(user_id: str | None, resource: str, action: str) -> bool:
-    return (user_id, resource, action) in PERMISSIONS
+# The seed's hasPermission(): a PermissionStore behind manager.authorize (docs/security.md).
+# CassandraPermissionStore keeps the same grants in the seed's UserPermission table.
+PERMISSIONS = MemoryPermissionStore()
+PERMISSIONS.grant("ann", "table:posts", "read")
+PERMISSIONS.grant("*", "room:*", "broadcast")
 
 
 def build_app(**options: object) -> WebSocketManager:
-    ws_manager = WebSocketManager(**options)  # type: ignore[arg-type]
+    ws_manager = WebSocketManager(permissions=PERMISSIONS, **options)  # type: ignore[arg-type]
 
     @ws_manager.on_connection
     async def identify(ws: Connection) -> None:
@@ -48,7 +47,7 @@ def build_app(**options: object) -> WebSocketManager:
         table = payload.get("table") if isinstance(payload, dict) else None
         if not isinstance(table, str):
             raise ProtocolError(ErrorCode.INVALID_FIELD, "'payload.table' must be a string")
-        if not await has_permission(ws.user_id, table, "read"):
+        if not await ws_manager.authorize(ws, f"table:{table}", "read"):
             raise ProtocolError(ErrorCode.NOT_PERMITTED, "Insufficient permissions")
         await ws.send({"type": "query_result", "table": table, "rows": []})
 

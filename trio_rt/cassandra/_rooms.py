@@ -13,7 +13,7 @@ _IDENT = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
 
 class CassandraRoomStore(RoomStore):
-    """Table ``trio_rt_rooms`` (name PRIMARY KEY, max_users, moderators set<text>) in
+    """Table ``trio_rt_rooms`` (name PRIMARY KEY, max_users, moderators set<text>, private) in
     `keyspace`. Call `create_schema()` once (idempotent). `load` reads the whole table: it is
     meant for hundreds or thousands of persistent rooms, not millions."""
 
@@ -26,25 +26,25 @@ class CassandraRoomStore(RoomStore):
     async def create_schema(self) -> None:
         await self.session.execute(
             f"CREATE TABLE IF NOT EXISTS {self.keyspace}.trio_rt_rooms ("
-            "name text PRIMARY KEY, max_users int, moderators set<text>)"
+            "name text PRIMARY KEY, max_users int, moderators set<text>, private boolean)"
         )
 
     async def load(self) -> list[RoomSettings]:
         out = []
         async for row in self.session.iterate(
-            f"SELECT name, max_users, moderators FROM {self.keyspace}.trio_rt_rooms",
+            f"SELECT name, max_users, moderators, private FROM {self.keyspace}.trio_rt_rooms",
             page_size=1000,
         ):
-            out.append(
-                RoomSettings(row["name"], row["max_users"], frozenset(row["moderators"] or ()))
-            )
+            moderators = frozenset(row["moderators"] or ())
+            private = bool(row["private"])
+            out.append(RoomSettings(row["name"], row["max_users"], moderators, private))
         return out
 
     async def save(self, settings: RoomSettings) -> None:
         await self.session.execute(
-            f"INSERT INTO {self.keyspace}.trio_rt_rooms (name, max_users, moderators) "
-            "VALUES (?, ?, ?)",
-            (settings.name, settings.max_users, set(settings.moderators)),
+            f"INSERT INTO {self.keyspace}.trio_rt_rooms (name, max_users, moderators, private) "
+            "VALUES (?, ?, ?, ?)",
+            (settings.name, settings.max_users, set(settings.moderators), settings.private),
         )
 
     async def delete(self, name: str) -> None:

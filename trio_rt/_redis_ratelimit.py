@@ -1,0 +1,130 @@
+"""RedisRateLimiter: the token buckets of `trio_rt._ratelimit`, shared by every server on Redis.
+
+One Lua script per message: it reads the bucket (a hash with `tokens` and `ts`), refills it
+on Redis's clock (``TIME``: servers with skewed clocks agree), takes one token or computes
+`retry_after`, writes it back and sets an expiry for when the bucket would be full again (a
+full bucket carries no information). Atomic, so concurrent messages of one user on several
+servers never both take the last token.
+
+Cost: one Redis round trip and one Trio/asyncio crossing per message (docs/security.md).
+
+Redis unreachable: the limiter fails open to a per-process `LocalRateLimiter` with the same
+rates (logged once per outage), so an outage neither stops every client nor lifts the limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+import trio_asyncio
+
+from ._ratelimit import Decision, LocalRateLimiter, Rate
+
+__all__ = ["RedisRateLimiter"]
+
+log = logging.getLogger("trio_rt.ratelimit")
+
+# KEYS[1]: the bucket. ARGV: capacity, tokens per millisecond.
+# Returns {allowed (0/1), retry_after in seconds as a string} (Lua numbers would be truncated).
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1])
+local ts = tonumber(b[2])
+if tokens == nil or ts == nil then
+  tokens = cap
+  ts = now
+end
+tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local retry = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  retry = (1 - tokens) / rate / 1000
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((cap - tokens) / rate) + 1000)
+return {allowed, tostring(retry)}
+"""
+
+
+class RedisRateLimiter:
+    """Rate-limit buckets in Redis: ``WebSocketManager(rate_limiter=RedisRateLimiter(url))``.
+
+    Keys are ``<prefix><identity>[:<type>]`` (identity ``u:<user>`` or ``c:<connection>``).
+    With `cluster=True`, `url` names any node of a Redis Cluster: each bucket is one key, so
+    the script runs on the shard that owns it. The manager opens the trio-asyncio loop this
+    runs in and calls `aclose` when it stops.
+    """
+
+    needs_asyncio = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "trio_rt:rl:",
+        cluster: bool = False,
+        socket_timeout: float = 2.0,
+    ) -> None:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"not a Redis URL: {url!r}")
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be a string")
+        self.url = url
+        self.prefix = prefix
+        self.cluster = cluster
+        self._socket_timeout = socket_timeout
+        self._client: Any = None
+        self._script: Any = None
+        self._fallback = LocalRateLimiter()
+        self._down = False
+        self.failures = 0  # calls answered by the local fallback because Redis failed
+
+    async def hit(self, key: str, rate: Rate) -> Decision:
+        try:
+            decision: Decision = await trio_asyncio.aio_as_trio(self._take)(self.prefix + key, rate)
+            return decision
+        except Exception as exc:
+            self.failures += 1
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "rate limiter: Redis at %s failed (%r); limiting locally", self.url, exc
+                )
+            return self._fallback.hit_now(key, rate)
+
+    async def _take(self, key: str, rate: Rate) -> Decision:
+        if self._client is None:
+            factory = aioredis.RedisCluster if self.cluster else aioredis.Redis
+            self._client = factory.from_url(
+                self.url,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+            )
+            self._script = self._client.register_script(_TAKE)
+        allowed, retry = await self._script(
+            keys=[key], args=[rate.capacity, rate.per_second / 1000.0]
+        )
+        if self._down:
+            self._down = False
+            log.warning("rate limiter: Redis at %s answers again", self.url)
+        if int(allowed):
+            return Decision(True)
+        return Decision(False, float(retry))
+
+    async def aclose(self) -> None:
+        """Close the Redis connections (inside the trio-asyncio loop)."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await trio_asyncio.aio_as_trio(client.aclose)()
+            except Exception:
+                log.debug("error while closing the rate limiter's Redis client", exc_info=True)
