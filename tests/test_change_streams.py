@@ -23,6 +23,7 @@ from trio_rt._redis_streams import RedisSequencer
 from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamStore
 from trio_rt.cassandra import CassandraSession, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
+from trio_rt.testing.services import CassandraEndpoint
 
 from .conftest import client, wait_until
 
@@ -257,6 +258,47 @@ async def test_a_slow_batch_is_delivered_in_order_when_it_lands(
             await wait_until(lambda: len(recorder.events) == 4, GUARD)
     assert [e.data["id"] for e in recorder.events] == [1, 2, 3, 4]
     assert changes.stats["skipped_holes"] == 0
+
+
+async def test_a_writer_killed_between_write_and_notification(
+    session: CassandraSession,
+    keyspace: str,
+    redis_url: str,
+    cassandra_endpoint: CassandraEndpoint,
+) -> None:
+    import sys
+
+    from trio_rt import RedisBroker
+
+    table = posts()
+    db = await make_db(session, keyspace)
+    namespace = "k" + keyspace
+    async with trio_asyncio.open_loop():
+        manager = WebSocketManager(
+            host="127.0.0.1", port=0, heartbeat_interval=None, broker=RedisBroker(redis_url)
+        )
+        changes = ChangeStreamManager(
+            db,
+            manager,
+            sequencer=RedisSequencer(redis_url, namespace=namespace),
+            poll_interval=0.2,
+        )
+        await changes.create_schema()
+        recorder = Recorder()
+        async with manager:
+            await changes.watch(table, callback=recorder)
+            await db.insert(table, {"id": 1, "author": "a", "title": "t", "score": 0})
+            endpoint = f"{cassandra_endpoint.host}:{cassandra_endpoint.port}"
+            argv = ["-m", "tests.change_writer", endpoint, redis_url, keyspace, namespace, "2"]
+            result = await trio.run_process([sys.executable, *argv], check=False)
+            assert result.returncode == 17  # it died right after its batch committed
+            # No nudge will come: this server's poll finds the change.
+            with trio.fail_after(GUARD):
+                await wait_until(lambda: len(recorder.events) == 2, GUARD)
+            await db.insert(table, {"id": 3, "author": "a", "title": "t", "score": 0})
+            await wait_until(lambda: len(recorder.events) == 3, GUARD)
+    assert [e.data["id"] for e in recorder.events] == [1, 2, 3]
+    assert recorder.offsets == [1, 2, 3]
 
 
 async def test_a_write_whose_notification_never_comes_is_found_by_polling(
