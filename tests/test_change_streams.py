@@ -92,6 +92,14 @@ async def test_store_contract(store: StreamStore) -> None:
     assert (await restarted.next("s")).position == StreamPosition(12, epoch)
 
 
+async def one_server(db: Database, **options: Any) -> tuple[WebSocketManager, ChangeStreamManager]:
+    """A manager (not serving yet) with a ChangeStreamManager on `db`, schema created."""
+    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
+    changes = ChangeStreamManager(db, manager, **options)
+    await changes.create_schema()
+    return manager, changes
+
+
 # -- helpers ------------------------------------------------------------------------------------
 class Recorder:
     def __init__(self) -> None:
@@ -176,9 +184,7 @@ async def test_a_named_watcher_resumes_after_a_restart_without_loss_or_repeat(
         await trio.lowlevel.checkpoint()
 
     async def run_server(ids: range) -> None:
-        manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
-        changes = ChangeStreamManager(db, manager, tables=[table])
-        await changes.create_schema()
+        manager, changes = await one_server(db, tables=[table])
         db.capture = changes.changelog
         async with manager:
             await changes.watch(table, callback=record, name="indexer")
@@ -207,9 +213,7 @@ async def test_a_clock_stepping_back_keeps_order_and_last_write_wins(
     db = await make_db(session, keyspace)
     now = [1_800_000_000 * 10**9]
     sequencer = MemorySequencer(clock=lambda: now[0])
-    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
-    changes = ChangeStreamManager(db, manager, sequencer=sequencer)
-    await changes.create_schema()
+    manager, changes = await one_server(db, sequencer=sequencer)
     recorder = Recorder()
     async with manager:
         await changes.watch(table, callback=recorder)
@@ -229,9 +233,7 @@ async def test_a_slow_batch_is_delivered_in_order_when_it_lands(
 ) -> None:
     table = posts()
     db = await make_db(session, keyspace)
-    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
-    changes = ChangeStreamManager(db, manager, poll_interval=0.05)
-    await changes.create_schema()
+    manager, changes = await one_server(db, poll_interval=0.05)
     recorder = Recorder()
     release = trio.Event()
     real_prepare = changes.changelog.prepare
@@ -306,9 +308,7 @@ async def test_a_write_whose_notification_never_comes_is_found_by_polling(
 ) -> None:
     table = posts()
     db = await make_db(session, keyspace)
-    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
-    changes = ChangeStreamManager(db, manager, poll_interval=0.1)
-    await changes.create_schema()
+    manager, changes = await one_server(db, poll_interval=0.1)
     recorder = Recorder()
     # Another process wrote and died before notifying anyone: a capture with no notify.
     silent = Database(session, keyspace)
@@ -333,9 +333,7 @@ async def test_subscriptions_filters_permissions_and_recovery(
     def may_read(conn: Any, table_name: str, action: str) -> bool:
         return table_name != "secrets"
 
-    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
-    changes = ChangeStreamManager(db, manager, tables=[table, secret], has_permission=may_read)
-    await changes.create_schema()
+    manager, changes = await one_server(db, tables=[table, secret], has_permission=may_read)
     async with manager:
         async with client(manager) as c:
             bad = await c.request({"type": "subscribe", "table": "posts", "filters": {"nope": 1}})
@@ -400,9 +398,7 @@ async def test_python_client_renews_subscriptions_and_recovers(
 
     table = posts()
     db = await make_db(session, keyspace)
-    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
-    changes = ChangeStreamManager(db, manager, tables=[table])
-    await changes.create_schema()
+    manager, changes = await one_server(db, tables=[table])
     async with manager, WebSocketClient(manager.url, initial_delay=0.01) as c:
         key = c.subscribe("posts", {"author": "ann"})
         await wait_until(lambda: changes.subscription_count() == 1, GUARD)

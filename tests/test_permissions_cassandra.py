@@ -11,17 +11,8 @@ import pytest
 
 from trio_rt import CassandraPermissionStore, Connection, PermissionStore, WebSocketManager
 from trio_rt.cassandra import CassandraSession
-from trio_rt.testing.pytest_plugin import CassandraEndpoint
 
 from .conftest import client
-
-
-@pytest.fixture
-async def session(cassandra_endpoint: CassandraEndpoint) -> AsyncIterator[CassandraSession]:
-    async with CassandraSession.connect(
-        [cassandra_endpoint.host], port=cassandra_endpoint.port
-    ) as s:
-        yield s
 
 
 @pytest.fixture
