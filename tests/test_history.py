@@ -38,6 +38,19 @@ async def test_room_messages_carry_positions_and_history_pages(make_manager: Any
             {"type": "history", "room": "r", "limit": 10, "before": page["messages"][0]["position"]}
         )
         assert [m["n"] for m in older["messages"]] == [0, 1, 2]
+        newer = await c.request(
+            {"type": "history", "room": "r", "limit": 2, "after": older["messages"][0]["position"]}
+        )
+        assert [m["n"] for m in newer["messages"]] == [1, 2]
+        both = await c.request(
+            {
+                "type": "history",
+                "room": "r",
+                "before": {"offset": 1, "epoch": epoch},
+                "after": {"offset": 1, "epoch": epoch},
+            }
+        )
+        assert both["code"] == "invalid_field" and "not both" in both["message"]
         # Not a member of the room: no history.
         other = await c.request({"type": "history", "room": "elsewhere"})
         assert other["type"] == "error" and other["code"] == "not_in_room"

@@ -95,14 +95,25 @@ class RoomHistory:
         return await recover(self.store, stream, since, current, limit=self.recovery_limit)
 
     async def page(
-        self, room: str, limit: int, before: StreamPosition | None
+        self,
+        room: str,
+        limit: int,
+        before: StreamPosition | None,
+        after: StreamPosition | None = None,
     ) -> tuple[list[StreamEntry], StreamPosition]:
-        """Up to `limit` messages (at most `max_page`), oldest first, before `before` if given.
-        A `before` of another epoch returns nothing."""
+        """Up to `limit` messages (at most `max_page`), oldest first: the latest, those just
+        before `before`, or those just after `after`. A position of another epoch returns
+        nothing."""
         stream = self.stream(room)
         current = await self.sequencer.current(stream)
-        if before is not None and before.epoch != current.epoch:
+        given = before if before is not None else after
+        if given is not None and given.epoch != current.epoch:
             return [], current
+        if after is not None:
+            entries = await self.store.read(
+                stream, current.epoch, after.offset, min(limit, self.max_page)
+            )
+            return entries, current
         entries = await self.store.latest(
             stream,
             current.epoch,

@@ -859,7 +859,9 @@ class WebSocketManager:
             raise RoomError(
                 ErrorCode.NOT_IN_ROOM, f"join room {command.room!r} to read its history"
             )
-        entries, current = await history.page(command.room, command.limit, command.before)
+        entries, current = await history.page(
+            command.room, command.limit, command.before, command.after
+        )
         # The stored messages are JSON already: splice them in rather than parse and re-encode.
         head = _reply("history", command.request_id, room=command.room)
         head["position"] = current.to_json()

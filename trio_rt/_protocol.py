@@ -186,12 +186,14 @@ class Kick:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """Stored messages of a room: the latest `limit`, or the `limit` before `before`."""
+    """Stored messages of a room: the latest `limit`, the `limit` before `before`, or the
+    `limit` after `after` (at most one of the two)."""
 
     room: str
     limit: int
     before: StreamPosition | None = None
     request_id: str | int | None = None
+    after: StreamPosition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,13 +330,24 @@ def parse(frame: str | bytes) -> Command:
                 "'limit' must be an integer from 1 to 1000",
                 request_id=request_id,
             )
-        raw_before = obj.get("before")
+        raw_before, raw_after = obj.get("before"), obj.get("after")
+        if raw_before is not None and raw_after is not None:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "give 'before' or 'after', not both",
+                request_id=request_id,
+            )
         before = (
             None
             if raw_before is None
             else parse_position(raw_before, field="before", request_id=request_id)
         )
-        return History(room, limit, before, request_id)
+        after = (
+            None
+            if raw_after is None
+            else parse_position(raw_after, field="after", request_id=request_id)
+        )
+        return History(room, limit, before, request_id, after)
     if mtype == "subscribe":
         table = _checked_name(
             obj.get("table"),
