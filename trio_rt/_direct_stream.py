@@ -17,17 +17,27 @@ __all__ = ["DirectStream"]
 
 
 class DirectStream(trio.abc.HalfCloseableStream):
-    """Wraps a `trio.SocketStream`; every write of websockets and trio_rt goes through it."""
+    """Wraps a `trio.SocketStream`; every write of websockets and trio_rt goes through it.
+
+    Reads go straight to the inner stream: `receive_some` is the inner stream's bound method,
+    so a connection waiting for data keeps one coroutine frame less alive.
+    """
 
     def __init__(self, inner: trio.SocketStream) -> None:
         self.inner = inner
         self.socket = inner.socket  # websockets reads addresses from stream.socket
-        self._pending = bytearray()  # the tail of a frame the kernel did not take yet
+        self.receive_some = inner.receive_some  # type: ignore[method-assign]
+        self._pending = b""  # the tail of a frame the kernel did not take yet
         self._sending = False
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is being written and nothing waits to be: `send_now` may be called."""
+        return not self._sending and not self._pending
 
     def try_send(self, data: bytes) -> bool:
         """Write `data` now if nothing else is being or waiting to be written.
@@ -37,6 +47,12 @@ class DirectStream(trio.abc.HalfCloseableStream):
         """
         if self._sending or self._pending:
             return False
+        return self.send_now(data)
+
+    def send_now(self, data: bytes) -> bool:
+        """Write `data` with one non-blocking send; keep what the kernel does not take as
+        pending. Only when `idle`. False (and `data` dropped) when the socket is closed or
+        broken: the reader sees the broken connection and ends it."""
         # Ask for the descriptor every time: once the socket is closed its number can belong
         # to another connection, and writing there would hand one client another's data.
         fd = self.socket.fileno()
@@ -47,17 +63,16 @@ class DirectStream(trio.abc.HalfCloseableStream):
         except BlockingIOError:
             sent = 0
         except OSError:
-            return False  # a broken socket: the queued path reports it properly
+            return False
         if sent < len(data):
-            self._pending += data[sent:]
+            self._pending = data[sent:]
         return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._sending = True
         try:
             if self._pending:
-                head = bytes(self._pending)
-                self._pending.clear()
+                head, self._pending = self._pending, b""
                 await self.inner.send_all(head + bytes(data))
             elif data:
                 await self.inner.send_all(data)
@@ -73,8 +88,9 @@ class DirectStream(trio.abc.HalfCloseableStream):
         await self.inner.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self.inner.receive_some(max_bytes)
+        # Replaced per instance by the inner stream's method (see __init__); kept for the ABC.
+        return await self.inner.receive_some(max_bytes)  # pragma: no cover
 
     async def aclose(self) -> None:
-        self._pending.clear()
+        self._pending = b""
         await self.inner.aclose()
