@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
+import pytest
 import trio
 from websockets.trio.client import connect
 
@@ -164,3 +166,19 @@ async def test_a_connection_closed_mid_ping_leaves_the_schedule(make_manager: An
         schedule = manager._heartbeats
         assert schedule is not None
         await wait_until(lambda: schedule.next_time() is None)
+
+
+async def test_gc_freeze_interval_is_opt_in_and_undone_on_exit(make_manager: Any) -> None:
+    with pytest.raises(ValueError, match="gc_freeze_interval"):
+        make_manager(gc_freeze_interval=0)
+    assert gc.get_freeze_count() == 0
+    async with make_manager():  # default: the host's GC is left alone
+        await trio.sleep(0.05)
+        assert gc.get_freeze_count() == 0
+    manager = make_manager(gc_freeze_interval=0.05)
+    async with manager, client(manager) as c:
+        await wait_until(lambda: gc.get_freeze_count() > 0)
+        await trio.sleep(0.6)  # past a 10th round: unfreeze, full collection, freeze again
+        assert gc.get_freeze_count() > 0
+        assert (await c.request({"type": "ping"}))["type"] == "pong"
+    assert gc.get_freeze_count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import json
 import logging
@@ -136,6 +137,10 @@ class _ServerConnection(ServerConnection):
         try:
             await super().handshake(*args, **kwargs)
         finally:
+            # The handshake is over: drop websockets' select_subprotocol closure, a reference
+            # cycle (protocol -> closure -> connection -> protocol) that would leave every
+            # closed connection to the cyclic GC.
+            vars(self.protocol).pop("select_subprotocol", None)
             conn = self.trio_rt_conn
             if self.protocol.state is OPEN:
                 # Nobody reads the response after the handshake; its headers are ~1 KiB a
@@ -404,6 +409,8 @@ class WebSocketManager:
                     )
                     self._heartbeats = schedule
                     nursery.start_soon(self._run_heartbeats, schedule)
+                if o.gc_freeze_interval is not None:
+                    nursery.start_soon(self._run_gc_freezer, o.gc_freeze_interval)
                 listeners = await trio.open_tcp_listeners(o.port, host=o.host)
                 sockname = listeners[0].socket.getsockname()
                 self._address = (str(sockname[0]), int(sockname[1]))
@@ -460,6 +467,33 @@ class WebSocketManager:
                     await self._heartbeat_lot.park()
         finally:
             self._heartbeats = None
+
+    async def _run_gc_freezer(self, interval: float) -> None:
+        """The `gc_freeze_interval` option: keep long-lived objects out of automatic GC runs.
+
+        Every `interval` s: collect generations 0-1, then `gc.freeze()` what survives (the
+        connections, rooms, the app's own long-lived state). Automatic collections then only
+        traverse what is younger than the last freeze: at 10,000 connections a full
+        collection otherwise walks ~1 million objects and blocks the loop for ~1 s, every
+        few seconds (docs/performance.md). Frozen objects are still freed by reference
+        counting; frozen *cyclic* garbage waits for every 10th round, which unfreezes and
+        runs a full collection first. On exit everything is unfrozen (gc.unfreeze()).
+        """
+        rounds = 0
+        try:
+            gc.collect(1)
+            gc.freeze()
+            while True:
+                await trio.sleep(interval)
+                rounds += 1
+                if rounds % 10 == 0:
+                    gc.unfreeze()
+                    gc.collect()
+                else:
+                    gc.collect(1)
+                gc.freeze()
+        finally:
+            gc.unfreeze()
 
     def _heartbeat_add(self, conn: Connection) -> Beat[Connection] | None:
         """Put an opened connection on the heartbeat schedule (None: heartbeats are off)."""
@@ -569,6 +603,7 @@ class WebSocketManager:
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish(conn)
+            ws.trio_rt_conn = None  # no cycle ws <-> conn: refcounting frees both (GC work)
 
     def _default_welcome(self, conn: Connection) -> dict[str, Any]:
         return {

@@ -36,6 +36,11 @@ class ServerOptions:
     # Subprotocols the server may select, in the client's order of preference. A browser that
     # offers any subprotocol (e.g. a `bearer.<token>` entry for auth) needs one selected back.
     subprotocols: tuple[str, ...] = ("trio_rt.v1",)
+    # Process-wide GC tuning, off by default (a library must not surprise its host): while
+    # serving, every this many seconds, collect the young generations and gc.freeze() what
+    # survives, so automatic collections stop traversing long-lived connections; every 10th
+    # time a full collection first (see docs/server.md and docs/performance.md).
+    gc_freeze_interval: float | None = None
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -85,6 +90,7 @@ class ServerOptions:
         positive_float("handshake_timeout", self.handshake_timeout)
         positive_float("close_timeout", self.close_timeout)
         positive_float("shutdown_timeout", self.shutdown_timeout)
+        positive_float("gc_freeze_interval", self.gc_freeze_interval, allow_none=True)
         if self.server_id is not None and (
             not isinstance(self.server_id, str) or not self.server_id
         ):

@@ -28,13 +28,16 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def main(host: str, port: int, heartbeat: float | None, compression: bool) -> None:
+async def main(
+    host: str, port: int, heartbeat: float | None, compression: bool, gc_freeze: float | None
+) -> None:
     manager = WebSocketManager(
         host=host,
         port=port,
         heartbeat_interval=heartbeat,
         compression=compression,
         max_connections=None,
+        gc_freeze_interval=gc_freeze,
     )
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
@@ -56,10 +59,13 @@ def cli() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--heartbeat", type=float, default=None, help="seconds (default off)")
     parser.add_argument("--compression", action="store_true")
+    parser.add_argument(
+        "--gc-freeze", type=float, default=None, help="the gc_freeze_interval option (seconds)"
+    )
     args = parser.parse_args()
     raise_fd_limit()
     try:
-        trio.run(main, args.host, args.port, args.heartbeat, args.compression)
+        trio.run(main, args.host, args.port, args.heartbeat, args.compression, args.gc_freeze)
     except KeyboardInterrupt:
         sys.exit(0)
 
