@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import OPEN
 from websockets.trio.server import ServerConnection
 
 from ._direct_stream import DirectStream
 from ._heartbeat import Beat, HeartbeatSchedule
-from ._outbox import Offer, OutboundMessage, Outbox
+from ._outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from ._protocol import CloseCode, encode
 
 if TYPE_CHECKING:
@@ -85,6 +87,18 @@ class _Headers(Mapping[str, str]):
         return len(set(k.lower() for k in self._h))
 
 
+def shared_deflate_key(extensions: Sequence[Extension]) -> DeflateKey | None:
+    """The parameters of a permessage-deflate without server context takeover, the only
+    extension negotiated: then every message compresses to the same bytes for every
+    connection with these parameters. None otherwise (no extension, or state per connection)."""
+    if len(extensions) != 1:
+        return None
+    ext = extensions[0]
+    if not isinstance(ext, PerMessageDeflate) or not ext.local_no_context_takeover:
+        return None
+    return ext.local_max_window_bits, tuple(sorted(ext.compress_settings.items()))
+
+
 class Connection:
     """A client connection, from its handshake to its end.
 
@@ -119,6 +133,7 @@ class Connection:
         # Set once open when the stream can be written synchronously (plain TCP).
         self._direct: DirectStream | None = None
         self._framed_here = False  # extensions (deflate): frames are built per connection
+        self._deflate_key: DeflateKey | None = None  # deflate without context: shared frames
         self._in_flight = False  # the writer holds a batch it has not finished writing
         self._ping_wanted: bytes | None = None  # a heartbeat ping for the writer to send
         self._beat: Beat[Connection] | None = None  # this connection's heartbeat entry
@@ -177,13 +192,7 @@ class Connection:
         """
         direct = self._direct
         if direct is not None and not self._outbox and self._can_write_now(direct):
-            if self._framed_here:
-                proto = self._ws.protocol
-                proto.send_text(message.payload)
-                data = b"".join(proto.data_to_send())
-            else:
-                data = message.frame
-            if direct.send_now(data):
+            if direct.send_now(self._wire(message)):
                 if direct.pending:
                     self._wake_writer()  # the writer flushes what the kernel left
                 self.messages_out += 1
@@ -238,7 +247,8 @@ class Connection:
                 ws = self._ws
                 if isinstance(ws.stream, DirectStream):
                     self._direct = ws.stream
-                    self._framed_here = bool(ws.protocol.extensions)
+                self._deflate_key = shared_deflate_key(ws.protocol.extensions)
+                self._framed_here = bool(ws.protocol.extensions) and self._deflate_key is None
                 self._beat = manager._heartbeat_add(self)
                 if self._close_code is not None:  # closed during the handshake
                     self._start_close()
@@ -308,18 +318,25 @@ class Connection:
             self.messages_out += len(batch)
             self._manager._stats.messages_out += len(batch)
 
-    def _encode_batch(self, batch: list[OutboundMessage]) -> bytes:
-        """The bytes of `batch` on the wire. Framed per connection (and so only when those bytes
-        are about to be written, in order) when an extension was negotiated."""
-        ws = self._ws
-        if ws.protocol.extensions:
-            proto = ws.protocol
-            for m in batch:
-                proto.send_text(m.payload)
+    def _wire(self, message: OutboundMessage) -> bytes:
+        """The bytes of `message` on this connection's wire. Shared by every recipient (one
+        frame, or one compressed frame per deflate parameter set) unless the connection's
+        extensions keep state between messages: then framed here, so only when those bytes
+        are about to be written, in order."""
+        key = self._deflate_key
+        if key is not None:
+            return message.deflated_frame(key)
+        if self._framed_here:
+            proto = self._ws.protocol
+            proto.send_text(message.payload)
             return b"".join(proto.data_to_send())
+        return message.frame
+
+    def _encode_batch(self, batch: list[OutboundMessage]) -> bytes:
+        """The bytes of `batch` on the wire (see `_wire`)."""
         if len(batch) == 1:
-            return batch[0].frame
-        return b"".join([m.frame for m in batch])
+            return self._wire(batch[0])
+        return b"".join([self._wire(m) for m in batch])
 
     def _wake_writer(self) -> None:
         """Make sure a writer task writes what is queued: start one unless it runs already."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import trio
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response
@@ -422,7 +423,8 @@ class WebSocketManager:
                         ws_serve,
                         self._ws_handler,
                         listeners=listeners,
-                        compression="deflate" if o.compression else None,
+                        compression=None,
+                        extensions=_deflate(o),
                         select_subprotocol=self._select_subprotocol,
                         process_request=self._process_request,
                         server_header="trio_rt",
@@ -915,6 +917,21 @@ class WebSocketManager:
                 if result.last_member:
                     self.broker.unsubscribe(self._room_channel(room))
                 conn.send_encoded(message)
+
+
+def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:
+    """permessage-deflate as websockets configures it by default (window 2^12, memLevel 5),
+    plus server_no_context_takeover when compression_context_takeover is off."""
+    if not o.compression:
+        return None
+    return [
+        ServerPerMessageDeflateFactory(
+            server_no_context_takeover=not o.compression_context_takeover,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+    ]
 
 
 def _reply(type: str, request_id: str | int | None, **fields: Any) -> dict[str, Any]:

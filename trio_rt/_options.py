@@ -23,6 +23,10 @@ class ServerOptions:
     heartbeat_interval: float | None = 30.0  # seconds between pings; None disables heartbeats
     heartbeat_timeout: float | None = None  # seconds to wait for the pong; default = interval
     compression: bool = True  # permessage-deflate
+    # With compression: False makes the server keep no compression context between messages
+    # (server_no_context_takeover in every handshake): a broadcast is then compressed once for
+    # all such clients, and no compressor is kept per connection; messages compress less.
+    compression_context_takeover: bool = True
     max_message_size: int = 1024 * 1024  # bytes of one incoming message; larger -> close 1009
     outbox_size: int = 1024  # messages queued per connection before the slow-consumer policy
     outbox_max_bytes: int = 4 * 1024 * 1024
@@ -75,6 +79,11 @@ class ServerOptions:
         positive_float("heartbeat_timeout", self.heartbeat_timeout, allow_none=True)
         if not isinstance(self.compression, bool):
             errors.append(f"compression must be True or False, not {self.compression!r}")
+        if not isinstance(self.compression_context_takeover, bool):
+            errors.append(
+                "compression_context_takeover must be True or False,"
+                f" not {self.compression_context_takeover!r}"
+            )
         positive_int("max_message_size", self.max_message_size)
         positive_int("outbox_size", self.outbox_size)
         positive_int("outbox_max_bytes", self.outbox_max_bytes)
