@@ -60,13 +60,18 @@ SERVERS: dict[str, str] = {
     "trio_rt": "benchmarks.servers.conn_trio_rt",
     # trio_rt with the gc_freeze_interval option (10 s)
     "trio_rt+gcfreeze": "benchmarks.servers.conn_trio_rt",
+    # trio_rt with compression_context_takeover=False (shared compressed frames)
+    "trio_rt+nocontext": "benchmarks.servers.conn_trio_rt",
     "baseline": "benchmarks.servers.conn_baseline",
     # not a contender: websockets' Trio server without trio_rt (what trio_rt adds to it)
     "websockets_trio": "benchmarks.servers.conn_websockets_trio",
 }
 
 
-SERVER_ARGS: dict[str, list[str]] = {"trio_rt+gcfreeze": ["--gc-freeze", "10"]}
+SERVER_ARGS: dict[str, list[str]] = {
+    "trio_rt+gcfreeze": ["--gc-freeze", "10"],
+    "trio_rt+nocontext": ["--no-context-takeover"],
+}
 
 
 def raise_fd_limit() -> None:

@@ -29,7 +29,12 @@ def raise_fd_limit() -> None:
 
 
 async def main(
-    host: str, port: int, heartbeat: float | None, compression: bool, gc_freeze: float | None
+    host: str,
+    port: int,
+    heartbeat: float | None,
+    compression: bool,
+    gc_freeze: float | None,
+    context_takeover: bool,
 ) -> None:
     manager = WebSocketManager(
         host=host,
@@ -38,6 +43,7 @@ async def main(
         compression=compression,
         max_connections=None,
         gc_freeze_interval=gc_freeze,
+        compression_context_takeover=context_takeover,
     )
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
@@ -62,10 +68,23 @@ def cli() -> None:
     parser.add_argument(
         "--gc-freeze", type=float, default=None, help="the gc_freeze_interval option (seconds)"
     )
+    parser.add_argument(
+        "--no-context-takeover",
+        action="store_true",
+        help="compression_context_takeover=False (shared compressed frames)",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     try:
-        trio.run(main, args.host, args.port, args.heartbeat, args.compression, args.gc_freeze)
+        trio.run(
+            main,
+            args.host,
+            args.port,
+            args.heartbeat,
+            args.compression,
+            args.gc_freeze,
+            not args.no_context_takeover,
+        )
     except KeyboardInterrupt:
         sys.exit(0)
 
