@@ -58,9 +58,19 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 SERVERS: dict[str, str] = {
     "trio_rt": "benchmarks.servers.conn_trio_rt",
+    # trio_rt with the gc_freeze_interval option (10 s)
+    "trio_rt+gcfreeze": "benchmarks.servers.conn_trio_rt",
+    # trio_rt with compression_context_takeover=False (shared compressed frames)
+    "trio_rt+nocontext": "benchmarks.servers.conn_trio_rt",
     "baseline": "benchmarks.servers.conn_baseline",
     # not a contender: websockets' Trio server without trio_rt (what trio_rt adds to it)
     "websockets_trio": "benchmarks.servers.conn_websockets_trio",
+}
+
+
+SERVER_ARGS: dict[str, list[str]] = {
+    "trio_rt+gcfreeze": ["--gc-freeze", "10"],
+    "trio_rt+nocontext": ["--no-context-takeover"],
 }
 
 
@@ -90,13 +100,14 @@ class Stats:
         self.lost = 0
         self.pongs = 0
         self.frames = 0
+        self.ping_intervals: list[float] = []  # seconds between two pings on one connection
         self.errors: list[str] = []
 
 
 class Client(asyncio.Protocol):
     """One WebSocket client: handshake, welcome, pongs; nothing else."""
 
-    __slots__ = ("buf", "closing", "done", "open", "stats", "transport", "welcome")
+    __slots__ = ("buf", "closing", "done", "last_ping", "open", "stats", "transport", "welcome")
 
     def __init__(self, stats: Stats, welcome: asyncio.Future[None], track_done: bool) -> None:
         self.stats = stats
@@ -108,6 +119,7 @@ class Client(asyncio.Protocol):
             welcome.get_loop().create_future() if track_done else None
         )
         self.closing = False
+        self.last_ping = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -145,6 +157,10 @@ class Client(asyncio.Protocol):
             buf = buf[start + length :]
             self.stats.frames += 1
             if opcode == 0x9:
+                now = time.monotonic()
+                if self.last_ping:
+                    self.stats.ping_intervals.append(now - self.last_ping)
+                self.last_ping = now
                 assert self.transport is not None
                 self.transport.write(masked(0xA, payload))
                 self.stats.pongs += 1
@@ -267,6 +283,21 @@ class LoadGen:
         }
 
 
+def percentiles(samples: list[float]) -> dict[str, float | int | None]:
+    values = sorted(samples)
+
+    def pct(p: float) -> float | None:
+        return values[min(len(values) - 1, int(p * len(values)))] if values else None
+
+    return {
+        "n": len(values),
+        "p50": pct(0.5),
+        "p90": pct(0.9),
+        "p99": pct(0.99),
+        "max": values[-1] if values else None,
+    }
+
+
 async def loadgen_main(host: str, port: int) -> None:
     gen = LoadGen(host, port)
     print("READY", flush=True)
@@ -283,6 +314,9 @@ async def loadgen_main(host: str, port: int) -> None:
             print("CHURNED " + json.dumps(result), flush=True)
         elif words[0] == "STATUS":
             print("STATUS " + json.dumps(gen.status()), flush=True)
+        elif words[0] == "INTERVALS":  # ping intervals seen since the last INTERVALS
+            print("INTERVALS " + json.dumps(percentiles(gen.stats.ping_intervals)), flush=True)
+            gen.stats.ping_intervals = []
 
 
 # -- harness ------------------------------------------------------------------------------------
@@ -345,6 +379,12 @@ def server_state(server: Proc) -> dict[str, int]:
     )
 
 
+def gc_stats(server: Proc) -> dict[str, list[float]]:
+    """The server's cyclic-GC counters (servers run under benchmarks.gc_probe with --gc)."""
+    server.popen.send_signal(signal.SIGUSR2)
+    return json.loads(server.out.wait_for("GCSTATS", 30).split(" ", 1)[1])  # type: ignore[no-any-return]
+
+
 def rss(ps: psutil.Process) -> int:
     return int(ps.memory_info().rss)
 
@@ -353,7 +393,9 @@ def one_phase(kind: str, phase: str, args: argparse.Namespace) -> dict[str, Any]
     idle_busy = wait_until_idle(args.max_other, args.wait_idle) if args.wait_idle > 0 else None
     heartbeat = {"hold": 5.0}.get(phase, 20.0)
     deflate = phase == "memory_deflate"
-    server_args = ["-m", SERVERS.get(kind, kind), "--host", args.host, "--port", "0"]
+    probe = ["-m", "benchmarks.gc_probe"] if args.gc else ["-m"]
+    server_args = [*probe, SERVERS.get(kind, kind), "--host", args.host, "--port", "0"]
+    server_args += SERVER_ARGS.get(kind, [])
     server_args += ["--heartbeat", str(heartbeat)] + (["--compression"] if deflate else [])
     server = Proc(server_args, f"{kind} server")
     gen: Proc | None = None
@@ -392,10 +434,20 @@ def one_phase(kind: str, phase: str, args: argparse.Namespace) -> dict[str, Any]
             result.update(open_seconds=opened["seconds"], open_failed=opened["failed"])
             if phase == "hold":
                 s0 = gen.ask("STATUS", "STATUS", 30)
+                gen.ask("INTERVALS", "INTERVALS", 30)  # forget the opening's intervals
+                gc0 = gc_stats(server) if args.gc else None
                 cpu0, busy0, t0 = cpu_seconds(server.ps), machine_busy_seconds(), time.monotonic()
                 time.sleep(args.hold)
                 cpu, busy = cpu_seconds(server.ps) - cpu0, machine_busy_seconds() - busy0
                 wall = time.monotonic() - t0
+                if gc0 is not None:
+                    gc1 = gc_stats(server)
+                    result.update(
+                        gc_cpu_s=sum(gc1[g][1] - gc0[g][1] for g in gc1),
+                        gc_full_collections=gc1["2"][0] - gc0["2"][0],
+                        gc_longest_s=max(v[2] for v in gc1.values()),  # since start
+                    )
+                result["ping_intervals"] = gen.ask("INTERVALS", "INTERVALS", 30)
                 s1 = gen.ask("STATUS", "STATUS", 30)
                 gen_cpu = s1["cpu_s"] - s0["cpu_s"]
                 result.update(
@@ -458,11 +510,19 @@ def describe(r: dict[str, Any]) -> str:
         f" (server sees {r['server_open']})  opened in {r['open_seconds']:.1f} s"
     )
     if r["phase"] == "hold":
+        iv = r["ping_intervals"]
         text += (
             f"  held {r['hold_seconds']:.0f} s: lost {r['lost']}, pings {r['pings_answered']},"
             f" server {r['server_cpu_fraction']:.3f} core ({r['server_cpu_us_per_ping']:.0f}"
             f" us/ping), other {r['other_busy_cores']:.2f}"
         )
+        if iv["n"]:
+            text += f"; ping interval p50 {iv['p50']:.2f} p99 {iv['p99']:.2f} max {iv['max']:.2f} s"
+        if "gc_cpu_s" in r:
+            text += (
+                f"; GC {r['gc_cpu_s']:.2f} s CPU, {r['gc_full_collections']} full,"
+                f" longest {r['gc_longest_s'] * 1000:.0f} ms"
+            )
     return text
 
 
@@ -555,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-other", type=float, default=0.25)
     parser.add_argument("--wait-idle", type=float, default=5.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--gc", action="store_true", help="run servers under benchmarks.gc_probe (GC CPU in hold)"
+    )
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.gc_probe MODULE [server args...]`` runs MODULE as ``__main__`` after
 installing a ``gc.callbacks`` hook. SIGUSR1 resets the counters; SIGUSR2 prints
-``GCSTATS {"0": [collections, CPU seconds], "1": [...], "2": [...]}`` on stdout.
+``GCSTATS {"0": [collections, CPU seconds, longest CPU seconds], "1": [...], "2": [...]}`` on
+stdout. (A server that takes SIGUSR1 for itself, like ``conn_*``, overrides the reset: read two
+reports and subtract.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from types import FrameType
 from typing import Any
 
-_stats: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+_stats: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
 _started = 0.0
 
 
@@ -26,13 +28,15 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
         _started = time.process_time()
     else:
         entry = _stats[info["generation"]]
+        took = time.process_time() - _started
         entry[0] += 1
-        entry[1] += time.process_time() - _started
+        entry[1] += took
+        entry[2] = max(entry[2], took)
 
 
 def _reset(signum: int, frame: FrameType | None) -> None:
     for entry in _stats.values():
-        entry[0], entry[1] = 0, 0.0
+        entry[0], entry[1], entry[2] = 0, 0.0, 0.0
 
 
 def _report(signum: int, frame: FrameType | None) -> None:

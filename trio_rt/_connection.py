@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import OPEN
 from websockets.trio.server import ServerConnection
 
 from ._direct_stream import DirectStream
-from ._outbox import Offer, OutboundMessage, Outbox
+from ._heartbeat import Beat, HeartbeatSchedule
+from ._outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from ._protocol import CloseCode, encode
 
 if TYPE_CHECKING:
@@ -84,6 +87,18 @@ class _Headers(Mapping[str, str]):
         return len(set(k.lower() for k in self._h))
 
 
+def shared_deflate_key(extensions: Sequence[Extension]) -> DeflateKey | None:
+    """The parameters of a permessage-deflate without server context takeover, the only
+    extension negotiated: then every message compresses to the same bytes for every
+    connection with these parameters. None otherwise (no extension, or state per connection)."""
+    if len(extensions) != 1:
+        return None
+    ext = extensions[0]
+    if not isinstance(ext, PerMessageDeflate) or not ext.local_no_context_takeover:
+        return None
+    return ext.local_max_window_bits, tuple(sorted(ext.compress_settings.items()))
+
+
 class Connection:
     """A client connection, from its handshake to its end.
 
@@ -93,9 +108,15 @@ class Connection:
     closes the connection with 4004 unless a `refresh` moves it; None: never; set by
     `JWTAuthenticator`, or by the app's connection handler).
 
-    Sending never waits on the client: `send` serializes the message and queues it in the
-    connection's bounded outbox; the connection's writer task writes it. When the outbox is full
-    the manager's slow-consumer policy applies.
+    Sending never waits on the client: `send` serializes the message and, when the connection
+    is idle, writes it at once with a non-blocking send; otherwise it queues it in the
+    connection's bounded outbox for the connection's writer task. When the outbox is full the
+    manager's slow-consumer policy applies.
+
+    Tasks: the reader runs in the handler task websockets gives the connection. The writer is
+    started (in the connection's nursery) only when something has to wait: a full socket
+    buffer, a write in progress, a TLS stream; it returns once everything is written. The
+    heartbeat is the manager's, one schedule for every connection (`_heartbeat.py`).
     """
 
     def __init__(self, manager: WebSocketManager, ws: ServerConnection) -> None:
@@ -110,17 +131,22 @@ class Connection:
         self._ws = ws
         o = manager.options
         self._outbox = Outbox(o.outbox_size, o.outbox_max_bytes, o.slow_consumer_policy)
-        self._writer_wakeup = trio.lowlevel.ParkingLot()
-        self._writer_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        self._writer_scope: trio.CancelScope | None = None  # set while a writer task runs
+        self._writer_exited: trio.Event | None = None  # created by whoever waits for it
         self._torn_write = False  # a write was cancelled midway: the stream is unusable
-        self._direct: DirectStream | None = None  # set once open, when frames can go direct
+        # Set once open when the stream can be written synchronously (plain TCP).
+        self._direct: DirectStream | None = None
+        self._framed_here = False  # extensions (deflate): frames are built per connection
+        self._deflate_key: DeflateKey | None = None  # deflate without context: shared frames
         self._in_flight = False  # the writer holds a batch it has not finished writing
+        self._ping_wanted: bytes | None = None  # a heartbeat ping for the writer to send
+        self._beat: Beat[Connection] | None = None  # this connection's heartbeat entry
         self._close_code: int | None = None  # set when the server decides to close
         self._close_reason = ""
-        self._closed = trio.Event()
-        self._writer_done = trio.Event()
-        self._stream_closed = trio.Event()
+        self._is_closed = False
+        self._is_stream_closed = False
+        self._stream_closed: trio.Event | None = None  # created by whoever waits for it
         self._closing = False
         self.opened = False
         self._accepted = False  # the connection handlers let it in: disconnect handlers will run
@@ -140,12 +166,12 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._is_closed
 
     @property
     def close_code(self) -> int | None:
         """The close code, once the connection is over (1006 when the TCP connection dropped)."""
-        if not self._closed.is_set():
+        if not self._is_closed:
             return None
         return self._final_close_code()
 
@@ -166,35 +192,30 @@ class Connection:
     def send_encoded(self, message: OutboundMessage) -> bool:
         """Queue an already serialized message without waiting. Returns False if not queued.
 
-        When the connection is idle (nothing queued or being written, no compression), the
-        frame goes straight to the socket without waking the writer task: the common case of a
-        broadcast costs one system call and no task switch.
+        When the connection is idle (nothing queued or being written), the frame goes straight
+        to the socket without waking a writer task: the common case of a broadcast costs one
+        system call and no task switch. With compression the frame is compressed here, in the
+        order of sending.
         """
         direct = self._direct
-        if (
-            direct is not None
-            and not self._outbox
-            and not self._in_flight
-            and not self._outbox.closed
-            and not self._ws.send_lock.locked()
-            and self._ws.protocol.state is OPEN
-            and direct.try_send(message.frame)
-        ):
-            if direct.pending:
-                self._writer_wakeup.unpark_all()  # the writer flushes what the kernel left
-            self.messages_out += 1
-            self._manager._stats.messages_out += 1
-            return True
+        if direct is not None and not self._outbox and self._can_write_now(direct):
+            if direct.send_now(self._wire(message)):
+                if direct.pending:
+                    self._wake_writer()  # the writer flushes what the kernel left
+                self.messages_out += 1
+                self._manager._stats.messages_out += 1
+                return True
+            return False  # a broken socket: the reader sees it and ends the connection
         result = self._outbox.offer(message)
         if result is Offer.QUEUED:
-            self._writer_wakeup.unpark_all()
+            self._wake_writer()
             return True
         if result is Offer.OVERFLOW:
             self._manager._stats.slow_consumers += 1
             self._abort(CloseCode.SLOW_CONSUMER, "slow consumer: outbox full")
         elif result is Offer.DROPPED:
             self._manager._stats.dropped_messages += 1
-            self._writer_wakeup.unpark_all()
+            self._wake_writer()
         return False
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
@@ -214,6 +235,11 @@ class Connection:
             await trio.lowlevel.checkpoint()
             return
         self._start_close()
+        if self._is_stream_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._stream_closed is None:
+            self._stream_closed = trio.Event()
         await self._stream_closed.wait()
 
     def _close_soon(self, code: int, reason: str) -> None:
@@ -229,18 +255,23 @@ class Connection:
 
     # -- lifecycle (called by the manager) ------------------------------------------------------
     async def _run(self) -> None:
-        """Serve the open connection until it ends. Owns the reader, writer and heartbeat."""
+        """Serve the open connection until it ends. Owns its reader and, when one is needed,
+        its writer and closing tasks; registers with the manager's heartbeat schedule."""
+        manager = self._manager
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.opened = True
-                if isinstance(self._ws.stream, DirectStream) and not self._ws.protocol.extensions:
-                    self._direct = self._ws.stream
-                nursery.start_soon(self._writer)
-                if self._manager.options.heartbeat_interval is not None:
-                    nursery.start_soon(self._heartbeat)
+                ws = self._ws
+                if isinstance(ws.stream, DirectStream):
+                    self._direct = ws.stream
+                self._deflate_key = shared_deflate_key(ws.protocol.extensions)
+                self._framed_here = bool(ws.protocol.extensions) and self._deflate_key is None
+                self._beat = manager._heartbeat_add(self)
                 if self._close_code is not None:  # closed during the handshake
                     self._start_close()
+                elif self._outbox:  # the welcome, and what the connection handler queued
+                    self._flush_now()
                 try:
                     await self._reader()
                 finally:
@@ -248,9 +279,15 @@ class Connection:
                     self._nursery = None
                     nursery.cancel_scope.cancel()
         finally:
+            self._stop_heartbeat()
             self._outbox.close()
+            self._set_stream_closed()
+            self._is_closed = True
+
+    def _set_stream_closed(self) -> None:
+        self._is_stream_closed = True
+        if self._stream_closed is not None:
             self._stream_closed.set()
-            self._closed.set()
 
     def _final_close_code(self) -> int:
         if self._close_code is not None:
@@ -273,46 +310,86 @@ class Connection:
             self.messages_in += 1
             await dispatch(self, frame)
 
-    async def _writer(self) -> None:
+    # -- writing ----------------------------------------------------------------------------------
+    def _can_write_now(self, direct: DirectStream) -> bool:
+        """True when bytes may go to the socket right now, without waiting: nothing is being
+        written or waits to be (by the writer, websockets or the kernel), the connection is
+        open and the outbox takes messages."""
+        return (
+            direct.idle
+            and not self._in_flight
+            and not self._outbox.closed
+            and not self._ws.send_lock.locked()
+            and self._ws.protocol.state is OPEN
+        )
+
+    def _flush_now(self) -> None:
+        """Write everything queued now if the connection is idle, else leave it to the writer."""
+        direct = self._direct
+        if direct is None or not self._can_write_now(direct):
+            self._wake_writer()
+            return
+        batch = self._outbox.take_all()
+        if direct.send_now(self._encode_batch(batch)):
+            if direct.pending:
+                self._wake_writer()
+            self.messages_out += len(batch)
+            self._manager._stats.messages_out += len(batch)
+
+    def _wire(self, message: OutboundMessage) -> bytes:
+        """The bytes of `message` on this connection's wire. Shared by every recipient (one
+        frame, or one compressed frame per deflate parameter set) unless the connection's
+        extensions keep state between messages: then framed here, so only when those bytes
+        are about to be written, in order."""
+        key = self._deflate_key
+        if key is not None:
+            return message.deflated_frame(key)
+        if self._framed_here:
+            proto = self._ws.protocol
+            proto.send_text(message.payload)
+            return b"".join(proto.data_to_send())
+        return message.frame
+
+    def _encode_batch(self, batch: list[OutboundMessage]) -> bytes:
+        """The bytes of `batch` on the wire (see `_wire`)."""
+        if len(batch) == 1:
+            return self._wire(batch[0])
+        return b"".join([self._wire(m) for m in batch])
+
+    def _wake_writer(self) -> None:
+        """Make sure a writer task writes what is queued: start one unless it runs already."""
+        if self._writer_scope is not None or self._nursery is None:
+            return  # running (it loops until nothing is left), or the connection is ending
+        self._writer_scope = trio.CancelScope()
+        self._nursery.start_soon(self._writer, self._writer_scope)
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        """Write until nothing is queued, pending or wanted (a ping), then return."""
         ws = self._ws
         outbox = self._outbox
         direct = self._direct
         try:
-            with trio.CancelScope() as self._writer_scope:
-                while True:
-                    if not outbox and not (direct is not None and direct.pending):
-                        if outbox.closed:  # sealed or aborted, and nothing left to write
-                            return
-                        await self._writer_wakeup.park()
-                        continue
+            with scope:
+                while outbox or self._ping_wanted is not None or (direct and direct.pending):
                     batch = outbox.take_all()
                     self._in_flight = True  # direct sends wait until this batch is written
                     try:
-                        if ws.protocol.extensions:
-                            # permessage-deflate: each connection has its own compressor, so
-                            # frames are built here; the whole batch still goes out in one
-                            # send_all (websockets' send_context would write frame by frame).
-                            async with ws.send_lock:
-                                if ws.protocol.state is not OPEN:
-                                    return
-                                for m in batch:
-                                    ws.protocol.send_text(m.payload)
+                        async with ws.send_lock:
+                            if ws.protocol.state is not OPEN:
+                                return
+                            ping, self._ping_wanted = self._ping_wanted, None
+                            if ping is not None:
+                                ws.protocol.send_ping(ping)
                                 data = b"".join(ws.protocol.data_to_send())
-                                try:
-                                    await ws.stream.send_all(data)
-                                except trio.Cancelled:
-                                    self._torn_write = True
-                                    raise
-                        else:
-                            data = b"".join([m.frame for m in batch])
-                            async with ws.send_lock:
-                                if ws.protocol.state is not OPEN:
-                                    return
-                                try:
-                                    await ws.stream.send_all(data)  # pending direct bytes first
-                                except trio.Cancelled:
-                                    self._torn_write = True
-                                    raise
+                                if batch:
+                                    data += self._encode_batch(batch)
+                            else:
+                                data = self._encode_batch(batch) if batch else b""
+                            try:
+                                await ws.stream.send_all(data)  # pending direct bytes first
+                            except trio.Cancelled:
+                                self._torn_write = True
+                                raise
                     finally:
                         self._in_flight = False
                     self.messages_out += len(batch)
@@ -321,46 +398,68 @@ class Connection:
             # The peer is gone; the reader sees it too and ends the connection.
             await trio.aclose_forcefully(ws.stream)
         finally:
-            self._writer_done.set()
+            self._writer_scope = None
+            if self._writer_exited is not None:
+                self._writer_exited.set()
+                self._writer_exited = None
 
-    async def _heartbeat(self) -> None:
-        opts = self._manager.options
-        assert opts.heartbeat_interval is not None and opts.heartbeat_timeout is not None
-        timeout = opts.heartbeat_timeout
-        ws = self._ws
-        while True:
-            await trio.sleep(opts.heartbeat_interval)
-            with trio.move_on_after(timeout) as scope:
-                try:
-                    pong = await ws.ping()
-                except ConnectionClosed:
-                    return
-                await pong.wait()
-            if scope.cancelled_caught:
-                self._manager._stats.heartbeat_timeouts += 1
-                self._abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-                return
+    async def _wait_writer(self) -> None:
+        """Return once no writer task is running."""
+        if self._writer_scope is None:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._writer_exited is None:
+            self._writer_exited = trio.Event()
+        await self._writer_exited.wait()
 
+    # -- heartbeat (driven by the manager's schedule) ---------------------------------------------
+    def _send_ping(self, payload: bytes) -> None:
+        """Send a heartbeat ping now if the socket is free, else have the writer send it."""
+        direct = self._direct
+        if self._ping_wanted is None and direct is not None and self._can_write_now(direct):
+            proto = self._ws.protocol
+            proto.send_ping(payload)
+            if direct.send_now(b"".join(proto.data_to_send())) and direct.pending:
+                self._wake_writer()
+            return
+        if self._ws.protocol.state is OPEN:
+            self._ping_wanted = payload  # a newer ping replaces one not sent yet
+            self._wake_writer()
+
+    def _stop_heartbeat(self) -> None:
+        if self._beat is not None:
+            HeartbeatSchedule.remove(self._beat)
+            self._beat = None
+
+    def _heartbeat_timeout(self) -> None:
+        self._beat = None  # the schedule dropped it
+        self._manager._stats.heartbeat_timeouts += 1
+        self._abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+
+    # -- closing ----------------------------------------------------------------------------------
     def _start_close(self) -> None:
         """Start closing in the connection's nursery: gracefully, or at once after an abort."""
         if self._closing or self._nursery is None:
             return
         self._closing = True
+        self._stop_heartbeat()  # the closing handshake, bounded by close_timeout, decides now
         if self._outbox.aborted:
             self._nursery.start_soon(self._abort_close)
         else:
             self._outbox.seal()
-            self._writer_wakeup.unpark_all()
             self._nursery.start_soon(self._graceful_close)
 
     async def _graceful_close(self) -> None:
-        # The writer empties the sealed outbox and returns; then the close frame goes out.
+        # A writer empties the sealed outbox and returns; then the close frame goes out.
         with trio.move_on_after(self._manager.options.close_timeout):
-            await self._writer_done.wait()
+            direct = self._direct
+            if self._outbox or (direct is not None and direct.pending):
+                self._wake_writer()
+            await self._wait_writer()
             if not self._torn_write:
                 await self._ws.aclose(self._close_code or CloseCode.NORMAL, self._close_reason)
         await trio.aclose_forcefully(self._ws.stream)
-        self._stream_closed.set()
+        self._set_stream_closed()
 
     def _abort(self, code: int, reason: str) -> None:
         """Close at once, dropping what is queued (slow consumer, dead peer). Sync and safe to
@@ -371,7 +470,8 @@ class Connection:
             self._close_code = code
             self._close_reason = reason
         self._outbox.close()
-        self._writer_wakeup.unpark_all()
+        self._ping_wanted = None
+        self._stop_heartbeat()
         if self._writer_scope is not None:
             self._writer_scope.cancel()
         if self._nursery is not None and not self._closing:
@@ -381,10 +481,10 @@ class Connection:
     async def _abort_close(self) -> None:
         # A short grace period to get the close code out while the socket still takes it.
         with trio.move_on_after(min(1.0, self._manager.options.close_timeout)):
-            await self._writer_done.wait()
+            await self._wait_writer()
             if not self._torn_write and self._ws.protocol.state is OPEN:
                 await self._ws.aclose(
                     self._close_code or CloseCode.INTERNAL_ERROR, self._close_reason
                 )
         await trio.aclose_forcefully(self._ws.stream)
-        self._stream_closed.set()
+        self._set_stream_closed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import heapq
 import inspect
 import json
@@ -17,14 +18,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
+from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 from websockets.typing import Subprotocol
 
+from ._assembler import LightAssembler
 from ._broker import Broker, MemoryBroker
 from ._connection import Connection
 from ._direct_stream import DirectStream
@@ -37,6 +42,7 @@ from ._envelope import (
     recipients,
     unique_rooms,
 )
+from ._heartbeat import Beat, HeartbeatSchedule
 from ._http import HttpHandler, HttpResponse, Reject, is_websocket_upgrade, to_ws_response
 from ._options import ServerOptions
 from ._outbox import OutboundMessage
@@ -145,17 +151,41 @@ class _ServerConnection(ServerConnection):
         if isinstance(stream, trio.SocketStream):
             stream = DirectStream(stream)
         super().__init__(nursery, stream, protocol, server, **kwargs)
+        # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
+        # connection: _assembler.py); only over the implementation it was written against.
+        assembler = self.recv_messages
+        if type(assembler) is Assembler:
+            self.recv_messages = LightAssembler(  # type: ignore[assignment]
+                assembler.high, assembler.low, self.pause_reading, self.resume_reading
+            )
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
             await super().handshake(*args, **kwargs)
         finally:
+            # The handshake is over: drop websockets' select_subprotocol closure, a reference
+            # cycle (protocol -> closure -> connection -> protocol) that would leave every
+            # closed connection to the cyclic GC.
+            vars(self.protocol).pop("select_subprotocol", None)
             conn = self.trio_rt_conn
-            if conn is not None and self.protocol.state is not OPEN:
+            if self.protocol.state is OPEN:
+                # Nobody reads the response after the handshake; its headers are ~1 KiB a
+                # connection (the request stays: conn.request.headers is a view of it).
+                self.response = None
+            elif conn is not None:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
                 self.trio_rt_manager._stats.rejected("aborted")  # accepted, never upgraded
                 with trio.CancelScope(shield=True):
                     await self.trio_rt_manager._finish(conn)
+
+    def process_event(self, event: Any) -> None:
+        # Pongs answer the manager's heartbeat pings (sent without websockets' ping(), which
+        # keeps an Event per ping); websockets ignores pongs it did not ask for.
+        if isinstance(event, Frame) and event.opcode is Opcode.PONG:
+            conn = self.trio_rt_conn
+            if conn is not None and conn._beat is not None:
+                HeartbeatSchedule.pong(conn._beat, bytes(event.data))
+        super().process_event(event)
 
 
 class WebSocketManager:
@@ -260,6 +290,9 @@ class WebSocketManager:
         self._expiries: list[tuple[float, int, str, float]] = []
         self._expiry_seq = 0
         self._expiry_scope: trio.CancelScope | None = None
+        self._heartbeats: HeartbeatSchedule[Connection] | None = None  # while serving
+        self._heartbeat_lot = trio.lowlevel.ParkingLot()
+        self._heartbeat_wake_at = math.inf
 
     # -- handler registration -----------------------------------------------------------------
     def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:
@@ -491,6 +524,15 @@ class WebSocketManager:
                 for service in self._services:
                     await nursery.start(service)
                 self._service_nursery = nursery
+                if o.heartbeat_interval is not None:
+                    assert o.heartbeat_timeout is not None
+                    schedule = HeartbeatSchedule[Connection](
+                        o.heartbeat_interval, o.heartbeat_timeout
+                    )
+                    self._heartbeats = schedule
+                    nursery.start_soon(self._run_heartbeats, schedule)
+                if o.gc_freeze_interval is not None:
+                    nursery.start_soon(self._run_gc_freezer, o.gc_freeze_interval)
                 listeners = await trio.open_tcp_listeners(o.port, host=o.host)
                 sockname = listeners[0].socket.getsockname()
                 self._address = (str(sockname[0]), int(sockname[1]))
@@ -502,12 +544,13 @@ class WebSocketManager:
                         ws_serve,
                         self._ws_handler,
                         listeners=listeners,
-                        compression="deflate" if o.compression else None,
+                        compression=None,
+                        extensions=_deflate(o),
                         select_subprotocol=self._select_subprotocol,
                         process_request=self._process_request,
                         server_header="trio_rt",
                         open_timeout=o.handshake_timeout,
-                        ping_interval=None,  # our heartbeat task does it, per connection
+                        ping_interval=None,  # our heartbeat schedule does it, for all
                         ping_timeout=None,
                         close_timeout=o.close_timeout,
                         max_size=o.max_message_size,
@@ -522,6 +565,73 @@ class WebSocketManager:
     async def _close_rate_limiter(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(self.options.close_timeout):
             await self._rate_limiter.aclose()  # type: ignore[attr-defined]
+
+    # -- heartbeat --------------------------------------------------------------------------------
+    async def _run_heartbeats(self, schedule: HeartbeatSchedule[Connection]) -> None:
+        """Ping every connection each heartbeat_interval; close (4001) those whose pong is
+        later than heartbeat_timeout. One task for the whole server (`_heartbeat.py`).
+
+        Due pings and deadlines are handled in batches: the task sleeps until the earliest
+        one plus 1 % of min(interval, timeout), so a ping or a timeout is at most that late
+        (never early), and 10,000 connections cost tens of wake-ups a second, not thousands.
+        """
+        slack = min(schedule.interval, schedule.timeout) / 100
+        try:
+            while True:
+                pings, timeouts = schedule.poll(trio.current_time())
+                for beat in pings:
+                    conn = beat.item
+                    assert conn is not None and beat.payload is not None
+                    try:
+                        conn._send_ping(beat.payload)
+                    except Exception:  # one connection's failure must not stop the others
+                        log.exception("heartbeat ping failed for %r", conn)
+                for conn in timeouts:
+                    conn._heartbeat_timeout()
+                nxt = schedule.next_time()
+                self._heartbeat_wake_at = math.inf if nxt is None else nxt + slack
+                with trio.move_on_at(self._heartbeat_wake_at):
+                    await self._heartbeat_lot.park()
+        finally:
+            self._heartbeats = None
+
+    async def _run_gc_freezer(self, interval: float) -> None:
+        """The `gc_freeze_interval` option: keep long-lived objects out of automatic GC runs.
+
+        Every `interval` s: collect generations 0-1, then `gc.freeze()` what survives (the
+        connections, rooms, the app's own long-lived state). Automatic collections then only
+        traverse what is younger than the last freeze: at 10,000 connections a full
+        collection otherwise walks ~1 million objects and blocks the loop for ~1 s, every
+        few seconds (docs/performance.md). Frozen objects are still freed by reference
+        counting; frozen *cyclic* garbage waits for every 10th round, which unfreezes and
+        runs a full collection first. On exit everything is unfrozen (gc.unfreeze()).
+        """
+        rounds = 0
+        try:
+            gc.collect(1)
+            gc.freeze()
+            while True:
+                await trio.sleep(interval)
+                rounds += 1
+                if rounds % 10 == 0:
+                    gc.unfreeze()
+                    gc.collect()
+                else:
+                    gc.collect(1)
+                gc.freeze()
+        finally:
+            gc.unfreeze()
+
+    def _heartbeat_add(self, conn: Connection) -> Beat[Connection] | None:
+        """Put an opened connection on the heartbeat schedule (None: heartbeats are off)."""
+        schedule = self._heartbeats
+        if schedule is None:
+            return None
+        now = trio.current_time()
+        beat = schedule.add(conn, now)
+        if now + schedule.interval < self._heartbeat_wake_at:
+            self._heartbeat_lot.unpark_all()  # the task sleeps past this one's first ping
+        return beat
 
     async def _shutdown(self, ws_server: Server) -> None:
         self._closing = True
@@ -653,6 +763,7 @@ class WebSocketManager:
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish(conn)
+            ws.trio_rt_conn = None  # no cycle ws <-> conn: refcounting frees both (GC work)
 
     def _default_welcome(self, conn: Connection) -> dict[str, Any]:
         return {
@@ -687,7 +798,7 @@ class WebSocketManager:
         """The end of a connection (opened or not): cleanup, then the disconnect handlers."""
         if not self._forget(conn):
             return
-        conn._closed.set()
+        conn._is_closed = True
         self._stats.connections_closed += 1
         if conn._accepted:
             code = conn._final_close_code()
@@ -1311,7 +1422,28 @@ def _type_of(command: Command) -> str:
         return "ping"
     if isinstance(command, Kick):
         return "kick"
+    if isinstance(command, History):
+        return "history"
+    if isinstance(command, Subscribe):
+        return "subscribe"
+    if isinstance(command, Unsubscribe):
+        return "unsubscribe"
     return "refresh"
+
+
+def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:
+    """permessage-deflate as websockets configures it by default (window 2^12, memLevel 5),
+    plus server_no_context_takeover when compression_context_takeover is off."""
+    if not o.compression:
+        return None
+    return [
+        ServerPerMessageDeflateFactory(
+            server_no_context_takeover=not o.compression_context_takeover,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+    ]
 
 
 def _reply(type: str, request_id: str | int | None, **fields: Any) -> dict[str, Any]:

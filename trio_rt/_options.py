@@ -26,6 +26,10 @@ class ServerOptions:
     heartbeat_interval: float | None = 30.0  # seconds between pings; None disables heartbeats
     heartbeat_timeout: float | None = None  # seconds to wait for the pong; default = interval
     compression: bool = True  # permessage-deflate
+    # With compression: False makes the server keep no compression context between messages
+    # (server_no_context_takeover in every handshake): a broadcast is then compressed once for
+    # all such clients, and no compressor is kept per connection; messages compress less.
+    compression_context_takeover: bool = True
     max_message_size: int = 1024 * 1024  # bytes of one incoming message; larger -> close 1009
     outbox_size: int = 1024  # messages queued per connection before the slow-consumer policy
     outbox_max_bytes: int = 4 * 1024 * 1024
@@ -56,6 +60,11 @@ class ServerOptions:
     # Origin gets HTTP 403 before the upgrade.
     allowed_origins: tuple[str, ...] | None = None
     allow_missing_origin: bool = True  # no Origin header: not a browser (browsers always send it)
+    # Process-wide GC tuning, off by default (a library must not surprise its host): while
+    # serving, every this many seconds, collect the young generations and gc.freeze() what
+    # survives, so automatic collections stop traversing long-lived connections; every 10th
+    # time a full collection first (see docs/server.md and docs/performance.md).
+    gc_freeze_interval: float | None = None
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -90,6 +99,11 @@ class ServerOptions:
         positive_float("heartbeat_timeout", self.heartbeat_timeout, allow_none=True)
         if not isinstance(self.compression, bool):
             errors.append(f"compression must be True or False, not {self.compression!r}")
+        if not isinstance(self.compression_context_takeover, bool):
+            errors.append(
+                "compression_context_takeover must be True or False,"
+                f" not {self.compression_context_takeover!r}"
+            )
         positive_int("max_message_size", self.max_message_size)
         positive_int("outbox_size", self.outbox_size)
         positive_int("outbox_max_bytes", self.outbox_max_bytes)
@@ -105,6 +119,7 @@ class ServerOptions:
         positive_float("handshake_timeout", self.handshake_timeout)
         positive_float("close_timeout", self.close_timeout)
         positive_float("shutdown_timeout", self.shutdown_timeout)
+        positive_float("gc_freeze_interval", self.gc_freeze_interval, allow_none=True)
         if self.server_id is not None and (
             not isinstance(self.server_id, str) or not self.server_id
         ):

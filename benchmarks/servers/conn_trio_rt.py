@@ -28,7 +28,14 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def main(host: str, port: int, heartbeat: float | None, compression: bool) -> None:
+async def main(
+    host: str,
+    port: int,
+    heartbeat: float | None,
+    compression: bool,
+    gc_freeze: float | None,
+    context_takeover: bool,
+) -> None:
     manager = WebSocketManager(
         host=host,
         port=port,
@@ -36,6 +43,8 @@ async def main(host: str, port: int, heartbeat: float | None, compression: bool)
         compression=compression,
         max_connections=None,
         rate_limit=None,  # a load test, not abuse
+        gc_freeze_interval=gc_freeze,
+        compression_context_takeover=context_takeover,
     )
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
@@ -57,10 +66,26 @@ def cli() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--heartbeat", type=float, default=None, help="seconds (default off)")
     parser.add_argument("--compression", action="store_true")
+    parser.add_argument(
+        "--gc-freeze", type=float, default=None, help="the gc_freeze_interval option (seconds)"
+    )
+    parser.add_argument(
+        "--no-context-takeover",
+        action="store_true",
+        help="compression_context_takeover=False (shared compressed frames)",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     try:
-        trio.run(main, args.host, args.port, args.heartbeat, args.compression)
+        trio.run(
+            main,
+            args.host,
+            args.port,
+            args.heartbeat,
+            args.compression,
+            args.gc_freeze,
+            not args.no_context_takeover,
+        )
     except KeyboardInterrupt:
         sys.exit(0)
 
