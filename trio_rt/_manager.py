@@ -54,6 +54,7 @@ from ._protocol import (
     validate_room_name,
 )
 from ._rooms import Room, RoomError, RoomRegistry
+from ._static import CLIENT_JS_PATH, client_js_route
 
 __all__ = ["ServerStats", "WebSocketManager"]
 
@@ -178,6 +179,8 @@ class WebSocketManager:
         self._message_handlers: dict[str, MessageHandler] = {}
         self._fallback_handler: MessageHandler | None = None
         self._routes: dict[str, HttpHandler] = {"/health": self._health}
+        if self.options.serve_client_js:
+            self._routes[CLIENT_JS_PATH] = client_js_route  # the browser client (_static.py)
         self._pending_subscriptions: dict[str, trio.Event] = {}
         self._stats = ServerStats()
         self._instruments: _Instruments | None = None  # set by WebSocketMetrics

@@ -36,6 +36,7 @@ class ServerOptions:
     # Subprotocols the server may select, in the client's order of preference. A browser that
     # offers any subprotocol (e.g. a `bearer.<token>` entry for auth) needs one selected back.
     subprotocols: tuple[str, ...] = ("trio_rt.v1",)
+    serve_client_js: bool = True  # GET /trio_rt.js: the browser client (docs/browser.md)
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -100,6 +101,8 @@ class ServerOptions:
             )
         else:
             object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
+        if not isinstance(self.serve_client_js, bool):
+            errors.append(f"serve_client_js must be True or False, not {self.serve_client_js!r}")
         if errors:
             raise ValueError("invalid WebSocketManager options: " + "; ".join(errors))
         if self.heartbeat_interval is not None and self.heartbeat_timeout is None:
