@@ -10,7 +10,8 @@ Every member of the room (the sender included) receives::
     {"type": "chat_message", "room": "chat:general",
      "data": {"user_id": "NAME", "message": "hi", "timestamp": "2026-11-26T08:00:00.000Z"}}
 
-Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``.
+Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``. The web page at ``/``
+(examples/web_ui.py) connects with a development token instead of ``?user=``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 from trio_rt import Connection, ErrorCode, ProtocolError, Reject, WebSocketManager
 
+from .web_ui import add_web_ui
+
 MAX_CHAT_MESSAGE = 2000
 _USER_NAME = re.compile(r"[\w.@-]{1,32}")
 
@@ -28,9 +31,12 @@ _USER_NAME = re.compile(r"[\w.@-]{1,32}")
 def build_app(**options: Any) -> WebSocketManager:
     """Build the chat server; `options` are WebSocketManager options (host, port, ...)."""
     manager = WebSocketManager(**options)
+    add_web_ui(manager)  # the page at / and its dev tokens; authenticates bearer tokens first
 
     @manager.on_connection
     async def identify(conn: Connection) -> None:
+        if conn.user_id is not None:  # authenticated by the page's token
+            return
         # A demo trusts the name it is given; real apps authenticate here (docs/security.md).
         name = conn.request.query.get("user", [""])[0]
         if name and not _USER_NAME.fullmatch(name):
