@@ -245,3 +245,12 @@ async def test_chat_web_ui_routes_and_dev_tokens() -> None:
             assert stats["connections"] == 1 and stats["server_id"] == manager.server_id
         status, _, body = await http_get(manager, "/demo/config")
         assert json.loads(body)["posts"] is False
+
+
+async def test_getting_started_samples(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_rt_examples import getting_started
+
+    await getting_started.main(port=0)
+    assert "{'type': 'said', 'user': 'ann', 'text': 'hello'}" in capsys.readouterr().out
+    heard = await getting_started.two_servers()
+    assert heard == [{"type": "said", "user": "ann", "text": "hello"}] * 2

@@ -87,6 +87,7 @@ function renderRooms(counts = new Map()) {
   }
 }
 
+// --8<-- [start:rooms]
 async function openRoom(room) {
   current = room;
   $("room-title").textContent = room;
@@ -116,7 +117,9 @@ async function loadHistory(room) {
     // This server keeps no history for the room: only live messages are shown.
   }
 }
+// --8<-- [end:rooms]
 
+// --8<-- [start:connect]
 function connect(name) {
   client = new TrioRtClient(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`, {
     // Called on every (re)connect: a fresh token each time (a restarted server has a new key).
@@ -155,6 +158,7 @@ function connect(name) {
   });
   client.connect();
 }
+// --8<-- [end:connect]
 
 async function showPosts() {
   const r = await fetch("/demo/config");

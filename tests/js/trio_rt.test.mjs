@@ -374,3 +374,19 @@ test("table subscriptions are renewed with since and a new sid", async () => {
   assert.deepEqual(seen, ["one", "two", "three"]);
   assert.equal(client.stats.duplicates, 1);
 });
+
+test("refresh sends a fresh token from the provider in-band", async () => {
+  let n = 0;
+  const { client, sockets } = makeClient({ token: () => `tok${++n}` });
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  const refreshed = client.refresh();
+  await tick();
+  const req = ws.sent.at(-1);
+  assert.deepEqual([req.type, req.token], ["refresh", "tok2"]);
+  ws.deliver({ type: "refreshed", id: req.id, expires_at: 123 });
+  assert.equal((await refreshed).expires_at, 123);
+});

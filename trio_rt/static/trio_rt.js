@@ -131,6 +131,7 @@ function isPosition(p) {
   );
 }
 
+// --8<-- [start:positions]
 /**
  * The last position seen per stream ("room:<name>", "sub:<key>"). `advance` accepts a
  * position that moves the stream forward (a higher offset in the same epoch, or any offset in
@@ -170,6 +171,7 @@ export class PositionTracker {
     this.positions.delete(stream);
   }
 }
+// --8<-- [end:positions]
 
 /** Close codes after which reconnecting unchanged cannot help (as trio_rt.client). */
 export const FATAL_CLOSE_CODES = Object.freeze([1002, 1003, 1007, 1008, 1010, 4003]);
@@ -562,6 +564,17 @@ export class TrioRtClient {
       this._ws.send(JSON.stringify({ ...message, id }));
       this._armTimeout(id, entry);
     });
+  }
+
+  /**
+   * In-band token refresh: get a fresh token from the provider and send
+   * `{"type": "refresh", "token"}`; resolves with the server's `refreshed` reply (rejects with
+   * ServerError when the server refuses it or does not support refresh).
+   */
+  async refresh() {
+    if (typeof this._token !== "function") throw new TypeError("refresh needs a token provider");
+    const token = await this._token();
+    return this.request({ type: "refresh", token });
   }
 
   // -- rooms ----------------------------------------------------------------------------------
