@@ -390,3 +390,23 @@ test("refresh sends a fresh token from the provider in-band", async () => {
   ws.deliver({ type: "refreshed", id: req.id, expires_at: 123 });
   assert.equal((await refreshed).expires_at, 123);
 });
+
+test("openTimeout covers a token provider that never answers", async () => {
+  let calls = 0;
+  const { client, sockets, timers, events } = makeClient({
+    openTimeout: 10,
+    token: () => {
+      calls += 1;
+      return calls === 1 ? new Promise(() => {}) : "t";
+    },
+  });
+  client.connect();
+  await tick();
+  assert.equal(sockets.length, 0);
+  assert.equal(timers.runLongest(), 10000); // the open timeout fires
+  assert.ok(events.some(([t, e]) => t === "reconnecting" && e.reason === "open timeout"));
+  timers.runLongest(); // the retry delay
+  await tick();
+  assert.equal(calls, 2);
+  assert.deepEqual(sockets[0].protocols, ["trio_rt.v1", "bearer.t"]);
+});

@@ -263,6 +263,7 @@ export class TrioRtClient {
     this._early = new Map(); // sid -> [message]
     this._subscribing = 0;
     this._attempt = 0; // failed attempts in a row (maxAttempts)
+    this._attemptSeq = 0; // numbers attempts: a timed-out attempt's late results are ignored
     this._retries = 0; // retries scheduled in the current outage (backoff exponent)
     this._everOpened = false;
     this._retryTimer = null;
@@ -333,16 +334,37 @@ export class TrioRtClient {
   }
 
   async _open() {
+    // One attempt: token, handshake and welcome within openTimeout seconds.
+    const attempt = ++this._attemptSeq;
+    let gotWelcome = false;
+    if (this._openTimeout) {
+      this._openTimer = this._timers.setTimeout(() => {
+        if (attempt !== this._attemptSeq || gotWelcome || this._stopped) return;
+        this._attemptSeq += 1; // whatever this attempt still does is ignored
+        const ws = this._ws;
+        this._ws = null;
+        if (ws !== null) {
+          try {
+            ws.close(4000, "open timeout");
+          } catch {
+            // already closing
+          }
+        }
+        this._connectionLost(1006, "open timeout", false, false);
+      }, this._openTimeout * 1000);
+    }
     let token = null;
     try {
       if (typeof this._token === "function") token = await this._token();
       else token = this._token;
     } catch (err) {
+      if (attempt !== this._attemptSeq || this._stopped) return;
+      this._timers.clearTimeout(this._openTimer);
       // A provider that fails is a failed attempt (e.g. the token endpoint is down too).
       this._attemptFailed(1006, `token provider failed: ${err?.message ?? err}`);
       return;
     }
-    if (this._stopped) return;
+    if (attempt !== this._attemptSeq || this._stopped) return;
     const protocols = [...this._protocols];
     if (token) protocols.push(`bearer.${token}`);
     let ws;
@@ -353,12 +375,6 @@ export class TrioRtClient {
       return;
     }
     this._ws = ws;
-    let gotWelcome = false;
-    if (this._openTimeout) {
-      this._openTimer = this._timers.setTimeout(() => {
-        if (this._ws === ws && !gotWelcome) ws.close(4000, "open timeout");
-      }, this._openTimeout * 1000);
-    }
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
       let msg;
