@@ -144,6 +144,13 @@ function connect(name) {
   client.on("message", (m) => {
     if (m.type === "chat_message" && typeof m.room === "string") addMessage(m.room, m);
     else if (m.type === "error") $("notice").textContent = `${m.code}: ${m.message}`;
+    else if ((m.type === "room_kicked" || m.type === "room_left") && rooms.has(m.room)) {
+      roomState(m.room).joined = false; // the client forgot it: a click joins again
+      if (m.room === current) $("notice").textContent = `you left ${m.room}`;
+    }
+  });
+  client.on("dropped", () => {
+    $("notice").textContent = "offline for long: the oldest unsent message was dropped";
   });
   client.on("recovery_failed", ({ room, reason }) => {
     if (room === current) $("notice").textContent = `missed messages could not be replayed (${reason}); reloading history`;
