@@ -47,6 +47,13 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml): `mkdocs build --strict`, into build/site."""
+    install(session)
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
 def services(session: nox.Session) -> None:
     """`nox -s services -- up|down|status`: real Redis and Cassandra for development."""
     install(session)

@@ -14,7 +14,8 @@ Every member of the room (the sender included) receives::
 Rooms keep their last 1,000 messages in memory (`RoomHistory`): ``{"type": "history", "room":
 ...}`` pages through them, and a client that comes back with ``since`` gets what it missed.
 
-Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``.
+Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``. The web page at ``/``
+(examples/web_ui.py) connects with a development token instead of ``?user=``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 from trio_rt import Connection, ErrorCode, ProtocolError, Reject, RoomHistory, WebSocketManager
 
+from .web_ui import add_web_ui
+
 MAX_CHAT_MESSAGE = 2000
 _USER_NAME = re.compile(r"[\w.@-]{1,32}")
 
@@ -33,9 +36,12 @@ def build_app(**options: Any) -> WebSocketManager:
     """Build the chat server; `options` are WebSocketManager options (host, port, ...)."""
     options.setdefault("history", RoomHistory())
     manager = WebSocketManager(**options)
+    add_web_ui(manager)  # the page at / and its dev tokens; authenticates bearer tokens first
 
     @manager.on_connection
     async def identify(conn: Connection) -> None:
+        if conn.user_id is not None:  # authenticated by the page's token
+            return
         # A demo trusts the name it is given; real apps authenticate here (docs/security.md).
         name = conn.request.query.get("user", [""])[0]
         if name and not _USER_NAME.fullmatch(name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from trio_rt_examples.seed import (
 )
 from websockets.exceptions import InvalidStatus
 from websockets.trio.client import connect
+from websockets.typing import Subprotocol
 
 from trio_rt import WebSocketManager
 
@@ -236,3 +238,54 @@ async def test_seed_change_streams(session: Any, keyspace: str) -> None:
         )
         note = await ann.recv()
         assert note["type"] == "notification" and note["data"]["text"] == "hello"
+
+
+async def test_chat_web_ui_routes_and_dev_tokens() -> None:
+    from .test_browser_client import http_get
+
+    manager = chat.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with manager:
+        status, headers, body = await http_get(manager, "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b'src="/demo/app.js"' in body
+        status, headers, body = await http_get(manager, "/demo/app.js")
+        assert status == 200 and b'from "/trio_rt.js"' in body
+        status, _, body = await http_get(manager, "/token?name=bad%20name")
+        assert status == 400
+        status, _, body = await http_get(manager, "/token?name=ann")
+        assert status == 200
+        token = json.loads(body)["token"]
+        # The token authenticates as a subprotocol entry; the server selects trio_rt.v1 only.
+        async with connect(
+            manager.url, subprotocols=[Subprotocol("trio_rt.v1"), Subprotocol(f"bearer.{token}")]
+        ) as ws:
+            welcome = json.loads(await ws.recv())
+            assert welcome["user_id"] == "ann"
+            assert ws.subprotocol == "trio_rt.v1"
+        # A bad token is refused; no token falls back to the demo's ?user= name.
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(
+                manager.url,
+                subprotocols=[Subprotocol("trio_rt.v1"), Subprotocol("bearer." + token[:-4])],
+            ):
+                pass  # pragma: no cover
+        assert info.value.response.status_code == 401
+        async with client(manager, "/?user=bob") as bob:
+            assert bob.welcome is not None and bob.welcome["user_id"] == "bob"
+            await bob.request({"type": "join_room", "room": "chat:general"})
+            status, _, body = await http_get(manager, "/demo/rooms")
+            assert json.loads(body) == {"rooms": [{"name": "chat:general", "members": 1}]}
+            status, _, body = await http_get(manager, "/demo/stats")
+            stats = json.loads(body)
+            assert stats["connections"] == 1 and stats["server_id"] == manager.server_id
+        status, _, body = await http_get(manager, "/demo/config")
+        assert json.loads(body)["posts"] is False
+
+
+async def test_getting_started_samples(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_rt_examples import getting_started
+
+    await getting_started.main(port=0)
+    assert "{'type': 'said', 'user': 'ann', 'text': 'hello'}" in capsys.readouterr().out
+    heard = await getting_started.two_servers()
+    assert heard == [{"type": "said", "user": "ann", "text": "hello"}] * 2

@@ -54,7 +54,8 @@ def to_ws_response(resp: HttpResponse) -> Response:
     headers = Headers()
     headers["Content-Type"] = resp.content_type
     headers["Content-Length"] = str(len(resp.body))
-    headers["Cache-Control"] = "no-store"
+    if not any(k.lower() == "cache-control" for k in resp.headers):
+        headers["Cache-Control"] = "no-store"  # the default; a route may set its own
     headers["Connection"] = "close"
     for k, v in resp.headers.items():
         headers[k] = v

@@ -70,6 +70,7 @@ from ._protocol import (
 )
 from ._ratelimit import LocalRateLimiter, Rate, RateLimiter
 from ._rooms import Room, RoomError, RoomRegistry
+from ._static import CLIENT_JS_PATH, client_js_route
 from ._streams import Recovery
 
 if TYPE_CHECKING:
@@ -244,6 +245,8 @@ class WebSocketManager:
         self._message_handlers: dict[str, MessageHandler] = {}
         self._fallback_handler: MessageHandler | None = None
         self._routes: dict[str, HttpHandler] = {"/health": self._health}
+        if self.options.serve_client_js:
+            self._routes[CLIENT_JS_PATH] = client_js_route  # the browser client (_static.py)
         self._pending_subscriptions: dict[str, trio.Event] = {}
         self._stats = ServerStats()
         self._instruments: _Instruments | None = None  # set by WebSocketMetrics

@@ -65,6 +65,7 @@ class ServerOptions:
     # survives, so automatic collections stop traversing long-lived connections; every 10th
     # time a full collection first (see docs/server.md and docs/performance.md).
     gc_freeze_interval: float | None = None
+    serve_client_js: bool = True  # GET /trio_rt.js: the browser client (docs/browser.md)
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -176,6 +177,8 @@ class ServerOptions:
             errors.append(
                 f"allow_missing_origin must be True or False, not {self.allow_missing_origin!r}"
             )
+        if not isinstance(self.serve_client_js, bool):
+            errors.append(f"serve_client_js must be True or False, not {self.serve_client_js!r}")
         if errors:
             raise ValueError("invalid WebSocketManager options: " + "; ".join(errors))
         if self.heartbeat_interval is not None and self.heartbeat_timeout is None:

@@ -1,0 +1,177 @@
+"""The browser side of tests/test_browser.py, run as a subprocess (own process, own asyncio
+loop for Playwright's sync API: the test process may have trio-asyncio's global loop policy).
+
+``python -m tests.browser_scenarios SCENARIO URL WORKDIR`` drives Debian's Chromium; it asks
+the test to act on the server by printing ``@@ <action>`` and waiting for one line on stdin.
+Exit status 0: the scenario passed. Every wait is for a DOM condition (TIMEOUT_MS is a hang
+guard, not a performance assertion).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import BrowserContext, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+# Exactly these browser flags; Playwright's own defaults are off (ignore_default_args), so the
+# only other arguments are the two it needs to drive the browser: a fresh profile directory
+# and the DevTools pipe.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000
+
+
+def ask(action: str) -> None:
+    """Ask the test process to do `action` on the server; returns once it is done."""
+    print(f"@@ {action}", flush=True)
+    reply = sys.stdin.readline().strip()
+    if reply != "done":
+        raise RuntimeError(f"the test answered {reply!r} to {action!r}")
+
+
+@contextmanager
+def browser(workdir: Path) -> Iterator[BrowserContext]:
+    """Debian's Chromium with a fresh profile in `workdir`; yields a new browser context."""
+    chromium = shutil.which("chromium")
+    assert chromium is not None
+    profile = workdir / "chromium-profile"
+    profile.mkdir()
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=chromium,
+            ignore_default_args=True,
+            args=[
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-pipe",
+                "--no-startup-window",
+            ],
+        )
+        try:
+            context = b.new_context(viewport={"width": 1280, "height": 720})
+            context.set_default_timeout(TIMEOUT_MS)
+            yield context
+            context.close()
+        finally:
+            b.close()
+
+
+class Page:
+    """One person on the demo page, in DOM terms."""
+
+    def __init__(self, context: BrowserContext, url: str, name: str) -> None:
+        self.errors: list[str] = []
+        self.page = context.new_page()
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.goto(url)
+        self.page.fill("#name", name)
+        self.page.click("#login button")
+        self.wait_state("open")
+
+    def wait_state(self, state: str) -> None:
+        self.page.wait_for_selector(f'#state[data-state="{state}"]')
+
+    def wait_not_open(self) -> None:
+        self.page.wait_for_selector('#state:not([data-state="open"])')
+
+    def open_room(self, room: str) -> None:
+        self.page.click(f'#rooms button[data-room="{room}"]')
+        self.page.wait_for_selector("#text:not([disabled])")
+
+    def say(self, text: str) -> None:
+        self.page.fill("#text", text)
+        self.page.press("#text", "Enter")
+
+    def wait_message(self, text: str, user: str | None = None) -> None:
+        item = self.page.locator("#messages li.msg", has_text=text)
+        if user is not None:
+            item = item.filter(has=self.page.locator(".user", has_text=user))
+        item.first.wait_for()
+
+    def messages(self) -> list[str]:
+        return self.page.locator("#messages li.msg .text").all_inner_texts()
+
+
+def two_pages_chat(context: BrowserContext, url: str) -> None:
+    ann = Page(context, url, "ann")
+    bob = Page(context, url, "bob")
+    for p in (ann, bob):
+        p.open_room("chat:general")
+    ann.say("hello bob")
+    bob.wait_message("hello bob", user="ann")
+    bob.say("hi ann <b>not bold</b>")
+    ann.wait_message("hi ann <b>not bold</b>", user="bob")  # text, never HTML
+    assert ann.page.locator("#messages b").count() == 0
+    assert ann.messages() == ["hello bob", "hi ann <b>not bold</b>"]
+    # The metrics panel polls /demo/stats: both pages are connected.
+    ann.page.wait_for_selector('[data-metric="connections"]:text-is("2")')
+    ann.page.wait_for_selector("#posts[hidden]", state="attached")  # no change streams here
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "demo.png"
+    ann.page.screenshot(path=str(shot))
+    print(f"demo screenshot: {shot}", flush=True)
+    assert shot.stat().st_size > 0
+    assert ann.errors == [] and bob.errors == []
+
+
+def restart(context: BrowserContext, url: str) -> None:
+    ann = Page(context, url, "ann")
+    bob = Page(context, url, "bob")
+    for p in (ann, bob):
+        p.open_room("chat:general")
+    ann.say("before the restart")
+    bob.wait_message("before the restart")
+    old_id = ann.page.inner_text("#server-id")
+
+    ask("stop")  # graceful: close code 1001
+    ann.wait_not_open()
+    bob.wait_not_open()
+    # Ann writes while offline: queued in the browser client's outbox. Her page cannot get a
+    # token until Bob is back, so Bob has rejoined before her queue is written.
+    ann.page.route("**/token*", lambda route: route.abort())
+    ann.say("written while offline")
+
+    ask("start")  # a new server on the same port
+    bob.wait_state("open")
+    ann.page.unroute("**/token*")
+    ann.wait_state("open")
+    assert ann.page.inner_text("#server-id") != old_id
+    # Both pages rejoined chat:general by themselves and see what was queued.
+    bob.wait_message("written while offline", user="ann")
+    ann.wait_message("written while offline", user="ann")
+    bob.say("after the restart")
+    ann.wait_message("after the restart", user="bob")
+    assert bob.messages().count("written while offline") == 1  # nothing shown twice
+    assert ann.errors == [] and bob.errors == []
+
+
+SCENARIOS: dict[str, Callable[[BrowserContext, str], Any]] = {
+    "two_pages_chat": two_pages_chat,
+    "restart": restart,
+}
+
+
+def main() -> None:
+    name, url, workdir = sys.argv[1:4]
+    with browser(Path(workdir)) as context:
+        SCENARIOS[name](context, url)
+    print("@@ passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
