@@ -58,13 +58,17 @@ def section(path: Path, name: str) -> str:
 
 
 def test_every_included_section_exists_and_parses() -> None:
-    """What the pages include from examples/docs/ is well-formed Python on its own (so the
-    page shows code that reads as code), and every section a page names exists."""
+    """Every Python section a page includes is well-formed on its own (so the page shows code
+    that reads as code), and every section a page names exists."""
+    checked = set()
     for page in sorted((ROOT / "docs").glob("*.md")):
-        for path, name in re.findall(r'--8<-- "(examples/docs/[^":]+):([^"]+)"', page.read_text()):
+        includes = re.findall(r'^--8<-- "(examples/[^":]+\.py):([^"]+)"$', page.read_text(), re.M)
+        for path, name in includes:
             text = section(ROOT / path, name)
             # a fragment may use `await` / `async for` at the top level, as in a REPL
             compile(text, f"{path}:{name}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            checked.add(Path(path).name)
+    assert {f"{p}_samples.py" for p in ("rooms", "server", "client", "cassandra")} <= checked
 
 
 # -- docs/server.md ------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ async def test_server_handlers_each_run_as_documented() -> None:
         assert info.value.response.status_code == 403
         async with client(manager, "/?user=ann") as ann, client(manager, "/?user=bob") as bob:
             await bob.request({"type": "join_room", "room": "r"})
-            await ann.send({"type": "type", "n": 1})
+            await ann.send({"type": "move", "n": 1})
             await ann.send({"type": "other", "n": 2})
             await ann.send({"type": "chat", "room": "r", "text": "hi"})
             bad_room = await ann.request({"type": "chat", "room": 5})
@@ -104,7 +108,7 @@ async def test_server_handlers_each_run_as_documented() -> None:
             heard = await bob.recv()
             assert heard["type"] == "chat" and heard["text"] == "hi"
             assert log == [
-                ("type", "ann", {"type": "type", "n": 1}),
+                ("move", "ann", {"type": "move", "n": 1}),
                 ("fallback", "ann", {"type": "other", "n": 2}),
                 ("error", "ann", "RuntimeError('boom')"),
             ]

@@ -41,9 +41,9 @@ def register_handlers(manager: WebSocketManager, log: list[tuple[Any, ...]]) -> 
             raise Reject(403, "not you")
         conn.user_id = conn.request.query.get("user", [None])[0]
 
-    @manager.on_message("type")  # messages whose "type" is "type"
-    async def handle(conn: Connection, message: dict[str, Any]) -> None:
-        log.append(("type", conn.user_id, message))
+    @manager.on_message("move")  # messages {"type": "move", ...}, one at a time, in order
+    async def move(conn: Connection, message: dict[str, Any]) -> None:
+        log.append(("move", conn.user_id, message))
 
     @manager.on_message("chat", room_field="room")  # a client broadcast: permission checked
     async def chat(conn: Connection, message: dict[str, Any]) -> None:
