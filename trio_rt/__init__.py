@@ -3,6 +3,8 @@
 The public surface is re-exported here; modules starting with ``_`` are private.
 """
 
+from typing import TYPE_CHECKING
+
 from ._broker import Broker, MemoryBroker, MemoryHub
 from ._connection import Connection, Request
 from ._history import RoomHistory
@@ -70,6 +72,22 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # the lazily imported names below, for type checkers
+    from ._auth import (
+        AuthError,
+        Claims,
+        JWKSKeySource,
+        JWTAuthenticator,
+        TokenVerifier,
+        extract_token,
+    )
+    from ._changes import ChangeEvent, ChangeStreamManager
+    from ._metrics import WebSocketMetrics
+    from ._redis_broker import RedisBroker
+    from ._redis_ratelimit import RedisRateLimiter
+    from ._redis_streams import RedisSequencer
+    from ._registry import ServerRegistry
 
 
 def __getattr__(name: str) -> object:
