@@ -173,8 +173,9 @@ class WebSocketManager:
         # or
         host, port = await nursery.start(manager.serve)
 
-    Ownership: `serve` owns one nursery with the broker, the listener and every connection;
-    each connection owns its reader, writer and heartbeat tasks. When `serve` is cancelled (or
+    Ownership: `serve` owns one nursery with the broker, the listener, the heartbeat schedule
+    and every connection; each connection reads in its own task and owns the writer and closing
+    tasks it starts when needed. When `serve` is cancelled (or
     `stop()` is called) it shuts down gracefully: new handshakes get HTTP 503, every client gets
     what is already queued then close code 1001, bounded by `shutdown_timeout`; then whatever is
     left is cancelled. Nothing started by the manager outlives `serve`.
