@@ -470,6 +470,7 @@ class WebSocketManager:
                     await self._heartbeat_lot.park()
         finally:
             self._heartbeats = None
+            self._heartbeat_wake_at = math.inf
 
     async def _run_gc_freezer(self, interval: float) -> None:
         """The `gc_freeze_interval` option: keep long-lived objects out of automatic GC runs.
