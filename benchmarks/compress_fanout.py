@@ -4,9 +4,10 @@ Kinds, alternating run by run (``benchmarks.peer_harness``, the method of ``benc
 
 * ``trio_rt+deflate``: ``servers/latency_trio_rt.py --compression``; the clients offer
   ``permessage-deflate; server_no_context_takeover; client_no_context_takeover``
-  (``benchmarks.peer_loadgen --deflate``). trio_rt's writer then compresses every message once
-  per connection (``ws.protocol.send_text`` inside ``send_context()``), and the direct-write path
-  is off (it requires no negotiated extension);
+  (``benchmarks.peer_loadgen --deflate``). trio_rt compresses each broadcast once and writes
+  that frame to every client (directly when the socket is idle);
+* ``trio_rt+deflate-perconn``: the same with ``--per-connection-deflate``: every connection
+  compresses each message itself (what trio_rt did before the shared frame), for comparison;
 * ``trio_rt``: the same server without compression (the reference; the first kind);
 * ``baseline+deflate``: ``servers/latency_baseline.py --compression`` (websockets' defaults:
   window 2^12, memLevel 5); ``broadcast()`` compresses once per connection too;
@@ -34,6 +35,13 @@ DEFLATE = ("--compression",)
 KINDS = {
     "trio_rt": Kind("trio_rt", TRIO),
     "trio_rt+deflate": Kind("trio_rt+deflate", TRIO, DEFLATE, ("--deflate",)),
+    # the same, every connection compressing for itself (no shared compressed frame)
+    "trio_rt+deflate-perconn": Kind(
+        "trio_rt+deflate-perconn",
+        TRIO,
+        (*DEFLATE, "--per-connection-deflate"),
+        ("--deflate",),
+    ),
     "baseline": Kind("baseline", BASE),
     "baseline+deflate": Kind("baseline+deflate", BASE, DEFLATE, ("--deflate",)),
 }

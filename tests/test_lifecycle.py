@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import struct
+import weakref
 from typing import Any
 
 import pytest
@@ -259,3 +261,33 @@ async def test_send_and_join_after_close_are_harmless(make_manager: Any) -> None
         assert gone.outbox_depth == 0
         assert await manager.join_room(gone, "ghost") is False
         assert "ghost" not in manager.rooms
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_closed_connections_are_freed_without_the_cyclic_gc(
+    make_manager: Any, compression: bool
+) -> None:
+    """No reference cycle keeps a closed connection alive: reference counting frees it (so
+    freezing the GC, gc_freeze_interval, leaks nothing of trio_rt's, and full collections have
+    no connection garbage to find)."""
+    manager = make_manager(compression=compression, heartbeat_interval=5)
+    refs: list[weakref.ref[Any]] = []
+
+    @manager.on_connection
+    async def track(conn: Connection) -> None:
+        refs.append(weakref.ref(conn))
+        refs.append(weakref.ref(conn._ws))
+
+    async with manager:
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(3):
+                async with client(manager) as c:
+                    await c.request({"type": "join_room", "room": "r"})
+                    await manager.broadcast_to_room("r", {"type": "m", "i": i})
+                    assert (await c.recv())["i"] == i
+            await wait_until(lambda: not manager.connections)
+            await wait_until(lambda: all(r() is None for r in refs))
+        finally:
+            gc.enable()

@@ -14,7 +14,7 @@ from websockets.trio.client import connect
 from trio_rt import CloseCode, Connection, ProtocolError, Reject, WebSocketManager
 from trio_rt._protocol import ErrorCode
 
-from .conftest import client, wait_until
+from .conftest import client, count_tasks, wait_until
 
 
 async def http_get(manager: WebSocketManager, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -535,3 +535,21 @@ async def test_subprotocol_is_selected_from_the_clients_offer_never_failing(
         make_manager(subprotocols=["bad value"])
     with pytest.raises(ValueError, match="subprotocols"):
         make_manager(subprotocols="trio_rt.v1")
+
+
+async def test_a_connection_closed_before_its_request_ends_at_once(make_manager: Any) -> None:
+    """The handshake waits for the request without websockets' two racing tasks; a peer that
+    hangs up first still ends it at once, not at handshake_timeout."""
+    manager = make_manager(handshake_timeout=60)
+    async with manager:
+        idle = count_tasks()
+        for payload in (b"", b"GET / HTTP/1.1\r\nHost: x\r\n"):  # nothing, half a request
+            sock = trio.socket.socket()
+            await sock.connect(manager.address)
+            if payload:
+                await sock.send(payload)
+            await wait_until(lambda: count_tasks() > idle)
+            sock.close()
+            await wait_until(lambda: count_tasks() == idle, limit=5)
+        async with client(manager) as c:  # and the server still serves
+            assert (await c.request({"type": "ping"}))["type"] == "pong"

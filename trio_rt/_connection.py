@@ -1,4 +1,4 @@
-"""One client connection: its reader, writer and heartbeat, all inside the connection's nursery.
+"""One client connection: its reader, its writer when one is needed, its pings; its closing.
 
 App code sees `Connection`, never a websockets object.
 """

@@ -15,14 +15,15 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
+from websockets.http11 import SERVER, Response
 from websockets.http11 import Request as WsRequest
-from websockets.http11 import Response
-from websockets.protocol import OPEN
+from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
@@ -160,9 +161,40 @@ class _ServerConnection(ServerConnection):
                 assembler.high, assembler.low, self.pause_reading, self.resume_reading
             )
 
-    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+    async def handshake(
+        self,
+        process_request: Callable[[ServerConnection, WsRequest], Any] | None = None,
+        process_response: Callable[[ServerConnection, WsRequest, Response], Any] | None = None,
+        server_header: str | None = SERVER,
+    ) -> None:
+        """websockets' `ServerConnection.handshake` (17.x: same steps, same errors), except
+        how it waits for the request: websockets races `request_rcvd` against `stream_closed`
+        with a nursery and two tasks per handshake (`race_events`), about 15 % of a
+        handshake's CPU here (docs/performance.md). This waits on `request_rcvd` alone, which
+        `close_stream` also sets when the connection ends before a request came."""
         try:
-            await super().handshake(*args, **kwargs)
+            await self.request_rcvd.wait()
+            if self.request is None:
+                return  # the stream closed first; websockets' handler closes the rest
+            response = None
+            if process_request is not None:
+                response = await self._call_hook(process_request, self, self.request)
+            self.response = self.protocol.accept(self.request) if response is None else response
+            if server_header is not None:
+                self.response.headers["Server"] = server_header
+            if process_response is not None:
+                response = await self._call_hook(
+                    process_response, self, self.request, self.response
+                )
+                if response is not None:
+                    self.response = response
+            if self.response.status_code == HTTPStatus.SWITCHING_PROTOCOLS and self.server.closing:
+                self.response = self.protocol.reject(
+                    HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
+                )
+            if self.state is CONNECTING:
+                async with self.send_context(expected_state=CONNECTING):
+                    self.protocol.send_response(self.response)
         finally:
             # The handshake is over: drop websockets' select_subprotocol closure, a reference
             # cycle (protocol -> closure -> connection -> protocol) that would leave every
@@ -178,6 +210,29 @@ class _ServerConnection(ServerConnection):
                 self.trio_rt_manager._stats.rejected("aborted")  # accepted, never upgraded
                 with trio.CancelScope(shield=True):
                     await self.trio_rt_manager._finish(conn)
+
+    async def _call_hook(self, hook: Callable[..., Any], *args: Any) -> Response | None:
+        """Call process_request / process_response as websockets does: sync or async; an
+        exception is logged and answered with HTTP 500."""
+        try:
+            response = hook(*args)
+            if inspect.isawaitable(response):
+                response = await response
+        except Exception as exc:
+            self.protocol.handshake_exc = exc
+            self.logger.error("%s failed", getattr(hook, "__name__", "hook"), exc_info=True)
+            return self.protocol.reject(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+            )
+        assert response is None or isinstance(response, Response)
+        return response
+
+    async def close_stream(self) -> None:
+        try:
+            await super().close_stream()
+        finally:
+            self.request_rcvd.set()  # a handshake still waiting for the request: it never comes
 
     def process_event(self, event: Any) -> None:
         # Pongs answer the manager's heartbeat pings (sent without websockets' ping(), which
@@ -199,8 +254,9 @@ class WebSocketManager:
         # or
         host, port = await nursery.start(manager.serve)
 
-    Ownership: `serve` owns one nursery with the broker, the listener and every connection;
-    each connection owns its reader, writer and heartbeat tasks. When `serve` is cancelled (or
+    Ownership: `serve` owns one nursery with the broker, the listener, the heartbeat schedule
+    and every connection; each connection reads in its own task and owns the writer and closing
+    tasks it starts when needed. When `serve` is cancelled (or
     `stop()` is called) it shuts down gracefully: new handshakes get HTTP 503, every client gets
     what is already queued then close code 1001, bounded by `shutdown_timeout`; then whatever is
     left is cancelled. Nothing started by the manager outlives `serve`.
@@ -597,6 +653,7 @@ class WebSocketManager:
                     await self._heartbeat_lot.park()
         finally:
             self._heartbeats = None
+            self._heartbeat_wake_at = math.inf
 
     async def _run_gc_freezer(self, interval: float) -> None:
         """The `gc_freeze_interval` option: keep long-lived objects out of automatic GC runs.

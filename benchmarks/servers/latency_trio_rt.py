@@ -6,10 +6,14 @@
   ``start + i / R`` (``trio.sleep_until``, absolute schedule, so no drift); absent or 0 = as
   fast as possible, exactly like ``trio_rt_server``;
 * ``--compression``: ``WebSocketManager(compression=True)`` (permessage-deflate, negotiated
-  only with clients that offer it; trio_rt then compresses per connection in its writer).
+  only with clients that offer it). Clients without server context takeover share one
+  compressed frame per broadcast; others are compressed per connection;
+* ``--per-connection-deflate`` (with ``--compression``): for comparison only, turns the shared
+  compressed frame off (patches ``trio_rt._connection.shared_deflate_key``), so every
+  connection compresses each message itself.
 
-Run: ``python -m benchmarks.servers.latency_trio_rt [--host H] [--port P] [--compression]``;
-prints ``READY <port>`` once listening.
+Run: ``python -m benchmarks.servers.latency_trio_rt [--host H] [--port P] [--compression]
+[--per-connection-deflate]``; prints ``READY <port>`` once listening.
 """
 
 from __future__ import annotations
@@ -57,7 +61,12 @@ def cli() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--compression", action="store_true")
+    parser.add_argument("--per-connection-deflate", action="store_true")
     args = parser.parse_args()
+    if args.per_connection_deflate:
+        import trio_rt._connection
+
+        trio_rt._connection.shared_deflate_key = lambda extensions: None
     try:
         trio.run(main, args.host, args.port, args.compression)
     except KeyboardInterrupt:
