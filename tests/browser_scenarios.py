@@ -141,28 +141,59 @@ def restart(context: BrowserContext, url: str) -> None:
     ask("stop")  # graceful: close code 1001
     ann.wait_not_open()
     bob.wait_not_open()
-    # Ann writes while offline: queued in the browser client's outbox. Her page cannot get a
-    # token until Bob is back, so Bob has rejoined before her queue is written.
-    ann.page.route("**/token*", lambda route: route.abort())
+    # Ann writes while offline: queued in the browser client's outbox, written after her
+    # rejoin. Bob's page gets no token until Ann has written more: he misses all of it.
+    bob.page.route("**/token*", lambda route: route.abort())
     ann.say("written while offline")
 
-    ask("start")  # a new server on the same port
-    bob.wait_state("open")
-    ann.page.unroute("**/token*")
+    ask("start")  # a new server on the same port: new in-memory history, new epoch
     ann.wait_state("open")
     assert ann.page.inner_text("#server-id") != old_id
-    # Both pages rejoined chat:general by themselves and see what was queued.
-    bob.wait_message("written while offline", user="ann")
     ann.wait_message("written while offline", user="ann")
+    ann.say("while bob was away")
+    ann.wait_message("while bob was away", user="ann")
+    bob.page.unroute("**/token*")
+    bob.wait_state("open")
+    # Bob rejoined with `since` from the old server: the epoch changed, so the server answers
+    # recovered:false; the client refetches the history, and the page shows what he missed.
+    bob.wait_message("written while offline", user="ann")
+    bob.wait_message("while bob was away", user="ann")
+    assert "epoch_changed" in bob.page.inner_text("#notice")
     bob.say("after the restart")
     ann.wait_message("after the restart", user="bob")
-    assert bob.messages().count("written while offline") == 1  # nothing shown twice
+    for text in ("before the restart", "written while offline", "while bob was away"):
+        assert bob.messages().count(text) == 1, (text, bob.messages())  # each shown once
+    assert ann.errors == [] and bob.errors == []
+
+
+def recover(context: BrowserContext, url: str) -> None:
+    """Same server, Bob's connection drops: he comes back with `since` and the server replays
+    what he missed (recovered: true), in order, each once."""
+    ann = Page(context, url, "ann")
+    bob = Page(context, url, "bob")
+    for p in (ann, bob):
+        p.open_room("chat:general")
+    ann.say("first")
+    bob.wait_message("first")
+    # Bob cannot reconnect until Ann has written: his page gets no token meanwhile.
+    bob.page.route("**/token*", lambda route: route.abort())
+    ask("drop bob")  # the server closes Bob's connection (1011: reconnect)
+    bob.wait_not_open()
+    ann.say("missed one")
+    ann.say("missed two")
+    ann.wait_message("missed two")
+    bob.page.unroute("**/token*")
+    bob.wait_state("open")
+    bob.wait_message("missed two", user="ann")
+    assert bob.messages() == ["first", "missed one", "missed two"]
+    assert bob.page.inner_text("#notice") == ""  # no recovery_failed: replayed
     assert ann.errors == [] and bob.errors == []
 
 
 SCENARIOS: dict[str, Callable[[BrowserContext, str], Any]] = {
     "two_pages_chat": two_pages_chat,
     "restart": restart,
+    "recover": recover,
 }
 
 

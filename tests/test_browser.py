@@ -69,6 +69,13 @@ class DemoServer:
         finally:
             done.set()
 
+    async def drop_bob(self) -> None:
+        """Close Bob's connections from the server with 1011 (the client reconnects)."""
+        assert self.manager is not None
+        for conn in list(self.manager.connections.values()):
+            if conn.user_id == "bob":
+                await conn.close(1011, "dropped by the test")
+
     async def stop(self) -> None:
         assert self.manager is not None
         self.manager.stop()
@@ -85,7 +92,7 @@ async def run_scenario(name: str, server: DemoServer, workdir: Path) -> list[str
         stdout=subprocess.PIPE,
     )
     assert process.stdin is not None and process.stdout is not None
-    actions = {"stop": server.stop, "start": server.start}
+    actions = {"stop": server.stop, "start": server.start, "drop bob": server.drop_bob}
     lines: list[str] = []
     buffer = b""
     try:
@@ -127,4 +134,13 @@ async def test_pages_reconnect_after_a_server_restart(tmp_path: Path) -> None:
         await server.start()
         lines = await run_scenario("restart", server, tmp_path)
         assert "@@ stop" in lines and "@@ start" in lines
+        await server.stop()
+
+
+async def test_a_page_recovers_what_it_missed_on_the_same_server(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        server = DemoServer(nursery, free_port())
+        await server.start()
+        lines = await run_scenario("recover", server, tmp_path)
+        assert "@@ drop bob" in lines
         await server.stop()

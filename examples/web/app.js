@@ -137,9 +137,12 @@ function connect(name) {
     el.dataset.state = state;
     el.textContent = state;
   });
-  client.on("open", ({ welcome, connection }) => {
+  client.on("open", ({ welcome }) => {
     $("server-id").textContent = welcome.server_id ?? "-";
-    if (connection > 1) $("notice").textContent = "";
+  });
+  // A new outage clears the last one's notice (a recovery notice stays until then).
+  client.on("reconnecting", () => {
+    $("notice").textContent = "";
   });
   client.on("message", (m) => {
     if (m.type === "chat_message" && typeof m.room === "string") addMessage(m.room, m);
