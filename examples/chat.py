@@ -26,17 +26,27 @@ from typing import Any
 
 from trio_rt import Connection, ErrorCode, ProtocolError, Reject, RoomHistory, WebSocketManager
 
+from .posts import add_posts_board
 from .web_ui import add_web_ui
 
 MAX_CHAT_MESSAGE = 2000
 _USER_NAME = re.compile(r"[\w.@-]{1,32}")
 
 
-def build_app(**options: Any) -> WebSocketManager:
-    """Build the chat server; `options` are WebSocketManager options (host, port, ...)."""
+def build_app(
+    *, cassandra: str | None = None, keyspace: str = "trio_rt_demo", **options: Any
+) -> WebSocketManager:
+    """Build the chat server; `options` are WebSocketManager options (host, port, ...).
+
+    `cassandra` (``HOST:PORT``) adds the live posts board (examples/posts.py): a Cassandra
+    table in `keyspace` whose changes every page receives.
+    """
     options.setdefault("history", RoomHistory())
     manager = WebSocketManager(**options)
-    add_web_ui(manager)  # the page at / and its dev tokens; authenticates bearer tokens first
+    # The page at / and its dev tokens; authenticates bearer tokens first.
+    add_web_ui(manager, posts=cassandra is not None)
+    if cassandra is not None:
+        add_posts_board(manager, cassandra, keyspace)
 
     @manager.on_connection
     async def identify(conn: Connection) -> None:

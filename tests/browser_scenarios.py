@@ -190,7 +190,26 @@ def recover(context: BrowserContext, url: str) -> None:
     assert ann.errors == [] and bob.errors == []
 
 
+def posts(context: BrowserContext, url: str) -> None:
+    """The posts board: one page posts, the other sees it arrive by change notification."""
+    ann = Page(context, url, "ann")
+    bob = Page(context, url, "bob")
+    for p in (ann, bob):
+        p.page.wait_for_selector("#posts:not([hidden])")
+    ann.page.fill("#post-title", "first <i>post</i>")
+    ann.page.press("#post-title", "Enter")
+    for p in (bob, ann):
+        p.page.locator("#post-list li", has_text="insert: first <i>post</i>").first.wait_for()
+    assert bob.page.locator("#post-list i").count() == 0  # text, never HTML
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "demo-posts.png"
+    bob.page.screenshot(path=str(shot))
+    print(f"posts screenshot: {shot}", flush=True)
+    assert ann.errors == [] and bob.errors == []
+
+
 SCENARIOS: dict[str, Callable[[BrowserContext, str], Any]] = {
+    "posts": posts,
     "two_pages_chat": two_pages_chat,
     "restart": restart,
     "recover": recover,

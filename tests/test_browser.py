@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import trio
 from trio_rt_examples import chat
 
 from trio_rt import WebSocketManager
+from trio_rt.cassandra import CassandraSession
+from trio_rt.testing.services import CassandraEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [
@@ -45,9 +48,10 @@ class DemoServer:
     """The chat demo on a fixed port, which can be stopped and started again (a new process's
     worth of state: new server id, new token secret, no memory of the old rooms)."""
 
-    def __init__(self, nursery: trio.Nursery, port: int) -> None:
+    def __init__(self, nursery: trio.Nursery, port: int, **app_options: Any) -> None:
         self.nursery = nursery
         self.port = port
+        self.app_options = app_options
         self.manager: WebSocketManager | None = None
         self._done = trio.Event()
 
@@ -56,7 +60,9 @@ class DemoServer:
         return f"http://127.0.0.1:{self.port}/"
 
     async def start(self) -> None:
-        self.manager = chat.build_app(host="127.0.0.1", port=self.port, shutdown_timeout=5)
+        self.manager = chat.build_app(
+            host="127.0.0.1", port=self.port, shutdown_timeout=5, **self.app_options
+        )
         self._done = trio.Event()
         await self.nursery.start(self._serve, self.manager, self._done)
 
@@ -144,3 +150,19 @@ async def test_a_page_recovers_what_it_missed_on_the_same_server(tmp_path: Path)
         lines = await run_scenario("recover", server, tmp_path)
         assert "@@ drop bob" in lines
         await server.stop()
+
+
+async def test_the_posts_board_shows_changes_from_cassandra(
+    tmp_path: Path, cassandra_endpoint: CassandraEndpoint, session: CassandraSession
+) -> None:
+    keyspace = "demo_" + uuid.uuid4().hex[:10]
+    endpoint = f"{cassandra_endpoint.host}:{cassandra_endpoint.port}"
+    try:
+        async with trio.open_nursery() as nursery:
+            server = DemoServer(nursery, free_port(), cassandra=endpoint, keyspace=keyspace)
+            await server.start()
+            lines = await run_scenario("posts", server, tmp_path)
+            assert any(line.startswith("posts screenshot: ") for line in lines)
+            await server.stop()
+    finally:
+        await session.drop_keyspace(keyspace)

@@ -289,3 +289,27 @@ async def test_getting_started_samples(capsys: pytest.CaptureFixture[str]) -> No
     assert "{'type': 'said', 'user': 'ann', 'text': 'hello'}" in capsys.readouterr().out
     heard = await getting_started.two_servers()
     assert heard == [{"type": "said", "user": "ann", "text": "hello"}] * 2
+
+
+async def test_demo_posts_board_on_cassandra(
+    cassandra_endpoint: Any, session: Any, keyspace: str
+) -> None:
+    endpoint = f"{cassandra_endpoint.host}:{cassandra_endpoint.port}"
+    manager = chat.build_app(
+        cassandra=endpoint, keyspace=keyspace, host="127.0.0.1", port=0, heartbeat_interval=None
+    )
+    async with manager, client(manager, "/?user=ann") as ann, client(manager, "/?user=bob") as bob:
+        sub = await bob.request({"type": "subscribe", "table": "posts", "id": 1})
+        assert sub["type"] == "subscribed"
+        for bad, code in [
+            ({"type": "new_post"}, "invalid_field"),
+            ({"type": "new_post", "title": "  "}, "invalid_field"),
+            ({"type": "new_post", "title": "x" * 201}, "too_large"),
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+        await ann.send({"type": "new_post", "title": " hello "})
+        update = await bob.recv()
+        assert update["type"] == "data_update" and update["event"]["operation"] == "insert"
+        assert update["event"]["data"]["title"] == "hello"
+        assert update["event"]["data"]["author"] == "ann"

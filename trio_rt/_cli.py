@@ -86,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the chat demo on the in-memory backends")
     serve = sub.add_parser("serve", help="serve an app given as module:attribute")
     serve.add_argument("app", help="module:attribute (a WebSocketManager or a factory)")
+    demo.add_argument(
+        "--cassandra",
+        default=None,
+        metavar="HOST:PORT",
+        help="add the live posts board, fed by change notifications from this Cassandra",
+    )
     for p in (demo, serve):
         p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
         p.add_argument("--port", type=int, default=None, help="port (default 3001; 0 = any)")
@@ -99,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["host"] = args.host
     if args.port is not None:
         options["port"] = args.port
+    if args.command == "demo" and args.cassandra is not None:
+        options["cassandra"] = args.cassandra
     spec = "trio_rt_examples.chat:build_app" if args.command == "demo" else args.app
 
     async def load_and_run() -> None:

@@ -175,6 +175,13 @@ async function showPosts() {
   const config = await r.json();
   if (!config.posts) return; // no change streams on this server: the board stays hidden
   $("posts").hidden = false;
+  $("poster").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const title = $("post-title").value.trim();
+    if (!title) return;
+    client.send({ type: "new_post", title });
+    $("post-title").value = "";
+  });
   const sub = await client.subscribe("posts", {});
   sub.on((event) => {
     const li = document.createElement("li");
