@@ -15,25 +15,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
-from websockets.http11 import SERVER, Response
 from websockets.http11 import Request as WsRequest
-from websockets.protocol import CONNECTING, OPEN
-from websockets.server import ServerProtocol
-from websockets.trio.messages import Assembler
+from websockets.http11 import Response
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 from websockets.typing import Subprotocol
 
-from ._assembler import LightAssembler
 from ._broker import Broker, MemoryBroker
 from ._connection import Connection
-from ._direct_stream import DirectStream
 from ._envelope import (
     KIND_KICK,
     KIND_SERVER,
@@ -73,6 +66,7 @@ from ._ratelimit import LocalRateLimiter, Rate, RateLimiter
 from ._rooms import Room, RoomError, RoomRegistry
 from ._static import CLIENT_JS_PATH, client_js_route
 from ._streams import Recovery
+from ._ws_connection import _ServerConnection
 
 if TYPE_CHECKING:
     from ._changes import ChangeStreamManager
@@ -133,115 +127,6 @@ class _Instruments(Protocol):
     def handler_finished(self, type: str, seconds: float) -> None: ...
 
     def fanned_out(self, recipients: int, seconds: float) -> None: ...
-
-
-class _ServerConnection(ServerConnection):
-    """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
-
-    trio_rt_conn: Connection | None = None
-    trio_rt_manager: WebSocketManager
-
-    def __init__(
-        self,
-        nursery: trio.Nursery,
-        stream: trio.abc.Stream,
-        protocol: ServerProtocol,
-        server: Server,
-        **kwargs: Any,
-    ) -> None:
-        # Plain TCP: let broadcasts write idle connections synchronously (_direct_stream.py).
-        if isinstance(stream, trio.SocketStream):
-            stream = DirectStream(stream)
-        super().__init__(nursery, stream, protocol, server, **kwargs)
-        # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
-        # connection: _assembler.py); only over the implementation it was written against.
-        assembler = self.recv_messages
-        if type(assembler) is Assembler:
-            self.recv_messages = LightAssembler(  # type: ignore[assignment]
-                assembler.high, assembler.low, self.pause_reading, self.resume_reading
-            )
-
-    async def handshake(
-        self,
-        process_request: Callable[[ServerConnection, WsRequest], Any] | None = None,
-        process_response: Callable[[ServerConnection, WsRequest, Response], Any] | None = None,
-        server_header: str | None = SERVER,
-    ) -> None:
-        """websockets' `ServerConnection.handshake` (17.x: same steps, same errors), except
-        how it waits for the request: websockets races `request_rcvd` against `stream_closed`
-        with a nursery and two tasks per handshake (`race_events`), about 15 % of a
-        handshake's CPU here (docs/performance.md). This waits on `request_rcvd` alone, which
-        `close_stream` also sets when the connection ends before a request came."""
-        try:
-            await self.request_rcvd.wait()
-            if self.request is None:
-                return  # the stream closed first; websockets' handler closes the rest
-            response = None
-            if process_request is not None:
-                response = await self._call_hook(process_request, self, self.request)
-            self.response = self.protocol.accept(self.request) if response is None else response
-            if server_header is not None:
-                self.response.headers["Server"] = server_header
-            if process_response is not None:
-                response = await self._call_hook(
-                    process_response, self, self.request, self.response
-                )
-                if response is not None:
-                    self.response = response
-            if self.response.status_code == HTTPStatus.SWITCHING_PROTOCOLS and self.server.closing:
-                self.response = self.protocol.reject(
-                    HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
-                )
-            if self.state is CONNECTING:
-                async with self.send_context(expected_state=CONNECTING):
-                    self.protocol.send_response(self.response)
-        finally:
-            # The handshake is over: drop websockets' select_subprotocol closure, a reference
-            # cycle (protocol -> closure -> connection -> protocol) that would leave every
-            # closed connection to the cyclic GC.
-            vars(self.protocol).pop("select_subprotocol", None)
-            conn = self.trio_rt_conn
-            if self.protocol.state is OPEN:
-                # Nobody reads the response after the handshake; its headers are ~1 KiB a
-                # connection (the request stays: conn.request.headers is a view of it).
-                self.response = None
-            elif conn is not None:
-                # Rejected, abandoned, timed out: undo the registration made for the handler.
-                self.trio_rt_manager._stats.rejected("aborted")  # accepted, never upgraded
-                with trio.CancelScope(shield=True):
-                    await self.trio_rt_manager._finish(conn)
-
-    async def _call_hook(self, hook: Callable[..., Any], *args: Any) -> Response | None:
-        """Call process_request / process_response as websockets does: sync or async; an
-        exception is logged and answered with HTTP 500."""
-        try:
-            response = hook(*args)
-            if inspect.isawaitable(response):
-                response = await response
-        except Exception as exc:
-            self.protocol.handshake_exc = exc
-            self.logger.error("%s failed", getattr(hook, "__name__", "hook"), exc_info=True)
-            return self.protocol.reject(
-                HTTPStatus.INTERNAL_SERVER_ERROR,
-                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
-            )
-        assert response is None or isinstance(response, Response)
-        return response
-
-    async def close_stream(self) -> None:
-        try:
-            await super().close_stream()
-        finally:
-            self.request_rcvd.set()  # a handshake still waiting for the request: it never comes
-
-    def process_event(self, event: Any) -> None:
-        # Pongs answer the manager's heartbeat pings (sent without websockets' ping(), which
-        # keeps an Event per ping); websockets ignores pongs it did not ask for.
-        if isinstance(event, Frame) and event.opcode is Opcode.PONG:
-            conn = self.trio_rt_conn
-            if conn is not None and conn._beat is not None:
-                HeartbeatSchedule.pong(conn._beat, bytes(event.data))
-        super().process_event(event)
 
 
 class WebSocketManager:
