@@ -235,8 +235,11 @@ def summarize(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
         "ratio_pairwise": pairwise,
         # the same comparison in server CPU per delivery (b's / a's: > 1 means a is cheaper);
         # less sensitive to other load on the machine than deliveries/s
+        # (None when a run was too short for the CPU clock to move)
         "cpu_ratio": per_kind[b]["server_cpu_us_per_delivery"]
-        / per_kind[a]["server_cpu_us_per_delivery"],
+        / per_kind[a]["server_cpu_us_per_delivery"]
+        if per_kind[a]["server_cpu_us_per_delivery"]
+        else None,
         "per_kind": per_kind,
     }
 
@@ -251,7 +254,9 @@ def print_table(summary: dict[str, Any], clients: int, messages: int, size: int)
         f"RATIO {summary['ratio_of']} (deliveries/s): {summary['ratio']:.2f}"
         f"   [paired per run: {', '.join(f'{x:.2f}' for x in summary['ratio_pairwise'])}]"
     )
-    print(f"server CPU per delivery, inverse ratio: {summary['cpu_ratio']:.2f}")
+    cpu_ratio = summary["cpu_ratio"]
+    shown = "n/a (run too short)" if cpu_ratio is None else f"{cpu_ratio:.2f}"
+    print(f"server CPU per delivery, inverse ratio: {shown}")
     header = (
         f"{'server':<14}{'deliveries/s':>14}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'CPU us/dlv':>12}{'srv CPU':>9}{'gen CPU':>9}{'other':>8}"
