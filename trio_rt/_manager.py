@@ -1357,23 +1357,7 @@ class WebSocketManager:
 
 
 def _type_of(command: Command) -> str:
-    if isinstance(command, ClientMessage):
-        return command.type
-    if isinstance(command, JoinRoom):
-        return "join_room"
-    if isinstance(command, LeaveRoom):
-        return "leave_room"
-    if isinstance(command, Ping):
-        return "ping"
-    if isinstance(command, Kick):
-        return "kick"
-    if isinstance(command, History):
-        return "history"
-    if isinstance(command, Subscribe):
-        return "subscribe"
-    if isinstance(command, Unsubscribe):
-        return "unsubscribe"
-    return "refresh"
+    return command.type if isinstance(command, ClientMessage) else command.TYPE
 
 
 def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -159,6 +159,7 @@ def parse_position(
 
 @dataclass(frozen=True, slots=True)
 class JoinRoom:
+    TYPE: ClassVar[str] = "join_room"
     room: str
     request_id: str | int | None = None
     since: StreamPosition | None = None  # recover what was missed after this position
@@ -166,12 +167,14 @@ class JoinRoom:
 
 @dataclass(frozen=True, slots=True)
 class LeaveRoom:
+    TYPE: ClassVar[str] = "leave_room"
     room: str
     request_id: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    TYPE: ClassVar[str] = "ping"
     request_id: str | int | None = None
 
 
@@ -179,6 +182,7 @@ class Ping:
 class Kick:
     """A moderator asks to remove every connection of `user_id` from `room`."""
 
+    TYPE: ClassVar[str] = "kick"
     room: str
     user_id: str
     request_id: str | int | None = None
@@ -189,6 +193,7 @@ class History:
     """Stored messages of a room: the latest `limit`, the `limit` before `before`, or the
     `limit` after `after` (at most one of the two)."""
 
+    TYPE: ClassVar[str] = "history"
     room: str
     limit: int
     before: StreamPosition | None = None
@@ -200,6 +205,7 @@ class History:
 class Subscribe:
     """Table changes matching `filters` (checked against the table by the change streams)."""
 
+    TYPE: ClassVar[str] = "subscribe"
     table: str
     filters: dict[str, Any]
     since: StreamPosition | None = None
@@ -208,6 +214,7 @@ class Subscribe:
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
+    TYPE: ClassVar[str] = "unsubscribe"
     subscription: str
     request_id: str | int | None = None
 
@@ -216,6 +223,7 @@ class Unsubscribe:
 class Refresh:
     """The client sends a fresh token for its connection (in-band re-authentication)."""
 
+    TYPE: ClassVar[str] = "refresh"
     token: str = field(repr=False)
     request_id: str | int | None = None
 
