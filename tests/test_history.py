@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
 from trio_rt import WebSocketManager
@@ -183,3 +184,16 @@ async def test_python_client_refetches_history_when_recovery_is_not_possible(
             page = await c.receive()
             assert page["type"] == "history" and [m["n"] for m in page["messages"]] == [4, 5]
             assert [(e.room, e.reason) for e in events] == [("r", "retention")]
+
+
+def test_memory_history_behind_a_cross_process_broker_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class SpansProcesses:
+        needs_asyncio = True
+
+    RoomHistory().check_deployment(SpansProcesses())
+    assert "positions are per process" in caplog.text
+    caplog.clear()
+    RoomHistory().check_deployment(object())  # MemoryBroker: one process, fine
+    assert caplog.text == ""

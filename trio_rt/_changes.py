@@ -41,7 +41,7 @@ from ._filters import RowFilter, parse_filters
 from ._manager import WebSocketManager
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
-from ._streams import Allocation, Sequencer, StreamCursor, StreamEntry, recover
+from ._streams import Allocation, MemorySequencer, Sequencer, StreamCursor, StreamEntry, recover
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -215,7 +215,6 @@ class ChangeStreamManager:
         recovery_limit: int = 1000,
         start_window: int = 1000,
     ) -> None:
-        from ._streams import MemorySequencer
         from .cassandra._streams import CassandraStreamStore
 
         if not poll_interval > 0 or not hole_timeout > 0:
@@ -277,6 +276,13 @@ class ChangeStreamManager:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The component's tasks: nudges in and out, watchers, live tails. Run by the manager."""
         manager = self.manager
+        if getattr(manager.broker, "needs_asyncio", False) and isinstance(
+            self.sequencer, MemorySequencer
+        ):
+            log.warning(
+                "ChangeStreamManager with a MemorySequencer while the broker spans processes: "
+                "two writing processes would hand out the same positions; use RedisSequencer"
+            )
         async with trio.open_nursery() as nursery:
             manager._on_channel(self._channel, self._on_nudge)
             await manager.broker.subscribe(self._channel)

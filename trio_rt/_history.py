@@ -15,6 +15,7 @@ docs/protocol.md ("Positions and recovery").
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from ._streams import (
 )
 
 __all__ = ["RoomHistory"]
+
+log = logging.getLogger("trio_rt.history")
 
 
 class RoomHistory:
@@ -66,6 +69,18 @@ class RoomHistory:
         """Tasks to run in the manager's nursery (a Redis sequencer's connection)."""
         run = getattr(self.sequencer, "run", None)
         return [run] if run is not None else []
+
+    def check_deployment(self, broker: object) -> None:
+        """Warn when the parts cannot work across servers: a broker shared between processes
+        with a memory sequencer or store (each process would number its own messages)."""
+        if getattr(broker, "needs_asyncio", False) and (
+            isinstance(self.sequencer, MemorySequencer) or isinstance(self.store, MemoryStreamStore)
+        ):
+            log.warning(
+                "RoomHistory with a memory %s while the broker spans processes: positions "
+                "are per process; use CassandraStreamStore and RedisSequencer (docs/streams.md)",
+                "sequencer" if isinstance(self.sequencer, MemorySequencer) else "store",
+            )
 
     def enabled(self, room: str) -> bool:
         return self._rooms is None or self._rooms(room)

@@ -465,6 +465,8 @@ class WebSocketManager:
                             moderators=settings.moderators,
                             private=settings.private,
                         )
+                if self.history is not None:
+                    self.history.check_deployment(self.broker)
                 for service in self._services:
                     await nursery.start(service)
                 self._service_nursery = nursery
