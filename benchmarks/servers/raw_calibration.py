@@ -12,22 +12,15 @@ Run: ``python -m benchmarks.servers.raw_calibration [--host H] [--port P]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import itertools
 import json
 import os
-import sys
 import time
-from collections import defaultdict
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 
-ROOM = "bench"
-
-_ids = itertools.count(1)
-rooms: defaultdict[str, set[ServerConnection]] = defaultdict(set)
+from ._asyncio_room import ROOM, rooms, run_cli
 
 
 def write_now(ws: ServerConnection, data: bytes) -> None:
@@ -42,7 +35,7 @@ def write_now(ws: ServerConnection, data: bytes) -> None:
         transport.write(data)
 
 
-async def run_bench(count: int, size: int) -> None:
+async def run_bench(count: int, size: int, rate: float = 0) -> None:
     pad = "x" * size
     members = rooms[ROOM]
     for i in range(count):
@@ -53,43 +46,8 @@ async def run_bench(count: int, size: int) -> None:
         await asyncio.sleep(0)
 
 
-async def handler(ws: ServerConnection) -> None:
-    joined: set[str] = set()
-    await ws.send(json.dumps({"type": "welcome", "connection_id": str(next(_ids))}))
-    try:
-        async for raw in ws:
-            message = json.loads(raw)
-            kind = message.get("type")
-            if kind == "join_room":
-                room = str(message["room"])
-                rooms[room].add(ws)
-                joined.add(room)
-                await ws.send(json.dumps({"type": "room_joined", "room": room}))
-            elif kind == "bench_start":
-                await run_bench(int(message["count"]), int(message.get("size", 0)))
-    finally:
-        for room in joined:
-            rooms[room].discard(ws)
-
-
-async def main(host: str, port: int) -> None:
-    async with serve(
-        handler, host, port, compression=None, ping_interval=None, backlog=1024
-    ) as server:
-        bound_port = next(iter(server.sockets)).getsockname()[1]
-        print(f"READY {bound_port}", flush=True)
-        await server.serve_forever()
-
-
 def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        asyncio.run(main(args.host, args.port))
-    except KeyboardInterrupt:
-        sys.exit(0)
+    run_cli(__doc__.splitlines()[0], run_bench)
 
 
 if __name__ == "__main__":
