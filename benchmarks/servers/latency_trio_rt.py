@@ -19,41 +19,12 @@ Run: ``python -m benchmarks.servers.latency_trio_rt [--host H] [--port P] [--com
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-import time
-from typing import Any
 
 import trio
 
-from trio_rt import WebSocketManager
-
-ROOM = "bench"
-
-
-async def main(host: str, port: int, compression: bool) -> None:
-    manager = WebSocketManager(
-        host=host,
-        port=port,
-        compression=compression,
-        heartbeat_interval=None,
-        rate_limit=None,  # a load test, not abuse
-    )
-
-    @manager.on_message("bench_start")
-    async def start(conn: Any, message: dict[str, Any]) -> None:
-        pad = "x" * int(message.get("size", 0))
-        rate = float(message.get("rate", 0) or 0)
-        t0 = trio.current_time()
-        for i in range(int(message["count"])):
-            if rate > 0:
-                await trio.sleep_until(t0 + i / rate)
-            await manager.broadcast_to_room(
-                ROOM, {"type": "bench", "seq": i, "t": time.monotonic_ns(), "pad": pad}
-            )
-
-    async with trio.open_nursery() as nursery:
-        _bound_host, bound_port = await nursery.start(manager.serve)
-        print(f"READY {bound_port}", flush=True)
+from .trio_rt_server import main
 
 
 def cli() -> None:
@@ -68,7 +39,7 @@ def cli() -> None:
 
         trio_rt._connection.shared_deflate_key = lambda extensions: None
     try:
-        trio.run(main, args.host, args.port, args.compression)
+        trio.run(functools.partial(main, args.host, args.port, compression=args.compression))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -14,39 +14,14 @@ Run: ``python -m benchmarks.servers.trio_rt_redis_server --redis-url redis://H:P
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-import time
-from typing import Any
 
 import trio
 
-from trio_rt import WebSocketManager
 from trio_rt._redis_broker import RedisBroker
 
-ROOM = "bench"
-
-
-async def main(host: str, port: int, redis_url: str) -> None:
-    manager = WebSocketManager(
-        host=host,
-        port=port,
-        compression=False,
-        heartbeat_interval=None,
-        broker=RedisBroker(redis_url),
-        rate_limit=None,  # a load test, not abuse
-    )
-
-    @manager.on_message("bench_start")
-    async def start(conn: Any, message: dict[str, Any]) -> None:
-        pad = "x" * int(message.get("size", 0))
-        for i in range(int(message["count"])):
-            await manager.broadcast_to_room(
-                ROOM, {"type": "bench", "seq": i, "t": time.monotonic_ns(), "pad": pad}
-            )
-
-    async with trio.open_nursery() as nursery:
-        _bound_host, bound_port = await nursery.start(manager.serve)
-        print(f"READY {bound_port}", flush=True)
+from .trio_rt_server import main
 
 
 def cli() -> None:
@@ -55,8 +30,9 @@ def cli() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--redis-url", required=True)
     args = parser.parse_args()
+    run = functools.partial(main, args.host, args.port, broker=RedisBroker(args.redis_url))
     try:
-        trio.run(main, args.host, args.port, args.redis_url)
+        trio.run(run)
     except KeyboardInterrupt:
         sys.exit(0)
 

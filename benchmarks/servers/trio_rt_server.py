@@ -24,19 +24,25 @@ from trio_rt import WebSocketManager
 ROOM = "bench"
 
 
-async def main(host: str, port: int) -> None:
+async def main(host: str, port: int, **options: Any) -> None:
+    """Serve the bench protocol with `options` (WebSocketManager options, e.g. a broker);
+    ``bench_start`` may carry ``"rate"`` (broadcasts per second, absolute schedule; absent or
+    0: as fast as possible)."""
     manager = WebSocketManager(
         host=host,
         port=port,
-        compression=False,
-        heartbeat_interval=None,
+        **{"compression": False, "heartbeat_interval": None, **options},
         rate_limit=None,  # a load test, not abuse
     )
 
     @manager.on_message("bench_start")
     async def start(conn: Any, message: dict[str, Any]) -> None:
         pad = "x" * int(message.get("size", 0))
+        rate = float(message.get("rate", 0) or 0)
+        t0 = trio.current_time()
         for i in range(int(message["count"])):
+            if rate > 0:
+                await trio.sleep_until(t0 + i / rate)
             await manager.broadcast_to_room(
                 ROOM, {"type": "bench", "seq": i, "t": time.monotonic_ns(), "pad": pad}
             )
