@@ -121,31 +121,44 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def one_run(
-    kind: str, host: str, clients: int, messages: int, size: int, max_other: float, wait: float
+    kind: str,
+    host: str,
+    clients: int,
+    messages: int,
+    size: int,
+    max_other: float,
+    wait: float,
+    *,
+    server_args: Sequence[str] = (),
+    loadgen: str = "benchmarks.loadgen",
+    loadgen_args: Sequence[str] = (),
+    label: str | None = None,
 ) -> dict[str, Any]:
+    """One measured run: `kind` (a SERVERS name or a server module, with `server_args`)
+    against the `loadgen` module (with `loadgen_args`); see the module docstring."""
     idle_busy = wait_until_idle(max_other, wait) if wait > 0 else None
     py = sys.executable
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath}
     server = subprocess.Popen(
-        [py, "-m", SERVERS.get(kind, kind), "--host", host, "--port", "0"],
+        [py, "-m", SERVERS.get(kind, kind), "--host", host, "--port", "0", *server_args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
-    loadgen: subprocess.Popen[str] | None = None
+    generator: subprocess.Popen[str] | None = None
     try:
         assert server.stdout is not None
-        server_out = LineReader(server.stdout, f"{kind} server")
+        server_out = LineReader(server.stdout, f"{label or kind} server")
         port = int(server_out.wait_for("READY", 60).split()[1])
         server_ps = psutil.Process(server.pid)
 
-        loadgen = subprocess.Popen(
+        generator = subprocess.Popen(
             [
                 py,
                 "-m",
-                "benchmarks.loadgen",
+                loadgen,
                 "--host",
                 host,
                 "--port",
@@ -156,6 +169,7 @@ def one_run(
                 str(messages),
                 "--size",
                 str(size),
+                *loadgen_args,
             ],
             cwd=REPO_ROOT,
             env=env,
@@ -163,31 +177,31 @@ def one_run(
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert loadgen.stdout is not None and loadgen.stdin is not None
-        loadgen_out = LineReader(loadgen.stdout, "loadgen")
+        assert generator.stdout is not None and generator.stdin is not None
+        loadgen_out = LineReader(generator.stdout, "loadgen")
         loadgen_out.wait_for("JOINED", 120)
         time.sleep(0.5)  # let the join traffic settle
 
         server_cpu_before = cpu_seconds(server_ps)
         busy_before = machine_busy_seconds()
         wall_before = time.monotonic()
-        loadgen.stdin.write("GO\n")
-        loadgen.stdin.flush()
+        generator.stdin.write("GO\n")
+        generator.stdin.flush()
         line = loadgen_out.wait_for("RESULT", 600)
         wall = time.monotonic() - wall_before
         server_cpu = cpu_seconds(server_ps) - server_cpu_before
         busy = machine_busy_seconds() - busy_before
 
         result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-        loadgen.wait(timeout=30)
+        generator.wait(timeout=30)
     finally:
-        if loadgen is not None:
-            stop(loadgen)
+        if generator is not None:
+            stop(generator)
         stop(server)
 
     deliveries = result["deliveries"]
     result.update(
-        kind=kind,
+        kind=label or kind,
         server_cpu_s=server_cpu,
         server_cpu_fraction=server_cpu / wall,
         server_cpu_us_per_delivery=server_cpu / deliveries * 1e6 if deliveries else None,

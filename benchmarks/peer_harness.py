@@ -12,19 +12,12 @@ exactly as ``benchmarks.fanout.one_run`` does, and the summary / ratios / table 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks import fanout
-from benchmarks.fanout import LineReader, cpu_seconds, machine_busy_seconds, stop, wait_until_idle
 
 
 @dataclass(frozen=True)
@@ -38,79 +31,20 @@ class Kind:
 def one_run(
     kind: Kind, host: str, clients: int, messages: int, size: int, max_other: float, wait: float
 ) -> dict[str, Any]:
-    idle_busy = wait_until_idle(max_other, wait) if wait > 0 else None
-    py = sys.executable
-    root = fanout.REPO_ROOT
-    pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath}
-    server = subprocess.Popen(
-        [py, "-m", kind.server, "--host", host, "--port", "0", *kind.server_args],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
+    """`benchmarks.fanout.one_run` with this kind's server and `benchmarks.peer_loadgen`."""
+    return fanout.one_run(
+        kind.server,
+        host,
+        clients,
+        messages,
+        size,
+        max_other,
+        wait,
+        server_args=kind.server_args,
+        loadgen="benchmarks.peer_loadgen",
+        loadgen_args=kind.loadgen_args,
+        label=kind.label,
     )
-    loadgen: subprocess.Popen[str] | None = None
-    try:
-        assert server.stdout is not None
-        port = int(
-            LineReader(server.stdout, f"{kind.label} server").wait_for("READY", 60).split()[1]
-        )
-        server_ps = psutil.Process(server.pid)
-        loadgen = subprocess.Popen(
-            [
-                py,
-                "-m",
-                "benchmarks.peer_loadgen",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--clients",
-                str(clients),
-                "--messages",
-                str(messages),
-                "--size",
-                str(size),
-                *kind.loadgen_args,
-            ],
-            cwd=root,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert loadgen.stdout is not None and loadgen.stdin is not None
-        loadgen_out = LineReader(loadgen.stdout, "loadgen")
-        loadgen_out.wait_for("JOINED", 120)
-        time.sleep(0.5)  # let the join traffic settle
-        server_cpu_before = cpu_seconds(server_ps)
-        busy_before = machine_busy_seconds()
-        wall_before = time.monotonic()
-        loadgen.stdin.write("GO\n")
-        loadgen.stdin.flush()
-        line = loadgen_out.wait_for("RESULT", 600)
-        wall = time.monotonic() - wall_before
-        server_cpu = cpu_seconds(server_ps) - server_cpu_before
-        busy = machine_busy_seconds() - busy_before
-        result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-        loadgen.wait(timeout=30)
-    finally:
-        if loadgen is not None:
-            stop(loadgen)
-        stop(server)
-    deliveries = result["deliveries"]
-    result.update(
-        kind=kind.label,
-        server_cpu_s=server_cpu,
-        server_cpu_fraction=server_cpu / wall,
-        server_cpu_us_per_delivery=server_cpu / deliveries * 1e6 if deliveries else None,
-        machine_busy_cores=busy / wall,
-        other_busy_cores=max(0.0, busy - server_cpu - result["loadgen_cpu_s"]) / wall,
-        busy_cores_before=idle_busy,
-    )
-    result["noisy"] = result["other_busy_cores"] > max_other
-    return result
 
 
 def run_all(
