@@ -22,15 +22,11 @@ once. Every task lives in the manager's nursery, under this component's own nurs
 
 from __future__ import annotations
 
-import base64
-import datetime
-import decimal
 import inspect
 import json
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +35,7 @@ import trio
 
 from ._filters import RowFilter, parse_filters
 from ._manager import WebSocketManager
+from ._options import require_positive_ints
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
 from ._streams import Allocation, MemorySequencer, Sequencer, StreamCursor, StreamEntry, recover
@@ -54,28 +51,6 @@ log = logging.getLogger("trio_rt.changes")
 
 OPERATIONS = frozenset({"insert", "update", "delete"})
 Permission = Callable[["Connection", str, str], "bool | Awaitable[bool]"]
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.UTC)
-        return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, datetime.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    raise TypeError(f"cannot serialize {type(value).__name__} in a change event")
-
-
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,24 +86,25 @@ class ChangeLog:
         store: CassandraStreamStore,
         sequencer: Sequencer,
         notify: Callable[[str, int], None] | None = None,
-        tables: dict[str, Table] | None = None,
     ) -> None:
         self.store = store
         self.sequencer = sequencer
         self.notify = notify
-        self.tables = tables if tables is not None else {}  # known tables serialize exactly
 
     async def prepare(self, change: Change) -> CapturedWrite:
         from .cassandra import CapturedWrite
 
         stream = _stream(change.table)
         allocation = await self.sequencer.next(stream)
-        table = self.tables.get(change.table)
-        if table is not None:
-            key, data = table.to_json(change.key), table.to_json(change.data)
-        else:
-            key, data = change.key, change.data
-        payload = _dumps({"operation": change.operation, "key": key, "data": data})
+        table = change.definition
+        if table is None:
+            raise ValueError(f"a change to {change.table!r} without its table definition")
+        event = {
+            "operation": change.operation,
+            "key": table.to_json(change.key),
+            "data": table.to_json(change.data),
+        }
+        payload = encode(event).decode("utf-8")
         return CapturedWrite(
             allocation.timestamp,
             self.store.append_statements(stream, allocation, payload),
@@ -171,6 +147,10 @@ class _Subscription:
     filter: RowFilter
     prefix: bytes  # the encoded data_update up to the event, shared by every delivery
     buffer: list[tuple[int, OutboundMessage]] | None = None  # while recovering
+
+    def frame(self, event_json: bytes) -> OutboundMessage:
+        """This subscription's ``data_update`` for an encoded event."""
+        return OutboundMessage(self.prefix + event_json + b"}")
 
 
 @dataclass(eq=False)
@@ -219,13 +199,9 @@ class ChangeStreamManager:
 
         if not poll_interval > 0 or not hole_timeout > 0:
             raise ValueError("poll_interval and hole_timeout must be positive")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("recovery_limit", recovery_limit),
-            ("start_window", start_window),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        require_positive_ints(
+            batch_size=batch_size, recovery_limit=recovery_limit, start_window=start_window
+        )
         self.db = db
         self.manager = manager
         self.store = store if store is not None else CassandraStreamStore(db.session, db.keyspace)
@@ -237,10 +213,9 @@ class ChangeStreamManager:
         self.recovery_limit = recovery_limit
         self.start_window = start_window
         self._tables: dict[str, Table] = {}  # exposed to client subscriptions
-        self._known: dict[str, Table] = {}  # every table seen: changes serialize exactly
         for table in tables:
             self.expose(table)
-        self.changelog = ChangeLog(self.store, self.sequencer, self._notify, self._known)
+        self.changelog = ChangeLog(self.store, self.sequencer, self._notify)
         if db.capture is None:
             db.capture = self.changelog
         self._has_permission = has_permission
@@ -270,7 +245,6 @@ class ChangeStreamManager:
     def expose(self, table: Table) -> None:
         """Allow client subscriptions to `table` (subject to `has_permission`)."""
         self._tables[table.name] = table
-        self._known[table.name] = table
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -382,12 +356,20 @@ class ChangeStreamManager:
     ) -> None:
         while True:
             generation = self._generation.get(stream, 0)
-            announced = self._announced.get(stream, 0)
-            # After a nudge, read up to the announced offset straight away; otherwise (a poll)
-            # the store looks up the stream's head first.
-            hint = announced if announced > cursor.done else None
-            entries = await self.store.read(
-                stream, cursor.epoch, cursor.done, self.batch_size, upto=hint
+            upto = self._announced.get(stream, 0)
+            if upto <= cursor.done:
+                # A poll, not a nudge: the head says how far to read, and whether the
+                # stream was reset (a new epoch); nothing past `done`, no read at all.
+                head = await self.store.head(stream)
+                upto = head.position.offset if head is not None else 0
+                if head is not None and head.position.epoch != cursor.epoch:
+                    log.warning("stream %s changed epoch: starting over", stream)
+                    cursor = StreamCursor(head.position.epoch, 0, self.hole_timeout)
+                    self._announced.pop(stream, None)
+            entries = (
+                await self.store.read(stream, cursor.epoch, cursor.done, self.batch_size, upto=upto)
+                if upto > cursor.done
+                else []
             )
             before = cursor.skipped
             ready = cursor.feed(entries, trio.current_time())
@@ -415,11 +397,6 @@ class ChangeStreamManager:
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - trio.current_time()))
             await self._wait(stream, generation, timeout)
-            if not entries and not cursor.holding:
-                head = await self.store.head(stream)
-                if head is not None and head.position.epoch != cursor.epoch:
-                    log.warning("stream %s changed epoch: starting over", stream)
-                    cursor = StreamCursor(head.position.epoch, 0, self.hole_timeout)
 
     @staticmethod
     def _event(table: str, entry: StreamEntry) -> ChangeEvent:
@@ -444,11 +421,7 @@ class ChangeStreamManager:
         goes on. Returns once the watcher's start position is fixed (or at once, if the
         manager is not serving yet: the watcher then starts with it).
         """
-        if isinstance(table, str):
-            table_name = table
-        else:
-            table_name = table.name
-            self._known[table_name] = table
+        table_name = table if isinstance(table, str) else table.name
         ops = frozenset(operations)
         if not ops or not ops <= OPERATIONS:
             raise ValueError(f"operations must be some of {sorted(OPERATIONS)}, not {operations!r}")
@@ -558,26 +531,27 @@ class ChangeStreamManager:
     def _fan_out(self, tail: _LiveTail, entry: StreamEntry) -> None:
         if not tail.subscriptions:
             return
-        event = self._event(tail.table.name, entry)
-        data = self._python_values(tail.table, event.data)
-        event_json = encode(event.to_json())
+        event_json, data = self._decode(tail.table, entry)
         for sub in list(tail.subscriptions.values()):
             if data is None or not sub.filter.matches(data):
                 continue
-            message = OutboundMessage(sub.prefix + event_json + b"}")
+            message = sub.frame(event_json)
             self.stats["deliveries"] += 1
             if sub.buffer is not None:
                 sub.buffer.append((entry.position.offset, message))
             else:
                 sub.conn.send_encoded(message)
 
-    @staticmethod
-    def _python_values(table: Table, data: dict[str, Any]) -> dict[str, Any] | None:
+    def _decode(self, table: Table, entry: StreamEntry) -> tuple[bytes, dict[str, Any] | None]:
+        """An entry as the encoded event clients get, and its data as Python values for the
+        filters (None when it does not fit the table's definition: no filter matches it)."""
+        event = self._event(table.name, entry)
         try:
-            return {k: table.from_json(k, v) for k, v in data.items() if k in table.columns}
+            data = {k: table.from_json(k, v) for k, v in event.data.items() if k in table.columns}
         except (TypeError, ValueError):
             log.warning("a change to %s does not match its table definition", table.name)
-            return None
+            data = None
+        return encode(event.to_json()), data
 
     async def _subscribe_command(self, conn: Connection, command: Subscribe) -> None:
         rid = command.request_id
@@ -644,11 +618,10 @@ class ChangeStreamManager:
         sent: set[int] = set()
         if result.recovered:
             for entry in result.entries:
-                event = self._event(table.name, entry)
-                data = self._python_values(table, event.data)
+                event_json, data = self._decode(table, entry)
                 sent.add(entry.position.offset)
                 if data is not None and sub.filter.matches(data):
-                    conn.send_encoded(OutboundMessage(sub.prefix + encode(event.to_json()) + b"}"))
+                    conn.send_encoded(sub.frame(event_json))
         self._flush(sub, sent)
         last = max(sent) if sent else since.offset
         position = (

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._options import require_positive_ints
 from ._protocol import encode
 from ._streams import (
     MemorySequencer,
@@ -55,9 +56,7 @@ class RoomHistory:
         recovery_limit: int = 1000,
         max_page: int = 100,
     ) -> None:
-        for name, value in (("recovery_limit", recovery_limit), ("max_page", max_page)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        require_positive_ints(recovery_limit=recovery_limit, max_page=max_page)
         self.store = store if store is not None else MemoryStreamStore()
         self.sequencer = sequencer if sequencer is not None else MemorySequencer()
         self.sequencer.attach(self.store)

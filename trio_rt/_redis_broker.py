@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._aio import ensure_loop
 from ._broker import Broker, Deliver
+from ._options import require_positive_ints
 
 __all__ = ["RedisBroker", "RedisBrokerStats"]
 
@@ -84,13 +85,11 @@ class RedisBroker(Broker):
         reconnect_max: float = 5.0,
         subscribe_timeout: float = 10.0,
     ) -> None:
-        for name, value in (
-            ("publish_queue_size", publish_queue_size),
-            ("receive_buffer", receive_buffer),
-            ("batch_size", batch_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        require_positive_ints(
+            publish_queue_size=publish_queue_size,
+            receive_buffer=receive_buffer,
+            batch_size=batch_size,
+        )
         if not (0 < reconnect_initial <= reconnect_max):
             raise ValueError("need 0 < reconnect_initial <= reconnect_max")
         if not url.startswith(("redis://", "rediss://", "unix://")):

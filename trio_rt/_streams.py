@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ._options import require_positive_ints
 from ._protocol import StreamPosition, parse_position
 
 __all__ = [
@@ -114,8 +115,7 @@ class MemoryStreamStore(StreamStore):
     """
 
     def __init__(self, *, max_entries: int = 1000, retention: float = 3600.0) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be a positive integer, not {max_entries!r}")
+        require_positive_ints(max_entries=max_entries)
         if not retention > 0:
             raise ValueError(f"retention must be positive, not {retention!r}")
         self.max_entries = max_entries

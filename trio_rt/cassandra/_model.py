@@ -761,6 +761,8 @@ class Change:
     #: insert: the row as written; update: key + changed columns (the whole merged row with
     #: ``Table.capture_full_rows``); delete: the key
     data: dict[str, Any]
+    #: the table's definition (set by :class:`Database`): ``definition.to_json(data)``
+    definition: Table | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -862,7 +864,7 @@ class Database:
             f"INSERT INTO {name} ({', '.join(_q(c) for c in columns)}) "
             f"VALUES ({', '.join('?' for _ in columns)}){using}"
         )
-        change = Change(table.name, "insert", key, row)
+        change = Change(table.name, "insert", key, row, table)
         return await self._write(cql, [*(row[c] for c in columns), *params], change)
 
     async def update(
@@ -894,7 +896,7 @@ class Database:
         if table.capture_full_rows and self.capture is not None:
             current = await self.get(table, key_values)
             data = {**(current or {}), **data}
-        change = Change(table.name, "update", key_values, data)
+        change = Change(table.name, "update", key_values, data, table)
         bound = [*params, *changed.values(), *key_values.values()]
         return await self._write(cql, bound, change)
 
@@ -904,7 +906,7 @@ class Database:
         name = self._table(table)
         key_values = table._key_values(key, table.primary_key, "primary key")
         where = " AND ".join(f"{_q(c)} = ?" for c in key_values)
-        change = Change(table.name, "delete", key_values, dict(key_values))
+        change = Change(table.name, "delete", key_values, dict(key_values), table)
         return await self._write(
             f"DELETE FROM {name} WHERE {where}", list(key_values.values()), change
         )

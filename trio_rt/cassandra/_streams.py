@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from .._options import require_positive_ints
 from .._streams import Allocation, StreamEntry, StreamPosition, StreamStore
 from ._session import CassandraSession, Params
 
@@ -47,9 +48,7 @@ class CassandraStreamStore(StreamStore):
             raise ValueError(f"invalid keyspace name {keyspace!r}")
         if not retention >= 1:
             raise ValueError("retention must be at least 1 second")
-        for name, value in (("bucket_size", bucket_size), ("shards", shards)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        require_positive_ints(bucket_size=bucket_size, shards=shards)
         if bucket_size % shards:
             raise ValueError("bucket_size must be a multiple of shards")
         self.session = session
