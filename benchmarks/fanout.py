@@ -183,6 +183,7 @@ def one_run(
         time.sleep(0.5)  # let the join traffic settle
 
         server_cpu_before = cpu_seconds(server_ps)
+        server_sys_before = server_ps.cpu_times().system
         busy_before = machine_busy_seconds()
         wall_before = time.monotonic()
         generator.stdin.write("GO\n")
@@ -190,6 +191,7 @@ def one_run(
         line = loadgen_out.wait_for("RESULT", 600)
         wall = time.monotonic() - wall_before
         server_cpu = cpu_seconds(server_ps) - server_cpu_before
+        server_sys = server_ps.cpu_times().system - server_sys_before
         busy = machine_busy_seconds() - busy_before
 
         result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
@@ -203,6 +205,7 @@ def one_run(
     result.update(
         kind=label or kind,
         server_cpu_s=server_cpu,
+        server_system_s=server_sys,  # the kernel's share: sends, wake-ups
         server_cpu_fraction=server_cpu / wall,
         server_cpu_us_per_delivery=server_cpu / deliveries * 1e6 if deliveries else None,
         machine_busy_cores=busy / wall,

@@ -532,6 +532,7 @@ class ChangeStreamManager:
         if not tail.subscriptions:
             return
         event_json, data = self._decode(tail.table, entry)
+        cork = self.manager._flushes.begin()  # one decision for every recipient
         for sub in list(tail.subscriptions.values()):
             if data is None or not sub.filter.matches(data):
                 continue
@@ -540,7 +541,7 @@ class ChangeStreamManager:
             if sub.buffer is not None:
                 sub.buffer.append((entry.position.offset, message))
             else:
-                sub.conn.send_encoded(message)
+                sub.conn.send_encoded(message, cork)
 
     def _decode(self, table: Table, entry: StreamEntry) -> tuple[bytes, dict[str, Any] | None]:
         """An entry as the encoded event clients get, and its data as Python values for the

@@ -19,7 +19,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import OPEN
 from websockets.trio.server import ServerConnection
 
-from ._direct_stream import DirectStream
+from ._direct_stream import CORK_MAX_BYTES, DirectStream
 from ._heartbeat import Beat, HeartbeatSchedule
 from ._outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from ._protocol import CloseCode, encode
@@ -189,23 +189,43 @@ class Connection:
         self.send_encoded(OutboundMessage(encode(data)))
         await trio.lowlevel.checkpoint()
 
-    def send_encoded(self, message: OutboundMessage) -> bool:
+    def send_encoded(self, message: OutboundMessage, cork: bool | None = None) -> bool:
         """Queue an already serialized message without waiting. Returns False if not queued.
 
-        When the connection is idle (nothing queued or being written), the frame goes straight
-        to the socket without waking a writer task: the common case of a broadcast costs one
-        system call and no task switch. With compression the frame is compressed here, in the
-        order of sending.
+        When the connection is idle (nothing queued or being written), the frame goes to the
+        socket without a writer task: at once with a non-blocking send when the server is
+        quiet, or corked for one write with the frames that follow it when sends come in a
+        burst (`FlushQueue`; a fan-out passes `cork`, decided once for all its recipients).
+        With compression the frame is compressed here, in the order of sending.
         """
         direct = self._direct
-        if direct is not None and not self._outbox and self._can_write_now(direct):
-            if direct.send_now(self._wire(message)):
-                if direct.pending:
+        if direct is not None:
+            corked = direct._corked
+            if corked is not None:
+                # Corked frames exist only while the checks below hold: every change that
+                # could break them (a queued message, any write) takes the corked frames.
+                corked += self._wire(message)
+                if len(corked) >= CORK_MAX_BYTES:
+                    self._flush_corked()  # bounded: beyond this the outbox's bounds apply
+                self.messages_out += 1
+                self._manager._stats.messages_out += 1
+                return True
+            if not self._outbox and self._can_write_now(direct):
+                flushes = self._manager._flushes
+                if cork is None:
+                    cork = flushes.begin()
+                if cork and flushes.running:
+                    direct.cork(self._wire(message))
+                    flushes.add(self)
+                elif not direct.send_now(self._wire(message)):
+                    return False  # a broken socket: the reader sees it and ends the connection
+                elif direct.pending:
                     self._wake_writer()  # the writer flushes what the kernel left
                 self.messages_out += 1
                 self._manager._stats.messages_out += 1
                 return True
-            return False  # a broken socket: the reader sees it and ends the connection
+            # From here on the message waits in the outbox: what is corked goes first.
+            direct.uncork_to_pending()
         result = self._outbox.offer(message)
         if result is Offer.QUEUED:
             self._wake_writer()
@@ -316,7 +336,8 @@ class Connection:
         written or waits to be (by the writer, websockets or the kernel), the connection is
         open and the outbox takes messages."""
         return (
-            direct.idle
+            not direct._sending
+            and not direct._pending
             and not self._in_flight
             and not self._outbox.closed
             and not self._ws.send_lock.locked()
@@ -335,6 +356,12 @@ class Connection:
                 self._wake_writer()
             self.messages_out += len(batch)
             self._manager._stats.messages_out += len(batch)
+
+    def _flush_corked(self) -> None:
+        """Write what `send_encoded` corked (the manager's FlushQueue calls this)."""
+        direct = self._direct
+        if direct is not None and direct.flush() and direct.pending:
+            self._wake_writer()  # the writer flushes what the kernel left
 
     def _wire(self, message: OutboundMessage) -> bytes:
         """The bytes of `message` on this connection's wire. Shared by every recipient (one

@@ -27,6 +27,7 @@ from websockets.typing import Subprotocol
 
 from ._broker import Broker, MemoryBroker
 from ._connection import Connection
+from ._direct_stream import FlushQueue
 from ._envelope import (
     KIND_KICK,
     KIND_SERVER,
@@ -235,6 +236,8 @@ class WebSocketManager:
         self._expiry_seq = 0
         self._expiry_scope: trio.CancelScope | None = None
         self._heartbeats: HeartbeatSchedule[Connection] | None = None  # while serving
+        # connections with corked frames; one task writes them each scheduler pass
+        self._flushes = FlushQueue[Connection]()
         self._heartbeat_lot = trio.lowlevel.ParkingLot()
         self._heartbeat_wake_at = math.inf
 
@@ -455,6 +458,7 @@ class WebSocketManager:
                 self._server_inbox = send
                 nursery.start_soon(self._run_server_message_handlers, receive)
                 nursery.start_soon(self._expire_tokens)
+                await nursery.start(self._flushes.run)
                 await self.broker.subscribe(self._servers_channel)
                 if self.room_store is not None:
                     for settings in await self.room_store.load():
@@ -1135,8 +1139,9 @@ class WebSocketManager:
         if members:
             self.broker.unsubscribe(self._room_channel(name))
         msg = OutboundMessage(encode({"type": "room_left", "room": name, "reason": "deleted"}))
+        cork = self._flushes.begin()
         for conn in members:
-            conn.send_encoded(msg)
+            conn.send_encoded(msg, cork)
         await trio.lowlevel.checkpoint()
 
     async def join_room(self, conn: Connection, room: str) -> bool:
@@ -1304,11 +1309,12 @@ class WebSocketManager:
             return
         message = OutboundMessage(env.payload)
         exclude = env.exclude
+        cork = self._flushes.begin()  # one decision for every recipient
         n = 0
         if env.offset is None:
             for conn in targets:
                 if conn.id != exclude:
-                    conn.send_encoded(message)
+                    conn.send_encoded(message, cork)
                     n += 1
         else:  # a room message with a position: members recovering this room buffer it
             room = channel[len(self._room_prefix) :]
@@ -1318,7 +1324,7 @@ class WebSocketManager:
                     if recovering is not None and room in recovering:
                         recovering[room].append((env.offset, message))
                     else:
-                        conn.send_encoded(message)
+                        conn.send_encoded(message, cork)
                     n += 1
         self._stats.deliveries += n
         if instruments is not None:
