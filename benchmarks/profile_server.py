@@ -54,7 +54,19 @@ def _trio_send_line() -> str:
     return "<unknown>"
 
 
+def _direct_write_line() -> str:
+    """The frame where trio_rt's DirectStream hands bytes to the kernel (``os.write``)."""
+    from trio_rt._direct_stream import DirectStream
+
+    lines, first = inspect.getsourcelines(DirectStream.send_now)
+    for offset, text in enumerate(lines):
+        if "os.write(" in text:
+            return f"DirectStream.send_now (trio_rt/_direct_stream.py:{first + offset})"
+    return "<unknown>"
+
+
 TRIO_SEND = _trio_send_line()
+DIRECT_WRITE = _direct_write_line()
 
 
 def _any(*needles: str) -> Rule:
@@ -67,14 +79,16 @@ CATEGORIES: list[tuple[str, Rule]] = [
     (
         "socket send()/write() syscall (kernel TCP over loopback)",
         lambda stack, leaf: (
-            leaf.startswith(("send (libc", "write (libc", "__libc_send")) or leaf == TRIO_SEND
+            leaf.startswith(("send (libc", "write (libc", "__libc_send"))
+            or leaf in (TRIO_SEND, DIRECT_WRITE)
         ),
     ),
+    ("flush: FlushQueue pass over corked connections (join, checks)", _any("FlushQueue")),
     ("epoll (waiting for I/O)", lambda stack, leaf: "epoll" in leaf or "get_events" in leaf),
     ("writer: send_lock acquire/release (trio.Lock)", _any("trio/_sync.py")),
     ("writer: SocketStream.send_all, trio socket wrappers, checkpoints", _any("send_all")),
     ("writer: own loop (park/wake, take_all, join frames)", _any("Connection._writer")),
-    ("broadcast: per-recipient offer + wake writer (send_encoded)", _any("send_encoded")),
+    ("broadcast: per-recipient checks, cork or queue (send_encoded)", _any("send_encoded")),
     (
         "websockets: broadcast(), framing, asyncio transport write (baseline)",
         _any("(websockets/asyncio/connection.py", "(websockets/frames.py", "(asyncio/selector"),

@@ -109,9 +109,10 @@ class Connection:
     `JWTAuthenticator`, or by the app's connection handler).
 
     Sending never waits on the client: `send` serializes the message and, when the connection
-    is idle, writes it at once with a non-blocking send; otherwise it queues it in the
-    connection's bounded outbox for the connection's writer task. When the outbox is full the
-    manager's slow-consumer policy applies.
+    is idle, writes it with a non-blocking send: at once when the server is quiet, or corked
+    with the rest of a burst for one write a few scheduler passes later (`FlushQueue`);
+    otherwise it queues it in the connection's bounded outbox for the connection's writer
+    task. When the outbox is full the manager's slow-consumer policy applies.
 
     Tasks: the reader runs in the handler task websockets gives the connection. The writer is
     started (in the connection's nursery) only when something has to wait: a full socket
