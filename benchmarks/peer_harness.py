@@ -11,6 +11,7 @@ exactly as ``benchmarks.fanout.one_run`` does, and the summary / ratios / table 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import sys
 from dataclasses import dataclass, field
@@ -113,3 +114,41 @@ def write_json(
         packages=("trio", "websockets", "python-socketio", "aiohttp"),
         stamp_key="finished_utc",
     )
+
+
+def main(
+    name: str,
+    description: str,
+    kinds: dict[str, Kind],
+    argv: list[str] | None,
+    *,
+    clients: int,
+    messages: int,
+    servers: str,
+) -> int:
+    """The command line of a peer benchmark ``name`` (its defaults: `clients`, `messages` and
+    the comma-separated kinds `servers`): parses `argv`, runs `run_all` on the chosen kinds and
+    writes the JSON (`write_json`); returns the exit status."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--clients", type=int, default=clients)
+    parser.add_argument("--messages", type=int, default=messages)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=70)
+    parser.add_argument("--servers", default=servers)
+    parser.add_argument("--max-other", type=float, default=0.25)
+    parser.add_argument("--wait-idle", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    chosen = [kinds[k.strip()] for k in args.servers.split(",") if k.strip()]
+    runs, summary = run_all(
+        chosen,
+        clients=args.clients,
+        messages=args.messages,
+        size=args.size,
+        runs=args.runs,
+        max_other=args.max_other,
+        wait_idle=args.wait_idle,
+    )
+    params = {k: v for k, v in vars(args).items() if k != "json"}
+    write_json(name, params, {"summary": summary, "runs": runs}, args.json)
+    return 0
