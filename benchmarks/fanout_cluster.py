@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks import generator_process
 from benchmarks.fanout import (
     REPO_ROOT,
     LineReader,
@@ -141,20 +142,14 @@ def one_run(
         server_ps = [psutil.Process(s.pid) for s in servers]
         redis_ps = psutil.Process(redis_pid) if redis_pid is not None else None
 
-        loadgen = subprocess.Popen(
+        loadgen, loadgen_out = generator_process.start(
             [
-                *(py, "-m", "benchmarks.fanout_cluster", "loadgen", "--host", args.host),
+                *("benchmarks.fanout_cluster", "loadgen", "--host", args.host),
                 *("--ports", ",".join(map(str, ports)), "--clients", str(args.clients)),
                 *("--messages", str(args.messages), "--size", str(args.size)),
             ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            env,
         )
-        assert loadgen.stdout is not None and loadgen.stdin is not None
-        loadgen_out = LineReader(loadgen.stdout, "loadgen")
         loadgen_out.wait_for("JOINED", 120)
         time.sleep(0.5)
 
@@ -162,8 +157,7 @@ def one_run(
         redis_before = cpu_seconds(redis_ps) if redis_ps is not None else 0.0
         busy_before = machine_busy_seconds()
         wall_before = time.monotonic()
-        loadgen.stdin.write("GO\n")
-        loadgen.stdin.flush()
+        generator_process.go(loadgen)
         line = loadgen_out.wait_for("RESULT", 600)
         wall = time.monotonic() - wall_before
         server_cpu = [cpu_seconds(p) - b for p, b in zip(server_ps, cpu_before, strict=True)]

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks import generator_process
 from benchmarks.fanout import REPO_ROOT, RESULTS_DIR, SERVERS, LineReader, cpu_seconds, stop
 
 Rule = Callable[[list[str], str], bool]
@@ -178,20 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         assert server.stdout is not None
         server_out = LineReader(server.stdout, "server")
         port = int(server_out.wait_for("READY", 60).split()[1])
-        loadgen = subprocess.Popen(
+        loadgen, loadgen_out = generator_process.start(
             [
-                *(py, "-m", "benchmarks.loadgen", "--host", args.host, "--port", str(port)),
+                *("benchmarks.loadgen", "--host", args.host, "--port", str(port)),
                 *("--clients", str(args.clients), "--messages", str(args.messages)),
                 *("--size", str(args.size)),
             ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            env,
         )
-        assert loadgen.stdout is not None and loadgen.stdin is not None
-        loadgen_out = LineReader(loadgen.stdout, "loadgen")
         loadgen_out.wait_for("JOINED", 120)
 
         if args.rate > 0:
@@ -206,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         server.send_signal(signal.SIGUSR1)  # reset the GC counters
         time.sleep(0.1)
         cpu_before = cpu_seconds(server_ps)
-        loadgen.stdin.write("GO\n")
-        loadgen.stdin.flush()
+        generator_process.go(loadgen)
         result = json.loads(loadgen_out.wait_for("RESULT", 600).split(" ", 1)[1])
         server_cpu = cpu_seconds(server_ps) - cpu_before
         server.send_signal(signal.SIGUSR2)
