@@ -32,7 +32,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from benchmarks.fanout import (
     wait_until_idle,
     write_results,
 )
+from benchmarks.servers._conn_common import raise_fd_limit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -72,12 +72,6 @@ SERVER_ARGS: dict[str, list[str]] = {
     "trio_rt+gcfreeze": ["--gc-freeze", "10"],
     "trio_rt+nocontext": ["--no-context-takeover"],
 }
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # -- load generator (runs in its own process: ``--loadgen``) ------------------------------------

@@ -26,8 +26,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from benchmarks.connections import SERVERS, Proc, raise_fd_limit, server_state
+from benchmarks.connections import SERVERS, Proc, server_state
 from benchmarks.fanout import stop
+from benchmarks.servers._conn_common import raise_fd_limit
 
 OWNERS = (
     ("trio_rt", "/trio_rt/"),
