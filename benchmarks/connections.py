@@ -43,6 +43,7 @@ from typing import Any
 import psutil
 
 from benchmarks.fanout import (
+    REPO_ROOT,
     LineReader,
     cpu_seconds,
     machine_busy_seconds,
@@ -52,9 +53,6 @@ from benchmarks.fanout import (
     write_results,
 )
 from benchmarks.servers._conn_common import raise_fd_limit
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 SERVERS: dict[str, str] = {
     "trio_rt": "benchmarks.servers.conn_trio_rt",
@@ -340,6 +338,22 @@ class Proc:
         return json.loads(self.out.wait_for(answer, timeout).split(" ", 1)[1])  # type: ignore[no-any-return]
 
 
+def start_loadgen(server: Proc, host: str) -> Proc:
+    """Waits for `server`'s ``READY <port>``, then starts this module's load generator
+    (``--loadgen``) against that port; returns it once it is ready (stopped if it fails)."""
+    port = int(server.out.wait_for("READY", 60).split()[1])
+    gen = Proc(
+        ["-m", "benchmarks.connections", "--loadgen", "--host", host, "--port", str(port)],
+        "loadgen",
+    )
+    try:
+        gen.out.wait_for("READY", 60)
+    except BaseException:
+        stop(gen.popen)
+        raise
+    return gen
+
+
 class RssSampler:
     """Samples a process's RSS every 0.1 s in a thread; keeps the peak."""
 
@@ -395,12 +409,7 @@ def one_phase(kind: str, phase: str, args: argparse.Namespace) -> dict[str, Any]
     gen: Proc | None = None
     result: dict[str, Any] = {"kind": kind, "phase": phase, "busy_cores_before": idle_busy}
     try:
-        port = int(server.out.wait_for("READY", 60).split()[1])
-        gen = Proc(
-            ["-m", "benchmarks.connections", "--loadgen", "--host", args.host, "--port", str(port)],
-            "loadgen",
-        )
-        gen.out.wait_for("READY", 60)
+        gen = start_loadgen(server, args.host)
         n = args.connections
         if phase == "churn":
             cpu0, busy0 = cpu_seconds(server.ps), machine_busy_seconds()

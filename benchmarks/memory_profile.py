@@ -26,7 +26,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from benchmarks.connections import SERVERS, Proc, server_state
+from benchmarks.connections import SERVERS, Proc, server_state, start_loadgen
 from benchmarks.fanout import stop
 from benchmarks.servers._conn_common import raise_fd_limit
 
@@ -86,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = None
     n = args.connections
     try:
-        port = int(server.out.wait_for("READY", 60).split()[1])
-        gen = Proc(
-            ["-m", "benchmarks.connections", "--loadgen", "--host", args.host, "--port", str(port)],
-            "loadgen",
-        )
-        gen.out.wait_for("READY", 60)
+        gen = start_loadgen(server, args.host)
         server_state(server)
         import signal
 
