@@ -26,11 +26,12 @@ from __future__ import annotations
 import sys
 
 from benchmarks import peer_harness
-from benchmarks.peer_harness import Kind
+from benchmarks.peer_harness import Defaults, Kind
 
 TRIO = "benchmarks.servers.latency_trio_rt"
 BASE = "benchmarks.servers.latency_baseline"
 DEFLATE = ("--compression",)
+DEFAULTS = Defaults(clients=200, messages=1000, servers="trio_rt,trio_rt+deflate,baseline+deflate")
 KINDS = {
     "trio_rt": Kind("trio_rt", TRIO),
     "trio_rt+deflate": Kind("trio_rt+deflate", TRIO, DEFLATE, ("--deflate",)),
@@ -47,15 +48,7 @@ KINDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return peer_harness.main(
-        "compress_fanout",
-        __doc__.splitlines()[0],
-        KINDS,
-        argv,
-        clients=200,
-        messages=1000,
-        servers="trio_rt,trio_rt+deflate,baseline+deflate",
-    )
+    return peer_harness.main("compress_fanout", __doc__.splitlines()[0], KINDS, DEFAULTS, argv)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from __future__ import annotations
 import sys
 
 from benchmarks import peer_harness
-from benchmarks.peer_harness import Kind
+from benchmarks.peer_harness import Defaults, Kind
 
+DEFAULTS = Defaults(clients=1000, messages=400, servers="trio_rt,baseline,socketio")
 KINDS = {
     "trio_rt": Kind("trio_rt", "benchmarks.servers.trio_rt_server"),
     "baseline": Kind("baseline", "benchmarks.servers.baseline_websockets"),
@@ -29,15 +30,7 @@ KINDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return peer_harness.main(
-        "peer_fanout",
-        __doc__.splitlines()[0],
-        KINDS,
-        argv,
-        clients=1000,
-        messages=400,
-        servers="trio_rt,baseline,socketio",
-    )
+    return peer_harness.main("peer_fanout", __doc__.splitlines()[0], KINDS, DEFAULTS, argv)
 
 
 if __name__ == "__main__":
