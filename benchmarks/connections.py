@@ -33,7 +33,6 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -43,8 +42,6 @@ from typing import Any
 import psutil
 
 from benchmarks.fanout import (
-    REPO_ROOT,
-    LineReader,
     cpu_seconds,
     machine_busy_seconds,
     median,
@@ -52,6 +49,7 @@ from benchmarks.fanout import (
     wait_until_idle,
     write_results,
 )
+from benchmarks.proc import Proc
 from benchmarks.servers._conn_common import raise_fd_limit
 
 SERVERS: dict[str, str] = {
@@ -312,30 +310,6 @@ async def loadgen_main(host: str, port: int) -> None:
 
 
 # -- harness ------------------------------------------------------------------------------------
-
-
-class Proc:
-    """A benchmark subprocess with a line reader on its stdout."""
-
-    def __init__(self, args: list[str], name: str) -> None:
-        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        self.popen = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONPATH": pythonpath},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.popen.stdout is not None
-        self.out = LineReader(self.popen.stdout, name)
-        self.ps = psutil.Process(self.popen.pid)
-
-    def ask(self, command: str, answer: str, timeout: float) -> dict[str, Any]:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(command + "\n")
-        self.popen.stdin.flush()
-        return json.loads(self.out.wait_for(answer, timeout).split(" ", 1)[1])  # type: ignore[no-any-return]
 
 
 def start_loadgen(server: Proc, host: str) -> Proc:

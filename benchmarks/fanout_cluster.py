@@ -36,7 +36,6 @@ from typing import Any
 
 import psutil
 
-from benchmarks import generator_process
 from benchmarks.fanout import (
     REPO_ROOT,
     LineReader,
@@ -46,7 +45,9 @@ from benchmarks.fanout import (
     wait_until_idle,
     write_results,
 )
-from benchmarks.loadgen import add_run_arguments, drive
+from benchmarks.loadgen import add_run_arguments
+from benchmarks.loadgen import run as run_clients
+from benchmarks.proc import Proc
 
 SINGLE = "single"
 SINGLE_REDIS = "single+redis"
@@ -86,9 +87,9 @@ RESULT_KEYS = (
 async def run_loadgen(
     host: str, ports: list[int], clients: int, messages: int, size: int, idle_timeout: float
 ) -> dict[str, Any]:
-    """``benchmarks.loadgen.run`` with client ``i`` on ``ports[i % len(ports)]``; client 0 (on
-    ``ports[0]``) sends ``bench_start``."""
-    result, conns = await drive(host, ports, clients, messages, size, idle_timeout)
+    """``benchmarks.loadgen.run`` over several ports, with this benchmark's result: the
+    deliveries per port added, some of the generator's own figures left out."""
+    result, conns = await run_clients(host, ports, clients, messages, size, idle_timeout)
     # per server: the clients on ports[0] get local deliveries, the others cross Redis
     result["deliveries_per_port"] = [
         sum(c.received for c in conns[k :: len(ports)]) for k in range(len(ports))
@@ -127,7 +128,7 @@ def one_run(
     if module.endswith("redis_server"):
         argv += ["--redis-url", redis_url]
     servers: list[subprocess.Popen[str]] = []
-    loadgen: subprocess.Popen[str] | None = None
+    loadgen: Proc | None = None
     try:
         ports = []
         for k in range(count):
@@ -142,32 +143,32 @@ def one_run(
         server_ps = [psutil.Process(s.pid) for s in servers]
         redis_ps = psutil.Process(redis_pid) if redis_pid is not None else None
 
-        loadgen, loadgen_out = generator_process.start(
+        loadgen = Proc(
             [
-                *("benchmarks.fanout_cluster", "loadgen", "--host", args.host),
+                *("-m", "benchmarks.fanout_cluster", "loadgen", "--host", args.host),
                 *("--ports", ",".join(map(str, ports)), "--clients", str(args.clients)),
                 *("--messages", str(args.messages), "--size", str(args.size)),
             ],
-            env,
+            "loadgen",
         )
-        loadgen_out.wait_for("JOINED", 120)
+        loadgen.out.wait_for("JOINED", 120)
         time.sleep(0.5)
 
         cpu_before = [cpu_seconds(p) for p in server_ps]
         redis_before = cpu_seconds(redis_ps) if redis_ps is not None else 0.0
         busy_before = machine_busy_seconds()
         wall_before = time.monotonic()
-        generator_process.go(loadgen)
-        line = loadgen_out.wait_for("RESULT", 600)
+        loadgen.tell("GO")
+        line = loadgen.out.wait_for("RESULT", 600)
         wall = time.monotonic() - wall_before
         server_cpu = [cpu_seconds(p) - b for p, b in zip(server_ps, cpu_before, strict=True)]
         redis_cpu = (cpu_seconds(redis_ps) - redis_before) if redis_ps is not None else 0.0
         busy = machine_busy_seconds() - busy_before
         result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-        loadgen.wait(timeout=30)
+        loadgen.popen.wait(timeout=30)
     finally:
         if loadgen is not None:
-            stop(loadgen)
+            stop(loadgen.popen)
         for server in servers:
             stop(server)
     deliveries = result["deliveries"]

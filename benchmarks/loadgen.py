@@ -286,32 +286,6 @@ def cpu_seconds() -> tuple[float, float]:
 
 async def run(
     host: str,
-    port: int,
-    clients: int,
-    messages: int,
-    size: int,
-    idle_timeout: float,
-    *,
-    client_class: type[Client] = Client,
-    join_room: Callable[[Client], Awaitable[None]] = join,
-) -> dict[str, Any]:
-    """The whole protocol with the harness (module docstring) against one server; returns the
-    ``RESULT`` dict."""
-    result, _conns = await drive(
-        host,
-        [port],
-        clients,
-        messages,
-        size,
-        idle_timeout,
-        client_class=client_class,
-        join_room=join_room,
-    )
-    return result
-
-
-async def drive(
-    host: str,
     ports: Sequence[int],
     clients: int,
     messages: int,
@@ -321,8 +295,9 @@ async def drive(
     client_class: type[Client] = Client,
     join_room: Callable[[Client], Awaitable[None]] = join,
 ) -> tuple[dict[str, Any], list[Client]]:
-    """`run` with client ``i`` on ``ports[i % len(ports)]`` (client 0, on ``ports[0]``, sends
-    ``bench_start``); also returns the clients, closed, whose ``received`` counts stay."""
+    """The whole protocol with the harness (module docstring), client ``i`` on
+    ``ports[i % len(ports)]`` (client 0, on ``ports[0]``, sends ``bench_start``). Returns the
+    ``RESULT`` dict and the clients, closed, whose ``received`` counts stay."""
     stats = Stats(clients, messages)
     conns: list[Client] = []
     batch = 50  # connect in batches: stay below the server's listen backlog
@@ -413,8 +388,8 @@ def cli() -> None:
     add_run_arguments(parser)
     args = parser.parse_args()
     # (uvloop was tried for the generator: no gain, the kernel's share dominates)
-    result = asyncio.run(
-        run(args.host, args.port, args.clients, args.messages, args.size, args.idle_timeout)
+    result, _clients = asyncio.run(
+        run(args.host, [args.port], args.clients, args.messages, args.size, args.idle_timeout)
     )
     print("RESULT " + json.dumps(result), flush=True)
 

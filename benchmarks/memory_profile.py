@@ -26,8 +26,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from benchmarks.connections import SERVERS, Proc, server_state, start_loadgen
+from benchmarks.connections import SERVERS, server_state, start_loadgen
 from benchmarks.fanout import stop
+from benchmarks.proc import Proc
 from benchmarks.servers._conn_common import raise_fd_limit
 
 OWNERS = (

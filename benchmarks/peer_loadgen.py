@@ -90,10 +90,10 @@ def cli() -> None:
     PeerClient.path = SIO_PATH if PeerClient.sio else "/"
     PeerClient.deflate = args.deflate
     PeerClient.rate = args.rate
-    result = asyncio.run(
+    result, _clients = asyncio.run(
         loadgen.run(
             args.host,
-            args.port,
+            [args.port],
             args.clients,
             args.messages,
             args.size,
