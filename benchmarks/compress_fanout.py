@@ -23,15 +23,15 @@ Run: ``python -m benchmarks.compress_fanout [--clients 200] [--messages 1000] [-
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from benchmarks.peer_harness import Kind, run_all, write_json
+from benchmarks import peer_harness
+from benchmarks.peer_harness import Defaults, Kind
 
 TRIO = "benchmarks.servers.latency_trio_rt"
 BASE = "benchmarks.servers.latency_baseline"
 DEFLATE = ("--compression",)
+DEFAULTS = Defaults(clients=200, messages=1000, servers="trio_rt,trio_rt+deflate,baseline+deflate")
 KINDS = {
     "trio_rt": Kind("trio_rt", TRIO),
     "trio_rt+deflate": Kind("trio_rt+deflate", TRIO, DEFLATE, ("--deflate",)),
@@ -48,29 +48,7 @@ KINDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--size", type=int, default=70)
-    parser.add_argument("--servers", default="trio_rt,trio_rt+deflate,baseline+deflate")
-    parser.add_argument("--max-other", type=float, default=0.25)
-    parser.add_argument("--wait-idle", type=float, default=10.0)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    kinds = [KINDS[k.strip()] for k in args.servers.split(",") if k.strip()]
-    runs, summary = run_all(
-        kinds,
-        clients=args.clients,
-        messages=args.messages,
-        size=args.size,
-        runs=args.runs,
-        max_other=args.max_other,
-        wait_idle=args.wait_idle,
-    )
-    params = {k: v for k, v in vars(args).items() if k != "json"}
-    write_json("compress_fanout", params, {"summary": summary, "runs": runs}, args.json)
-    return 0
+    return peer_harness.main("compress_fanout", __doc__.splitlines()[0], KINDS, DEFAULTS, argv)
 
 
 if __name__ == "__main__":

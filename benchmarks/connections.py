@@ -32,9 +32,7 @@ import asyncio
 import datetime as dt
 import json
 import os
-import resource
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,7 +42,6 @@ from typing import Any
 import psutil
 
 from benchmarks.fanout import (
-    LineReader,
     cpu_seconds,
     machine_busy_seconds,
     median,
@@ -52,9 +49,8 @@ from benchmarks.fanout import (
     wait_until_idle,
     write_results,
 )
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from benchmarks.proc import Proc
+from benchmarks.servers._conn_common import raise_fd_limit
 
 SERVERS: dict[str, str] = {
     "trio_rt": "benchmarks.servers.conn_trio_rt",
@@ -72,12 +68,6 @@ SERVER_ARGS: dict[str, list[str]] = {
     "trio_rt+gcfreeze": ["--gc-freeze", "10"],
     "trio_rt+nocontext": ["--no-context-takeover"],
 }
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # -- load generator (runs in its own process: ``--loadgen``) ------------------------------------
@@ -322,28 +312,20 @@ async def loadgen_main(host: str, port: int) -> None:
 # -- harness ------------------------------------------------------------------------------------
 
 
-class Proc:
-    """A benchmark subprocess with a line reader on its stdout."""
-
-    def __init__(self, args: list[str], name: str) -> None:
-        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        self.popen = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONPATH": pythonpath},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.popen.stdout is not None
-        self.out = LineReader(self.popen.stdout, name)
-        self.ps = psutil.Process(self.popen.pid)
-
-    def ask(self, command: str, answer: str, timeout: float) -> dict[str, Any]:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(command + "\n")
-        self.popen.stdin.flush()
-        return json.loads(self.out.wait_for(answer, timeout).split(" ", 1)[1])  # type: ignore[no-any-return]
+def start_loadgen(server: Proc, host: str) -> Proc:
+    """Waits for `server`'s ``READY <port>``, then starts this module's load generator
+    (``--loadgen``) against that port; returns it once it is ready (stopped if it fails)."""
+    port = int(server.out.wait_for("READY", 60).split()[1])
+    gen = Proc(
+        ["-m", "benchmarks.connections", "--loadgen", "--host", host, "--port", str(port)],
+        "loadgen",
+    )
+    try:
+        gen.out.wait_for("READY", 60)
+    except BaseException:
+        stop(gen.popen)
+        raise
+    return gen
 
 
 class RssSampler:
@@ -401,12 +383,7 @@ def one_phase(kind: str, phase: str, args: argparse.Namespace) -> dict[str, Any]
     gen: Proc | None = None
     result: dict[str, Any] = {"kind": kind, "phase": phase, "busy_cores_before": idle_busy}
     try:
-        port = int(server.out.wait_for("READY", 60).split()[1])
-        gen = Proc(
-            ["-m", "benchmarks.connections", "--loadgen", "--host", args.host, "--port", str(port)],
-            "loadgen",
-        )
-        gen.out.wait_for("READY", 60)
+        gen = start_loadgen(server, args.host)
         n = args.connections
         if phase == "churn":
             cpu0, busy0 = cpu_seconds(server.ps), machine_busy_seconds()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -46,8 +45,9 @@ from benchmarks.fanout import (
     wait_until_idle,
     write_results,
 )
-from benchmarks.loadgen import Client, Stats, join, open_client, percentile
-from benchmarks.loadgen import cpu_seconds as loadgen_cpu_seconds
+from benchmarks.loadgen import add_run_arguments
+from benchmarks.loadgen import run as run_clients
+from benchmarks.proc import Proc
 
 SINGLE = "single"
 SINGLE_REDIS = "single+redis"
@@ -63,88 +63,45 @@ SETUPS: dict[str, tuple[str, int]] = {  # label -> (server module, number of pro
 # the load generator, over several ports (run as `python -m benchmarks.fanout_cluster loadgen`)
 
 
+# the keys of loadgen's result that this benchmark reports, in its order (per port after
+# "deliveries")
+RESULT_KEYS = (
+    "clients",
+    "messages",
+    "expected_deliveries",
+    "deliveries",
+    "deliveries_per_port",
+    "completed",
+    "elapsed_s",
+    "deliveries_per_s",
+    "latency_p50_us",
+    "latency_p99_us",
+    "latency_max_us",
+    "loadgen_cpu_s",
+    "loadgen_cpu_fraction",
+    "drain_ms",
+    "errors",
+)
+
+
 async def run_loadgen(
     host: str, ports: list[int], clients: int, messages: int, size: int, idle_timeout: float
 ) -> dict[str, Any]:
-    """``benchmarks.loadgen.run`` with client ``i`` on ``ports[i % len(ports)]``; client 0 (on
-    ``ports[0]``) sends ``bench_start``."""
-    stats = Stats(clients, messages)
-    conns: list[Client] = []
-    batch = 50
-    for first in range(0, clients, batch):
-        conns.extend(
-            await asyncio.gather(
-                *(
-                    open_client(host, ports[i % len(ports)], stats)
-                    for i in range(first, min(clients, first + batch))
-                )
-            )
-        )
-    await asyncio.gather(*(join(c) for c in conns))
-    print("JOINED", flush=True)
-
-    loop = asyncio.get_running_loop()
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    if line.strip() != "GO":
-        raise SystemExit(f"expected GO, got {line!r}")
-
-    stats.running = True
-    cpu_before = loadgen_cpu_seconds()
-    start_ns = time.monotonic_ns()
-    conns[0].send_json({"type": "bench_start", "count": messages, "size": size})
-    completed = True
-    last_count, last_change = -1, time.monotonic()
-    while not stats.done.done():
-        try:
-            await asyncio.wait_for(asyncio.shield(stats.done), 0.25)
-        except TimeoutError:
-            count = len(stats.latencies)
-            if count != last_count:
-                last_count, last_change = count, time.monotonic()
-            elif time.monotonic() - last_change > idle_timeout:
-                completed = False
-                break
-    cpu_after = loadgen_cpu_seconds()
-    end_ns = stats.last_delivery_ns
-    elapsed = (end_ns - start_ns) / 1e9 if end_ns else float("nan")
-    wall_to_now = (time.monotonic_ns() - start_ns) / 1e9
-    cpu = sum(after - before for after, before in zip(cpu_after, cpu_before, strict=True))
-    stats.running = False
-    deliveries = len(stats.latencies)
-    lat = sorted(stats.latencies)
+    """``benchmarks.loadgen.run`` over several ports, with this benchmark's result: the
+    deliveries per port added, some of the generator's own figures left out."""
+    result, conns = await run_clients(host, ports, clients, messages, size, idle_timeout)
     # per server: the clients on ports[0] get local deliveries, the others cross Redis
-    per_port = [sum(c.received for c in conns[k :: len(ports)]) for k in range(len(ports))]
-    for c in conns:
-        c.send(0x8, (1000).to_bytes(2, "big"))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*(c.closed for c in conns)), 10)
-    return {
-        "clients": clients,
-        "messages": messages,
-        "expected_deliveries": clients * messages,
-        "deliveries": deliveries,
-        "deliveries_per_port": per_port,
-        "completed": completed,
-        "elapsed_s": elapsed,
-        "deliveries_per_s": deliveries / elapsed if elapsed else float("nan"),
-        "latency_p50_us": percentile(lat, 0.50) / 1e3,
-        "latency_p99_us": percentile(lat, 0.99) / 1e3,
-        "latency_max_us": (lat[-1] / 1e3) if lat else float("nan"),
-        "loadgen_cpu_s": cpu,
-        "loadgen_cpu_fraction": cpu / wall_to_now,
-        "drain_ms": (end_ns - stats.max_t) / 1e6 if end_ns else None,
-        "errors": stats.errors[:10],
-    }
+    result["deliveries_per_port"] = [
+        sum(c.received for c in conns[k :: len(ports)]) for k in range(len(ports))
+    ]
+    return {key: result[key] for key in RESULT_KEYS}
 
 
 def loadgen_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fanout_cluster loadgen")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ports", required=True, help="comma-separated")
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=70)
-    parser.add_argument("--idle-timeout", type=float, default=10.0)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     ports = [int(p) for p in args.ports.split(",")]
     result = asyncio.run(
@@ -171,7 +128,7 @@ def one_run(
     if module.endswith("redis_server"):
         argv += ["--redis-url", redis_url]
     servers: list[subprocess.Popen[str]] = []
-    loadgen: subprocess.Popen[str] | None = None
+    loadgen: Proc | None = None
     try:
         ports = []
         for k in range(count):
@@ -186,39 +143,32 @@ def one_run(
         server_ps = [psutil.Process(s.pid) for s in servers]
         redis_ps = psutil.Process(redis_pid) if redis_pid is not None else None
 
-        loadgen = subprocess.Popen(
+        loadgen = Proc(
             [
-                *(py, "-m", "benchmarks.fanout_cluster", "loadgen", "--host", args.host),
+                *("-m", "benchmarks.fanout_cluster", "loadgen", "--host", args.host),
                 *("--ports", ",".join(map(str, ports)), "--clients", str(args.clients)),
                 *("--messages", str(args.messages), "--size", str(args.size)),
             ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            "loadgen",
         )
-        assert loadgen.stdout is not None and loadgen.stdin is not None
-        loadgen_out = LineReader(loadgen.stdout, "loadgen")
-        loadgen_out.wait_for("JOINED", 120)
+        loadgen.out.wait_for("JOINED", 120)
         time.sleep(0.5)
 
         cpu_before = [cpu_seconds(p) for p in server_ps]
         redis_before = cpu_seconds(redis_ps) if redis_ps is not None else 0.0
         busy_before = machine_busy_seconds()
         wall_before = time.monotonic()
-        loadgen.stdin.write("GO\n")
-        loadgen.stdin.flush()
-        line = loadgen_out.wait_for("RESULT", 600)
+        loadgen.tell("GO")
+        line = loadgen.out.wait_for("RESULT", 600)
         wall = time.monotonic() - wall_before
         server_cpu = [cpu_seconds(p) - b for p, b in zip(server_ps, cpu_before, strict=True)]
         redis_cpu = (cpu_seconds(redis_ps) - redis_before) if redis_ps is not None else 0.0
         busy = machine_busy_seconds() - busy_before
         result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-        loadgen.wait(timeout=30)
+        loadgen.popen.wait(timeout=30)
     finally:
         if loadgen is not None:
-            stop(loadgen)
+            stop(loadgen.popen)
         for server in servers:
             stop(server)
     deliveries = result["deliveries"]

@@ -1,8 +1,9 @@
 """Load generator for the fan-out benchmark: N WebSocket clients in one asyncio process.
 
 The clients are asyncio ``BufferedProtocol`` objects implementing a minimal RFC 6455 client
-(handshake, masked client frames, unmasked server frames, ping -> pong, no extensions) rather
-than a full WebSocket library: receiving must cost the generator much less than sending costs
+(handshake, masked client frames, unmasked server frames, ping -> pong, no extensions unless a
+subclass sets ``deflate``, as ``benchmarks.peer_loadgen`` does) rather than a full WebSocket
+library: receiving must cost the generator much less than sending costs
 the server, or the benchmark would measure the generator. Per received chunk it takes ONE
 ``time.monotonic_ns()`` reading; per frame it parses the header and pulls the integer after
 ``"t":`` out of the payload without decoding the JSON. It reports, besides deliveries and
@@ -32,11 +33,15 @@ import os
 import resource
 import sys
 import time
+import zlib
 from array import array
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 ROOM = "bench"
 T_KEY = b'"t":'
+INFLATE_TAIL = b"\x00\x00\xff\xff"
+DEFLATE_OFFER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:
@@ -80,6 +85,11 @@ class Client(asyncio.BufferedProtocol):
     and a munmap each time), a large part of the generator's kernel time."""
 
     BUFFER_SIZE = 1 << 16
+    # What the handshake asks for (benchmarks.peer_loadgen's subclass changes them): the
+    # request path, and whether to offer permessage-deflate without context takeover, require
+    # the server to accept it and inflate compressed (RSV1) frames, each with a fresh context.
+    path = "/"
+    deflate = False
 
     def __init__(self, host: str, port: int, stats: Stats) -> None:
         self.host = host
@@ -100,9 +110,11 @@ class Client(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.deflate else ""
         request = (
-            f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{extra}\r\n"
         )
         self.transport.write(request.encode())
 
@@ -130,6 +142,9 @@ class Client(asyncio.BufferedProtocol):
             status = bytes(buf[: buf.find(b"\r\n")])
             if not status.startswith(b"HTTP/1.1 101"):
                 self.opened.set_exception(ConnectionError(f"handshake failed: {status!r}"))
+                return
+            if self.deflate and b"permessage-deflate" not in bytes(buf[:end]).lower():
+                self.opened.set_exception(ConnectionError("server refused permessage-deflate"))
                 return
             self.handshaken = True
             self.opened.set_result(None)
@@ -162,6 +177,7 @@ class Client(asyncio.BufferedProtocol):
             if b0 == 0x81:  # FIN + text
                 i = buf.find(T_KEY, start, end) if running else -1
                 if i >= 0:
+                    # stamp() inlined: a call per delivery would show in the generator's CPU
                     j = i + 4
                     k = buf.find(b",", j, end)
                     if k < 0:
@@ -170,7 +186,16 @@ class Client(asyncio.BufferedProtocol):
                     latencies.append(now - t)
                     got += 1
                 else:
-                    self.control.put_nowait(json.loads(buf[start:end]))
+                    self.control_message(buf[start:end])
+            elif b0 == 0xC1 and self.deflate:  # FIN + text + RSV1: compressed
+                payload = zlib.decompressobj(-15).decompress(bytes(buf[start:end]) + INFLATE_TAIL)
+                i = payload.find(T_KEY) if running else -1
+                if i >= 0:
+                    t = stamp(payload, i + 4, len(payload))
+                    latencies.append(now - t)
+                    got += 1
+                else:
+                    self.control_message(payload)
             elif b0 == 0x89:  # ping
                 self.send(0xA, bytes(buf[start:end]))
             elif b0 == 0x88:  # close
@@ -199,6 +224,11 @@ class Client(asyncio.BufferedProtocol):
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def control_message(self, payload: bytes | bytearray) -> None:
+        """A text message without a server timestamp (or any, before ``GO``): queued for
+        `expect` as a dict. A subclass speaking another framing overrides it."""
+        self.control.put_nowait(json.loads(payload))
+
     def send(self, opcode: int, payload: bytes) -> None:
         assert self.transport is not None
         self.transport.write(mask_frame(opcode, payload))
@@ -214,9 +244,22 @@ class Client(asyncio.BufferedProtocol):
                 return message
 
 
-async def open_client(host: str, port: int, stats: Stats) -> Client:
+def stamp(payload: bytes | bytearray, start: int, end: int) -> int:
+    """The integer at ``payload[start:]`` (just after ``"t":``), ended by ``,`` or ``}`` before
+    ``end``."""
+    k = payload.find(b",", start, end)
+    if k < 0:
+        k = payload.find(b"}", start, end)
+    return int(payload[start:k])
+
+
+async def open_client(
+    host: str, port: int, stats: Stats, client_class: type[Client] = Client
+) -> Client:
     loop = asyncio.get_running_loop()
-    _transport, client = await loop.create_connection(lambda: Client(host, port, stats), host, port)
+    _transport, client = await loop.create_connection(
+        lambda: client_class(host, port, stats), host, port
+    )
     await asyncio.wait_for(client.opened, 30)
     return client
 
@@ -242,17 +285,31 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 async def run(
-    host: str, port: int, clients: int, messages: int, size: int, idle_timeout: float
-) -> dict[str, Any]:
+    host: str,
+    ports: Sequence[int],
+    clients: int,
+    messages: int,
+    size: int,
+    idle_timeout: float,
+    *,
+    client_class: type[Client] = Client,
+    join_room: Callable[[Client], Awaitable[None]] = join,
+) -> tuple[dict[str, Any], list[Client]]:
+    """The whole protocol with the harness (module docstring), client ``i`` on
+    ``ports[i % len(ports)]`` (client 0, on ``ports[0]``, sends ``bench_start``). Returns the
+    ``RESULT`` dict and the clients, closed, whose ``received`` counts stay."""
     stats = Stats(clients, messages)
     conns: list[Client] = []
     batch = 50  # connect in batches: stay below the server's listen backlog
     for first in range(0, clients, batch):
         opened = await asyncio.gather(
-            *(open_client(host, port, stats) for _ in range(first, min(clients, first + batch)))
+            *(
+                open_client(host, ports[i % len(ports)], stats, client_class)
+                for i in range(first, min(clients, first + batch))
+            )
         )
         conns.extend(opened)
-    await asyncio.gather(*(join(c) for c in conns))
+    await asyncio.gather(*(join_room(c) for c in conns))
     print("JOINED", flush=True)
 
     loop = asyncio.get_running_loop()
@@ -290,7 +347,7 @@ async def run(
         c.send(0x8, (1000).to_bytes(2, "big"))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.closed for c in conns)), 10)
-    return {
+    result: dict[str, Any] = {
         "clients": clients,
         "messages": messages,
         "size": size,
@@ -312,20 +369,27 @@ async def run(
         "drain_ms": (end_ns - stats.max_t) / 1e6 if end_ns else None,
         "errors": stats.errors[:10],
     }
+    return result, conns
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--clients``, ``--messages``, ``--size`` and ``--idle-timeout``: `run`'s parameters
+    after the host and port(s), which each command line names its own way."""
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=70)
+    parser.add_argument("--idle-timeout", type=float, default=10.0)
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=70)
-    parser.add_argument("--idle-timeout", type=float, default=10.0)
+    add_run_arguments(parser)
     args = parser.parse_args()
     # (uvloop was tried for the generator: no gain, the kernel's share dominates)
-    result = asyncio.run(
-        run(args.host, args.port, args.clients, args.messages, args.size, args.idle_timeout)
+    result, _clients = asyncio.run(
+        run(args.host, [args.port], args.clients, args.messages, args.size, args.idle_timeout)
     )
     print("RESULT " + json.dumps(result), flush=True)
 

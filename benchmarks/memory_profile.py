@@ -26,8 +26,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from benchmarks.connections import SERVERS, Proc, raise_fd_limit, server_state
+from benchmarks.connections import SERVERS, server_state, start_loadgen
 from benchmarks.fanout import stop
+from benchmarks.proc import Proc
+from benchmarks.servers._conn_common import raise_fd_limit
 
 OWNERS = (
     ("trio_rt", "/trio_rt/"),
@@ -85,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = None
     n = args.connections
     try:
-        port = int(server.out.wait_for("READY", 60).split()[1])
-        gen = Proc(
-            ["-m", "benchmarks.connections", "--loadgen", "--host", args.host, "--port", str(port)],
-            "loadgen",
-        )
-        gen.out.wait_for("READY", 60)
+        gen = start_loadgen(server, args.host)
         server_state(server)
         import signal
 

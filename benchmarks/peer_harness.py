@@ -11,6 +11,7 @@ exactly as ``benchmarks.fanout.one_run`` does, and the summary / ratios / table 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import sys
 from dataclasses import dataclass, field
@@ -113,3 +114,35 @@ def write_json(
         packages=("trio", "websockets", "python-socketio", "aiohttp"),
         stamp_key="finished_utc",
     )
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A peer benchmark's defaults: clients, broadcasts per run, and the kinds (comma-separated)."""
+
+    clients: int
+    messages: int
+    servers: str
+
+
+def main(
+    name: str, description: str, kinds: dict[str, Kind], defaults: Defaults, argv: list[str] | None
+) -> int:
+    """The command line of the peer benchmark ``name``: parses `argv`, runs `run_all` on the
+    chosen kinds and writes the JSON (`write_json`); returns the exit status."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--clients", type=int, default=defaults.clients)
+    parser.add_argument("--messages", type=int, default=defaults.messages)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=70)
+    parser.add_argument("--servers", default=defaults.servers)
+    parser.add_argument("--max-other", type=float, default=0.25)
+    parser.add_argument("--wait-idle", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    chosen = [kinds[k.strip()] for k in args.servers.split(",") if k.strip()]
+    params = {k: v for k, v in vars(args).items() if k != "json"}
+    # the other options are run_all's keywords, by the same names
+    runs, summary = run_all(chosen, **{k: v for k, v in params.items() if k != "servers"})
+    write_json(name, params, {"summary": summary, "runs": runs}, args.json)
+    return 0

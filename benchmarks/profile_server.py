@@ -36,6 +36,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.fanout import REPO_ROOT, RESULTS_DIR, SERVERS, LineReader, cpu_seconds, stop
+from benchmarks.proc import Proc
 
 Rule = Callable[[list[str], str], bool]
 
@@ -186,27 +187,21 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.PIPE,
         text=True,
     )
-    loadgen: subprocess.Popen[str] | None = None
+    loadgen: Proc | None = None
     sampler: subprocess.Popen[bytes] | None = None
     try:
         assert server.stdout is not None
         server_out = LineReader(server.stdout, "server")
         port = int(server_out.wait_for("READY", 60).split()[1])
-        loadgen = subprocess.Popen(
+        loadgen = Proc(
             [
-                *(py, "-m", "benchmarks.loadgen", "--host", args.host, "--port", str(port)),
+                *("-m", "benchmarks.loadgen", "--host", args.host, "--port", str(port)),
                 *("--clients", str(args.clients), "--messages", str(args.messages)),
                 *("--size", str(args.size)),
             ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            "loadgen",
         )
-        assert loadgen.stdout is not None and loadgen.stdin is not None
-        loadgen_out = LineReader(loadgen.stdout, "loadgen")
-        loadgen_out.wait_for("JOINED", 120)
+        loadgen.out.wait_for("JOINED", 120)
 
         if args.rate > 0:
             command = [pyspy, "record", "-p", str(server.pid), "-r", str(args.rate), "-f", "raw"]
@@ -220,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         server.send_signal(signal.SIGUSR1)  # reset the GC counters
         time.sleep(0.1)
         cpu_before = cpu_seconds(server_ps)
-        loadgen.stdin.write("GO\n")
-        loadgen.stdin.flush()
-        result = json.loads(loadgen_out.wait_for("RESULT", 600).split(" ", 1)[1])
+        result = loadgen.ask("GO", "RESULT", 600)
         server_cpu = cpu_seconds(server_ps) - cpu_before
         server.send_signal(signal.SIGUSR2)
         gc_stats = json.loads(server_out.wait_for("GCSTATS", 30).split(" ", 1)[1])
@@ -233,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if sampler is not None and sampler.poll() is None:
             sampler.kill()
         if loadgen is not None:
-            stop(loadgen)
+            stop(loadgen.popen)
         stop(server)
 
     deliveries = result["deliveries"]

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import trio
 import trio_asyncio
 
-__all__ = ["AioCaller", "ensure_loop"]
+__all__ = ["AioCaller", "Call", "ensure_loop"]
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ class AioCaller:
         return self._send is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        send, receive = trio.open_memory_channel[_Call](self._queue_size)
+        send, receive = trio.open_memory_channel[Call](self._queue_size)
         async with ensure_loop(), trio.open_nursery() as nursery:
             self._send = send
             try:
@@ -92,27 +92,40 @@ class AioCaller:
         send = self._send
         if send is None:
             raise RuntimeError(f"{self.name} is not running")
-        call = _Call(fn)
+        call = Call(fn, "the call did not finish")
         try:
             await send.send(call)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RuntimeError(f"{self.name} stopped") from None
-        await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.value  # type: ignore[no-any-return]
+        result: T = await call.result()
+        return result
 
 
-class _Call:
+class Call:
+    """One asyncio coroutine function handed from a Trio caller to a server of calls.
+
+    The server runs `serve` inside the trio-asyncio loop; the caller awaits `result`. Until
+    `serve` finishes, `error` is ``RuntimeError(unfinished)``: what the caller gets if the
+    server is cancelled mid-call, or sets `done` without serving it (after setting `error`).
+    """
+
     __slots__ = ("done", "error", "fn", "value")
 
-    def __init__(self, fn: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, fn: Callable[[], Awaitable[Any]], unfinished: str) -> None:
         self.fn = fn
         self.done = trio.Event()
         self.value: Any = None
-        self.error: BaseException | None = RuntimeError("the call did not finish")
+        self.error: BaseException | None = RuntimeError(unfinished)
+
+    async def result(self) -> Any:
+        """Waits for `done`; returns the value, or raises the error."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
     async def serve(self) -> None:
+        """Runs the call (inside the trio-asyncio loop) and sets `done`."""
         try:
             self.value = await trio_asyncio.aio_as_trio(self.fn)()
             self.error = None

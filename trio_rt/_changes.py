@@ -38,7 +38,15 @@ from ._manager import WebSocketManager
 from ._options import require_positive_ints
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
-from ._streams import Allocation, MemorySequencer, Sequencer, StreamCursor, StreamEntry, recover
+from ._streams import (
+    Allocation,
+    MemorySequencer,
+    Sequencer,
+    StreamCursor,
+    StreamEntry,
+    recover,
+    warn_memory_behind_broker,
+)
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -250,13 +258,9 @@ class ChangeStreamManager:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The component's tasks: nudges in and out, watchers, live tails. Run by the manager."""
         manager = self.manager
-        if getattr(manager.broker, "needs_asyncio", False) and isinstance(
-            self.sequencer, MemorySequencer
-        ):
-            log.warning(
-                "ChangeStreamManager with a MemorySequencer while the broker spans processes: "
-                "two writing processes would hand out the same positions; use RedisSequencer"
-            )
+        warn_memory_behind_broker(
+            log, "ChangeStreamManager", manager.broker, self.sequencer, None, "RedisSequencer"
+        )
         async with trio.open_nursery() as nursery:
             manager._on_channel(self._channel, self._on_nudge)
             await manager.broker.subscribe(self._channel)

@@ -30,6 +30,7 @@ from ._streams import (
     StreamPosition,
     StreamStore,
     recover,
+    warn_memory_behind_broker,
 )
 
 __all__ = ["RoomHistory"]
@@ -72,14 +73,14 @@ class RoomHistory:
     def check_deployment(self, broker: object) -> None:
         """Warn when the parts cannot work across servers: a broker shared between processes
         with a memory sequencer or store (each process would number its own messages)."""
-        if getattr(broker, "needs_asyncio", False) and (
-            isinstance(self.sequencer, MemorySequencer) or isinstance(self.store, MemoryStreamStore)
-        ):
-            log.warning(
-                "RoomHistory with a memory %s while the broker spans processes: positions "
-                "are per process; use CassandraStreamStore and RedisSequencer (docs/streams.md)",
-                "sequencer" if isinstance(self.sequencer, MemorySequencer) else "store",
-            )
+        warn_memory_behind_broker(
+            log,
+            "RoomHistory",
+            broker,
+            self.sequencer,
+            self.store,
+            "CassandraStreamStore and RedisSequencer",
+        )
 
     def enabled(self, room: str) -> bool:
         return self._rooms is None or self._rooms(room)

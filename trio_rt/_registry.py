@@ -43,7 +43,7 @@ import redis.asyncio as aioredis
 import trio
 import trio_asyncio
 
-from ._aio import ensure_loop
+from ._aio import Call, ensure_loop
 from ._rendezvous import rendezvous_owner
 
 __all__ = ["ServerRegistry"]
@@ -172,7 +172,7 @@ class ServerRegistry:
         self._idle = trio.Event()  # set when the heartbeat loop and every query have ended
         self._busy = 0
         self._failures = 0  # consecutive failed heartbeats
-        self._requests: trio.MemorySendChannel[_Request] | None = None
+        self._requests: trio.MemorySendChannel[Call] | None = None
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._stack: AsyncExitStack | None = None
@@ -260,7 +260,7 @@ class ServerRegistry:
         self._running = True
         self._stop = trio.Event()
         self._crashed = False
-        send, receive = trio.open_memory_channel[_Request](64)
+        send, receive = trio.open_memory_channel[Call](64)
         try:
             async with ensure_loop():
                 self._client = aioredis.Redis.from_url(
@@ -380,20 +380,20 @@ class ServerRegistry:
         requests = self._requests
         if requests is None:
             raise RuntimeError("the ServerRegistry is not running")
-        request = _Request(fn)
+        request = Call(fn, "the ServerRegistry stopped during the query")
         try:
             requests.send_nowait(request)
         except trio.WouldBlock:
             await requests.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RuntimeError("the ServerRegistry is stopping") from None
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.value  # type: ignore[no-any-return]
+        result: T = await request.result()
+        return result
 
+    # Not an AioCaller: stopping drains the queries in flight (up to a timeout, counted in
+    # _busy with the heartbeat loop) before cancelling, and fails the queued ones.
     async def _serve_requests(
-        self, receive: trio.MemoryReceiveChannel[_Request], nursery: trio.Nursery
+        self, receive: trio.MemoryReceiveChannel[Call], nursery: trio.Nursery
     ) -> None:
         # Runs inside the trio-asyncio loop's context, so the tasks it starts can cross the
         # bridge for callers that are outside it.
@@ -404,15 +404,10 @@ class ServerRegistry:
         finally:
             self._done_one()
 
-    async def _serve_one(self, request: _Request) -> None:
-        request.error = RuntimeError("the ServerRegistry stopped during the query")
+    async def _serve_one(self, request: Call) -> None:
         try:
-            request.value = await trio_asyncio.aio_as_trio(request.fn)()
-            request.error = None
-        except Exception as exc:  # handed to the caller
-            request.error = exc
+            await request.serve()
         finally:
-            request.done.set()
             self._done_one()
 
     @staticmethod
@@ -423,7 +418,7 @@ class ServerRegistry:
             log.debug("error while closing redis", exc_info=True)
 
 
-def _fail_pending(receive: trio.MemoryReceiveChannel[_Request]) -> None:
+def _fail_pending(receive: trio.MemoryReceiveChannel[Call]) -> None:
     """Answer the queries still queued when the registry stopped, so no caller waits forever."""
     with receive:
         while True:
@@ -433,13 +428,3 @@ def _fail_pending(receive: trio.MemoryReceiveChannel[_Request]) -> None:
                 return
             request.error = RuntimeError("the ServerRegistry stopped")
             request.done.set()
-
-
-class _Request:
-    __slots__ = ("done", "error", "fn", "value")
-
-    def __init__(self, fn: Callable[[], Awaitable[Any]]) -> None:
-        self.fn = fn
-        self.done = trio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None

@@ -20,6 +20,7 @@ Nothing here does network I/O; the memory implementations only yield to the sche
 from __future__ import annotations
 
 import abc
+import logging
 import secrets
 import time
 from collections import deque
@@ -253,6 +254,35 @@ class MemorySequencer(Sequencer):
     async def current(self, stream: str) -> StreamPosition:
         counter = await self._counter(stream)
         return StreamPosition(counter.offset, counter.epoch)
+
+
+def warn_memory_behind_broker(
+    log: logging.Logger,
+    owner: str,
+    broker: object,
+    sequencer: Sequencer,
+    store: StreamStore | None,
+    remedy: str,
+) -> None:
+    """Logs a warning on `log` when `broker` spans processes (it ``needs_asyncio``, like
+    ``RedisBroker``) while `owner` numbers its streams with a memory sequencer or keeps them in
+    a memory store: every process would hand out its own positions. `remedy` names what to use
+    instead."""
+    if not getattr(broker, "needs_asyncio", False):
+        return
+    if isinstance(sequencer, MemorySequencer):
+        part = "sequencer"
+    elif isinstance(store, MemoryStreamStore):
+        part = "store"
+    else:
+        return
+    log.warning(
+        "%s with a memory %s while the broker spans processes: positions are per process "
+        "(two writing processes would hand out the same ones); use %s (docs/streams.md)",
+        owner,
+        part,
+        remedy,
+    )
 
 
 # -- recovery ---------------------------------------------------------------------------------

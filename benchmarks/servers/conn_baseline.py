@@ -12,38 +12,13 @@ Run: ``python -m benchmarks.servers.conn_baseline [--host H] [--port P] [--heart
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import itertools
-import json
-import resource
 import signal
-import sys
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import Server, serve
 
-_ids = itertools.count(1)
-counts = {"opened": 0, "closed": 0}
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def handler(ws: ServerConnection) -> None:
-    counts["opened"] += 1
-    try:
-        await ws.send(json.dumps({"type": "welcome", "connection_id": str(next(_ids))}))
-        async for _ in ws:
-            pass
-    except ConnectionClosed:
-        pass  # the generator is killed without closing at the end of a phase
-    finally:
-        counts["closed"] += 1
+from benchmarks.servers._conn_common import arg_parser, counts, handler, run
 
 
 def report(server: Server) -> None:
@@ -68,17 +43,8 @@ async def main(host: str, port: int, heartbeat: float | None, compression: bool)
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--heartbeat", type=float, default=None, help="seconds (default off)")
-    parser.add_argument("--compression", action="store_true")
-    args = parser.parse_args()
-    raise_fd_limit()
-    try:
-        asyncio.run(main(args.host, args.port, args.heartbeat, args.compression))
-    except KeyboardInterrupt:
-        sys.exit(0)
+    args = arg_parser(__doc__.splitlines()[0]).parse_args()
+    run(lambda: asyncio.run(main(args.host, args.port, args.heartbeat, args.compression)))
 
 
 if __name__ == "__main__":

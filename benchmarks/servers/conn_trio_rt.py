@@ -11,21 +11,13 @@ Run: ``python -m benchmarks.servers.conn_trio_rt [--host H] [--port P] [--heartb
 
 from __future__ import annotations
 
-import argparse
 import gc
-import resource
 import signal
-import sys
 
 import trio
 
+from benchmarks.servers._conn_common import arg_parser, run
 from trio_rt import WebSocketManager
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def main(
@@ -61,11 +53,7 @@ async def main(
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--heartbeat", type=float, default=None, help="seconds (default off)")
-    parser.add_argument("--compression", action="store_true")
+    parser = arg_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--gc-freeze", type=float, default=None, help="the gc_freeze_interval option (seconds)"
     )
@@ -75,9 +63,8 @@ def cli() -> None:
         help="compression_context_takeover=False (shared compressed frames)",
     )
     args = parser.parse_args()
-    raise_fd_limit()
-    try:
-        trio.run(
+    run(
+        lambda: trio.run(
             main,
             args.host,
             args.port,
@@ -86,8 +73,7 @@ def cli() -> None:
             args.gc_freeze,
             not args.no_context_takeover,
         )
-    except KeyboardInterrupt:
-        sys.exit(0)
+    )
 
 
 if __name__ == "__main__":

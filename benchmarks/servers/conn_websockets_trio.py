@@ -10,40 +10,13 @@ Run: ``python -m benchmarks.servers.conn_websockets_trio [--host H] [--port P]
 
 from __future__ import annotations
 
-import argparse
 import gc
-import itertools
-import json
-import resource
 import signal
-import sys
 
 import trio
-from websockets.exceptions import ConnectionClosed
-from websockets.trio.server import ServerConnection, serve
+from websockets.trio.server import serve
 
-_ids = itertools.count(1)
-counts = {"opened": 0, "closed": 0, "open": 0}
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def handler(ws: ServerConnection) -> None:
-    counts["opened"] += 1
-    counts["open"] += 1
-    try:
-        await ws.send(json.dumps({"type": "welcome", "connection_id": str(next(_ids))}))
-        async for _ in ws:
-            pass
-    except ConnectionClosed:
-        pass
-    finally:
-        counts["open"] -= 1
-        counts["closed"] += 1
+from benchmarks.servers._conn_common import arg_parser, counts, handler, run
 
 
 async def main(host: str, port: int, heartbeat: float | None, compression: bool) -> None:
@@ -68,17 +41,8 @@ async def main(host: str, port: int, heartbeat: float | None, compression: bool)
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--heartbeat", type=float, default=None, help="seconds (default off)")
-    parser.add_argument("--compression", action="store_true")
-    args = parser.parse_args()
-    raise_fd_limit()
-    try:
-        trio.run(main, args.host, args.port, args.heartbeat, args.compression)
-    except KeyboardInterrupt:
-        sys.exit(0)
+    args = arg_parser(__doc__.splitlines()[0]).parse_args()
+    run(lambda: trio.run(main, args.host, args.port, args.heartbeat, args.compression))
 
 
 if __name__ == "__main__":
