@@ -80,12 +80,18 @@ class AioCaller:
             self._send = send
             try:
                 task_status.started()
-                async with receive:
-                    async for call in receive:
-                        nursery.start_soon(call.serve)
+                async for call in receive:
+                    nursery.start_soon(call.serve)
             finally:
                 self._send = None
                 send.close()
+                # Calls still queued were never served: answer them (with Call.error).
+                while True:
+                    try:
+                        receive.receive_nowait().done.set()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                receive.close()
                 nursery.cancel_scope.cancel()
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
