@@ -234,13 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.kind}, sampler: {sampling}: "
         f"{result['deliveries_per_s']:,.0f} deliveries/s, server "
-        f"{server_cpu / deliveries * 1e6:.2f} us CPU/delivery"
+        f"{server_cpu / max(deliveries, 1) * 1e6:.2f} us CPU/delivery"
         + (" (the sampler slows it: compare shares, not these absolutes)" if sampler else "")
     )
     gc_seconds = sum(v[1] for v in gc_stats.values())
     print(
         f"cyclic GC during the broadcasts: {gc_seconds:.3f} s = "
-        f"{100 * gc_seconds / server_cpu:.1f}% of the server's CPU "
+        + (f"{100 * gc_seconds / server_cpu:.1f}%" if server_cpu > 0 else "n/a (no measurable CPU)")
+        + " of the server's CPU "
         + ", ".join(f"gen{g}: {int(v[0])} x, {v[1]:.3f} s" for g, v in gc_stats.items())
     )
     if sampler is not None:
