@@ -14,7 +14,7 @@ from trio_rt._history import RoomHistory
 from trio_rt._protocol import encode
 from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamPosition
 
-from .conftest import client, wait_until
+from .conftest import client, two_servers, wait_until
 
 
 def history_manager(make_manager: Any, **kwargs: Any) -> WebSocketManager:
@@ -303,8 +303,6 @@ async def test_two_servers_on_redis_deliver_concurrent_publishes_in_offset_order
 ) -> None:
     """Server 1 allocates offset 2 and is slow to store it; server 2 allocates 3 and
     publishes it first. Both servers' members still get 2 then 3."""
-    import trio_asyncio
-
     from trio_rt import RedisBroker
     from trio_rt._redis_streams import RedisSequencer
 
@@ -337,14 +335,7 @@ async def test_two_servers_on_redis_deliver_concurrent_publishes_in_offset_order
         for _ in range(2)
     ]
     m1, m2 = managers
-    async with (
-        trio_asyncio.open_loop(),
-        m1,
-        m2,
-        client(m1) as a,
-        client(m2) as b,
-        trio.open_nursery() as nursery,
-    ):
+    async with two_servers(m1, m2) as (a, b), trio.open_nursery() as nursery:
         await a.request({"type": "join_room", "room": "r"})
         await b.request({"type": "join_room", "room": "r"})
         # Both servers subscribed: retry until a message crosses (subscriptions are async).
