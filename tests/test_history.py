@@ -357,3 +357,20 @@ async def test_two_servers_on_redis_deliver_concurrent_publishes_in_offset_order
             got = [await c.recv() for _ in range(2)]
             assert [m["n"] for m in got] == ["slow", "fast"]
             assert got[1]["position"]["offset"] == got[0]["position"]["offset"] + 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"reorder_window": -0.1},
+        {"reorder_window": float("inf")},
+        {"reorder_window": "0.2"},
+        {"reorder_window": True},
+        {"reorder_limit": 0},
+        {"reorder_limit": 1.5},
+    ],
+)
+def test_reorder_options_are_validated(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        RoomHistory(**kwargs)
+    assert RoomHistory(reorder_window=0).reorder_window == 0.0  # 0: arrival order

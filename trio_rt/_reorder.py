@@ -68,6 +68,10 @@ class ReorderBuffer(Generic[T]):
                 return [item]
             out = self._drain()
             self._previous_epoch, self.epoch, self.done = self.epoch, epoch, offset - 1
+        if offset == self.done + 1 and not self._held:  # the common case: nothing to wait for
+            self.done = offset
+            out.append(item)
+            return out
         if offset <= self.done or offset in self._held:
             self.late += 1
             out.append(item)
