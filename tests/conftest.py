@@ -80,6 +80,18 @@ async def client(
         yield c
 
 
+@asynccontextmanager
+async def two_servers(
+    m1: WebSocketManager, m2: WebSocketManager
+) -> AsyncIterator[tuple[Client, Client]]:
+    """Serve two managers in one process, with one client on each. Redis-backed managers in
+    one process share one trio-asyncio loop, opened here."""
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop(), m1, m2, client(m1) as a, client(m2) as b:
+        yield a, b
+
+
 def count_tasks() -> int:
     """All tasks of this trio run, found by walking the task tree from the root."""
     root = trio.lowlevel.current_root_task()

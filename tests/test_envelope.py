@@ -22,12 +22,13 @@ def test_roundtrip() -> None:
         Envelope(b"{}", rooms=("a", "b"), exclude="c1", origin="s1"),
         Envelope(b"{}", rooms=("a",), kind=KIND_KICK, user_id="u"),
         Envelope(b"payload\nwith newline"),
+        Envelope(b"{}", rooms=("a",), offset=7, epoch="0badcafe"),
     ]:
         assert decode_envelope(encode_envelope(env)) == env
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"no header", b"[1]\n", b'{"r": 5}\n', b'{"x": 1}\n', b"{bad\n"]
+    "data", [b"", b"no header", b"[1]\n", b'{"r": 5}\n', b'{"x": 1}\n', b'{"e": 1}\n', b"{bad\n"]
 )
 def test_foreign_data_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError):

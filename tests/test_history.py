@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 import trio
 
 from trio_rt import WebSocketManager
+from trio_rt._envelope import Envelope, encode_envelope
 from trio_rt._history import RoomHistory
-from trio_rt._streams import MemorySequencer, MemoryStreamStore
+from trio_rt._protocol import encode
+from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamPosition
 
-from .conftest import client, wait_until
+from .conftest import client, two_servers, wait_until
 
 
 def history_manager(make_manager: Any, **kwargs: Any) -> WebSocketManager:
@@ -197,3 +200,177 @@ def test_memory_history_behind_a_cross_process_broker_is_warned_about(
     caplog.clear()
     RoomHistory().check_deployment(object())  # MemoryBroker: one process, fine
     assert caplog.text == ""
+
+
+# -- offset order on every server (ReorderBuffer in the manager) --------------------------------
+async def inject(manager: WebSocketManager, room: str, position: StreamPosition, n: int) -> None:
+    """Publish a positioned room message through the manager's broker, as another server
+    would: the seam where envelopes can arrive out of offset order."""
+    payload = encode({"type": "chat", "n": n, "room": room, "position": position.to_json()})
+    env = Envelope(payload, rooms=(room,), offset=position.offset, epoch=position.epoch)
+    await manager.broker.publish(manager._room_channel(room), encode_envelope(env))
+
+
+async def test_messages_published_out_of_offset_order_are_delivered_in_order(
+    make_manager: Any,
+) -> None:
+    history = RoomHistory(reorder_window=30.0)  # long: only the missing offset releases them
+    async with make_manager(history=history) as manager, client(manager) as c:
+        await c.request({"type": "join_room", "room": "r"})
+        first = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert first is not None and (await c.recv())["n"] == 1
+        epoch = first.epoch
+        await inject(manager, "r", StreamPosition(3, epoch), 3)
+        await inject(manager, "r", StreamPosition(4, epoch), 4)
+        assert manager._reorder["r"].holding  # 3 and 4 wait for 2
+        await inject(manager, "r", StreamPosition(2, epoch), 2)
+        assert [(await c.recv())["n"] for _ in range(3)] == [2, 3, 4]
+        assert manager.stats.reorder_skipped == 0 and manager.stats.reorder_late == 0
+
+
+async def test_a_hole_is_skipped_after_the_reorder_window_and_a_late_message_still_arrives(
+    make_manager: Any,
+) -> None:
+    history = RoomHistory(reorder_window=0.05)
+    async with make_manager(history=history) as manager, client(manager) as c:
+        await c.request({"type": "join_room", "room": "r"})
+        first = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert first is not None and (await c.recv())["n"] == 1
+        await inject(manager, "r", StreamPosition(3, first.epoch), 3)
+        assert (await c.recv())["n"] == 3  # released by the deadline task, not by 2
+        assert manager.stats.reorder_skipped == 1
+        await inject(manager, "r", StreamPosition(2, first.epoch), 2)
+        assert (await c.recv())["n"] == 2  # late: at once
+        assert manager.stats.reorder_late == 1 and not manager._reorder_heap
+
+
+async def test_a_room_whose_members_left_drops_its_reorder_buffer(make_manager: Any) -> None:
+    history = RoomHistory(reorder_window=30.0)
+    async with make_manager(history=history) as manager:
+        async with client(manager) as c:
+            await c.request({"type": "join_room", "room": "r"})
+            first = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+            assert first is not None and (await c.recv())["n"] == 1
+            await inject(manager, "r", StreamPosition(3, first.epoch), 3)
+            assert manager._reorder["r"].holding and manager._reorder_due
+            await c.request({"type": "leave_room", "room": "r"})
+            assert manager._reorder == {} and manager._reorder_due == {}
+            await c.request({"type": "join_room", "room": "r"})
+            await inject(manager, "r", StreamPosition(5, first.epoch), 5)
+            assert (await c.recv())["n"] == 5  # a new buffer: its first message starts it
+        await wait_until(lambda: not manager.connections)
+        assert manager._reorder == {} and manager._reorder_due == {}
+
+
+async def test_recovery_while_the_buffer_holds_messages_repeats_nothing(make_manager: Any) -> None:
+    history = RoomHistory(reorder_window=30.0)
+    stream = history.stream("r")
+
+    async def allocate_and_store(n: int, *, store: bool = True) -> Any:
+        allocation = await history.sequencer.next(stream)
+        if store:
+            await store_entry(allocation, n)
+        return allocation
+
+    async def store_entry(allocation: Any, n: int) -> None:
+        message = {"type": "chat", "n": n, "room": "r", "position": allocation.position.to_json()}
+        await history.store.append(stream, allocation, encode(message).decode())
+
+    async with make_manager(history=history) as manager, client(manager) as a:
+        await a.request({"type": "join_room", "room": "r"})
+        one = await allocate_and_store(1)
+        two = await allocate_and_store(2, store=False)  # allocated, its write is slow
+        three = await allocate_and_store(3)
+        await inject(manager, "r", one.position, 1)
+        await inject(manager, "r", three.position, 3)
+        assert (await a.recv())["n"] == 1 and manager._reorder["r"].is_held(3)
+        async with client(manager) as b:
+            since = one.position.to_json()
+            await b.send({"type": "join_room", "room": "r", "since": since})
+            assert (await b.recv())["n"] == 3  # replayed from the store (2 is not there yet)
+            assert (await b.recv())["recovered"] is True
+            await store_entry(two, 2)
+            await inject(manager, "r", two.position, 2)
+            assert [(await a.recv())["n"] for _ in range(2)] == [2, 3]
+            assert (await b.recv())["n"] == 2  # and not 3 again:
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
+            assert (await b.recv())["n"] == 4 and (await a.recv())["n"] == 4
+            assert manager._reorder_replayed == {}
+
+
+async def test_two_servers_on_redis_deliver_concurrent_publishes_in_offset_order(
+    redis_url: str,
+) -> None:
+    """Server 1 allocates offset 2 and is slow to store it; server 2 allocates 3 and
+    publishes it first. Both servers' members still get 2 then 3."""
+    from trio_rt import RedisBroker
+    from trio_rt._redis_streams import RedisSequencer
+
+    class GatedStore(MemoryStreamStore):
+        """Holds the append of the message with ``"slow": true`` until `gate` is set."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = trio.Event()
+            self.entered = trio.Event()
+
+        async def append(self, stream: str, allocation: Any, payload: str) -> None:
+            if '"slow":true' in payload:
+                self.entered.set()
+                await self.gate.wait()
+            await super().append(stream, allocation, payload)
+
+    store = GatedStore()
+    namespace = "order-" + uuid.uuid4().hex[:8]
+    managers = [
+        WebSocketManager(
+            host="127.0.0.1",
+            port=0,
+            heartbeat_interval=None,
+            broker=RedisBroker(redis_url),
+            history=RoomHistory(
+                store, RedisSequencer(redis_url, namespace=namespace), reorder_window=30.0
+            ),
+        )
+        for _ in range(2)
+    ]
+    m1, m2 = managers
+    async with two_servers(m1, m2) as (a, b), trio.open_nursery() as nursery:
+        await a.request({"type": "join_room", "room": "r"})
+        await b.request({"type": "join_room", "room": "r"})
+        # Both servers subscribed: retry until a message crosses (subscriptions are async).
+        n = 0
+        while True:
+            n += 1
+            await m1.broadcast_to_room("r", {"type": "chat", "n": n})
+            assert (await a.recv())["n"] == n
+            with trio.move_on_after(0.5):
+                while (await b.recv())["n"] != n:
+                    pass
+                break
+        nursery.start_soon(m1.broadcast_to_room, "r", {"type": "chat", "n": "slow", "slow": True})
+        await store.entered.wait()  # its offset is allocated; it is not published yet
+        await m2.broadcast_to_room("r", {"type": "chat", "n": "fast"})
+        await wait_until(lambda: all(m._reorder["r"].holding for m in managers))
+        store.gate.set()
+        for c in (a, b):
+            got = [await c.recv() for _ in range(2)]
+            assert [m["n"] for m in got] == ["slow", "fast"]
+            assert got[1]["position"]["offset"] == got[0]["position"]["offset"] + 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"reorder_window": -0.1},
+        {"reorder_window": float("inf")},
+        {"reorder_window": "0.2"},
+        {"reorder_window": True},
+        {"reorder_limit": 0},
+        {"reorder_limit": 1.5},
+    ],
+)
+def test_reorder_options_are_validated(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        RoomHistory(**kwargs)
+    assert RoomHistory(reorder_window=0).reorder_window == 0.0  # 0: arrival order

@@ -10,7 +10,7 @@ import trio_asyncio
 
 from trio_rt import Connection, RedisBroker, WebSocketManager
 
-from .conftest import client, free_port, redis_on, wait_until
+from .conftest import client, free_port, redis_on, two_servers, wait_until
 
 
 def make(url: str, **kwargs: Any) -> WebSocketManager:
@@ -112,13 +112,7 @@ async def test_sharded_pubsub_on_a_redis_cluster(redis_cluster_nodes: list[str])
             conn.user_id = conn.request.query.get("u", ["x"])[0]
 
     rooms = [f"room-{i}" for i in range(12)]  # spread over the three shards' hash slots
-    async with (
-        trio_asyncio.open_loop(),
-        m1,
-        m2,
-        client(m1) as a,
-        client(m2) as b,
-    ):
+    async with two_servers(m1, m2) as (a, b):
         for r in rooms:
             await a.request({"type": "join_room", "room": r})
             await b.request({"type": "join_room", "room": r})

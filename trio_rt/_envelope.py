@@ -36,6 +36,7 @@ class Envelope:
     user_id: str | None = None  # kind == "kick": whose connections leave the room
     origin: str | None = None  # the publishing server's id (metrics, cross_server_message)
     offset: int | None = None  # the stream offset of a room message with history (recovery)
+    epoch: str | None = None  # the epoch of that offset (receivers order by offset per epoch)
 
 
 def encode_envelope(env: Envelope) -> bytes:
@@ -52,6 +53,8 @@ def encode_envelope(env: Envelope) -> bytes:
         header["o"] = env.origin
     if env.offset is not None:
         header["p"] = env.offset
+    if env.epoch is not None:
+        header["e"] = env.epoch
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + env.payload
 
 
@@ -72,7 +75,8 @@ def decode_envelope(data: bytes) -> Envelope:
     kind = header.get("k", KIND_MESSAGE)
     user_id = header.get("u")
     origin = header.get("o")
-    for name, value in (("x", exclude), ("u", user_id), ("o", origin)):
+    epoch = header.get("e")
+    for name, value in (("x", exclude), ("u", user_id), ("o", origin), ("e", epoch)):
         if value is not None and not isinstance(value, str):
             raise ValueError(f"bad envelope field {name!r}")
     if not isinstance(kind, str):
@@ -88,6 +92,7 @@ def decode_envelope(data: bytes) -> Envelope:
         user_id=user_id,
         origin=origin,
         offset=offset,
+        epoch=epoch,
     )
 
 

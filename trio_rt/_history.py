@@ -16,6 +16,7 @@ docs/protocol.md ("Positions and recovery").
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,6 +47,10 @@ class RoomHistory:
     `rooms(name) -> bool` selects the rooms with history (default: every room).
     `recovery_limit`: more missed messages than this and recovery answers ``too_many``.
     `max_page`: the most messages one `history` request returns.
+    `reorder_window`: how long (seconds) a server holds a message behind a missing offset
+    before it gives up on the hole (two servers published at the same moment and the later
+    offset landed first); 0 delivers everything at once, in arrival order.
+    `reorder_limit`: the most messages held per room; one more and the hole is skipped.
     """
 
     def __init__(
@@ -56,14 +61,28 @@ class RoomHistory:
         rooms: Callable[[str], bool] | None = None,
         recovery_limit: int = 1000,
         max_page: int = 100,
+        reorder_window: float = 0.2,
+        reorder_limit: int = 1000,
     ) -> None:
-        require_positive_ints(recovery_limit=recovery_limit, max_page=max_page)
+        require_positive_ints(
+            recovery_limit=recovery_limit, max_page=max_page, reorder_limit=reorder_limit
+        )
+        if (
+            isinstance(reorder_window, bool)
+            or not isinstance(reorder_window, (int, float))
+            or not 0 <= reorder_window < math.inf
+        ):
+            raise ValueError(
+                f"reorder_window must be a non-negative number of seconds, not {reorder_window!r}"
+            )
         self.store = store if store is not None else MemoryStreamStore()
         self.sequencer = sequencer if sequencer is not None else MemorySequencer()
         self.sequencer.attach(self.store)
         self._rooms = rooms
         self.recovery_limit = recovery_limit
         self.max_page = max_page
+        self.reorder_window = float(reorder_window)
+        self.reorder_limit = reorder_limit
 
     def services(self) -> list[Callable[..., Awaitable[None]]]:
         """Tasks to run in the manager's nursery (a Redis sequencer's connection)."""

@@ -64,6 +64,7 @@ from ._protocol import (
     validate_room_name,
 )
 from ._ratelimit import LocalRateLimiter, Rate, RateLimiter
+from ._reorder import ReorderBuffer
 from ._rooms import Room, RoomError, RoomRegistry
 from ._static import CLIENT_JS_PATH, client_js_route
 from ._streams import Recovery
@@ -114,6 +115,8 @@ class ServerStats:
     protocol_errors: int = 0
     rate_limited: int = 0  # messages refused by the rate limits
     tokens_expired: int = 0  # connections closed with 4004
+    reorder_skipped: int = 0  # room offsets given up on after reorder_window (or the limit)
+    reorder_late: int = 0  # room messages delivered after a greater offset (hole skipped)
 
     def rejected(self, reason: str) -> None:
         self.handshakes_rejected[reason] = self.handshakes_rejected.get(reason, 0) + 1
@@ -240,6 +243,17 @@ class WebSocketManager:
         self._flushes = FlushQueue[Connection]()
         self._heartbeat_lot = trio.lowlevel.ParkingLot()
         self._heartbeat_wake_at = math.inf
+        # Rooms with history: one ReorderBuffer per room with local members, and one task
+        # (`_run_reorder`) for every room's hole deadlines: a heap of (deadline, room), where
+        # an entry is stale unless `_reorder_due[room]` still holds its deadline.
+        self._reorder: dict[str, ReorderBuffer[Envelope]] = {}
+        self._reorder_heap: list[tuple[float, str]] = []
+        self._reorder_due: dict[str, float] = {}
+        self._reorder_lot = trio.lowlevel.ParkingLot()
+        self._reorder_wake_at = math.inf
+        # room -> conn id -> offsets a recovery replayed while the room's buffer held them
+        # (not to be sent again when the buffer lets them go); dropped once nothing is held.
+        self._reorder_replayed: dict[str, dict[str, set[int]]] = {}
 
     # -- handler registration -----------------------------------------------------------------
     def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:
@@ -471,6 +485,7 @@ class WebSocketManager:
                         )
                 if self.history is not None:
                     self.history.check_deployment(self.broker)
+                    nursery.start_soon(self._run_reorder)
                 for service in self._services:
                     await nursery.start(service)
                 self._service_nursery = nursery
@@ -741,7 +756,7 @@ class WebSocketManager:
                         counts.pop(key, None)
         for room, result in self._rooms.leave_all(conn):
             if result.last_member:
-                self.broker.unsubscribe(self._room_channel(room))
+                self._room_emptied(room)
         conn._outbox.close()
         return True
 
@@ -899,6 +914,17 @@ class WebSocketManager:
             last = replayed[-1].position.offset if replayed else command.since.offset
             for entry in replayed:
                 conn.send_encoded(OutboundMessage(entry.payload.encode("utf-8")))
+            buf = self._reorder.get(room)
+            if buf is not None and buf.holding:
+                # Replayed from the store while the reorder buffer still holds them: when
+                # it lets them go, this connection must not get them twice.
+                again = {
+                    e.position.offset
+                    for e in replayed
+                    if e.position.epoch == buf.epoch and buf.is_held(e.position.offset)
+                }
+                if again:
+                    self._reorder_replayed.setdefault(room, {})[conn.id] = again
             for offset, message in sorted(buffer, key=lambda item: item[0]):
                 if result is None or not result.recovered or offset > last:
                     conn.send_encoded(message)
@@ -1137,7 +1163,7 @@ class WebSocketManager:
             await self.room_store.delete(name)
         members = self._rooms.delete(name)
         if members:
-            self.broker.unsubscribe(self._room_channel(name))
+            self._room_emptied(name)
         msg = OutboundMessage(encode({"type": "room_left", "room": name, "reason": "deleted"}))
         cork = self._flushes.begin()
         for conn in members:
@@ -1187,7 +1213,7 @@ class WebSocketManager:
         """Remove `conn` from `room`. Idempotent: returns False when it was not a member."""
         result = self._rooms.leave(conn, room)
         if result.last_member:
-            self.broker.unsubscribe(self._room_channel(room))
+            self._room_emptied(room)
         await trio.lowlevel.checkpoint()
         return result.left
 
@@ -1250,6 +1276,7 @@ class WebSocketManager:
             rooms=(room,),
             exclude=exclude.id if exclude is not None else None,
             offset=position.offset,
+            epoch=position.epoch,
         )
         await self.broker.publish(self._room_channel(room), encode_envelope(env))
         return position
@@ -1281,6 +1308,13 @@ class WebSocketManager:
     def _room_channel(self, room: str) -> str:
         return self._room_prefix + room
 
+    def _room_emptied(self, room: str) -> None:
+        """No local member is left: stop receiving the room and forget its reorder state."""
+        self.broker.unsubscribe(self._room_channel(room))
+        if self._reorder.pop(room, None) is not None:
+            self._reorder_due.pop(room, None)  # its heap entry is now stale
+            self._reorder_replayed.pop(room, None)
+
     def _on_broker_message(self, channel: str, data: bytes) -> None:
         """Deliver what the broker hands us to local clients. Sync: it never waits on a client."""
         component = self._channel_handlers.get(channel)
@@ -1304,6 +1338,9 @@ class WebSocketManager:
             if env.kind == KIND_KICK:
                 self._apply_kick(room, env)
                 return
+            if env.offset is not None:  # a room with history: delivered in offset order
+                self._reorder_feed(room, env, env.offset)
+                return
             targets = recipients(env, room, self._rooms.members_of, self._rooms.rooms_of)
         else:
             return
@@ -1311,24 +1348,100 @@ class WebSocketManager:
         exclude = env.exclude
         cork = self._flushes.begin()  # one decision for every recipient
         n = 0
-        if env.offset is None:
-            for conn in targets:
-                if conn.id != exclude:
-                    conn.send_encoded(message, cork)
-                    n += 1
-        else:  # a room message with a position: members recovering this room buffer it
-            room = channel[len(self._room_prefix) :]
-            for conn in targets:
-                if conn.id != exclude:
-                    recovering = conn._recovering
-                    if recovering is not None and room in recovering:
-                        recovering[room].append((env.offset, message))
-                    else:
-                        conn.send_encoded(message, cork)
-                    n += 1
+        for conn in targets:
+            if conn.id != exclude:
+                conn.send_encoded(message, cork)
+                n += 1
         self._stats.deliveries += n
         if instruments is not None:
             instruments.fanned_out(n, time.perf_counter() - started)
+
+    # -- rooms with history: offset order ----------------------------------------------------------
+    def _reorder_feed(self, room: str, env: Envelope, offset: int) -> None:
+        """A room message with a position, from the broker: through the room's ReorderBuffer
+        (created on the first message while the room has local members)."""
+        history = self.history
+        if history is None:  # another server keeps history; this one has no window: as is
+            self._fan_out_positioned(room, [env])
+            return
+        buf = self._reorder.get(room)
+        if buf is None:
+            existing = self._rooms.get(room)
+            if existing is None or not existing.members:
+                return  # in flight after the last member left: nobody to deliver to
+            buf = ReorderBuffer[Envelope](history.reorder_window, history.reorder_limit)
+            self._reorder[room] = buf
+        now = trio.current_time()
+        self._reorder_step(room, buf, buf.feed(env.epoch or "", offset, env, now))
+
+    def _reorder_step(self, room: str, buf: ReorderBuffer[Envelope], ready: list[Envelope]) -> None:
+        """Deliver what `buf` let go, count what it skipped, schedule its next deadline."""
+        if buf.skipped or buf.late:  # moved into the server's counters
+            self._stats.reorder_skipped += buf.skipped
+            self._stats.reorder_late += buf.late
+            buf.skipped = buf.late = 0
+        if ready:
+            self._fan_out_positioned(room, ready)
+        if not buf.holding:
+            self._reorder_replayed.pop(room, None)
+            self._reorder_due.pop(room, None)
+            return
+        deadline = buf.deadline()
+        if deadline is not None and self._reorder_due.get(room) != deadline:
+            self._reorder_due[room] = deadline
+            heapq.heappush(self._reorder_heap, (deadline, room))
+            if deadline < self._reorder_wake_at:
+                self._reorder_lot.unpark_all()  # the task sleeps past this deadline
+
+    def _fan_out_positioned(self, room: str, envs: list[Envelope]) -> None:
+        """Deliver room messages with positions, in the given order. Members recovering the
+        room buffer them (`_join_command`); offsets a recovery already replayed are skipped."""
+        instruments = self._instruments
+        cork = self._flushes.begin()  # one decision for every recipient
+        replayed = self._reorder_replayed.get(room)
+        for env in envs:
+            started = time.perf_counter() if instruments is not None else 0.0
+            offset = env.offset
+            assert offset is not None
+            message = OutboundMessage(env.payload)
+            n = 0
+            for conn in recipients(env, room, self._rooms.members_of, self._rooms.rooms_of):
+                if conn.id == env.exclude:
+                    continue
+                if replayed:
+                    seen = replayed.get(conn.id)
+                    if seen is not None and offset in seen:
+                        seen.discard(offset)
+                        continue
+                recovering = conn._recovering
+                if recovering is not None and room in recovering:
+                    recovering[room].append((offset, message))
+                else:
+                    conn.send_encoded(message, cork)
+                n += 1
+            self._stats.deliveries += n
+            if instruments is not None:
+                instruments.fanned_out(n, time.perf_counter() - started)
+
+    async def _run_reorder(self) -> None:
+        """Skip the holes whose `reorder_window` passed, for every room with history: one
+        task for the whole server, sleeping until the earliest deadline (no task per room)."""
+        heap = self._reorder_heap
+        try:
+            while True:
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    deadline, room = heapq.heappop(heap)
+                    if self._reorder_due.get(room) != deadline:
+                        continue  # stale: the room's deadline moved, or its buffer is gone
+                    del self._reorder_due[room]
+                    buf = self._reorder[room]
+                    self._reorder_step(room, buf, buf.release(now))
+                self._reorder_wake_at = heap[0][0] if heap else math.inf
+                with trio.move_on_at(self._reorder_wake_at):
+                    await self._reorder_lot.park()
+        finally:
+            self._reorder_wake_at = math.inf
 
     def _queue_server_message(self, env: Envelope) -> None:
         if env.kind != KIND_SERVER or env.origin == self.server_id or self._server_inbox is None:
@@ -1360,7 +1473,7 @@ class WebSocketManager:
             if conn.user_id is not None and conn.user_id == env.user_id:
                 result = self._rooms.leave(conn, room)
                 if result.last_member:
-                    self.broker.unsubscribe(self._room_channel(room))
+                    self._room_emptied(room)
                 conn.send_encoded(message)
 
 

@@ -544,6 +544,16 @@ class _ManagerCollector(Collector):
         yield counter(
             "trio_rt_tokens_expired", "Clients closed with 4004 (token expired).", s.tokens_expired
         )
+        yield counter(
+            "trio_rt_room_offsets_skipped",
+            "Room offsets given up on after reorder_window (RoomHistory).",
+            s.reorder_skipped,
+        )
+        yield counter(
+            "trio_rt_room_messages_late",
+            "Room messages delivered after a greater offset (their hole was skipped).",
+            s.reorder_late,
+        )
         errors = CounterMetricFamily(
             "trio_rt_errors",
             "Errors by kind: handler (app handler raised), protocol (bad client input), "
