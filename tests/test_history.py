@@ -374,3 +374,43 @@ def test_reorder_options_are_validated(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RoomHistory(**kwargs)
     assert RoomHistory(reorder_window=0).reorder_window == 0.0  # 0: arrival order
+
+
+async def test_python_client_drops_duplicates_and_delivers_late_messages(
+    make_manager: Any,
+) -> None:
+    from trio_rt.client import WebSocketClient
+
+    history = RoomHistory(reorder_window=0.05)
+    async with (
+        make_manager(history=history) as manager,
+        WebSocketClient(manager.url, initial_delay=0.01, rng=None) as c,
+    ):
+        await c.join_room("r")
+        first = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert first is not None and (await c.receive())["n"] == 1
+        await inject(manager, "r", StreamPosition(3, first.epoch), 3)  # 2 is missing
+        assert (await c.receive())["n"] == 3  # after the reorder window
+        await inject(manager, "r", StreamPosition(2, first.epoch), 2)
+        assert (await c.receive())["n"] == 2  # late but never seen: delivered
+        (conn,) = manager.connections.values()
+        # A duplicate, as when a replay overlaps live delivery:
+        position = {"offset": 3, "epoch": first.epoch}
+        await conn.send({"type": "chat", "n": 3, "room": "r", "position": position})
+        await inject(manager, "r", StreamPosition(4, first.epoch), 4)
+        assert (await c.receive())["n"] == 4  # the duplicate never reached the app
+        assert c.stats.duplicates == 1
+        assert c.position("r") == {"offset": 4, "epoch": first.epoch}
+
+
+def test_seen_offsets_remember_a_bounded_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_rt import client as client_module
+
+    monkeypatch.setattr(client_module, "RECENT_OFFSETS", 4)
+    seen = client_module._SeenOffsets("e", floor=9)
+    assert not seen.add(9)  # at or below the floor (the room_joined position): seen
+    assert all(seen.add(o) for o in (10, 11, 12, 13))
+    assert seen.add(15) and seen.floor == 10  # 10 forgotten: it becomes the floor
+    assert not seen.add(10) and not seen.add(11)  # forgotten / still remembered
+    assert seen.add(14)  # late, never seen
+    assert not seen.add(14)

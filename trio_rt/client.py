@@ -304,6 +304,37 @@ def _decode(raw: str | bytes) -> Message | None:
     return value
 
 
+RECENT_OFFSETS = 1024  # offsets a room remembers to tell a duplicate from a late message
+
+
+class _SeenOffsets:
+    """The offsets of one room's epoch seen lately (as the browser client's PositionTracker).
+
+    `add` is False for an offset already seen: a duplicate (a replay overlapping live
+    delivery). An offset lower than the greatest but never seen is new: a *late* message, which
+    the server delivers when its publish lost a race by more than the reorder window. Offsets at
+    or below `floor` (the last `room_joined` position, or older than the remembered ones) count
+    as seen.
+    """
+
+    __slots__ = ("epoch", "floor", "offsets")
+
+    def __init__(self, epoch: str, floor: float) -> None:
+        self.epoch = epoch
+        self.floor = floor
+        self.offsets: dict[int, None] = {}  # an ordered set: insertion order ~ offset order
+
+    def add(self, offset: int) -> bool:
+        if offset <= self.floor or offset in self.offsets:
+            return False
+        self.offsets[offset] = None
+        if len(self.offsets) > RECENT_OFFSETS:
+            oldest = next(iter(self.offsets))
+            del self.offsets[oldest]
+            self.floor = max(self.floor, oldest)
+        return True
+
+
 def _is_position(value: object) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(value, dict)
@@ -408,6 +439,7 @@ class ClientStats:
     lost: int = 0  # messages whose write failed because the connection broke (not resent)
     discarded: int = 0  # messages still queued when the client closed
     refreshes: int = 0  # fresh tokens sent in-band (`refresh`)
+    duplicates: int = 0  # room messages dropped because their position was already seen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,8 +726,10 @@ class WebSocketClient:
         self._enqueued_seq = 0  # seq of the last application message queued
         self._settled_seq = 0  # every message up to this seq was written, lost or dropped
         self._rooms: dict[str, _Waiter] = {}  # rooms to be in -> completion of their first join
-        # Stream positions: the last seen per room with history, to recover after a reconnect.
+        # Stream positions: the last seen per room with history, to recover after a reconnect,
+        # and the offsets seen lately, to drop duplicates.
         self._positions: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, _SeenOffsets] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._by_server_id: dict[str, str] = {}  # the server's subscription id -> key
         self._subscription_keys = 0
@@ -1476,8 +1510,24 @@ class WebSocketClient:
                 self._queued += 1
                 self._changed.fire()
             if _is_position(position):
+                # The server's position, newer or not: what is at or below it was replayed
+                # or predates the join; offsets seen above it (same epoch) stay seen.
                 self._positions[room] = position
+                seen = self._seen.get(room)
+                if seen is None or seen.epoch != position["epoch"]:
+                    self._seen[room] = _SeenOffsets(position["epoch"], position["offset"])
+                else:
+                    seen.floor = max(seen.floor, position["offset"])
         elif _is_position(position) and room in self._rooms:
+            # A room message is positioned by its own offset; a reply (a `history` page, or
+            # anything answering a request id) only carries the room's current position.
+            if mtype != "history" and rid is None:
+                seen = self._seen.get(room)
+                if seen is None or seen.epoch != position["epoch"]:
+                    seen = self._seen[room] = _SeenOffsets(position["epoch"], -math.inf)
+                if not seen.add(position["offset"]):
+                    self.stats.duplicates += 1
+                    return True  # consumed: the app already has it
             known = self._positions.get(room)
             if (
                 known is None

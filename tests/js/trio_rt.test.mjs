@@ -61,8 +61,13 @@ test("positions: advance within an epoch, duplicates refused, a new epoch accept
   assert.equal(t.get("room:r"), undefined);
   assert.ok(t.advance("room:r", { offset: 3, epoch: "e1" }));
   assert.ok(!t.advance("room:r", { offset: 3, epoch: "e1" }));
-  assert.ok(!t.advance("room:r", { offset: 2, epoch: "e1" }));
-  assert.ok(t.advance("room:r", { offset: 4, epoch: "e1" }));
+  assert.ok(t.advance("room:r", { offset: 5, epoch: "e1" }));
+  assert.ok(t.advance("room:r", { offset: 4, epoch: "e1" })); // late, not seen: delivered
+  assert.ok(!t.advance("room:r", { offset: 4, epoch: "e1" })); // now seen
+  assert.deepEqual(t.get("room:r"), { offset: 5, epoch: "e1" }); // the greatest
+  t.reset("room:r", { offset: 5, epoch: "e1" });
+  assert.ok(!t.advance("room:r", { offset: 2, epoch: "e1" })); // at or below the join: seen
+  assert.ok(t.advance("room:r", { offset: 6, epoch: "e1" }));
   assert.ok(t.advance("room:r", { offset: 1, epoch: "e2" }));
   assert.deepEqual(t.get("room:r"), { offset: 1, epoch: "e2" });
   assert.ok(t.advance("room:r", undefined)); // no position: nothing to compare
@@ -70,6 +75,23 @@ test("positions: advance within an epoch, duplicates refused, a new epoch accept
   assert.deepEqual(t.get("room:r"), { offset: 0, epoch: "e3" });
   t.forget("room:r");
   assert.equal(t.get("room:r"), undefined);
+});
+
+test("positions: a bounded memory of recent offsets; older ones count as seen", () => {
+  const t = new PositionTracker(4);
+  for (const o of [10, 11, 12, 13]) assert.ok(t.advance("s", { offset: o, epoch: "e" }));
+  assert.ok(t.advance("s", { offset: 14, epoch: "e" })); // 10 is forgotten: the floor
+  assert.equal(t.positions.get("s").seen.size, 4);
+  assert.ok(!t.advance("s", { offset: 10, epoch: "e" }));
+  assert.ok(!t.advance("s", { offset: 9, epoch: "e" }));
+  assert.ok(!t.advance("s", { offset: 11, epoch: "e" })); // still remembered
+  t.reset("s", { offset: 12, epoch: "e" }); // the server's position, lower than the last
+  assert.deepEqual(t.get("s"), { offset: 12, epoch: "e" });
+  assert.ok(!t.advance("s", { offset: 14, epoch: "e" })); // seen before the reset
+  assert.ok(t.advance("s", { offset: 15, epoch: "e" }));
+  t.reset("s", { offset: 1, epoch: "e2" }); // a new epoch: a fresh start above its position
+  assert.ok(!t.advance("s", { offset: 1, epoch: "e2" }));
+  assert.ok(t.advance("s", { offset: 2, epoch: "e2" }));
 });
 
 test("close codes: 4003 and policy violations stop, 4004 needs a new token", () => {

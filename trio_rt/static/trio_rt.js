@@ -132,14 +132,21 @@ function isPosition(p) {
 }
 
 // --8<-- [start:positions]
+/** How many recent offsets a stream remembers to tell a duplicate from a late message. */
+export const RECENT_OFFSETS = 1024;
+
 /**
- * The last position seen per stream ("room:<name>", "sub:<key>"). `advance` accepts a
- * position that moves the stream forward (a higher offset in the same epoch, or any offset in
- * a new epoch) and returns false for one already seen: a duplicate the client drops.
+ * The last position seen per stream ("room:<name>", "sub:<key>"), and the offsets seen lately.
+ * `advance` returns false for a message already seen (a duplicate the client drops: recovery
+ * overlapping live delivery) and true for a new one, also when it is older than the last one
+ * (a *late* message: the server delivers one whose publish lost a race by more than its
+ * reorder window). Offsets at or below the floor (the position of the last `room_joined`,
+ * or older than the remembered ones) count as seen.
  */
 export class PositionTracker {
-  constructor() {
+  constructor(recent = RECENT_OFFSETS) {
     this.positions = new Map();
+    this.recent = recent;
   }
 
   get(stream) {
@@ -147,24 +154,44 @@ export class PositionTracker {
     return p === undefined ? undefined : { offset: p.offset, epoch: p.epoch };
   }
 
-  /** Record `position` if it is newer; true when it is (or cannot be compared). */
+  /** Record `position`; false when it was already seen (cannot compare: true). */
   advance(stream, position) {
     if (!isPosition(position)) return true;
     const cur = this.positions.get(stream);
-    if (cur !== undefined && cur.epoch === position.epoch && position.offset <= cur.offset) {
-      return false;
+    const o = position.offset;
+    if (cur === undefined || cur.epoch !== position.epoch) {
+      this.positions.set(stream, {
+        offset: o, epoch: position.epoch, seen: new Set([o]), floor: -Infinity,
+      });
+      return true;
     }
-    this.positions.set(stream, { offset: position.offset, epoch: position.epoch });
+    if (o <= cur.floor || cur.seen.has(o)) return false;
+    cur.seen.add(o);
+    if (cur.seen.size > this.recent) {
+      const oldest = cur.seen.values().next().value; // insertion order ~ offset order
+      cur.seen.delete(oldest);
+      if (oldest > cur.floor) cur.floor = oldest;
+    }
+    if (o > cur.offset) cur.offset = o;
     return true;
   }
 
-  /** Replace the position, newer or not (a server's authoritative `room_joined`). */
+  /** Take the server's position (`room_joined`), newer or not: what is at or below it was
+   * replayed or predates the join. Offsets seen above it in the same epoch stay seen. */
   reset(stream, position) {
-    if (isPosition(position)) {
-      this.positions.set(stream, { offset: position.offset, epoch: position.epoch });
-    } else {
+    if (!isPosition(position)) {
       this.positions.delete(stream);
+      return;
     }
+    const cur = this.positions.get(stream);
+    if (cur !== undefined && cur.epoch === position.epoch) {
+      cur.offset = position.offset;
+      if (position.offset > cur.floor) cur.floor = position.offset;
+      return;
+    }
+    this.positions.set(stream, {
+      offset: position.offset, epoch: position.epoch, seen: new Set(), floor: position.offset,
+    });
   }
 
   forget(stream) {
