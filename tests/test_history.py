@@ -241,7 +241,7 @@ async def test_a_hole_is_skipped_after_the_reorder_window_and_a_late_message_sti
         assert manager.stats.reorder_skipped == 1
         await inject(manager, "r", StreamPosition(2, first.epoch), 2)
         assert (await c.recv())["n"] == 2  # late: at once
-        assert manager.stats.reorder_late == 1 and not manager._reorder_heap
+        assert manager.stats.reorder_late == 1 and not manager._reorder_timers
 
 
 async def test_a_room_whose_members_left_drops_its_reorder_buffer(make_manager: Any) -> None:
@@ -252,14 +252,14 @@ async def test_a_room_whose_members_left_drops_its_reorder_buffer(make_manager: 
             first = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
             assert first is not None and (await c.recv())["n"] == 1
             await inject(manager, "r", StreamPosition(3, first.epoch), 3)
-            assert manager._reorder["r"].holding and manager._reorder_due
+            assert manager._reorder["r"].holding and manager._reorder_timers
             await c.request({"type": "leave_room", "room": "r"})
-            assert manager._reorder == {} and manager._reorder_due == {}
+            assert manager._reorder == {} and not manager._reorder_timers
             await c.request({"type": "join_room", "room": "r"})
             await inject(manager, "r", StreamPosition(5, first.epoch), 5)
             assert (await c.recv())["n"] == 5  # a new buffer: its first message starts it
         await wait_until(lambda: not manager.connections)
-        assert manager._reorder == {} and manager._reorder_due == {}
+        assert manager._reorder == {} and not manager._reorder_timers
 
 
 async def test_recovery_while_the_buffer_holds_messages_repeats_nothing(make_manager: Any) -> None:

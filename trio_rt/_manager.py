@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import heapq
 import inspect
 import json
 import logging
@@ -68,6 +67,7 @@ from ._reorder import ReorderBuffer
 from ._rooms import Room, RoomError, RoomRegistry
 from ._static import CLIENT_JS_PATH, client_js_route
 from ._streams import Recovery
+from ._timers import Timers
 from ._ws_connection import _ServerConnection
 
 if TYPE_CHECKING:
@@ -235,22 +235,16 @@ class WebSocketManager:
         self._counted: dict[str, tuple[str | None, str | None]] = {}  # conn id -> (ip, user)
         self._room_fields: dict[str, tuple[str, ...]] = {}  # type -> path of its target room
         # Token expiry: one heap and one task for the whole server, not a timer per connection.
-        self._expiries: list[tuple[float, int, str, float]] = []
-        self._expiry_seq = 0
-        self._expiry_scope: trio.CancelScope | None = None
+        self._expiry_timers = Timers[str]()  # connection id -> when its token expires
         self._heartbeats: HeartbeatSchedule[Connection] | None = None  # while serving
         # connections with corked frames; one task writes them each scheduler pass
         self._flushes = FlushQueue[Connection]()
         self._heartbeat_lot = trio.lowlevel.ParkingLot()
         self._heartbeat_wake_at = math.inf
-        # Rooms with history: one ReorderBuffer per room with local members, and one task
-        # (`_run_reorder`) for every room's hole deadlines: a heap of (deadline, room), where
-        # an entry is stale unless `_reorder_due[room]` still holds its deadline.
+        # Rooms with history: one ReorderBuffer per room with local members, and one timer
+        # task for every room's hole deadlines (`_reorder_timers`, fired by `_reorder_due`).
         self._reorder: dict[str, ReorderBuffer[Envelope]] = {}
-        self._reorder_heap: list[tuple[float, str]] = []
-        self._reorder_due: dict[str, float] = {}
-        self._reorder_lot = trio.lowlevel.ParkingLot()
-        self._reorder_wake_at = math.inf
+        self._reorder_timers = Timers[str]()  # room -> when its oldest held message gives up
         # room -> conn id -> offsets a recovery replayed while the room's buffer held them
         # (not to be sent again when the buffer lets them go); dropped once nothing is held.
         self._reorder_replayed: dict[str, dict[str, set[int]]] = {}
@@ -471,7 +465,7 @@ class WebSocketManager:
                 )
                 self._server_inbox = send
                 nursery.start_soon(self._run_server_message_handlers, receive)
-                nursery.start_soon(self._expire_tokens)
+                nursery.start_soon(self._expiry_timers.run, self._token_expired)
                 await nursery.start(self._flushes.run)
                 await self.broker.subscribe(self._servers_channel)
                 if self.room_store is not None:
@@ -485,7 +479,7 @@ class WebSocketManager:
                         )
                 if self.history is not None:
                     self.history.check_deployment(self.broker)
-                    nursery.start_soon(self._run_reorder)
+                    nursery.start_soon(self._reorder_timers.run, self._reorder_due)
                 for service in self._services:
                     await nursery.start(service)
                 self._service_nursery = nursery
@@ -742,6 +736,7 @@ class WebSocketManager:
 
     def _forget(self, conn: Connection) -> bool:
         """Unregister `conn` and its memberships (sync, idempotent). True the first time."""
+        self._expiry_timers.cancel(conn.id)
         if self._connections.pop(conn.id, None) is None:
             return False
         self._refusals.pop(conn.id, None)
@@ -1081,40 +1076,17 @@ class WebSocketManager:
     def _schedule_expiry(self, conn: Connection) -> None:
         expires_at = conn.expires_at
         if expires_at is None:
+            self._expiry_timers.cancel(conn.id)
             return
-        deadline = trio.current_time() + (expires_at - time.time())
-        self._expiry_seq += 1
-        heap = self._expiries
-        heapq.heappush(heap, (deadline, self._expiry_seq, conn.id, expires_at))
-        if len(heap) > 2 * len(self._connections) + 64:
-            # Entries of closed or refreshed connections wait for their deadline otherwise:
-            # with long tokens and churn they would pile up. Amortized O(1) per push.
-            connections = self._connections
-            heap[:] = [
-                e for e in heap if (c := connections.get(e[2])) is not None and c.expires_at == e[3]
-            ]
-            heapq.heapify(heap)
-        scope = self._expiry_scope
-        if scope is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        self._expiry_timers.set(conn.id, trio.current_time() + (expires_at - time.time()))
 
-    async def _expire_tokens(self) -> None:
-        """The server's one expiry timer: sleeps until the earliest token deadline, closes the
-        connections whose token (still) expired then with 4004. A refresh pushes a new entry;
-        the stale one is skipped when it comes up."""
-        expiries = self._expiries
-        while True:
-            with trio.CancelScope(deadline=expiries[0][0] if expiries else math.inf) as scope:
-                self._expiry_scope = scope
-                await trio.sleep_forever()
-            self._expiry_scope = None
-            now = trio.current_time()
-            while expiries and expiries[0][0] <= now:
-                _, _, conn_id, expires_at = heapq.heappop(expiries)
-                conn = self._connections.get(conn_id)
-                if conn is not None and conn.expires_at == expires_at:
-                    self._stats.tokens_expired += 1
-                    conn._close_soon(CloseCode.TOKEN_EXPIRED, "token expired")
+    def _token_expired(self, conn_id: str) -> None:
+        """The server's one expiry timer fired for a connection (its latest token's expiry: a
+        refresh replaced the deadline): close it with 4004."""
+        conn = self._connections.get(conn_id)
+        if conn is not None and conn.expires_at is not None:
+            self._stats.tokens_expired += 1
+            conn._close_soon(CloseCode.TOKEN_EXPIRED, "token expired")
 
     # -- rooms ----------------------------------------------------------------------------------
     async def create_room(
@@ -1312,7 +1284,7 @@ class WebSocketManager:
         """No local member is left: stop receiving the room and forget its reorder state."""
         self.broker.unsubscribe(self._room_channel(room))
         if self._reorder.pop(room, None) is not None:
-            self._reorder_due.pop(room, None)  # its heap entry is now stale
+            self._reorder_timers.cancel(room)
             self._reorder_replayed.pop(room, None)
 
     def _on_broker_message(self, channel: str, data: bytes) -> None:
@@ -1382,16 +1354,12 @@ class WebSocketManager:
             buf.skipped = buf.late = 0
         if ready:
             self._fan_out_positioned(room, ready)
-        if not buf.holding:
-            self._reorder_replayed.pop(room, None)
-            self._reorder_due.pop(room, None)
-            return
         deadline = buf.deadline()
-        if deadline is not None and self._reorder_due.get(room) != deadline:
-            self._reorder_due[room] = deadline
-            heapq.heappush(self._reorder_heap, (deadline, room))
-            if deadline < self._reorder_wake_at:
-                self._reorder_lot.unpark_all()  # the task sleeps past this deadline
+        if deadline is None:  # nothing held
+            self._reorder_replayed.pop(room, None)
+            self._reorder_timers.cancel(room)
+        else:
+            self._reorder_timers.set(room, deadline)
 
     def _fan_out_positioned(self, room: str, envs: list[Envelope]) -> None:
         """Deliver room messages with positions, in the given order. Members recovering the
@@ -1423,25 +1391,12 @@ class WebSocketManager:
             if instruments is not None:
                 instruments.fanned_out(n, time.perf_counter() - started)
 
-    async def _run_reorder(self) -> None:
-        """Skip the holes whose `reorder_window` passed, for every room with history: one
-        task for the whole server, sleeping until the earliest deadline (no task per room)."""
-        heap = self._reorder_heap
-        try:
-            while True:
-                now = trio.current_time()
-                while heap and heap[0][0] <= now:
-                    deadline, room = heapq.heappop(heap)
-                    if self._reorder_due.get(room) != deadline:
-                        continue  # stale: the room's deadline moved, or its buffer is gone
-                    del self._reorder_due[room]
-                    buf = self._reorder[room]
-                    self._reorder_step(room, buf, buf.release(now))
-                self._reorder_wake_at = heap[0][0] if heap else math.inf
-                with trio.move_on_at(self._reorder_wake_at):
-                    await self._reorder_lot.park()
-        finally:
-            self._reorder_wake_at = math.inf
+    def _reorder_due(self, room: str) -> None:
+        """A room's `reorder_window` passed with a hole still open (the timer task calls this;
+        one task for every room with history, no task per room): skip the hole."""
+        buf = self._reorder.get(room)
+        if buf is not None:
+            self._reorder_step(room, buf, buf.release(trio.current_time()))
 
     def _queue_server_message(self, env: Envelope) -> None:
         if env.kind != KIND_SERVER or env.origin == self.server_id or self._server_inbox is None:
