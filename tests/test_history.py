@@ -414,3 +414,22 @@ def test_seen_offsets_remember_a_bounded_window(monkeypatch: pytest.MonkeyPatch)
     assert not seen.add(10) and not seen.add(11)  # forgotten / still remembered
     assert seen.add(14)  # late, never seen
     assert not seen.add(14)
+
+
+async def test_python_client_forgets_a_room_it_left(make_manager: Any) -> None:
+    from trio_rt.client import WebSocketClient
+
+    async with (
+        history_manager(make_manager) as manager,
+        WebSocketClient(manager.url, initial_delay=0.01, rng=None) as c,
+    ):
+        await c.join_room("r")
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert (await c.receive())["n"] == 1 and c.position("r") is not None
+        await c.leave_room("r")
+        assert c.position("r") is None
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 2})  # said while away
+        await c.join_room("r")  # afresh: no `since`, so nothing is replayed
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 3})
+        assert (await c.receive())["n"] == 3
+        assert c.position("r")["offset"] == 3  # type: ignore[index]

@@ -971,6 +971,7 @@ class WebSocketClient:
         """
         self._raise_if_closing()
         waiter = self._rooms.pop(room, None)
+        self._forget_position(room)
         if waiter is not None:
             waiter.fail(lambda: ClientError(f"left room {room!r} before the join completed"))
         session = self._session
@@ -989,6 +990,12 @@ class WebSocketClient:
         """The last stream position seen in `room` (rooms with history), sent as ``since``
         when the room is joined again after a reconnect."""
         return self._positions.get(room)
+
+    def _forget_position(self, room: str) -> None:
+        # A room left (or removed by the server) is joined afresh later, without `since`: the
+        # client does not ask for what was said while it was not a member (as the browser's).
+        self._positions.pop(room, None)
+        self._seen.pop(room, None)
 
     def subscribe(self, table: str, filters: Mapping[str, Any] | None = None) -> str:
         """Subscribe to the changes of `table` matching `filters`; returns a key.
@@ -1586,6 +1593,7 @@ class WebSocketClient:
             if isinstance(name, str):
                 session.join_sent.discard(name)
                 session.confirmed.discard(name)
+                self._forget_position(name)
                 waiter = self._rooms.pop(name, None)
                 if waiter is not None:
                     waiter.fail(lambda: ServerError(message, room=name))
