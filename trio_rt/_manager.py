@@ -63,7 +63,7 @@ from ._protocol import (
     validate_room_name,
 )
 from ._ratelimit import LocalRateLimiter, Rate, RateLimiter
-from ._reorder import ReorderBuffer
+from ._room_order import RoomOrdering
 from ._rooms import Room, RoomError, RoomRegistry
 from ._static import CLIENT_JS_PATH, client_js_route
 from ._streams import Recovery
@@ -241,10 +241,8 @@ class WebSocketManager:
         self._flushes = FlushQueue[Connection]()
         self._heartbeat_lot = trio.lowlevel.ParkingLot()
         self._heartbeat_wake_at = math.inf
-        # Rooms with history: one ReorderBuffer per room with local members, and one timer
-        # task for every room's hole deadlines (`_reorder_timers`, fired by `_reorder_due`).
-        self._reorder: dict[str, ReorderBuffer[Envelope]] = {}
-        self._reorder_timers = Timers[str]()  # room -> when its oldest held message gives up
+        # Rooms with history: their messages in offset order (one buffer per room, one task).
+        self._order = RoomOrdering(self._fan_out_positioned, self._stats)
         # room -> conn id -> offsets a recovery replayed while the room's buffer held them
         # (not to be sent again when the buffer lets them go); dropped once nothing is held.
         self._reorder_replayed: dict[str, dict[str, set[int]]] = {}
@@ -479,7 +477,7 @@ class WebSocketManager:
                         )
                 if self.history is not None:
                     self.history.check_deployment(self.broker)
-                    nursery.start_soon(self._reorder_timers.run, self._reorder_due)
+                    nursery.start_soon(self._order.run)
                 for service in self._services:
                     await nursery.start(service)
                 self._service_nursery = nursery
@@ -909,17 +907,7 @@ class WebSocketManager:
             last = replayed[-1].position.offset if replayed else command.since.offset
             for entry in replayed:
                 conn.send_encoded(OutboundMessage(entry.payload.encode("utf-8")))
-            buf = self._reorder.get(room)
-            if buf is not None and buf.holding:
-                # Replayed from the store while the reorder buffer still holds them: when
-                # it lets them go, this connection must not get them twice.
-                again = {
-                    e.position.offset
-                    for e in replayed
-                    if e.position.epoch == buf.epoch and buf.is_held(e.position.offset)
-                }
-                if again:
-                    self._reorder_replayed.setdefault(room, {})[conn.id] = again
+            self._order.note_replayed(room, conn.id, (e.position for e in replayed))
             for offset, message in sorted(buffer, key=lambda item: item[0]):
                 if result is None or not result.recovered or offset > last:
                     conn.send_encoded(message)
@@ -1283,9 +1271,7 @@ class WebSocketManager:
     def _room_emptied(self, room: str) -> None:
         """No local member is left: stop receiving the room and forget its reorder state."""
         self.broker.unsubscribe(self._room_channel(room))
-        if self._reorder.pop(room, None) is not None:
-            self._reorder_timers.cancel(room)
-            self._reorder_replayed.pop(room, None)
+        self._order.drop(room)
 
     def _on_broker_message(self, channel: str, data: bytes) -> None:
         """Deliver what the broker hands us to local clients. Sync: it never waits on a client."""
@@ -1311,7 +1297,7 @@ class WebSocketManager:
                 self._apply_kick(room, env)
                 return
             if env.offset is not None:  # a room with history: delivered in offset order
-                self._reorder_feed(room, env, env.offset)
+                self._feed_positioned(room, env)
                 return
             targets = recipients(env, room, self._rooms.members_of, self._rooms.rooms_of)
         else:
@@ -1329,44 +1315,25 @@ class WebSocketManager:
             instruments.fanned_out(n, time.perf_counter() - started)
 
     # -- rooms with history: offset order ----------------------------------------------------------
-    def _reorder_feed(self, room: str, env: Envelope, offset: int) -> None:
-        """A room message with a position, from the broker: through the room's ReorderBuffer
-        (created on the first message while the room has local members)."""
+    def _feed_positioned(self, room: str, env: Envelope) -> None:
+        """A room message with a position, from the broker: in offset order through the room's
+        ReorderBuffer (created on the first message while the room has local members)."""
         history = self.history
         if history is None:  # another server keeps history; this one has no window: as is
             self._fan_out_positioned(room, [env])
             return
-        buf = self._reorder.get(room)
-        if buf is None:
+        if not self._order.has(room):
             existing = self._rooms.get(room)
             if existing is None or not existing.members:
                 return  # in flight after the last member left: nobody to deliver to
-            buf = ReorderBuffer[Envelope](history.reorder_window, history.reorder_limit)
-            self._reorder[room] = buf
-        now = trio.current_time()
-        self._reorder_step(room, buf, buf.feed(env.epoch or "", offset, env, now))
-
-    def _reorder_step(self, room: str, buf: ReorderBuffer[Envelope], ready: list[Envelope]) -> None:
-        """Deliver what `buf` let go, count what it skipped, schedule its next deadline."""
-        if buf.skipped or buf.late:  # moved into the server's counters
-            self._stats.reorder_skipped += buf.skipped
-            self._stats.reorder_late += buf.late
-            buf.skipped = buf.late = 0
-        if ready:
-            self._fan_out_positioned(room, ready)
-        deadline = buf.deadline()
-        if deadline is None:  # nothing held
-            self._reorder_replayed.pop(room, None)
-            self._reorder_timers.cancel(room)
-        else:
-            self._reorder_timers.set(room, deadline)
+        self._order.feed(room, env, history.reorder_window, history.reorder_limit)
 
     def _fan_out_positioned(self, room: str, envs: list[Envelope]) -> None:
         """Deliver room messages with positions, in the given order. Members recovering the
         room buffer them (`_join_command`); offsets a recovery already replayed are skipped."""
         instruments = self._instruments
         cork = self._flushes.begin()  # one decision for every recipient
-        replayed = self._reorder_replayed.get(room)
+        replayed = self._order.replayed.get(room)
         for env in envs:
             started = time.perf_counter() if instruments is not None else 0.0
             offset = env.offset
@@ -1390,13 +1357,6 @@ class WebSocketManager:
             self._stats.deliveries += n
             if instruments is not None:
                 instruments.fanned_out(n, time.perf_counter() - started)
-
-    def _reorder_due(self, room: str) -> None:
-        """A room's `reorder_window` passed with a hole still open (the timer task calls this;
-        one task for every room with history, no task per room): skip the hole."""
-        buf = self._reorder.get(room)
-        if buf is not None:
-            self._reorder_step(room, buf, buf.release(trio.current_time()))
 
     def _queue_server_message(self, env: Envelope) -> None:
         if env.kind != KIND_SERVER or env.origin == self.server_id or self._server_inbox is None:
