@@ -179,8 +179,10 @@ class FlushQueue(Generic[F]):
     message costs no extra latency, and under load each connection gets one system call per
     cycle instead of one per message (docs/performance.md).
 
-    `begin` and `add` are sync and never wait. `run` lives in the manager's nursery; once it
-    is cancelled `running` is False and nothing is corked any more.
+    `begin` and `add` are sync and never wait. The queue is bounded by the number of
+    connections: a connection is added only when its first frame is corked, and every flush
+    empties the queue. `run` lives in the manager's nursery; once it is cancelled `running` is
+    False and nothing is corked any more (what was corked is written then).
     """
 
     PASSES = 2  # scheduler passes a window lasts: more batches more, and delays more
