@@ -1,13 +1,13 @@
 """A socket stream that can also be written synchronously, without a task switch.
 
 Fan-out cost is dominated by awaits and system calls per delivery (docs/performance.md). When
-a connection is idle — nothing queued, no write in progress — a broadcast does not wake a
-writer task: it *corks* the frame here, and the manager's `FlushQueue` task writes everything
-each connection corked during the current pass of the scheduler with one non-blocking send.
-A burst of broadcasts thus costs one system call per connection instead of one per message,
-at the price of one scheduler pass of latency. What the kernel does not take is kept here and
-written before anything else, by whichever task writes next (our writer, or websockets sending
-a pong or a close frame), so frames never interleave.
+a connection is idle — nothing queued, no write in progress — a send does not wake a writer
+task: in a quiet server it is written at once with one non-blocking send; during a burst it
+is *corked* here, and the manager's `FlushQueue` task writes everything a connection corked
+over a few scheduler passes with one send. A burst thus costs one system call per connection
+per flush instead of one per message, and an isolated message no extra latency. What the
+kernel does not take is kept here and written before anything else, by whichever task writes
+next (our writer, or websockets sending a pong or a close frame), so frames never interleave.
 """
 
 from __future__ import annotations
