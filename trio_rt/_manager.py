@@ -237,15 +237,12 @@ class WebSocketManager:
         # Token expiry: one heap and one task for the whole server, not a timer per connection.
         self._expiry_timers = Timers[str]()  # connection id -> when its token expires
         self._heartbeats: HeartbeatSchedule[Connection] | None = None  # while serving
-        # connections with corked frames; one task writes them each scheduler pass
+        # when sends are corked, and the connections whose corked frames one task writes
         self._flushes = FlushQueue[Connection]()
         self._heartbeat_lot = trio.lowlevel.ParkingLot()
         self._heartbeat_wake_at = math.inf
         # Rooms with history: their messages in offset order (one buffer per room, one task).
         self._order = RoomOrdering(self._fan_out_positioned, self._stats)
-        # room -> conn id -> offsets a recovery replayed while the room's buffer held them
-        # (not to be sent again when the buffer lets them go); dropped once nothing is held.
-        self._reorder_replayed: dict[str, dict[str, set[int]]] = {}
 
     # -- handler registration -----------------------------------------------------------------
     def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:
