@@ -13,7 +13,8 @@ deliveries/s from ``bench_start`` to the last delivery, latency = receipt - the 
   deliveries are local to the broadcaster and half cross Redis to the other process.
 
 One load-generator process holds all the clients (``benchmarks.loadgen``'s ``Client``; this
-module's ``loadgen`` sub-command only adds the split over several ports). Redis is started
+module's ``loadgen`` sub-command only adds the split over several ports: deliveries and
+p50/p99 latency per server, the broadcaster's first). Redis is started
 once for the whole benchmark (``trio_rt.testing.services.RedisServer``) unless ``--redis-url``.
 
 Run: ``python -m benchmarks.fanout_cluster --clients 200 --messages 2000 --runs 3``
@@ -77,6 +78,8 @@ RESULT_KEYS = (
     "latency_p50_us",
     "latency_p99_us",
     "latency_max_us",
+    "latency_p50_us_per_port",
+    "latency_p99_us_per_port",
     "loadgen_cpu_s",
     "loadgen_cpu_fraction",
     "drain_ms",
@@ -283,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"  servers {result['server_cpu_us_per_delivery']:5.2f} us/dlv"
                     f"  redis {result['redis_cpu_s']:.2f} s"
                     f"  per server {result['deliveries_per_port']}"
+                    + "  p99 per server "
+                    + "/".join(f"{v / 1e3:.1f}" for v in result["latency_p99_us_per_port"])
+                    + " ms"
                     f"  other {result['other_busy_cores']:.2f}"
                     + ("" if result["completed"] else f"  INCOMPLETE {result['deliveries']}")
                     + ("  NOISY" if result["noisy"] else ""),

@@ -64,7 +64,8 @@ class Stats:
 
     def __init__(self, clients: int, messages: int) -> None:
         self.messages = messages
-        self.latencies = array("q")  # ns, one per delivery
+        # ns, one per delivery, one array per server port (a cluster run splits them)
+        self.latencies_by_port: dict[int, array[int]] = {}
         self.remaining = clients  # clients that have not yet received all messages
         self.last_delivery_ns = 0
         self.running = False  # set on GO: only then are messages with "t" counted
@@ -72,6 +73,12 @@ class Stats:
         self.errors: list[str] = []
         self.reads = 0  # reads (recv_into) while running
         self.max_t = 0  # latest server timestamp seen
+
+    def latencies_for(self, port: int) -> array[int]:
+        return self.latencies_by_port.setdefault(port, array("q"))
+
+    def deliveries(self) -> int:
+        return sum(len(a) for a in self.latencies_by_port.values())
 
     def client_finished(self) -> None:
         self.remaining -= 1
@@ -95,6 +102,7 @@ class Client(asyncio.BufferedProtocol):
         self.host = host
         self.port = port
         self.stats = stats
+        self.latencies = stats.latencies_for(port)  # appended to in the hot path
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray(self.BUFFER_SIZE)
         self.view = memoryview(self.buf)
@@ -150,7 +158,7 @@ class Client(asyncio.BufferedProtocol):
             self.opened.set_result(None)
             pos = end + 4
         stats = self.stats
-        latencies = stats.latencies
+        latencies = self.latencies
         running = stats.running
         got = 0
         t = 0
@@ -327,7 +335,7 @@ async def run(
         try:
             await asyncio.wait_for(asyncio.shield(stats.done), 0.25)
         except TimeoutError:
-            count = len(stats.latencies)
+            count = stats.deliveries()
             if count != last_count:
                 last_count, last_change = count, time.monotonic()
             elif time.monotonic() - last_change > idle_timeout:
@@ -341,8 +349,9 @@ async def run(
     user, system = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
 
     stats.running = False
-    deliveries = len(stats.latencies)
-    lat = sorted(stats.latencies)
+    deliveries = stats.deliveries()
+    lat = sorted(v for a in stats.latencies_by_port.values() for v in a)
+    by_port = [sorted(stats.latencies_by_port.get(port, ())) for port in ports]
     for c in conns:  # close handshake, so the server logs no errors
         c.send(0x8, (1000).to_bytes(2, "big"))
     with contextlib.suppress(TimeoutError):
@@ -359,6 +368,9 @@ async def run(
         "latency_p50_us": percentile(lat, 0.50) / 1e3,
         "latency_p99_us": percentile(lat, 0.99) / 1e3,
         "latency_max_us": (lat[-1] / 1e3) if lat else float("nan"),
+        # per port, in the order of `ports` (local vs remote clients in a cluster run)
+        "latency_p50_us_per_port": [percentile(p, 0.50) / 1e3 for p in by_port],
+        "latency_p99_us_per_port": [percentile(p, 0.99) / 1e3 for p in by_port],
         "loadgen_cpu_s": user + system,
         "loadgen_user_s": user,
         "loadgen_system_s": system,
