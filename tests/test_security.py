@@ -482,7 +482,7 @@ async def test_per_ip_and_per_user_caps_answer_429(make_manager: MakeManager) ->
         await wait_until(lambda: not manager.connections)
         async with client(manager):
             pass
-        await wait_until(lambda: manager._per_ip == {})
+        await wait_until(lambda: manager._caps.open_for(ip="127.0.0.1") == 0)
     manager = make_manager(max_connections_per_user=1)
     as_user(manager)
     async with manager:
@@ -493,9 +493,9 @@ async def test_per_ip_and_per_user_caps_answer_429(make_manager: MakeManager) ->
             async with client(manager):  # anonymous: not capped per user
                 pass
         await wait_until(lambda: not manager.connections)
-        assert manager._per_user == {}
+        assert manager._caps.open_for(user="ann") == manager._caps.open_for(user="bob") == 0
         async with client(manager, "/?user=ann"):
-            assert manager._per_user == {"ann": 1}
+            assert manager._caps.open_for(user="ann") == 1
 
 
 def test_new_options_are_validated(make_manager: MakeManager) -> None:

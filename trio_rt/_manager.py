@@ -25,6 +25,7 @@ from websockets.trio.server import serve as ws_serve
 from websockets.typing import Subprotocol
 
 from ._broker import Broker, MemoryBroker
+from ._caps import ConnectionCaps
 from ._connection import Connection
 from ._direct_stream import FlushQueue
 from ._envelope import (
@@ -230,9 +231,7 @@ class WebSocketManager:
             t: None if n is None else Rate(n, o.rate_limit_period) for t, n in o.rate_limits.items()
         }
         self._refusals: dict[str, int] = {}  # connection id -> refused messages in a row
-        self._per_ip: dict[str, int] = {}  # open connections per peer address
-        self._per_user: dict[str, int] = {}  # open connections per user id
-        self._counted: dict[str, tuple[str | None, str | None]] = {}  # conn id -> (ip, user)
+        self._caps = ConnectionCaps(o.max_connections_per_ip, o.max_connections_per_user)
         self._room_fields: dict[str, tuple[str, ...]] = {}  # type -> path of its target room
         # Token expiry: one heap and one task for the whole server, not a timer per connection.
         self._expiry_timers = Timers[str]()  # connection id -> when its token expires
@@ -620,11 +619,7 @@ class WebSocketManager:
         assert isinstance(ws, _ServerConnection)
         conn = Connection(self, ws)
         ip = conn.request.remote_address[0] if conn.request.remote_address else None
-        if (
-            o.max_connections_per_ip is not None
-            and ip is not None
-            and self._per_ip.get(ip, 0) >= o.max_connections_per_ip
-        ):
+        if self._caps.ip_full(ip):
             self._stats.rejected("ip_limit")
             return to_ws_response(
                 HttpResponse.json(
@@ -633,18 +628,13 @@ class WebSocketManager:
             )
         self._connections[conn.id] = conn
         ws.trio_rt_conn = conn
-        if o.max_connections_per_ip is not None and ip is not None:
-            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-            self._counted[conn.id] = (ip, None)
+        self._caps.count_ip(conn.id, ip)
         try:
             for handler in self._connection_handlers:
                 await handler(conn)
-            user = conn.user_id
-            if o.max_connections_per_user is not None and user is not None:
-                if self._per_user.get(user, 0) >= o.max_connections_per_user:
-                    raise Reject(429, "too many connections for this user", **{"Retry-After": "5"})
-                self._per_user[user] = self._per_user.get(user, 0) + 1
-                self._counted[conn.id] = (self._counted.get(conn.id, (None, None))[0], user)
+            if self._caps.user_full(conn.user_id):
+                raise Reject(429, "too many connections for this user", **{"Retry-After": "5"})
+            self._caps.count_user(conn.id, conn.user_id)
         except Reject as r:
             self._forget(conn)
             ws.trio_rt_conn = None
@@ -735,15 +725,7 @@ class WebSocketManager:
         if self._connections.pop(conn.id, None) is None:
             return False
         self._refusals.pop(conn.id, None)
-        counted = self._counted.pop(conn.id, None)
-        if counted is not None:
-            for counts, key in ((self._per_ip, counted[0]), (self._per_user, counted[1])):
-                if key is not None:
-                    n = counts.get(key, 0) - 1
-                    if n > 0:
-                        counts[key] = n
-                    else:
-                        counts.pop(key, None)
+        self._caps.release(conn.id)
         for room, result in self._rooms.leave_all(conn):
             if result.last_member:
                 self._room_emptied(room)
