@@ -24,6 +24,7 @@ from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 from websockets.typing import Subprotocol
 
+from ._admission import MessageAdmission
 from ._broker import Broker, MemoryBroker
 from ._caps import ConnectionCaps
 from ._connection import Connection
@@ -63,7 +64,7 @@ from ._protocol import (
     parse,
     validate_room_name,
 )
-from ._ratelimit import LocalRateLimiter, Rate, RateLimiter
+from ._ratelimit import RateLimiter
 from ._room_order import RoomOrdering
 from ._rooms import Room, RoomError, RoomRegistry
 from ._static import CLIENT_JS_PATH, client_js_route
@@ -218,19 +219,9 @@ class WebSocketManager:
         self._auth = auth
         if auth is not None:
             self._connection_handlers.append(auth)  # first: later handlers see the user
-        self._rate_limiter: RateLimiter = (
-            rate_limiter if rate_limiter is not None else LocalRateLimiter()
-        )
+        self._admission = MessageAdmission(self.options, rate_limiter, self._stats)
+        self._rate_limiter = self._admission.limiter
         o = self.options
-        self._default_rate = (
-            None
-            if o.rate_limit is None
-            else Rate(o.rate_limit, o.rate_limit_period, o.rate_limit_burst)
-        )
-        self._type_rates: dict[str, Rate | None] = {
-            t: None if n is None else Rate(n, o.rate_limit_period) for t, n in o.rate_limits.items()
-        }
-        self._refusals: dict[str, int] = {}  # connection id -> refused messages in a row
         self._caps = ConnectionCaps(o.max_connections_per_ip, o.max_connections_per_user)
         self._room_fields: dict[str, tuple[str, ...]] = {}  # type -> path of its target room
         # Token expiry: one heap and one task for the whole server, not a timer per connection.
@@ -724,7 +715,7 @@ class WebSocketManager:
         self._expiry_timers.cancel(conn.id)
         if self._connections.pop(conn.id, None) is None:
             return False
-        self._refusals.pop(conn.id, None)
+        self._admission.forget(conn.id)
         self._caps.release(conn.id)
         for room, result in self._rooms.leave_all(conn):
             if result.last_member:
@@ -757,12 +748,12 @@ class WebSocketManager:
             command = parse(frame)
         except ProtocolError as exc:
             # Invalid frames count against the default budget too: garbage is not free.
-            if await self._admit(conn, None, exc.request_id):
+            if await self._admission.admit(conn, None, exc.request_id):
                 self._stats.protocol_errors += 1
                 await conn.send(error_message(exc.code, exc.message, request_id=exc.request_id))
             return
         request_id = command.request_id
-        if not await self._admit(conn, _type_of(command), request_id):
+        if not await self._admission.admit(conn, _type_of(command), request_id):
             return
         try:
             if isinstance(command, ClientMessage):
@@ -979,44 +970,6 @@ class WebSocketManager:
         )
         if not allowed:
             raise RoomError(ErrorCode.NOT_PERMITTED, f"cannot broadcast to room {name!r}")
-
-    async def _admit(
-        self, conn: Connection, mtype: str | None, request_id: str | int | None
-    ) -> bool:
-        """The rate limits: True to go on; False when refused (the reply is sent here)."""
-        rates = self._type_rates
-        if mtype is not None and mtype in rates:
-            rate = rates[mtype]
-            suffix = ":" + mtype
-        else:
-            rate = self._default_rate
-            suffix = ""
-        if rate is None:
-            return True
-        identity = f"u:{conn.user_id}" if conn.user_id is not None else f"c:{conn.id}"
-        limiter = self._rate_limiter
-        if isinstance(limiter, LocalRateLimiter):
-            decision = limiter.hit_now(identity + suffix, rate)
-        else:
-            decision = await limiter.hit(identity + suffix, rate)
-        if decision.allowed:
-            if self._refusals:
-                self._refusals.pop(conn.id, None)
-            return True
-        self._stats.rate_limited += 1
-        refusals = self._refusals[conn.id] = self._refusals.get(conn.id, 0) + 1
-        retry_after = math.ceil(decision.retry_after * 1000) / 1000
-        await conn.send(
-            error_message(
-                ErrorCode.RATE_LIMITED,
-                "rate limit exceeded",
-                request_id=request_id,
-                retry_after=retry_after,
-            )
-        )
-        if refusals >= self.options.rate_limit_max_refusals:
-            conn._close_soon(CloseCode.RATE_LIMITED, "rate limit exceeded")
-        return False
 
     async def _refresh(self, conn: Connection, token: str) -> float | None:
         auth = self._auth
