@@ -337,7 +337,7 @@ class Connection:
         written or waits to be (by the writer, websockets or the kernel), the connection is
         open and the outbox takes messages."""
         return (
-            not direct._sending
+            not direct._sending  # `direct.idle`, inlined: this runs once per recipient
             and not direct._pending
             and not self._in_flight
             and not self._outbox.closed

@@ -74,7 +74,7 @@ class DirectStream(trio.abc.HalfCloseableStream):
         Returns False if the socket is closed or broken."""
         if self._corked is None:
             return True
-        if self._sending or self._pending:  # whoever writes next sends them first
+        if not self.idle:  # whoever writes next sends them first
             self.uncork_to_pending()
             return True
         return self.send_now(b"")
