@@ -225,13 +225,20 @@ def test_an_epoch_change_hands_out_the_old_epoch_and_starts_over() -> None:
     assert b.epoch == "e2" and b.feed("e2", 2, 102, 0.1) == [102]
 
 
+def test_a_new_epoch_is_due_from_its_first_offset() -> None:
+    b = buffer()
+    b.feed(E, 1, 1, 0.0)
+    assert b.feed("e2", 2, 102, 0.1) == []  # e2's 1 has not come yet: a hole
+    assert b.feed("e2", 1, 101, 0.1) == [101, 102]
+
+
 def test_a_read_of_an_epoch_left_meanwhile_is_ignored() -> None:
     b = buffer()
     b.feed(E, 1, 1, 0.0)
     b.feed(E, 3, 3, 0.0)
     b.release(0.2)
     (read,) = b.take_reads()
-    assert b.feed("e2", 5, 5, 0.3) == [3, 5]
+    assert b.feed("e2", 1, 5, 0.3) == [3, 5]
     assert b.healed(read, [(2, 2)], 0.4, covered=3) == [] and b.unhealed(read, 0.4) == []
 
 

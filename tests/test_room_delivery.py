@@ -398,3 +398,64 @@ async def test_a_member_joining_a_busy_room_gets_nothing_from_before_its_positio
 def test_heal_timeout_is_validated(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RoomHistory(**kwargs)
+
+
+# -- recovery on top of the room's order -------------------------------------------------------
+async def test_a_replayed_message_whose_publish_arrives_later_is_not_sent_again(
+    make_manager: Any,
+) -> None:
+    history = RoomHistory(reorder_window=30.0)
+    async with make_manager(history=history) as manager, client(manager) as a:
+        joined = await a.request({"type": "join_room", "room": "r"})
+        one = await store_only(history, "r", 1)  # stored; its publish is on its way
+        async with client(manager) as b:
+            await b.send({"type": "join_room", "room": "r", "since": joined["position"]})
+            assert await received(b, 1) == [1]  # replayed from the store
+            assert (await b.recv())["recovered"] is True
+            await inject(manager, "r", one.position, 1)  # the publish lands
+            assert await received(a, 1) == [1]
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 2})
+            assert await received(b, 1) == [2]  # and not 1 again
+            assert await received(a, 1) == [2]
+            assert manager._order.replayed == {}
+
+
+async def test_a_recovery_reaching_before_the_rooms_start_gets_a_write_still_in_flight(
+    make_manager: Any,
+) -> None:
+    """1 is stored. 2 is allocated and still being written when A joins (the room's order
+    starts at 2: A is past it) and when B recovers from 1 (its read does not see 2). When 2
+    lands B gets it (late); A does not (it joined after it)."""
+
+    class Store(MemoryStreamStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = trio.Event()
+            self.gate = trio.Event()
+
+        async def append(self, stream: str, allocation: Allocation, payload: str) -> None:
+            if '"slow":true' in payload:
+                self.entered.set()
+                await self.gate.wait()
+            await super().append(stream, allocation, payload)
+
+    store = Store()
+    history = RoomHistory(store, reorder_window=30.0)
+    async with make_manager(history=history) as manager, trio.open_nursery() as nursery:
+        one = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert one is not None
+        nursery.start_soon(manager.broadcast_to_room, "r", {"type": "chat", "n": 2, "slow": True})
+        await store.entered.wait()
+        async with client(manager) as a, client(manager) as b:
+            joined = await a.request({"type": "join_room", "room": "r"})
+            assert joined["position"]["offset"] == 2
+            await b.send({"type": "join_room", "room": "r", "since": one.to_json()})
+            ack = await b.recv()
+            assert ack["recovered"] is True and ack["position"]["offset"] == 2
+            store.gate.set()
+            assert await received(b, 1) == [2]
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 3})
+            assert await received(b, 1) == [3]
+            assert await received(a, 1) == [3]
+            await quiet(a)
+            await quiet(b)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from trio_rt import RedisBroker, RoomHistory, WebSocketManager
 from trio_rt._redis_streams import RedisSequencer
@@ -263,3 +264,49 @@ async def test_recovery_from_positions_never_written_on_cassandra(
     await store.append("t", Allocation(StreamPosition(2, other), 2), "{}")
     gone = await recover(store, "t", StreamPosition(0, other), StreamPosition(2, other), limit=5)
     assert gone.reason == "retention"
+
+
+async def test_the_sequencer_refuses_while_redis_is_down_and_never_repeats_a_position() -> None:
+    """While Redis is down `next` raises (the sender is refused); after Redis restarted empty
+    it continues the epoch past the store's head by `reseed_gap`, beyond the positions still
+    being written, and concurrent allocations stay unique."""
+    import trio_asyncio
+
+    from trio_rt._streams import MemoryStreamStore
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    store = MemoryStreamStore()
+    sequencer = RedisSequencer(url, namespace="seq-" + uuid.uuid4().hex[:8], reseed_gap=100)
+    sequencer.attach(store)
+    handed: list[StreamPosition] = []
+    with redis_on(port) as first:
+        async with trio_asyncio.open_loop(), sequencer:
+            for _ in range(5):
+                allocation = await sequencer.next("s")
+                await store.append("s", allocation, "{}")
+                handed.append(allocation.position)
+            in_flight = await sequencer.next("s")  # handed out; its write has not landed
+            handed.append(in_flight.position)
+            first.kill()
+            await trio.to_thread.run_sync(first.wait)
+            with trio.fail_after(GUARD):
+                with pytest.raises(RedisConnectionError):
+                    await sequencer.next("s")
+                with pytest.raises(RedisConnectionError):
+                    await sequencer.current("s")
+            with redis_on(port):  # empty: the sequence is gone
+                after: list[StreamPosition] = []
+
+                async def allocate() -> None:
+                    after.append((await sequencer.next("s")).position)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(20):
+                        nursery.start_soon(allocate)
+            epoch = handed[0].epoch
+            assert {p.epoch for p in after} == {epoch}  # the same epoch goes on
+            offsets = sorted(p.offset for p in after)
+            assert offsets == list(range(5 + 100 + 1, 5 + 100 + 21))  # head + gap + 1...
+            assert offsets[0] > in_flight.position.offset
+            assert not set(after) & set(handed)

@@ -28,9 +28,9 @@ local members what comes out:
   the start, is a *duplicate* and dropped (counted in `duplicates`). The skipped-and-never-
   handed-out offsets are kept as ranges, at most `max_gaps` of them: with more, the lowest
   range is forgotten (its offsets then count as duplicates);
-- **epochs**: a message of another epoch starts a new order just below it (the stream's
-  history was reset), after the held messages of the old epoch come out. Stragglers of the
-  epoch before are handed out at once, without dedupe.
+- **epochs**: a message of another epoch starts a new order from that epoch's offset 1 (the
+  stream's history was reset), after the held messages of the old epoch come out. Stragglers
+  of the epoch before are handed out at once, without dedupe.
 
 `tests/test_reorder.py` checks it without sockets (unit and property tests).
 """
@@ -186,6 +186,10 @@ class ReorderBuffer(Generic[T]):
     def wants_reads(self) -> bool:
         return bool(self._wanted)
 
+    @property
+    def has_gaps(self) -> bool:
+        return bool(self._gaps)
+
     def take_reads(self) -> list[StoreRead]:
         reads, self._wanted = self._wanted, []
         return reads
@@ -242,7 +246,9 @@ class ReorderBuffer(Generic[T]):
                 return [item]
             out = self._drain()
             self._previous_epoch, self.epoch = self.epoch, epoch
-            self.done = self._reach = offset - 1
+            # A new epoch begins at offset 1, after every member joined: all of it is due
+            # (what came before this message is a hole, healed like any other).
+            self.done = self._reach = 0
             self.missing.clear()
         if offset <= self.done:
             if offset in self.missing:

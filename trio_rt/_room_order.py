@@ -253,10 +253,12 @@ class RoomOrdering:
                 try:
                     found, covered = await self._read(room, read.epoch, read.after, read.upto)
                 except _StoreUnavailable:
-                    self._step(room, buf, buf.unhealed(read, trio.current_time()))
+                    if self.buffers.get(room) is buf:
+                        self._step(room, buf, buf.unhealed(read, trio.current_time()))
                     continue
-                out = buf.healed(read, found, trio.current_time(), covered)
-                self._step(room, buf, out)
+                if self.buffers.get(room) is not buf:
+                    return  # the room's members left meanwhile
+                self._step(room, buf, buf.healed(read, found, trio.current_time(), covered))
 
     async def _read(
         self, room: str, epoch: str, after: int, upto: int
@@ -344,8 +346,8 @@ class RoomOrdering:
             c.reorder_healed += buf.filled
             c.reorder_duplicates += buf.duplicates
             buf.skipped = buf.late = buf.filled = buf.duplicates = 0
-        gaps = buf.take_gaps()
-        if gaps:
+        if buf.has_gaps:
+            gaps = buf.take_gaps()
             # Each notice goes out just before the first message past its range.
             assert buf.epoch is not None
             gaps.sort()
