@@ -252,7 +252,9 @@ class RoomOrdering:
                     return  # dropped meanwhile
                 try:
                     found, covered = await self._read(room, read.epoch, read.after, read.upto)
-                except _StoreUnavailable:
+                except Exception as exc:  # never leave the buffer waiting for an answer
+                    if not isinstance(exc, _StoreUnavailable):
+                        log.exception("reading room %r from the store failed", room)
                     if self.buffers.get(room) is buf:
                         self._step(room, buf, buf.unhealed(read, trio.current_time()))
                     continue
