@@ -94,6 +94,25 @@ async def test_order_per_channel_is_kept(make_broker: MakeBroker) -> None:
         assert [int(d) for _, d in inbox.items] == list(range(500))
 
 
+async def test_a_publish_that_returns_was_handed_on(make_broker: MakeBroker) -> None:
+    """`publish` returns once the message is handed on for every subscribed server; this
+    server's own subscribers have it already. Without a break in the subscriptions,
+    `on_resubscribed` listeners are never called."""
+    mine, theirs = Inbox(), Inbox()
+    calls: list[str] = []
+    async with started(make_broker(), mine) as a, started(make_broker(), theirs) as b:
+        for broker, name in ((a, "a"), (b, "b")):
+            broker.on_resubscribed(lambda name=name: calls.append(name))  # type: ignore[misc]
+        await a.subscribe("ch")
+        await b.subscribe("ch")
+        for i in range(50):
+            await a.publish("ch", b"%d" % i)
+            assert mine.items[-1] == ("ch", b"%d" % i)  # at once, before any round trip
+        await wait_until(lambda: len(theirs.items) == 50)
+        assert theirs.items == mine.items
+        assert calls == []
+
+
 async def test_unsubscribe_stops_delivery(make_broker: MakeBroker) -> None:
     inbox = Inbox()
     async with started(make_broker(), inbox) as sub, started(make_broker(), Inbox()) as pub:

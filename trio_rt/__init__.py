@@ -5,7 +5,7 @@ The public surface is re-exported here; modules starting with ``_`` are private.
 
 from typing import TYPE_CHECKING
 
-from ._broker import Broker, MemoryBroker, MemoryHub
+from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._connection import Connection, Request
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
@@ -23,6 +23,7 @@ from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry
 __all__ = [
     "AuthError",
     "Broker",
+    "BrokerUnavailable",
     "CassandraPermissionStore",
     "ChangeEvent",
     "ChangeStreamManager",

@@ -4,6 +4,11 @@ A manager publishes every broadcast through its broker exactly once, and deliver
 clients only what its broker hands back, so one process and fifty behave the same.
 `MemoryBroker` is the in-process implementation (several managers in one process can share a
 `MemoryHub`); `RedisBroker` (trio_rt.redis) implements the same contract across machines.
+
+Two promises matter to rooms with history (docs/rooms.md, "The broker seam"): a `publish` that
+returns has handed the message on (a broker that cannot do it in bounded time raises
+`BrokerUnavailable`, and the sender is told), and a break in the subscriptions is announced
+(`on_resubscribed`), so that servers re-read what they may have missed.
 """
 
 from __future__ import annotations
@@ -13,10 +18,21 @@ from collections.abc import Callable
 
 import trio
 
-__all__ = ["Broker", "Deliver", "MemoryBroker", "MemoryHub"]
+__all__ = ["Broker", "BrokerUnavailable", "Deliver", "MemoryBroker", "MemoryHub"]
 
 Deliver = Callable[[str, bytes], None]
 """Called by a broker for each message on a subscribed channel. It must not block."""
+
+Resubscribed = Callable[[], None]
+"""Called by a broker after a break in its subscriptions, once they are back. Must not block."""
+
+
+class BrokerUnavailable(Exception):
+    """`Broker.publish` could not hand the message to the other servers in bounded time.
+
+    This server's own subscribers got it already; other servers may or may not have (the
+    broker went away mid-publish). The caller should treat the message as refused.
+    """
 
 
 class Broker(abc.ABC):
@@ -28,12 +44,31 @@ class Broker(abc.ABC):
       once the broker can publish and subscribe. All its tasks live inside ``run``.
     - ``publish(channel, data)`` hands `data` to every server subscribed to `channel`, this one
       included, once. Messages published by one task on one channel arrive in that order.
+      It returns only once the message has been handed on for every subscribed server (for
+      Redis: Redis replied to the PUBLISH); this server's own subscribers get it at once,
+      before that. When the broker cannot do so in bounded time it raises
+      `BrokerUnavailable` (this server's subscribers got the message; others may not have).
     - ``subscribe(channel)`` returns once messages published afterwards will be delivered.
       Subscribing twice is the same as once.
     - ``unsubscribe(channel)`` stops delivery soon (not necessarily at once; late messages are
       harmless because the manager filters by local membership). It never blocks, and it has
       taken effect once a later ``subscribe`` returns.
+    - ``on_resubscribed(callback)``: after any break in the broker's subscriptions (messages
+      published meanwhile may never be delivered here), once they are back, the broker calls
+      every registered ``callback()`` (sync, from its delivery path, after the messages it
+      delivered before the break). A broker whose subscriptions cannot break (MemoryBroker)
+      never calls them.
     """
+
+    def on_resubscribed(self, callback: Resubscribed) -> None:
+        """Register `callback`, called after each break in the subscriptions, once they are
+        back (see the contract)."""
+        self.__dict__.setdefault("_resubscribed_callbacks", []).append(callback)
+
+    def _resubscribed(self) -> None:
+        """For implementations: the subscriptions broke and are back; tell the listeners."""
+        for callback in list(self.__dict__.get("_resubscribed_callbacks", ())):
+            callback()
 
     @abc.abstractmethod
     async def run(
@@ -83,7 +118,9 @@ class MemoryHub:
 
 
 class MemoryBroker(Broker):
-    """In-process broker. Delivery is synchronous inside ``publish``: no queue, no task.
+    """In-process broker. Delivery is synchronous inside ``publish``: no queue, no task, so a
+    publish that returns has reached every subscriber, and it never raises
+    `BrokerUnavailable`; its subscriptions never break.
 
     Pass the same `hub` to several brokers to connect several managers in one process (tests,
     examples of scale-out without Redis).

@@ -6,7 +6,8 @@ every `broadcast_to_room` to a room with history (all rooms, or those `rooms` se
 1. take the next position of the stream ``room:<name>`` from the sequencer;
 2. add ``"room"`` and ``"position": {"offset", "epoch"}`` to the message;
 3. store it (the store's `append`), and only then publish it: whatever a client receives can
-   be recovered.
+   be recovered, and a server that missed it (a hole in its order, a broker break) reads it
+   from the store (`_room_order.py`).
 
 Clients that come back send the last position they saw with `join_room` (``since``) and get
 what they missed, or ``recovered: false`` and refetch with `history`. The contract is in
@@ -50,7 +51,11 @@ class RoomHistory:
     `reorder_window`: how long (seconds) a server holds a message behind a missing offset
     before it gives up on the hole (two servers published at the same moment and the later
     offset landed first); 0 delivers everything at once, in arrival order.
-    `reorder_limit`: the most messages held per room; one more and the hole is skipped.
+    `reorder_limit`: the most messages held per room; one more and the hole is skipped (and
+    read from the store afterwards: what is found is delivered late).
+    `heal_timeout`: how long (seconds) a server keeps trying to read a hole, or what it missed
+    during a broker break, from the store; then the hole is skipped and the room's members get
+    a ``room_gap`` message (docs/protocol.md).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class RoomHistory:
         max_page: int = 100,
         reorder_window: float = 0.2,
         reorder_limit: int = 1000,
+        heal_timeout: float = 5.0,
     ) -> None:
         require_positive_ints(
             recovery_limit=recovery_limit, max_page=max_page, reorder_limit=reorder_limit
@@ -75,6 +81,14 @@ class RoomHistory:
             raise ValueError(
                 f"reorder_window must be a non-negative number of seconds, not {reorder_window!r}"
             )
+        if (
+            isinstance(heal_timeout, bool)
+            or not isinstance(heal_timeout, (int, float))
+            or not 0 < heal_timeout < math.inf
+        ):
+            raise ValueError(
+                f"heal_timeout must be a positive number of seconds, not {heal_timeout!r}"
+            )
         self.store = store if store is not None else MemoryStreamStore()
         self.sequencer = sequencer if sequencer is not None else MemorySequencer()
         self.sequencer.attach(self.store)
@@ -83,6 +97,7 @@ class RoomHistory:
         self.max_page = max_page
         self.reorder_window = float(reorder_window)
         self.reorder_limit = reorder_limit
+        self.heal_timeout = float(heal_timeout)
 
     def services(self) -> list[Callable[..., Awaitable[None]]]:
         """Tasks to run in the manager's nursery (a Redis sequencer's connection)."""

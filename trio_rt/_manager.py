@@ -117,8 +117,11 @@ class ServerStats:
     protocol_errors: int = 0
     rate_limited: int = 0  # messages refused by the rate limits
     tokens_expired: int = 0  # connections closed with 4004
-    reorder_skipped: int = 0  # room offsets given up on after reorder_window (or the limit)
+    reorder_skipped: int = 0  # room offsets passed without delivery (not in the store, or unread)
     reorder_late: int = 0  # room messages delivered after a greater offset (hole skipped)
+    reorder_healed: int = 0  # room messages found by store reads (holes, broker breaks)
+    reorder_duplicates: int = 0  # room messages dropped: delivered already, or before the start
+    room_gaps: int = 0  # room_gap notices: ranges skipped without the store's answer
 
     def rejected(self, reason: str) -> None:
         self.handshakes_rejected[reason] = self.handshakes_rejected.get(reason, 0) + 1
@@ -231,8 +234,10 @@ class WebSocketManager:
         self._flushes = FlushQueue[Connection]()
         self._heartbeat_lot = trio.lowlevel.ParkingLot()
         self._heartbeat_wake_at = math.inf
-        # Rooms with history: their messages in offset order (one buffer per room, one task).
-        self._order = RoomOrdering(self._fan_out_positioned, self._stats)
+        # Rooms with history: their messages in offset order, each once (one buffer per room);
+        # after a break in the broker's subscriptions they re-read what they may have missed.
+        self._order = RoomOrdering(self._fan_out_positioned, self._stats, self._room_gap, history)
+        self.broker.on_resubscribed(self._order.resync)
 
     # -- handler registration -----------------------------------------------------------------
     def on_connection(self, fn: ConnectionHandler) -> ConnectionHandler:
@@ -720,6 +725,8 @@ class WebSocketManager:
         for room, result in self._rooms.leave_all(conn):
             if result.last_member:
                 self._room_emptied(room)
+            elif self.history is not None:
+                self._order.left(room, conn.id)
         conn._outbox.close()
         return True
 
@@ -852,12 +859,14 @@ class WebSocketManager:
         if command.since is None:
             await self.join_room(conn, room)
             position = await history.current(room)
+            self._order.member(room, conn.id, position, reach_back=False)
             await conn.send(
                 _reply("room_joined", request_id, room=room, position=position.to_json())
             )
             return
         # Recovery: live messages for this room wait in a buffer while the missed ones are
         # read, so the client gets them in order, each once.
+        since = command.since
         if conn._recovering is None:
             conn._recovering = {}
         buffer: list[tuple[int, OutboundMessage]] = []
@@ -865,21 +874,25 @@ class WebSocketManager:
         result: Recovery | None = None
         try:
             await self.join_room(conn, room)
+            # Before the read: what the room's order never handed out after `since` may
+            # still come (a write in flight during the read), and must reach this member.
+            self._order.member(room, conn.id, since, reach_back=True)
             try:
-                result = await history.recover(room, command.since)
+                result = await history.recover(room, since)
             except Exception:
                 log.exception("recovery of room %r failed; the client will refetch", room)
-                result = Recovery([], command.since, "unavailable")
+                result = Recovery([], since, "unavailable")
         finally:
             # No await from here on: the buffer is flushed and removed in one step.
             del conn._recovering[room]
             replayed = result.entries if result is not None and result.recovered else []
-            last = replayed[-1].position.offset if replayed else command.since.offset
             for entry in replayed:
                 conn.send_encoded(OutboundMessage(entry.payload.encode("utf-8")))
             self._order.note_replayed(room, conn.id, (e.position for e in replayed))
+            # One duplicate rule: a live message is kept unless its offset was replayed.
+            sent = {e.position.offset for e in replayed}
             for offset, message in sorted(buffer, key=lambda item: item[0]):
-                if result is None or not result.recovered or offset > last:
+                if offset not in sent:
                     conn.send_encoded(message)
         reply = _reply(
             "room_joined",
@@ -1082,12 +1095,17 @@ class WebSocketManager:
                 )
         result = self._rooms.join(conn, room)
         channel = self._room_channel(room)
+        history = self.history
+        ordered = history is not None and history.enabled(room)
+        if ordered:
+            self._order.open(room)  # what arrives before its start waits for it
         if result.first_member:
             done = self._pending_subscriptions[channel] = trio.Event()
             try:
                 await self.broker.subscribe(channel)
             except BaseException:
-                self._rooms.leave(conn, room)
+                if self._rooms.leave(conn, room).last_member:
+                    self._room_emptied(room)
                 raise
             finally:
                 done.set()
@@ -1099,6 +1117,20 @@ class WebSocketManager:
                 await pending.wait()
             else:
                 await trio.lowlevel.checkpoint()
+        if ordered and not self._order.started(room) and self._order.has(room):
+            # The room's order starts where its first local member joined: offsets at or
+            # below are the past (subscribed first, so everything after it arrives).
+            assert history is not None
+            try:
+                position = await history.current(room)
+            except Exception:
+                log.warning(
+                    "could not read the position of room %r; its order starts at its first message",
+                    room,
+                    exc_info=True,
+                )
+            else:
+                self._order.start(room, position)
         return result.joined
 
     async def leave_room(self, conn: Connection, room: str) -> bool:
@@ -1106,6 +1138,8 @@ class WebSocketManager:
         result = self._rooms.leave(conn, room)
         if result.last_member:
             self._room_emptied(room)
+        elif result.left and self.history is not None:
+            self._order.left(room, conn.id)
         await trio.lowlevel.checkpoint()
         return result.left
 
@@ -1154,8 +1188,12 @@ class WebSocketManager:
         """Send `data` to every member of `room`, on every server (except `exclude`).
 
         In a room with history (`RoomHistory`), the message gets ``room`` and ``position``
-        fields and is stored before it is published; the position is returned. Raises what
-        the history store raises, and then nothing was sent.
+        fields and is stored before it is published; the position is returned once the
+        broker has handed it on. Raises what the sequencer or the store raises, and then
+        nothing was sent. Raises `BrokerUnavailable` when the broker could not hand it on:
+        then the message WAS stored (this server's members got it, and it may reach the
+        others through history, recovery or a heal: "refused but stored"), but the caller
+        should treat it as refused. Without history it raises `BrokerUnavailable` likewise.
         """
         history = self.history
         if history is None or not history.enabled(room):
@@ -1248,8 +1286,8 @@ class WebSocketManager:
 
     # -- rooms with history: offset order ----------------------------------------------------------
     def _feed_positioned(self, room: str, env: Envelope) -> None:
-        """A room message with a position, from the broker: in offset order through the room's
-        ReorderBuffer (created on the first message while the room has local members)."""
+        """A room message with a position, from the broker: in offset order, each once, through
+        the room's ReorderBuffer (opened when its first local member joins)."""
         history = self.history
         if history is None:  # another server keeps history; this one has no window: as is
             self._fan_out_positioned(room, [env])
@@ -1258,23 +1296,30 @@ class WebSocketManager:
             existing = self._rooms.get(room)
             if existing is None or not existing.members:
                 return  # in flight after the last member left: nobody to deliver to
-        self._order.feed(room, env, history.reorder_window, history.reorder_limit)
+        self._order.feed(room, env)
 
     def _fan_out_positioned(self, room: str, envs: list[Envelope]) -> None:
         """Deliver room messages with positions, in the given order. Members recovering the
-        room buffer them (`_join_command`); offsets a recovery already replayed are skipped."""
+        room buffer them (`_join_command`); a member gets no offset at or below the position
+        it joined at, nor one its recovery already replayed."""
         instruments = self._instruments
         cork = self._flushes.begin()  # one decision for every recipient
-        replayed = self._order.replayed.get(room)
+        order = self._order
+        replayed = order.replayed.get(room)
         for env in envs:
             started = time.perf_counter() if instruments is not None else 0.0
             offset = env.offset
             assert offset is not None
+            floors = order.floor_filter(room, env.epoch, offset)
             message = OutboundMessage(env.payload)
             n = 0
             for conn in recipients(env, room, self._rooms.members_of, self._rooms.rooms_of):
                 if conn.id == env.exclude:
                     continue
+                if floors is not None:
+                    floor = floors.get(conn.id)
+                    if floor is not None and offset <= floor:
+                        continue
                 if replayed:
                     seen = replayed.get(conn.id)
                     if seen is not None and offset in seen:
@@ -1289,6 +1334,33 @@ class WebSocketManager:
             self._stats.deliveries += n
             if instruments is not None:
                 instruments.fanned_out(n, time.perf_counter() - started)
+
+    def _room_gap(self, room: str, epoch: str, first: int, last: int | None, reason: str) -> None:
+        """Tell `room`'s local members that offsets first..last (last None: up to the newest)
+        may not have reached them (docs/protocol.md, ``room_gap``)."""
+        message: dict[str, Any] = {
+            "type": "room_gap",
+            "room": room,
+            "after": StreamPosition(first - 1, epoch).to_json(),
+        }
+        if last is not None:
+            message["before"] = StreamPosition(last + 1, epoch).to_json()
+        message["reason"] = reason
+        log.warning(
+            "room %r: offsets %d..%s of epoch %s skipped unread (%s); members told",
+            room,
+            first,
+            "" if last is None else last,
+            epoch,
+            reason,
+        )
+        outbound = OutboundMessage(encode(message))
+        floors = self._order.floors.get(room) or {}
+        for conn in self._rooms.members_of(room):
+            floor = floors.get(conn.id)
+            if last is not None and floor is not None and last <= floor:
+                continue  # the whole range is from before it joined
+            conn.send_encoded(outbound)
 
     def _queue_server_message(self, env: Envelope) -> None:
         if env.kind != KIND_SERVER or env.origin == self.server_id or self._server_inbox is None:
@@ -1321,6 +1393,8 @@ class WebSocketManager:
                 result = self._rooms.leave(conn, room)
                 if result.last_member:
                     self._room_emptied(room)
+                elif self.history is not None:
+                    self._order.left(room, conn.id)
                 conn.send_encoded(message)
 
 

@@ -310,23 +310,38 @@ async def recover(
 ) -> Recovery:
     """Entries of `stream` after `since`, given the stream's `current` position.
 
-    Not possible when the epoch changed, when the entry at `since` is no longer retained
-    (entries after it may be gone too), or when more than `limit` entries were missed.
+    Not possible when the epoch changed (``epoch_changed``), when more than `limit` entries
+    were missed (``too_many``), or when entries after `since` may have expired
+    (``retention``). `since` need not have been written (a refused write, the sequencer's
+    reseed gap, or a ``room_joined`` position that no message took): entries expire in offset
+    order (their timestamps grow with their offsets), so nothing after `since` has expired
+    while the store holds an entry at or below it, or holds ``since + 1``.
     """
     if since.epoch != current.epoch:
         return Recovery([], current, "epoch_changed")
     if since.offset >= current.offset:
         await trio.lowlevel.checkpoint()
         return Recovery([], current)
-    if since.offset > 0 and not await store.contains(stream, since):
-        return Recovery([], current, "retention")
     entries = await store.read(stream, since.epoch, since.offset, limit + 1)
+    if not await _nothing_expired_after(store, stream, since, entries):
+        return Recovery([], current, "retention")
     if len(entries) > limit:
         return Recovery([], current, "too_many")
-    if since.offset == 0 and entries and entries[0].position.offset != 1:
-        return Recovery([], current, "retention")
     last = entries[-1].position if entries else since
     return Recovery(entries, last if last.offset > current.offset else current)
+
+
+async def _nothing_expired_after(
+    store: StreamStore, stream: str, since: StreamPosition, entries: list[StreamEntry]
+) -> bool:
+    """True when no entry after `since` can have expired (`entries`: those read after it)."""
+    if entries and entries[0].position.offset == since.offset + 1:
+        return True  # the very next one is there: nothing after it expired before it
+    if since.offset <= 0:
+        return False  # entry 1 is gone (or was never written: we cannot tell)
+    if await store.contains(stream, since):
+        return True
+    return bool(await store.latest(stream, since.epoch, 1, before=since.offset))
 
 
 # -- the tail cursor (sans-IO) ----------------------------------------------------------------
