@@ -391,6 +391,127 @@ async def test_subscriptions_filters_permissions_and_recovery(
         await wait_until(lambda: changes.subscription_count() == 0, GUARD)
 
 
+async def recv_updates(c: Any, count: int) -> list[dict[str, Any]]:
+    """The next `count` data_update messages (anything else is a test failure)."""
+    got = [await c.recv() for _ in range(count)]
+    assert [m["type"] for m in got] == ["data_update"] * count, got
+    return got
+
+
+def offsets_of(messages: list[dict[str, Any]]) -> list[int]:
+    return [m["event"]["position"]["offset"] for m in messages]
+
+
+async def updates_until(
+    c: Any,
+    offset: int,
+    into: list[dict[str, Any]],
+    acks: list[dict[str, Any]] | None = None,
+    limit: float = 5.0,
+) -> list[int]:
+    """Receive until a data_update at `offset` or beyond; data_updates go to `into`, a
+    `subscribed` reply to `acks`. Returns the offsets received so far, in arrival order.
+    `limit`: the deadlock guard per message."""
+    while not into or into[-1]["event"]["position"]["offset"] < offset:
+        message = await c.recv(limit)
+        if message["type"] == "subscribed" and acks is not None:
+            message["after_updates"] = len(into)  # how many data_updates came before it
+            acks.append(message)
+            continue
+        assert message["type"] == "data_update", message
+        into.append(message)
+    return offsets_of(into)
+
+
+async def test_a_renewed_subscription_gets_each_change_once_when_the_store_is_ahead_of_the_tail(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Issue 12: a renewed subscription's replay read past the live tail's position (up to
+    # the store head), the offsets it sent were forgotten at the flush, and the tail then
+    # sent them again.
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, tables=[table], poll_interval=60.0)
+    # Another process's writes whose nudges have not arrived: in the store, unseen by the tail.
+    elsewhere = Database(session, keyspace)
+    elsewhere.capture = ChangeLog(changes.store, changes.sequencer, notify=None)
+    with trio.fail_after(GUARD):
+        async with manager, client(manager) as first:
+            sub = await first.request({"type": "subscribe", "table": "posts", "id": 1})
+            assert sub["type"] == "subscribed"
+            for i in range(3):
+                await db.insert(table, {"id": i, "author": "a", "title": "t", "score": i})
+            seen = await recv_updates(first, 3)
+            last = seen[-1]["event"]["position"]
+            for i in range(3, 6):
+                await elsewhere.insert(table, {"id": i, "author": "a", "title": "t", "score": i})
+            async with client(manager) as renewed:
+                await renewed.send({"type": "subscribe", "table": "posts", "since": last, "id": 2})
+                got: list[dict[str, Any]] = []
+                while (message := await renewed.recv())["type"] != "subscribed":
+                    got.append(message)  # (the fixed server sends nothing before the reply)
+                acks = [message]
+                # A write through this server wakes the tail: it reads 4..7.
+                await db.insert(table, {"id": 6, "author": "a", "title": "t", "score": 6})
+                await updates_until(renewed, 7, got, acks)
+                # Then one more: a duplicate still on its way would come before it.
+                await db.insert(table, {"id": 7, "author": "a", "title": "t", "score": 7})
+                assert await updates_until(renewed, 8, got, acks) == [4, 5, 6, 7, 8]
+                assert [a["recovered"] for a in acks] == [True]
+                assert offsets_of(await recv_updates(first, 5)) == [4, 5, 6, 7, 8]
+
+
+async def test_a_hole_open_when_the_tail_starts_keeps_order_for_renewed_and_new_subscriptions(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # A fresh live tail (a restarted server) starts while a write is in flight: offset 2 is
+    # allocated, 3 and 4 are already visible. Every subscriber gets 2, 3, 4 once, in order.
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, tables=[table])
+    allocated, release = trio.Event(), trio.Event()
+    real_prepare = changes.changelog.prepare
+
+    async def prepare(change: Any) -> Any:
+        write = await real_prepare(change)
+        if change.key["id"] == 2:
+            allocated.set()
+            await release.wait()  # this batch is slow: 3 and 4 commit before it
+        return write
+
+    changes.changelog.prepare = prepare  # type: ignore[method-assign]
+    row = {"author": "a", "title": "t", "score": 0}
+    with trio.fail_after(GUARD):
+        async with manager, trio.open_nursery() as nursery:
+            await db.insert(table, {"id": 1, **row})
+            nursery.start_soon(db.insert, table, {"id": 2, **row})
+            await allocated.wait()
+            for i in (3, 4):
+                await db.insert(table, {"id": i, **row})
+            async with client(manager) as renewed, client(manager) as new:
+                epoch = (await changes.store.head("table:posts")).position.epoch  # type: ignore[union-attr]
+                await renewed.send(
+                    {"type": "subscribe", "table": "posts", "since": {"offset": 1, "epoch": epoch}}
+                )
+                await new.send({"type": "subscribe", "table": "posts"})
+                got: dict[str, list[dict[str, Any]]] = {"renewed": [], "new": []}
+                acks: dict[str, list[dict[str, Any]]] = {"renewed": [], "new": []}
+                await wait_until(lambda: changes.subscription_count() == 2, GUARD)
+                release.set()
+                await updates_until(renewed, 4, got["renewed"], acks["renewed"])
+                await db.insert(table, {"id": 5, **row})
+                for name, c in (("renewed", renewed), ("new", new)):
+                    assert await updates_until(c, 5, got[name], acks[name]) == [2, 3, 4, 5]
+                    [ack] = acks[name]
+                    # What came before the reply is at or below its position, the rest above.
+                    before = offsets_of(got[name])[: ack["after_updates"]]
+                    after = offsets_of(got[name])[ack["after_updates"] :]
+                    assert all(o <= ack["position"]["offset"] < p for o in before for p in after)
+                    assert all(ack["position"]["offset"] < p for p in after)
+                assert acks["renewed"][0]["recovered"] is True
+    assert changes.stats["skipped_holes"] == 0
+
+
 async def test_python_client_renews_subscriptions_and_recovers(
     session: CassandraSession, keyspace: str
 ) -> None:
