@@ -9,6 +9,7 @@ recovery.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from trio_rt._changes import ChangeEvent, ChangeLog, ChangeStreamManager
 from trio_rt._protocol import StreamPosition
 from trio_rt._redis_streams import RedisSequencer
 from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamStore
-from trio_rt.cassandra import CassandraSession, Column, Database, Table
+from trio_rt.cassandra import CassandraSession, CassandraUnavailable, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
 from trio_rt.testing.services import CassandraEndpoint
 
@@ -204,6 +205,104 @@ async def test_a_named_watcher_resumes_after_a_restart_without_loss_or_repeat(
         await offline.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
     await run_server(range(8, 10))
     assert seen == list(range(10))
+
+
+async def test_a_named_watcher_stopped_mid_batch_repeats_nothing_it_finished(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # A graceful stop cancels the watcher inside a callback: the position of the callbacks
+    # that finished is saved (it was saved only after a whole batch: a restart repeated them).
+    table = posts()
+    db = await make_db(session, keyspace)
+    finished: list[int] = []
+    first_started, writes_done, third_started = trio.Event(), trio.Event(), trio.Event()
+
+    async def record(event: ChangeEvent) -> None:
+        key = event.data["id"]
+        if key == 0 and not finished:
+            first_started.set()
+            await writes_done.wait()  # the next read gets 1..4 in one batch
+        if key == 2 and not third_started.is_set():
+            third_started.set()
+            await trio.sleep_forever()  # interrupted by the stop
+        finished.append(key)
+
+    manager, changes = await one_server(db)
+    with trio.fail_after(GUARD):
+        async with manager:
+            await changes.watch(table, callback=record, name="indexer")
+            await db.insert(table, {"id": 0, "author": "a", "title": "t", "score": 0})
+            await first_started.wait()
+            for i in range(1, 5):
+                await db.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
+            writes_done.set()
+            await third_started.wait()
+        assert finished == [0, 1]
+        db.capture = None
+        manager, changes = await one_server(db)
+        async with manager:
+            await changes.watch(table, callback=record, name="indexer")
+            await wait_until(lambda: len(finished) >= 5, GUARD)
+            await trio.sleep(0.2)  # a repeat still on its way would show up here
+    assert finished == [0, 1, 2, 3, 4]  # 2 again (its callback never finished), 1 not
+
+
+async def test_a_fresh_tail_does_not_wait_for_a_gap_older_than_the_hole_timeout(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Offsets 3..5 were allocated an hour ago and never written (failed writes, or a reseed
+    # gap). A tail starting now (a restarted server's first subscriber) skips them at once
+    # instead of holding everything for another hole_timeout.
+    table = posts()
+    db = await make_db(session, keyspace)
+    an_hour_ago = [(time.time() - 3600) * 1e9]
+    sequencer = MemorySequencer(clock=lambda: int(an_hour_ago[0]))
+    manager, changes = await one_server(db, tables=[table], sequencer=sequencer, hole_timeout=600.0)
+    row = {"author": "a", "title": "t", "score": 0}
+    for i in range(1, 3):
+        await db.insert(table, {"id": i, **row})
+    for _ in range(3):
+        await sequencer.next("table:posts")  # allocated, never written
+    await db.insert(table, {"id": 6, **row})
+    with trio.fail_after(GUARD):
+        async with manager, client(manager) as c:
+            sub = await c.request({"type": "subscribe", "table": "posts"})
+            assert sub["position"]["offset"] == 6
+            await db.insert(table, {"id": 7, **row})
+            got: list[dict[str, Any]] = []
+            assert await updates_until(c, 7, got) == [7]
+    assert changes.stats["skipped_holes"] == 3
+
+
+async def test_a_watcher_outlives_failing_store_reads(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Cassandra unreachable for a moment: the tail's reads fail. They are retried; the
+    # watcher (and the server) go on. (They raised out of the watcher task and took the
+    # whole server down.)
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, poll_interval=0.05)
+    recorder = Recorder()
+    failures = [0]
+    real_read = changes.store.read
+
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        if failures[0] < 3:
+            failures[0] += 1
+            raise CassandraUnavailable("no host available (injected)")
+        return await real_read(*args, **kwargs)
+
+    with trio.fail_after(GUARD):
+        async with manager:
+            await changes.watch(table, callback=recorder)
+            changes.store.read = read  # type: ignore[method-assign]
+            await db.insert(table, {"id": 1, "author": "a", "title": "t", "score": 0})
+            await wait_until(lambda: len(recorder.events) == 1, GUARD)
+            await db.insert(table, {"id": 2, "author": "a", "title": "t", "score": 0})
+            await wait_until(lambda: len(recorder.events) == 2, GUARD)
+    assert recorder.offsets == [1, 2] and failures[0] == 3
+    assert changes.stats["read_errors"] == 3
 
 
 async def test_a_clock_stepping_back_keeps_order_and_last_write_wins(
