@@ -696,3 +696,63 @@ async def test_persistent_rooms_and_their_history_survive_a_restart(
             assert ack["position"]["epoch"] == seen_first["epoch"]
             page = await c.request({"type": "history", "room": "lobby", "limit": 10})
             assert [m["n"] for m in page["messages"]] == [0, 1, 2, 3]
+
+
+# -- whole rows: the seed example routes updates and deletes too --------------------------------
+async def test_seed_example_routes_inserts_updates_and_deletes_by_category(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Issue 14: only inserts reached the category room (an update carried the key and the
+    # changed columns, a delete the key), and a filter on an unchanged column missed them.
+    import uuid
+
+    from trio_rt_examples.seed import change_streams
+
+    manager, _, db = await change_streams.build(session, keyspace)
+    table = change_streams.posts
+    with trio.fail_after(GUARD):
+        async with (
+            manager,
+            client(manager, "/?user=ann") as ann,
+            client(manager, "/?user=bob") as bob,
+        ):
+            await ann.request({"type": "join_room", "room": "category:news"})
+            await bob.request({"type": "join_room", "room": "category:sports"})
+            sub = await ann.request(
+                {"type": "subscribe", "table": "posts", "filters": {"category": "news"}}
+            )
+            assert sub["type"] == "subscribed"
+            key = {"id": uuid.uuid4()}
+            post = {**key, "category": "news", "author": "bob", "title": "t", "score": 1}
+
+            async def both() -> dict[str, dict[str, Any]]:
+                got = {(m := await ann.recv())["type"]: m for _ in range(2)}
+                assert set(got) == {"post_update", "data_update"}
+                return got
+
+            await db.insert(table, post)
+            got = await both()
+            assert got["post_update"]["operation"] == "insert"
+            await db.update(table, key, {"score": 2})
+            got = await both()
+            assert got["post_update"]["operation"] == "update"
+            row = {**post, "id": str(post["id"]), "score": 2}
+            assert got["post_update"]["data"] == row
+            assert got["data_update"]["event"]["data"] == row
+            await db.delete(table, key)
+            got = await both()
+            assert got["post_update"]["operation"] == "delete"
+            assert got["post_update"]["data"] == row  # the last known row
+            assert got["data_update"]["event"]["operation"] == "delete"
+            # A post moved to another category reaches that category's room (the row after
+            # the update); the "news" subscriber's filter no longer matches it.
+            other = {"id": uuid.uuid4()}
+            await db.insert(table, {**other, "category": "news", "title": "x", "score": 0})
+            await both()
+            await db.update(table, other, {"category": "sports"})
+            moved = await bob.recv()
+            assert moved["type"] == "post_update" and moved["operation"] == "update"
+            assert moved["data"]["category"] == "sports" and moved["data"]["title"] == "x"
+            await db.insert(table, {**key, "category": "news", "title": "again", "score": 3})
+            got = await both()  # nothing about the moved post came in between
+            assert got["post_update"]["data"]["title"] == "again"
