@@ -4,6 +4,7 @@ write-only process (`ChangePublisher`) goes on writing, named watchers exactly o
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -174,3 +175,112 @@ async def test_change_publisher_in_process_installs_the_capture_and_nudges(
                         )
                 await wait_until(lambda: len(seen) == 3, GUARD)
     assert [e.data["id"] for e in seen] == [0, 1, 2]
+
+
+async def test_two_servers_one_stopped_renewed_filtered_subscriptions_lose_and_repeat_nothing(
+    session: CassandraSession, keyspace: str, redis_url: str
+) -> None:
+    # Issue 12's scenario in one process: a write-only publisher writes without pause; four
+    # filtered subscribers on server A; A shuts down (as on SIGTERM); each subscriber renews
+    # its subscription on server B with the last position it had. Per subscriber: every
+    # matching change once, in position order.
+    from websockets.exceptions import ConnectionClosed
+    from websockets.trio.client import connect
+
+    namespace = "s" + keyspace
+    filters: list[dict[str, Any]] = [
+        {"score": {"lt": 5}},
+        {"score": {"gte": 5}},
+        {},
+        {"author": "w1"},
+    ]
+    writers, per_writer = 3, 40
+    rows = {w * 1000 + i: (f"w{w}", i % 10) for w in range(writers) for i in range(per_writer)}
+
+    def wanted(f: dict[str, Any]) -> set[int]:
+        return {
+            key
+            for key, (author, score) in rows.items()
+            if (
+                "score" not in f
+                or ("lt" in f["score"] and score < 5)
+                or ("gte" in f["score"] and score >= 5)
+            )
+            and ("author" not in f or author == f["author"])
+        }
+
+    async with trio_asyncio.open_loop():
+        a = server(await make_db(session, keyspace), redis_url, namespace, tables=[posts()])
+        b = server(await make_db(session, keyspace), redis_url, namespace, tables=[posts()])
+        await a.create_schema()
+        writer_db = Database(session, keyspace)
+        publisher = ChangePublisher(
+            writer_db,
+            broker=RedisBroker(redis_url),
+            sequencer=RedisSequencer(redis_url, namespace=namespace),
+        )
+        received: list[list[tuple[int, int]]] = [[] for _ in filters]
+        renewals: list[dict[str, Any]] = []
+        subscribed = trio.Semaphore(0)
+        a_stopped = trio.Event()
+
+        async def subscriber(n: int) -> None:
+            position: dict[str, Any] | None = None
+            expected = wanted(filters[n])
+            for manager in (a.manager, b.manager):
+                try:
+                    async with connect(manager.url, ping_interval=None) as ws:
+                        await ws.recv()  # welcome
+                        request: dict[str, Any] = {"type": "subscribe", "table": "posts"}
+                        request["filters"] = filters[n]
+                        if position is not None:
+                            request["since"] = position
+                        await ws.send(json.dumps(request))
+                        while {key for _, key in received[n]} != expected:
+                            message = json.loads(await ws.recv())
+                            if message["type"] == "subscribed":
+                                if position is not None:
+                                    renewals.append(message)
+                                else:
+                                    subscribed.release()
+                                position = message["position"]
+                            else:
+                                assert message["type"] == "data_update", message
+                                event = message["event"]
+                                received[n].append(
+                                    (event["position"]["offset"], event["data"]["id"])
+                                )
+                                position = event["position"]
+                        return
+                except ConnectionClosed:
+                    assert manager is a.manager  # only A goes away
+                    await a_stopped.wait()
+
+        async def write(w: int) -> None:
+            for i in range(per_writer):
+                await writer_db.insert(
+                    posts(), {"id": w * 1000 + i, "author": f"w{w}", "title": "t", "score": i % 10}
+                )
+                await trio.sleep(0.005)
+
+        with trio.fail_after(GUARD):
+            async with b.manager, publisher, trio.open_nursery() as nursery:
+                await nursery.start(a.manager.serve)
+                for n in range(len(filters)):
+                    nursery.start_soon(subscriber, n)
+                for _ in filters:
+                    await subscribed.acquire()
+                async with trio.open_nursery() as writing:
+                    for w in range(writers):
+                        writing.start_soon(write, w)
+                    await wait_until(lambda: len(received[2]) >= len(rows) // 3, GUARD)
+                    a.manager.stop()  # graceful, as on SIGTERM
+                    await wait_until(lambda: a.manager._address is None, GUARD)
+                    a_stopped.set()
+    for n, f in enumerate(filters):
+        offsets = [o for o, _ in received[n]]
+        keys = [k for _, k in received[n]]
+        assert len(keys) == len(set(keys)), f"subscriber {n} got duplicates"
+        assert offsets == sorted(offsets), f"subscriber {n} got changes out of order"
+        assert set(keys) == wanted(f)
+    assert len(renewals) == len(filters) and all(r["recovered"] for r in renewals)
