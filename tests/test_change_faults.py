@@ -284,3 +284,33 @@ async def test_two_servers_one_stopped_renewed_filtered_subscriptions_lose_and_r
         assert offsets == sorted(offsets), f"subscriber {n} got changes out of order"
         assert set(keys) == wanted(f)
     assert len(renewals) == len(filters) and all(r["recovered"] for r in renewals)
+
+
+async def test_the_publisher_sample_reaches_a_server_s_watcher(
+    session: CassandraSession, keyspace: str
+) -> None:
+    import uuid
+
+    from trio_rt_examples.docs import change_samples
+    from trio_rt_examples.seed.change_streams import posts as seed_posts
+
+    from trio_rt.cassandra import create_schema
+
+    await create_schema(session, keyspace, parts=["streams", "watchers"], tables=[seed_posts])
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    seen: list[ChangeEvent] = []
+
+    async def record(event: ChangeEvent) -> None:
+        seen.append(event)
+        await trio.lowlevel.checkpoint()
+
+    rows = [{"id": uuid.uuid4(), "category": "news", "title": f"t{i}"} for i in range(3)]
+    with redis_on(port), trio.fail_after(GUARD):
+        async with trio_asyncio.open_loop():
+            changes = server(Database(session, keyspace), url, "trio_rt", poll_interval=600.0)
+            async with changes.manager:
+                await changes.watch(seed_posts, callback=record)
+                await change_samples.write_posts(session, keyspace, url, rows)
+                await wait_until(lambda: len(seen) == 3, GUARD)
+    assert [e.data["title"] for e in seen] == ["t0", "t1", "t2"]

@@ -125,3 +125,13 @@ async def test_the_schema_command(
     assert "Traceback" not in down.stderr
     syntax = await trio.to_thread.run_sync(run_cli, "--cassandra", "nohost", "--keyspace", "k")
     assert syntax.returncode == 2 and "HOST:PORT" in syntax.stderr
+
+
+async def test_the_deploy_sample(
+    session: CassandraSession, keyspace: str, cassandra_endpoint: CassandraEndpoint
+) -> None:
+    from trio_rt_examples.docs import change_samples
+
+    made = await change_samples.deploy(cassandra_endpoint.host, cassandra_endpoint.port, keyspace)
+    assert made == [*ALL_TABLES, "posts"]
+    assert await tables_in(session, keyspace) == {*ALL_TABLES, "posts"}
