@@ -560,6 +560,39 @@ async def test_a_renewed_subscription_gets_each_change_once_when_the_store_is_ah
                 assert offsets_of(await recv_updates(first, 5)) == [4, 5, 6, 7, 8]
 
 
+async def test_a_since_ahead_of_the_tail_repeats_nothing_and_one_past_the_head_is_capped(
+    session: CassandraSession, keyspace: str
+) -> None:
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, tables=[table], poll_interval=60.0)
+    elsewhere = Database(session, keyspace)
+    elsewhere.capture = ChangeLog(changes.store, changes.sequencer, notify=None)
+    row = {"author": "a", "title": "t", "score": 0}
+    with trio.fail_after(GUARD):
+        async with manager, client(manager) as first:
+            await first.request({"type": "subscribe", "table": "posts"})
+            await db.insert(table, {"id": 1, **row})
+            epoch = (await first.recv())["event"]["position"]["epoch"]
+            # Written, not yet seen by this server's tail: a client coming from a faster
+            # server has seen 2 and 3 already.
+            for i in (2, 3):
+                await elsewhere.insert(table, {"id": i, **row})
+            async with client(manager) as ahead, client(manager) as dreamer:
+                since = {"offset": 3, "epoch": epoch}
+                ack = await ahead.request({"type": "subscribe", "table": "posts", "since": since})
+                assert ack["recovered"] is True and ack["position"]["offset"] == 3
+                beyond = {"offset": 10**9, "epoch": epoch}  # no server handed that out
+                ack = await dreamer.request(
+                    {"type": "subscribe", "table": "posts", "since": beyond}
+                )
+                assert ack["recovered"] is True and ack["position"]["offset"] == 3
+                await db.insert(table, {"id": 4, **row})
+                for c in (ahead, dreamer):
+                    got: list[dict[str, Any]] = []
+                    assert await updates_until(c, 4, got) == [4]
+
+
 async def test_a_hole_open_when_the_tail_starts_keeps_order_for_renewed_and_new_subscriptions(
     session: CassandraSession, keyspace: str
 ) -> None:

@@ -892,6 +892,12 @@ class ChangeStreamManager:
         tail.gated[sid] = sub
         try:
             result = await self._recover_changes(table, since, registered, frontier, epoch)
+            if since is not None and start > frontier:
+                # A client ahead of this server's tail (it was on a faster one) gets nothing
+                # twice; but no position past the stream's head was ever handed out.
+                head = await self.store.head(_stream(table.name))
+                if head is not None and head.position.epoch == epoch:
+                    gate.after = min(start, max(head.position.offset, registered))
         except Exception:
             log.exception("replay for a subscription to %s failed", table.name)
             result = Recovery([], StreamPosition(registered, epoch), "unavailable")
