@@ -14,6 +14,11 @@ Three measurements, one run, on a real Cassandra (and Redis for the cross-proces
 4. ``fanout``: `--subscribers` clients subscribed, `--writers` concurrent writers write
    `--burst` rows as fast as they can: changes/s written and deliveries/s received.
 
+``--operation update`` measures updates of existing rows (one column set) instead of inserts,
+and ``--full-rows`` defines the table with ``capture_full_rows=True`` (each such update reads
+the row first, so the change carries the whole row): the cost of whole rows is the difference
+between ``--operation update`` with and without it. ``--no-fanout`` skips measurement 4.
+
 Run: ``python -m benchmarks.change_latency [--count 500] [--rate 100] [--subscribers 100]``.
 Uses ``$TRIO_RT_CASSANDRA`` / ``$TRIO_RT_REDIS_URL`` or starts both (the project's launcher).
 Results go to ``benchmarks/results/`` (gitignored).
@@ -97,12 +102,21 @@ async def subscriber(url: str, expected: int, out: list[float], ready: trio.Even
                 out.append((time.time_ns() - sent) / 1e6)
 
 
-async def paced_writes(db: Database, start: int, count: int, rate: float) -> None:
+async def paced_writes(
+    db: Database, start: int, count: int, rate: float, operation: str = "insert"
+) -> None:
     interval = 1.0 / rate
+    if operation == "update":  # the rows exist first (written without capture)
+        plain = Database(db.session, db.keyspace)
+        for i in range(start, start + count):
+            await plain.insert(TABLE, {"id": i, "sent_ns": 0, "body": "x" * 40})
     deadline = trio.current_time()
     for i in range(start, start + count):
         deadline += interval
-        await db.insert(TABLE, {"id": i, "sent_ns": time.time_ns(), "body": "x" * 40})
+        if operation == "update":
+            await db.update(TABLE, {"id": i}, {"sent_ns": time.time_ns()})
+        else:
+            await db.insert(TABLE, {"id": i, "sent_ns": time.time_ns(), "body": "x" * 40})
         await trio.sleep_until(deadline)
 
 
@@ -133,7 +147,7 @@ async def measure(args: argparse.Namespace, cassandra: str, redis_url: str) -> d
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(subscriber, manager.url, args.count, local, ready)
                     await ready.wait()
-                    await paced_writes(db, 0, args.count, args.rate)
+                    await paced_writes(db, 0, args.count, args.rate, args.operation)
                 results["local"] = summary(local)
                 # 3. remote: another process writes
                 remote: list[float] = []
@@ -158,44 +172,48 @@ async def measure(args: argparse.Namespace, cassandra: str, redis_url: str) -> d
                             str(args.count),
                             "--rate",
                             str(args.rate),
+                            "--operation",
+                            args.operation,
+                            *(["--full-rows"] if args.full_rows else []),
                         ]
                     )
                 results["remote"] = summary(remote)
-                # 4. fan-out
-                got: list[list[float]] = [[] for _ in range(args.subscribers)]
-                total = args.writers * args.burst
-                async with trio.open_nursery() as nursery:
-                    readies = []
-                    for sub in got:
-                        ready = trio.Event()
-                        readies.append(ready)
-                        nursery.start_soon(subscriber, manager.url, total, sub, ready)
-                    for ready in readies:
-                        await ready.wait()
-                    t0 = time.perf_counter()
+                if not args.no_fanout:
+                    # 4. fan-out
+                    got: list[list[float]] = [[] for _ in range(args.subscribers)]
+                    total = args.writers * args.burst
+                    async with trio.open_nursery() as nursery:
+                        readies = []
+                        for sub in got:
+                            ready = trio.Event()
+                            readies.append(ready)
+                            nursery.start_soon(subscriber, manager.url, total, sub, ready)
+                        for ready in readies:
+                            await ready.wait()
+                        t0 = time.perf_counter()
 
-                    async def writer(w: int) -> None:
-                        for i in range(args.burst):
-                            row = {
-                                "id": 10**7 + w * args.burst + i,
-                                "sent_ns": time.time_ns(),
-                                "body": "x" * 40,
-                            }
-                            await db.insert(TABLE, row)
+                        async def writer(w: int) -> None:
+                            for i in range(args.burst):
+                                row = {
+                                    "id": 10**7 + w * args.burst + i,
+                                    "sent_ns": time.time_ns(),
+                                    "body": "x" * 40,
+                                }
+                                await db.insert(TABLE, row)
 
-                    async with trio.open_nursery() as writers:
-                        for w in range(args.writers):
-                            writers.start_soon(writer, w)
-                    written = time.perf_counter() - t0
-                elapsed = time.perf_counter() - t0
-                every = [x for s in got for x in s]
-                results["fanout"] = {
-                    "subscribers": args.subscribers,
-                    "changes": total,
-                    "changes_per_s_written": round(total / written, 1),
-                    "deliveries_per_s": round(len(every) / elapsed, 1),
-                    **summary(every),
-                }
+                        async with trio.open_nursery() as writers:
+                            for w in range(args.writers):
+                                writers.start_soon(writer, w)
+                        written = time.perf_counter() - t0
+                    elapsed = time.perf_counter() - t0
+                    every = [x for s in got for x in s]
+                    results["fanout"] = {
+                        "subscribers": args.subscribers,
+                        "changes": total,
+                        "changes_per_s_written": round(total / written, 1),
+                        "deliveries_per_s": round(len(every) / elapsed, 1),
+                        **summary(every),
+                    }
                 results["skipped_holes"] = changes.stats["skipped_holes"]
         finally:
             await session.drop_keyspace(keyspace)
@@ -212,7 +230,7 @@ async def writer_role(args: argparse.Namespace) -> None:
         trio_asyncio.open_loop(),
         server(session, args.keyspace, args.redis, poll=5.0) as (_, _, db),
     ):
-        await paced_writes(db, 10**6, args.count, args.rate)
+        await paced_writes(db, 10**6, args.count, args.rate, args.operation)
         await trio.sleep(0.5)  # let the nudges leave
 
 
@@ -227,7 +245,11 @@ def main() -> None:
     parser.add_argument("--cassandra", default=os.environ.get("TRIO_RT_CASSANDRA"))
     parser.add_argument("--redis", default=os.environ.get("TRIO_RT_REDIS_URL"))
     parser.add_argument("--keyspace")
+    parser.add_argument("--operation", default="insert", choices=["insert", "update"])
+    parser.add_argument("--full-rows", action="store_true", help="capture_full_rows=True")
+    parser.add_argument("--no-fanout", action="store_true", help="skip the fan-out measurement")
     args = parser.parse_args()
+    TABLE.capture_full_rows = args.full_rows
     if args.role == "writer":
         trio.run(writer_role, args)
         return
@@ -244,7 +266,8 @@ def main() -> None:
     finally:
         for service in reversed(started):
             service.stop()
-    params = {k: getattr(args, k) for k in ("count", "rate", "subscribers", "writers", "burst")}
+    names = ("count", "rate", "subscribers", "writers", "burst", "operation", "full_rows")
+    params = {k: getattr(args, k) for k in names}
     path = write_results(
         "change-latency",
         stamp,

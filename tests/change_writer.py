@@ -1,22 +1,24 @@
-"""A writer process that dies between its write and the notification (a test helper).
+"""A writer process for the change-stream tests: it only writes, through `ChangePublisher`.
 
-``python -m tests.change_writer CASSANDRA REDIS_URL KEYSPACE NAMESPACE ID``: inserts one row into
-`posts` through a captured `Database` (positions from the shared `RedisSequencer`), and the
-moment the batch has committed, before anyone is notified, exits the process with
-``os._exit`` (no cleanup, no nudge, as a crash would).
+``python -m tests.change_writer CASSANDRA REDIS_URL KEYSPACE NAMESPACE ID [--count N]``
+
+- without ``--count``: inserts row `ID` into `posts` (positions from the shared
+  `RedisSequencer` in `NAMESPACE`) and, the moment the batch has committed, before anyone is
+  notified, exits the process with ``os._exit(17)`` (no cleanup, no nudge, as a crash would);
+- with ``--count N``: inserts rows ID .. ID+N-1 one at a time, each nudging the servers through
+  the `RedisBroker` (channel prefix ``--channel-prefix``, default ``trio_rt``), then flushes
+  the nudges and exits 0. It prints each id once its write has committed.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 
 import trio
 
-from trio_rt import RedisSequencer
-from trio_rt._changes import ChangeLog
+from trio_rt import ChangePublisher, RedisBroker, RedisSequencer
 from trio_rt.cassandra import CassandraSession, Database
-from trio_rt.cassandra._streams import CassandraStreamStore
 from trio_rt.testing.services import parse_cassandra_endpoint
 
 from .test_change_streams import posts
@@ -26,21 +28,35 @@ def crash(*_: object) -> None:
     os._exit(17)
 
 
-async def main(cassandra: str, redis_url: str, keyspace: str, namespace: str, key: int) -> None:
-    endpoint = parse_cassandra_endpoint(cassandra)
-    async with (
-        CassandraSession.connect([endpoint.host], port=endpoint.port) as session,
-        RedisSequencer(redis_url, namespace=namespace) as sequencer,
-    ):
-        store = CassandraStreamStore(session, keyspace)
-        sequencer.attach(store)
-        changelog = ChangeLog(store, sequencer)
-        changelog.committed = crash  # type: ignore[method-assign]
-        db = Database(session, keyspace, capture=changelog)
-        await db.insert(posts(), {"id": key, "author": "crash", "title": "t", "score": 0})
+async def main(args: argparse.Namespace) -> None:
+    endpoint = parse_cassandra_endpoint(args.cassandra)
+    async with CassandraSession.connect([endpoint.host], port=endpoint.port) as session:
+        db = Database(session, args.keyspace)
+        publisher = ChangePublisher(
+            db,
+            broker=RedisBroker(args.redis_url),
+            sequencer=RedisSequencer(args.redis_url, namespace=args.namespace),
+            channel_prefix=args.channel_prefix,
+        )
+        if args.count is None:
+            publisher.changelog.committed = crash  # type: ignore[method-assign]
+        async with publisher:
+            for key in range(args.id, args.id + (args.count or 1)):
+                change = await db.insert(
+                    posts(), {"id": key, "author": "writer", "title": "t", "score": 0}
+                )
+                assert change is not None
+                print(key, flush=True)
 
 
 if __name__ == "__main__":
-    cassandra, redis_url, keyspace, namespace, key = sys.argv[1:6]
-    trio.run(main, cassandra, redis_url, keyspace, namespace, int(key))
-    sys.exit("the writer should have died after its write")
+    parser = argparse.ArgumentParser()
+    for name in ("cassandra", "redis_url", "keyspace", "namespace"):
+        parser.add_argument(name)
+    parser.add_argument("id", type=int)
+    parser.add_argument("--count", type=int, default=None)
+    parser.add_argument("--channel-prefix", default="trio_rt")
+    arguments = parser.parse_args()
+    trio.run(main, arguments)
+    if arguments.count is None:
+        raise SystemExit("the writer should have died after its write")

@@ -9,6 +9,7 @@ recovery.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from trio_rt._changes import ChangeEvent, ChangeLog, ChangeStreamManager
 from trio_rt._protocol import StreamPosition
 from trio_rt._redis_streams import RedisSequencer
 from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamStore
-from trio_rt.cassandra import CassandraSession, Column, Database, Table
+from trio_rt.cassandra import CassandraSession, CassandraUnavailable, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
 from trio_rt.testing.services import CassandraEndpoint
 
@@ -204,6 +205,104 @@ async def test_a_named_watcher_resumes_after_a_restart_without_loss_or_repeat(
         await offline.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
     await run_server(range(8, 10))
     assert seen == list(range(10))
+
+
+async def test_a_named_watcher_stopped_mid_batch_repeats_nothing_it_finished(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # A graceful stop cancels the watcher inside a callback: the position of the callbacks
+    # that finished is saved (it was saved only after a whole batch: a restart repeated them).
+    table = posts()
+    db = await make_db(session, keyspace)
+    finished: list[int] = []
+    first_started, writes_done, third_started = trio.Event(), trio.Event(), trio.Event()
+
+    async def record(event: ChangeEvent) -> None:
+        key = event.data["id"]
+        if key == 0 and not finished:
+            first_started.set()
+            await writes_done.wait()  # the next read gets 1..4 in one batch
+        if key == 2 and not third_started.is_set():
+            third_started.set()
+            await trio.sleep_forever()  # interrupted by the stop
+        finished.append(key)
+
+    manager, changes = await one_server(db)
+    with trio.fail_after(GUARD):
+        async with manager:
+            await changes.watch(table, callback=record, name="indexer")
+            await db.insert(table, {"id": 0, "author": "a", "title": "t", "score": 0})
+            await first_started.wait()
+            for i in range(1, 5):
+                await db.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
+            writes_done.set()
+            await third_started.wait()
+        assert finished == [0, 1]
+        db.capture = None
+        manager, changes = await one_server(db)
+        async with manager:
+            await changes.watch(table, callback=record, name="indexer")
+            await wait_until(lambda: len(finished) >= 5, GUARD)
+            await trio.sleep(0.2)  # a repeat still on its way would show up here
+    assert finished == [0, 1, 2, 3, 4]  # 2 again (its callback never finished), 1 not
+
+
+async def test_a_fresh_tail_does_not_wait_for_a_gap_older_than_the_hole_timeout(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Offsets 3..5 were allocated an hour ago and never written (failed writes, or a reseed
+    # gap). A tail starting now (a restarted server's first subscriber) skips them at once
+    # instead of holding everything for another hole_timeout.
+    table = posts()
+    db = await make_db(session, keyspace)
+    an_hour_ago = [(time.time() - 3600) * 1e9]
+    sequencer = MemorySequencer(clock=lambda: int(an_hour_ago[0]))
+    manager, changes = await one_server(db, tables=[table], sequencer=sequencer, hole_timeout=600.0)
+    row = {"author": "a", "title": "t", "score": 0}
+    for i in range(1, 3):
+        await db.insert(table, {"id": i, **row})
+    for _ in range(3):
+        await sequencer.next("table:posts")  # allocated, never written
+    await db.insert(table, {"id": 6, **row})
+    with trio.fail_after(GUARD):
+        async with manager, client(manager) as c:
+            sub = await c.request({"type": "subscribe", "table": "posts"})
+            assert sub["position"]["offset"] == 6
+            await db.insert(table, {"id": 7, **row})
+            got: list[dict[str, Any]] = []
+            assert await updates_until(c, 7, got) == [7]
+    assert changes.stats["skipped_holes"] == 3
+
+
+async def test_a_watcher_outlives_failing_store_reads(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Cassandra unreachable for a moment: the tail's reads fail. They are retried; the
+    # watcher (and the server) go on. (They raised out of the watcher task and took the
+    # whole server down.)
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, poll_interval=0.05)
+    recorder = Recorder()
+    failures = [0]
+    real_read = changes.store.read
+
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        if failures[0] < 3:
+            failures[0] += 1
+            raise CassandraUnavailable("no host available (injected)")
+        return await real_read(*args, **kwargs)
+
+    with trio.fail_after(GUARD):
+        async with manager:
+            await changes.watch(table, callback=recorder)
+            changes.store.read = read  # type: ignore[method-assign]
+            await db.insert(table, {"id": 1, "author": "a", "title": "t", "score": 0})
+            await wait_until(lambda: len(recorder.events) == 1, GUARD)
+            await db.insert(table, {"id": 2, "author": "a", "title": "t", "score": 0})
+            await wait_until(lambda: len(recorder.events) == 2, GUARD)
+    assert recorder.offsets == [1, 2] and failures[0] == 3
+    assert changes.stats["read_errors"] == 3
 
 
 async def test_a_clock_stepping_back_keeps_order_and_last_write_wins(
@@ -391,6 +490,160 @@ async def test_subscriptions_filters_permissions_and_recovery(
         await wait_until(lambda: changes.subscription_count() == 0, GUARD)
 
 
+async def recv_updates(c: Any, count: int) -> list[dict[str, Any]]:
+    """The next `count` data_update messages (anything else is a test failure)."""
+    got = [await c.recv() for _ in range(count)]
+    assert [m["type"] for m in got] == ["data_update"] * count, got
+    return got
+
+
+def offsets_of(messages: list[dict[str, Any]]) -> list[int]:
+    return [m["event"]["position"]["offset"] for m in messages]
+
+
+async def updates_until(
+    c: Any,
+    offset: int,
+    into: list[dict[str, Any]],
+    acks: list[dict[str, Any]] | None = None,
+    limit: float = 5.0,
+) -> list[int]:
+    """Receive until a data_update at `offset` or beyond; data_updates go to `into`, a
+    `subscribed` reply to `acks`. Returns the offsets received so far, in arrival order.
+    `limit`: the deadlock guard per message."""
+    while not into or into[-1]["event"]["position"]["offset"] < offset:
+        message = await c.recv(limit)
+        if message["type"] == "subscribed" and acks is not None:
+            message["after_updates"] = len(into)  # how many data_updates came before it
+            acks.append(message)
+            continue
+        assert message["type"] == "data_update", message
+        into.append(message)
+    return offsets_of(into)
+
+
+async def test_a_renewed_subscription_gets_each_change_once_when_the_store_is_ahead_of_the_tail(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Issue 12: a renewed subscription's replay read past the live tail's position (up to
+    # the store head), the offsets it sent were forgotten at the flush, and the tail then
+    # sent them again.
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, tables=[table], poll_interval=60.0)
+    # Another process's writes whose nudges have not arrived: in the store, unseen by the tail.
+    elsewhere = Database(session, keyspace)
+    elsewhere.capture = ChangeLog(changes.store, changes.sequencer, notify=None)
+    with trio.fail_after(GUARD):
+        async with manager, client(manager) as first:
+            sub = await first.request({"type": "subscribe", "table": "posts", "id": 1})
+            assert sub["type"] == "subscribed"
+            for i in range(3):
+                await db.insert(table, {"id": i, "author": "a", "title": "t", "score": i})
+            seen = await recv_updates(first, 3)
+            last = seen[-1]["event"]["position"]
+            for i in range(3, 6):
+                await elsewhere.insert(table, {"id": i, "author": "a", "title": "t", "score": i})
+            async with client(manager) as renewed:
+                await renewed.send({"type": "subscribe", "table": "posts", "since": last, "id": 2})
+                got: list[dict[str, Any]] = []
+                while (message := await renewed.recv())["type"] != "subscribed":
+                    got.append(message)  # (the fixed server sends nothing before the reply)
+                acks = [message]
+                # A write through this server wakes the tail: it reads 4..7.
+                await db.insert(table, {"id": 6, "author": "a", "title": "t", "score": 6})
+                await updates_until(renewed, 7, got, acks)
+                # Then one more: a duplicate still on its way would come before it.
+                await db.insert(table, {"id": 7, "author": "a", "title": "t", "score": 7})
+                assert await updates_until(renewed, 8, got, acks) == [4, 5, 6, 7, 8]
+                assert [a["recovered"] for a in acks] == [True]
+                assert offsets_of(await recv_updates(first, 5)) == [4, 5, 6, 7, 8]
+
+
+async def test_a_since_ahead_of_the_tail_repeats_nothing_and_one_past_the_head_is_capped(
+    session: CassandraSession, keyspace: str
+) -> None:
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, tables=[table], poll_interval=60.0)
+    elsewhere = Database(session, keyspace)
+    elsewhere.capture = ChangeLog(changes.store, changes.sequencer, notify=None)
+    row = {"author": "a", "title": "t", "score": 0}
+    with trio.fail_after(GUARD):
+        async with manager, client(manager) as first:
+            await first.request({"type": "subscribe", "table": "posts"})
+            await db.insert(table, {"id": 1, **row})
+            epoch = (await first.recv())["event"]["position"]["epoch"]
+            # Written, not yet seen by this server's tail: a client coming from a faster
+            # server has seen 2 and 3 already.
+            for i in (2, 3):
+                await elsewhere.insert(table, {"id": i, **row})
+            async with client(manager) as ahead, client(manager) as dreamer:
+                since = {"offset": 3, "epoch": epoch}
+                ack = await ahead.request({"type": "subscribe", "table": "posts", "since": since})
+                assert ack["recovered"] is True and ack["position"]["offset"] == 3
+                beyond = {"offset": 10**9, "epoch": epoch}  # no server handed that out
+                ack = await dreamer.request(
+                    {"type": "subscribe", "table": "posts", "since": beyond}
+                )
+                assert ack["recovered"] is True and ack["position"]["offset"] == 3
+                await db.insert(table, {"id": 4, **row})
+                for c in (ahead, dreamer):
+                    got: list[dict[str, Any]] = []
+                    assert await updates_until(c, 4, got) == [4]
+
+
+async def test_a_hole_open_when_the_tail_starts_keeps_order_for_renewed_and_new_subscriptions(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # A fresh live tail (a restarted server) starts while a write is in flight: offset 2 is
+    # allocated, 3 and 4 are already visible. Every subscriber gets 2, 3, 4 once, in order.
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, tables=[table])
+    allocated, release = trio.Event(), trio.Event()
+    real_prepare = changes.changelog.prepare
+
+    async def prepare(change: Any) -> Any:
+        write = await real_prepare(change)
+        if change.key["id"] == 2:
+            allocated.set()
+            await release.wait()  # this batch is slow: 3 and 4 commit before it
+        return write
+
+    changes.changelog.prepare = prepare  # type: ignore[method-assign]
+    row = {"author": "a", "title": "t", "score": 0}
+    with trio.fail_after(GUARD):
+        async with manager, trio.open_nursery() as nursery:
+            await db.insert(table, {"id": 1, **row})
+            nursery.start_soon(db.insert, table, {"id": 2, **row})
+            await allocated.wait()
+            for i in (3, 4):
+                await db.insert(table, {"id": i, **row})
+            async with client(manager) as renewed, client(manager) as new:
+                epoch = (await changes.store.head("table:posts")).position.epoch  # type: ignore[union-attr]
+                await renewed.send(
+                    {"type": "subscribe", "table": "posts", "since": {"offset": 1, "epoch": epoch}}
+                )
+                await new.send({"type": "subscribe", "table": "posts"})
+                got: dict[str, list[dict[str, Any]]] = {"renewed": [], "new": []}
+                acks: dict[str, list[dict[str, Any]]] = {"renewed": [], "new": []}
+                await wait_until(lambda: changes.subscription_count() == 2, GUARD)
+                release.set()
+                await updates_until(renewed, 4, got["renewed"], acks["renewed"])
+                await db.insert(table, {"id": 5, **row})
+                for name, c in (("renewed", renewed), ("new", new)):
+                    assert await updates_until(c, 5, got[name], acks[name]) == [2, 3, 4, 5]
+                    [ack] = acks[name]
+                    # What came before the reply is at or below its position, the rest above.
+                    before = offsets_of(got[name])[: ack["after_updates"]]
+                    after = offsets_of(got[name])[ack["after_updates"] :]
+                    assert all(o <= ack["position"]["offset"] < p for o in before for p in after)
+                    assert all(ack["position"]["offset"] < p for p in after)
+                assert acks["renewed"][0]["recovered"] is True
+    assert changes.stats["skipped_holes"] == 0
+
+
 async def test_python_client_renews_subscriptions_and_recovers(
     session: CassandraSession, keyspace: str
 ) -> None:
@@ -476,3 +729,63 @@ async def test_persistent_rooms_and_their_history_survive_a_restart(
             assert ack["position"]["epoch"] == seen_first["epoch"]
             page = await c.request({"type": "history", "room": "lobby", "limit": 10})
             assert [m["n"] for m in page["messages"]] == [0, 1, 2, 3]
+
+
+# -- whole rows: the seed example routes updates and deletes too --------------------------------
+async def test_seed_example_routes_inserts_updates_and_deletes_by_category(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Issue 14: only inserts reached the category room (an update carried the key and the
+    # changed columns, a delete the key), and a filter on an unchanged column missed them.
+    import uuid
+
+    from trio_rt_examples.seed import change_streams
+
+    manager, _, db = await change_streams.build(session, keyspace)
+    table = change_streams.posts
+    with trio.fail_after(GUARD):
+        async with (
+            manager,
+            client(manager, "/?user=ann") as ann,
+            client(manager, "/?user=bob") as bob,
+        ):
+            await ann.request({"type": "join_room", "room": "category:news"})
+            await bob.request({"type": "join_room", "room": "category:sports"})
+            sub = await ann.request(
+                {"type": "subscribe", "table": "posts", "filters": {"category": "news"}}
+            )
+            assert sub["type"] == "subscribed"
+            key = {"id": uuid.uuid4()}
+            post = {**key, "category": "news", "author": "bob", "title": "t", "score": 1}
+
+            async def both() -> dict[str, dict[str, Any]]:
+                got = {(m := await ann.recv())["type"]: m for _ in range(2)}
+                assert set(got) == {"post_update", "data_update"}
+                return got
+
+            await db.insert(table, post)
+            got = await both()
+            assert got["post_update"]["operation"] == "insert"
+            await db.update(table, key, {"score": 2})
+            got = await both()
+            assert got["post_update"]["operation"] == "update"
+            row = {**post, "id": str(post["id"]), "score": 2}
+            assert got["post_update"]["data"] == row
+            assert got["data_update"]["event"]["data"] == row
+            await db.delete(table, key)
+            got = await both()
+            assert got["post_update"]["operation"] == "delete"
+            assert got["post_update"]["data"] == row  # the last known row
+            assert got["data_update"]["event"]["operation"] == "delete"
+            # A post moved to another category reaches that category's room (the row after
+            # the update); the "news" subscriber's filter no longer matches it.
+            other = {"id": uuid.uuid4()}
+            await db.insert(table, {**other, "category": "news", "title": "x", "score": 0})
+            await both()
+            await db.update(table, other, {"category": "sports"})
+            moved = await bob.recv()
+            assert moved["type"] == "post_update" and moved["operation"] == "update"
+            assert moved["data"]["category"] == "sports" and moved["data"]["title"] == "x"
+            await db.insert(table, {**key, "category": "news", "title": "again", "score": 3})
+            got = await both()  # nothing about the moved post came in between
+            assert got["post_update"]["data"]["title"] == "again"

@@ -656,6 +656,54 @@ async def test_capture_full_rows(session: CassandraSession, keyspace: str) -> No
         assert change is not None and change.data == {**other, "title": "new"}
 
 
+async def test_capture_full_rows_covers_deletes_and_partial_inserts_and_reads_only_if_needed(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # Issue 14: an update carried only the changed columns and a delete only the key, so
+    # watchers and subscribers could not route or filter on the row.
+    with trio.fail_after(GUARD):
+        capture = LogCapture(keyspace)
+        await capture.create(session)
+        db = Database(session, keyspace, capture=capture)
+        posts = posts_table(capture_full_rows=True)
+        await db.create_table(posts)
+        key = {"author": "ann", "id": uuid.uuid1()}
+        full = {**key, "title": "hi", "score": 1, "tags": {"a"}, "order": 3}
+        requests = session.stats.requests
+        change = await db.insert(posts, full)
+        assert change is not None and change.data == full
+        assert session.stats.requests == requests + 1  # every column written: no read
+        change = await db.update(posts, key, {"title": "t2", "score": 2, "tags": None, "order": 4})
+        assert change is not None and change.data == {
+            **key,
+            "title": "t2",
+            "score": 2,
+            "tags": None,
+            "order": 4,
+        }
+        assert session.stats.requests == requests + 2  # every column set: no read either
+        change = await db.insert(posts, {**key, "score": 5})  # an upsert of one column
+        assert change is not None
+        assert change.data == {**key, "title": "t2", "score": 5, "tags": None, "order": 4}
+        change = await db.delete(posts, key)
+        assert change is not None and change.operation == "delete" and change.key == key
+        assert change.data == {**key, "title": "t2", "score": 5, "tags": None, "order": 4}
+        assert await db.get(posts, key) is None
+        # Deleting a row that is not there: the key is all there is.
+        change = await db.delete(posts, key)
+        assert change is not None and change.data == key
+        # Without the option, and without a capture, no read at all.
+        plain = posts_table()
+        requests = session.stats.requests
+        change = await db.delete(plain, key)
+        assert change is not None and change.data == key
+        assert session.stats.requests == requests + 1
+        uncaptured = Database(session, keyspace)
+        requests = session.stats.requests
+        assert await uncaptured.update(posts, key, {"score": 1}) is None
+        assert session.stats.requests == requests + 1
+
+
 # -- the seed example ---------------------------------------------------------------------
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "BrokerUnavailable",
     "CassandraPermissionStore",
     "ChangeEvent",
+    "ChangeLog",
+    "ChangePublisher",
     "ChangeStreamManager",
     "Claims",
     "CloseCode",
@@ -83,7 +85,7 @@ if TYPE_CHECKING:  # the lazily imported names below, for type checkers
         TokenVerifier,
         extract_token,
     )
-    from ._changes import ChangeEvent, ChangeStreamManager
+    from ._changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
     from ._metrics import WebSocketMetrics
     from ._redis_broker import RedisBroker
     from ._redis_ratelimit import RedisRateLimiter
@@ -102,7 +104,7 @@ def __getattr__(name: str) -> object:
 
         return RedisSequencer
     # Change streams need cassandra-driver (the `cassandra` extra): imported on first use.
-    if name in ("ChangeStreamManager", "ChangeEvent"):
+    if name in ("ChangeStreamManager", "ChangeEvent", "ChangeLog", "ChangePublisher"):
         from . import _changes
 
         return getattr(_changes, name)

@@ -1,4 +1,5 @@
-"""The `trio-rt` command: run the demo, or serve an app; Ctrl-C and SIGTERM shut down gracefully."""
+"""The `trio-rt` command: run the demo, serve an app (Ctrl-C and SIGTERM shut down gracefully),
+or create trio_rt's Cassandra tables (``trio-rt schema create``)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,71 @@ async def run_until_signalled(manager: WebSocketManager) -> None:
                 manager.stop()
 
 
+def _load_tables(spec: str) -> list[Any]:
+    """``module:attr``: a `Table`, or an iterable of them (the app's own tables)."""
+    from .cassandra import Table
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"trio-rt schema: expected module:attribute, got {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise SystemExit(f"trio-rt schema: cannot import {module_name!r}: {exc}") from None
+    except AttributeError:
+        raise SystemExit(f"trio-rt schema: {module_name!r} has no attribute {attr!r}") from None
+    tables = [obj] if isinstance(obj, Table) else list(obj) if isinstance(obj, list | tuple) else []
+    if not tables or not all(isinstance(t, Table) for t in tables):
+        raise SystemExit(f"trio-rt schema: {spec} is neither a Table nor a list of them")
+    return tables
+
+
+def schema_create(args: argparse.Namespace) -> int:
+    """``trio-rt schema create``: one connection, `create_schema`, a line per table."""
+    try:
+        from .cassandra import CassandraError, CassandraSession, create_schema
+    except ImportError as exc:
+        print(
+            f"trio-rt schema: needs cassandra-driver ({exc}): pip install 'trio_rt[cassandra]'",
+            file=sys.stderr,
+        )
+        return 2
+    host, _, port_text = args.cassandra.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        print(
+            f"trio-rt schema: --cassandra takes HOST:PORT, not {args.cassandra!r}", file=sys.stderr
+        )
+        return 2
+    parts = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
+    tables = _load_tables(args.tables) if args.tables else []
+
+    async def run() -> list[str]:
+        async with CassandraSession.connect(
+            [host], port=int(port_text), connect_timeout=args.connect_timeout
+        ) as session:
+            options: dict[str, Any] = {"tables": tables}
+            if parts is not None:
+                options["parts"] = parts
+            return await create_schema(
+                session, args.keyspace, replication_factor=args.replication_factor, **options
+            )
+
+    try:
+        made = trio.run(run)
+    except LookupError as exc:
+        print(f"trio-rt schema: {exc} (--replication-factor N creates it)", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"trio-rt schema: {exc}", file=sys.stderr)
+        return 2
+    except CassandraError as exc:
+        print(f"trio-rt schema: Cassandra at {args.cassandra}: {exc}", file=sys.stderr)
+        return 1
+    for name in made:
+        print(f"{args.keyspace}.{name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trio-rt", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -95,11 +161,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in (demo, serve):
         p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
         p.add_argument("--port", type=int, default=None, help="port (default 3001; 0 = any)")
+    schema = sub.add_parser("schema", help="trio_rt's Cassandra tables")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True)
+    create = schema_sub.add_parser(
+        "create",
+        help="create the stream, watcher, room and permission tables (idempotent)",
+        description="Create trio_rt's tables in a keyspace (CREATE TABLE IF NOT EXISTS).",
+    )
+    create.add_argument("--cassandra", required=True, metavar="HOST:PORT")
+    create.add_argument("--keyspace", required=True)
+    create.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="create the keyspace if missing (SimpleStrategy); without it, it must exist",
+    )
+    create.add_argument(
+        "--only",
+        default=None,
+        metavar="PARTS",
+        help="comma-separated: streams, watchers, rooms, permissions (default: all)",
+    )
+    create.add_argument(
+        "--tables",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="the app's own tables too: a trio_rt.cassandra.Table or a list of them",
+    )
+    create.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
 
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "schema":
+        if args.log_level.upper() != "DEBUG":
+            # The driver logs a failed connection at ERROR with a traceback; we say it once.
+            logging.getLogger("cassandra").setLevel(logging.CRITICAL)
+        return schema_create(args)
     options: dict[str, Any] = {}
     if args.host is not None:
         options["host"] = args.host

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -353,56 +354,85 @@ class StreamCursor:
     `done` is the offset up to which everything is settled (delivered, skipped, or older than
     the start). Feed it what a read of offsets > `done` returned; it returns the entries that
     can be delivered now, in offset order. An entry behind a missing offset (a *hole*: a write
-    allocated but not yet visible) waits until the hole fills or has been open for
-    `hole_timeout` seconds; then the hole is skipped and counted in `skipped`.
+    allocated but not yet visible) waits until the hole fills, or until something has waited
+    behind it for `hole_timeout` seconds. Then the whole gap up to the next visible entry is
+    skipped at once (counted in `skipped`): a reseed gap of 1,000 offsets (`RedisSequencer`
+    after Redis lost its data) costs one `hole_timeout`, not a thousand. The next hole, if any,
+    is timed from the same oldest waiting entry: it has been open at least as long.
+
+    `now` is any monotonic clock in seconds (the tails use Trio's).
     """
 
     epoch: str
     done: int
     hole_timeout: float = 10.0
     skipped: int = 0
-    _pending: dict[int, StreamEntry] = field(default_factory=dict)
-    _settled_above: set[int] = field(default_factory=set)
-    _hole_since: dict[int, float] = field(default_factory=dict)
+    # offset -> since when it waits (now of the feed that first saw it). Every key is > done
+    # and never at done + 1 between calls: feed hands that one out (or passes it) at once.
+    _waiting: dict[int, float] = field(default_factory=dict)
+    _pending: dict[int, StreamEntry] = field(default_factory=dict)  # to hand out
+    _settled_above: set[int] = field(default_factory=set)  # visible at the start: pass them
+    _unstamped: bool = False  # some settled entries wait for the next feed's `now`
 
-    def settle_existing(self, offsets: Iterable[int]) -> None:
-        """Mark entries already visible when the cursor starts as not to be delivered
-        (a live tail starts after them; holes below them are still delivered when they fill)."""
-        self._settled_above.update(o for o in offsets if o > self.done)
+    def settle_existing(
+        self, offsets: Iterable[int], since: float | Mapping[int, float] | None = None
+    ) -> None:
+        """Mark entries already visible when the cursor starts as not to be handed out
+        (a live tail starts after them; holes below them are still handed out when they
+        fill). `since` is when they count as waiting behind those holes (one time, or one per
+        offset; default: the next feed's `now`). A caller that knows how old they are passes
+        earlier times, so a hole already older than `hole_timeout` goes at the first feed."""
+        for o in offsets:
+            if o > self.done and o not in self._pending:
+                at = since.get(o) if isinstance(since, Mapping) else since
+                self._settled_above.add(o)
+                self._waiting.setdefault(o, math.nan if at is None else at)
+                self._unstamped |= at is None
 
     @property
     def holding(self) -> bool:
         """True while entries wait behind a hole (the caller should re-read soon)."""
-        return bool(self._pending) or bool(self._settled_above)
+        return bool(self._waiting)
+
+    @property
+    def settled_upto(self) -> int:
+        """The greatest offset this cursor will pass without handing it out (an entry settled
+        at the start, above an open hole), or `done` when there is none. Every offset above it
+        that becomes visible is handed out."""
+        return max(self._settled_above, default=self.done)
 
     def feed(self, entries: Iterable[StreamEntry], now: float) -> list[StreamEntry]:
+        waiting = self._waiting
+        if self._unstamped:
+            self._unstamped = False
+            for o, since in waiting.items():
+                if math.isnan(since):  # settled without a time: waits from now on
+                    waiting[o] = now
         for entry in entries:
             o = entry.position.offset
-            if entry.position.epoch != self.epoch or o <= self.done:
+            if entry.position.epoch != self.epoch or o <= self.done or o in waiting:
                 continue
-            if o not in self._settled_above:
-                self._pending.setdefault(o, entry)
+            self._pending[o] = entry
+            waiting[o] = now
         out: list[StreamEntry] = []
-        while True:
+        while waiting:
             nxt = self.done + 1
-            if nxt in self._settled_above:
-                self._settled_above.discard(nxt)
-            elif nxt in self._pending:
-                out.append(self._pending.pop(nxt))
-                self._hole_since.pop(nxt, None)
-            elif self._pending or self._settled_above:
-                opened = self._hole_since.setdefault(nxt, now)
-                if now - opened < self.hole_timeout:
-                    break
-                del self._hole_since[nxt]
-                self.skipped += 1
-            else:
+            if nxt in waiting:
+                del waiting[nxt]
+                if nxt in self._settled_above:
+                    self._settled_above.discard(nxt)
+                else:
+                    out.append(self._pending.pop(nxt))
+                self.done = nxt
+                continue
+            if now - min(waiting.values()) < self.hole_timeout:
                 break
-            self.done = nxt
+            first = min(waiting)  # the whole gap below the first waiting entry goes at once
+            self.skipped += first - nxt
+            self.done = first - 1
         return out
 
     def next_hole_deadline(self) -> float | None:
-        """When the oldest open hole times out (None when nothing waits)."""
-        if not self._hole_since:
-            return None
-        return min(self._hole_since.values()) + self.hole_timeout
+        """When the open hole times out (None when nothing waits behind one)."""
+        oldest = min((t for t in self._waiting.values() if not math.isnan(t)), default=None)
+        return None if oldest is None else oldest + self.hole_timeout

@@ -3,7 +3,9 @@
 Writes made through `Database` are captured with their position in the same logged batch;
 `ChangeStreamManager.watch` hands every change to a server-side callback, and clients
 subscribe to tables themselves with the built-in ``subscribe`` message (filters, permission
-check, recovery). Run by tests/test_examples.py against the test Cassandra.
+check, recovery). `posts` is defined with ``capture_full_rows=True``, so an insert, an update
+and a delete all reach the post's category room. Run by tests/test_examples.py and
+tests/test_change_streams.py against the test Cassandra.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ posts = Table(
     "posts",
     {"id": "uuid", "category": "text", "author": "text", "title": "text", "score": "int"},
     partition_key="id",
+    # Every change carries the row: an update the whole row after it, a delete the last
+    # known row. So updates and deletes reach the category room too, and subscribers'
+    # filters apply to the row (one read before an update or delete that does not set
+    # every column; docs/streams.md, "Whole rows").
+    capture_full_rows=True,
 )
 user_notifications = Table(
     "user_notifications",
@@ -45,7 +52,8 @@ async def build(
         conn.user_id = users[0] if users else None
 
     async def notify_category(change: ChangeEvent) -> None:
-        # Notify everyone in the post's category room.
+        # Notify everyone in the post's category room (the row's category: after an update,
+        # the row as it now is; for a delete, the row as it was).
         category = change.data.get("category")
         if category:
             await manager.broadcast_to_room(

@@ -13,16 +13,20 @@ async with CassandraSession.connect(["127.0.0.1"], port=9042) as session:
 ```
 
 The model layer (:class:`Table`, :class:`Database`) builds the CQL from checked table
-definitions and captures changes through a :class:`ChangeCapture`. See docs/cassandra.md.
+definitions and captures changes through a :class:`ChangeCapture`. :func:`create_schema`
+creates every table trio_rt keeps in Cassandra (also ``trio-rt schema create``). See
+docs/cassandra.md.
 """
 
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
 from ._model import CapturedWrite, Change, ChangeCapture, Column, Database, Table
 from ._rooms import CassandraRoomStore
+from ._schema import SCHEMA_PARTS, create_schema
 from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
 from ._streams import CassandraStreamStore
 
 __all__ = [
+    "SCHEMA_PARTS",
     "CapturedWrite",
     "CassandraError",
     "CassandraQueryError",
@@ -40,4 +44,5 @@ __all__ = [
     "Row",
     "RowIterator",
     "Table",
+    "create_schema",
 ]

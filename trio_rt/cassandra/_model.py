@@ -564,8 +564,11 @@ class Table:
     Everything is validated here (``ValueError``/``TypeError`` naming what is wrong): names
     match ``[a-z][a-z0-9_]{0,47}``, types are supported, key columns exist, are scalars and
     are listed once, `clustering_order` only names clustering columns (``"ASC"``/``"DESC"``).
-    A single key column may be given as a string. ``capture_full_rows=True`` makes
-    :meth:`Database.update` read the row first so a captured update carries the whole row.
+    A single key column may be given as a string. ``capture_full_rows=True``: with a
+    capture, every change carries the row's columns, not only what was written: an update (or
+    an insert of some columns) reads the row first and carries it merged with the new values,
+    a delete reads it first and carries the last known row (see :class:`Change`). One read
+    per captured write that does not set every column; none without a capture.
     """
 
     def __init__(
@@ -758,8 +761,10 @@ class Change:
     operation: Operation
     #: primary key columns -> values
     key: dict[str, Any]
-    #: insert: the row as written; update: key + changed columns (the whole merged row with
-    #: ``Table.capture_full_rows``); delete: the key
+    #: insert: the row as written; update: key + changed columns; delete: the key. With
+    #: ``Table.capture_full_rows``: the whole row after the write (read before it, merged with
+    #: what was written) for an insert or update, the last known row for a delete (the key
+    #: alone when there was no row)
     data: dict[str, Any]
     #: the table's definition (set by :class:`Database`): ``definition.to_json(data)``
     definition: Table | None = field(default=None, compare=False, repr=False)
@@ -850,7 +855,9 @@ class Database:
     ) -> Change | None:
         """``INSERT`` a row (an upsert, as always in Cassandra). `values` must hold every
         primary key column (not ``None``); other columns are optional. Returns the
-        :class:`Change` when a capture is set, else ``None``."""
+        :class:`Change` when a capture is set, else ``None``. With ``table.capture_full_rows``
+        and a capture, an insert of some of the columns reads the row first, as
+        :meth:`update` does."""
         name = self._table(table)
         row = table._values(values, "values", allow_key=True)
         key = table._key_values(
@@ -864,7 +871,7 @@ class Database:
             f"INSERT INTO {name} ({', '.join(_q(c) for c in columns)}) "
             f"VALUES ({', '.join('?' for _ in columns)}){using}"
         )
-        change = Change(table.name, "insert", key, row, table)
+        change = Change(table.name, "insert", key, await self._full_row(table, key, row), table)
         return await self._write(cql, [*(row[c] for c in columns), *params], change)
 
     async def update(
@@ -879,9 +886,10 @@ class Database:
 
         Like every Cassandra update it creates the row if it does not exist. A ``None``
         value deletes that cell. Returns the :class:`Change` when a capture is set. With
-        ``table.capture_full_rows`` and a capture, the row is read first and the change's
-        ``data`` is that row merged with `values`: a write by someone else between the read
-        and this write is not reflected (the data written is exactly `values` either way).
+        ``table.capture_full_rows`` and a capture, the row is read first (unless `values` sets
+        every column) and the change's ``data`` is that row merged with `values`: a write by
+        someone else between the read and this write is not reflected (the data written is
+        exactly `values` either way).
         """
         name = self._table(table)
         key_values = table._key_values(key, table.primary_key, "primary key")
@@ -892,24 +900,42 @@ class Database:
         sets = ", ".join(f"{_q(c)} = ?" for c in changed)
         where = " AND ".join(f"{_q(c)} = ?" for c in key_values)
         cql = f"UPDATE {name}{using} SET {sets} WHERE {where}"
-        data = {**key_values, **changed}
-        if table.capture_full_rows and self.capture is not None:
-            current = await self.get(table, key_values)
-            data = {**(current or {}), **data}
+        data = await self._full_row(table, key_values, {**key_values, **changed})
         change = Change(table.name, "update", key_values, data, table)
         bound = [*params, *changed.values(), *key_values.values()]
         return await self._write(cql, bound, change)
 
     async def delete(self, table: Table, key: Mapping[str, Any]) -> Change | None:
         """``DELETE`` the row at `key` (the full primary key). Returns the :class:`Change`
-        when a capture is set (its ``data`` is the key)."""
+        when a capture is set: its ``data`` is the key, or with ``table.capture_full_rows``
+        the row as read just before the delete (the last known row; the same race as
+        :meth:`update`)."""
         name = self._table(table)
         key_values = table._key_values(key, table.primary_key, "primary key")
         where = " AND ".join(f"{_q(c)} = ?" for c in key_values)
-        change = Change(table.name, "delete", key_values, dict(key_values), table)
+        data = dict(key_values)
+        if table.capture_full_rows and self.capture is not None:
+            data = {**(await self.get(table, key_values) or {}), **key_values}
+        change = Change(table.name, "delete", key_values, data, table)
         return await self._write(
             f"DELETE FROM {name} WHERE {where}", list(key_values.values()), change
         )
+
+    async def _full_row(
+        self, table: Table, key: dict[str, Any], written: dict[str, Any]
+    ) -> dict[str, Any]:
+        """`written` (key and columns written), completed with the row's other columns as read
+        now (none for a row that does not exist yet), for a captured write to a
+        ``capture_full_rows`` table. No read when `written` already holds every column, or
+        without a capture."""
+        if (
+            not table.capture_full_rows
+            or self.capture is None
+            or len(written) == len(table.columns)
+        ):
+            return written
+        current = await self.get(table, key)
+        return {**(current or {}), **written}
 
     async def _write(self, cql: str, params: list[Any], change: Change) -> Change | None:
         capture = self.capture
