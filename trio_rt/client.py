@@ -1560,7 +1560,9 @@ class WebSocketClient:
             except Exception as exc:  # ConnectionClosed, or the on_connect hook failed
                 failure = exc
             if failure is None and session.ended:
-                failure = session.close_exc
+                # (A dropped session's scope is cancelled too; this only decides what the
+                # attempt reports if the cancellation has not landed yet.)
+                failure = session.drop_error or session.close_exc
             if failure is not None or self._closing:
                 nursery.cancel_scope.cancel()
             else:
