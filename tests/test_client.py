@@ -334,7 +334,11 @@ def test_client_validates_its_options() -> None:
     with pytest.raises(ValueError):
         WebSocketClient("ws://127.0.0.1:1/", receive_buffer=0)
     with pytest.raises(ValueError):
-        WebSocketClient("ws://127.0.0.1:1/", receive_overflow="wait")  # type: ignore[arg-type]
+        WebSocketClient("ws://127.0.0.1:1/", receive_overflow="pause")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):  # "wait" stops reading: only the heartbeat can tell
+        WebSocketClient("ws://127.0.0.1:1/", receive_overflow="wait", ping_interval=None)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", receive_overflow="wait", ping_timeout=None)
     with pytest.raises(ValueError):
         WebSocketClient("ws://127.0.0.1:1/", ping_interval=0)
     with pytest.raises(ValueError):
@@ -968,6 +972,23 @@ async def test_receive_overflow_reconnects_and_recovers_a_room_with_history(
             assert got == list(range(100))
             assert client.stats.overflows >= 1 and client.stats.duplicates == 0
             assert client.stats.failed_attempts == 0
+
+
+async def test_receive_overflow_wait_applies_backpressure_and_drops_nothing(
+    serve: StartServer,
+) -> None:
+    manager = make_manager()
+    add_flooder(manager)
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(
+            server.url, receive_buffer=1, receive_overflow="wait", **fast(ping_interval=10.0)
+        )
+        async with client:
+            await client.send({"type": "flood", "count": 500})
+            got = [(await client.receive())["n"] for _ in range(500)]
+    assert got == list(range(500))
+    assert log.types == ["connected", "disconnected", "closed"]  # one connection
 
 
 async def test_receive_overflow_drop_oldest_stays_connected(serve: StartServer) -> None:

@@ -38,6 +38,9 @@ from trio_rt.client import (
 )
 
 GUARD = 30.0  # seconds: deadlock protection only
+# Messages a server floods a client with: far more than the socket buffers on the way hold,
+# so a cut lands mid-flood; few enough for the handler to run out fast once its peer is gone.
+FLOOD = 100_000
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -285,6 +288,33 @@ async def test_a_killed_server_is_reconnected_while_the_app_does_not_read() -> N
         assert client.stats.receive_dropped > 0
 
 
+async def test_a_killed_server_is_reconnected_while_backpressure_pauses_reading() -> None:
+    """receive_overflow="wait": the client stops reading while the app does not read (as the
+    client did before the fix, always). Now its heartbeat still drops the connection of the
+    killed server (the pong cannot come), and the client reconnects."""
+    async with server_process() as (server, nursery):
+        client = WebSocketClient(
+            server.url,
+            receive_buffer=10,
+            receive_overflow="wait",
+            **fast(ping_interval=0.2, ping_timeout=0.5),
+        )
+        events = Events(client)
+        with trio.fail_after(GUARD):
+            async with client:
+                await client.wait_connected()
+                await client.send({"type": "flood", "count": 200})
+                await server.wait_line("flood over")
+                await server.kill()
+                lost = await events.wait("disconnected")
+                assert isinstance(lost.error, HeartbeatTimeout)
+                await server.start(nursery)
+                await events.wait("connected", 2)
+                # Nothing the client received was dropped: the first 10, in order.
+                assert [(await client.receive())["n"] for _ in range(10)] == list(range(10))
+        assert state(client) is ClientState.CLOSED
+
+
 async def test_aclose_returns_after_the_server_was_killed_while_the_app_does_not_read() -> None:
     """Before the fix, with keepalive on, aclose() waited forever for websockets' frame reader
     (paused on its flow control, its resume callback gone with the closed stream)."""
@@ -343,12 +373,36 @@ async def test_a_connection_cut_mid_flood_reconnects_while_the_app_does_not_read
         with trio.fail_after(GUARD):
             async with client:
                 await client.wait_connected()
-                await client.send({"type": "flood", "count": 1_000_000})
-                await wait_until_received(client, 1000)  # mid-flood
+                await client.send({"type": "flood", "count": FLOOD})
+                await wait_until_received(client, 1000)
                 proxy.cut()
                 await events.wait("disconnected")
+                assert client.stats.received < FLOOD  # it was cut mid-flood
                 await events.wait("connected", 2)
                 assert proxy.accepted == 2
+        assert state(client) is ClientState.CLOSED
+
+
+async def test_a_connection_reset_while_reading_waits_for_the_app_ends_at_the_next_write() -> None:
+    """receive_overflow="wait" and the reader waits for the app, so it does not see the
+    reset; the writer does, and ends the connection (the heartbeat is far away here)."""
+    async with proxied_server() as proxy:
+        client = WebSocketClient(
+            proxy.url,
+            receive_buffer=10,
+            receive_overflow="wait",
+            **fast(ping_interval=3 * GUARD, ping_timeout=3 * GUARD),
+        )
+        events = Events(client)
+        with trio.fail_after(GUARD):
+            async with client:
+                await client.wait_connected()
+                await client.send({"type": "flood", "count": FLOOD})
+                await wait_until_received(client, 11)  # the buffer is full: reading waits
+                proxy.cut()
+                await client.send({"type": "anything"})
+                await events.wait("disconnected")
+                await events.wait("connected", 2)
         assert state(client) is ClientState.CLOSED
 
 

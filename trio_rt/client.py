@@ -86,7 +86,7 @@ HeadersLike: TypeAlias = Mapping[str, str] | Sequence[tuple[str, str]]
 HeadersProvider: TypeAlias = Callable[[], Awaitable[HeadersLike] | HeadersLike]
 TokenProvider: TypeAlias = Callable[[], Awaitable[str] | str]
 OverflowPolicy: TypeAlias = Literal["raise", "drop_oldest", "wait"]
-ReceiveOverflowPolicy: TypeAlias = Literal["reconnect", "drop_oldest"]
+ReceiveOverflowPolicy: TypeAlias = Literal["reconnect", "drop_oldest", "wait"]
 EventType: TypeAlias = Literal[
     "connected", "disconnected", "reconnecting", "rejoin_failed", "recovery_failed", "closed"
 ]
@@ -673,7 +673,10 @@ class WebSocketClient:
             app has read the buffer down to half; rooms with history and table subscriptions
             then recover what was missed (other messages sent meanwhile are lost, as when the
             server drops a slow consumer). ``"drop_oldest"``: stay connected and discard the
-            oldest unread message (``stats.receive_dropped``).
+            oldest unread message (``stats.receive_dropped``). ``"wait"``: stop reading until
+            the app makes room (backpressure up to the server, nothing dropped); the
+            heartbeat then drops a connection left unread for longer than ``ping_timeout``,
+            so it needs ``ping_interval`` and ``ping_timeout``.
         headers: extra HTTP headers for the handshake: a mapping, or a callable (sync or async)
             returning one, called before every connection attempt.
         token: a bearer token (JWT) for the handshake: a string, or a callable (sync or async)
@@ -753,8 +756,12 @@ class WebSocketClient:
             raise ValueError("overflow must be 'raise', 'drop_oldest' or 'wait'")
         if isinstance(receive_buffer, bool) or receive_buffer < 1:
             raise ValueError("receive_buffer must be an integer >= 1")
-        if receive_overflow not in ("reconnect", "drop_oldest"):
-            raise ValueError("receive_overflow must be 'reconnect' or 'drop_oldest'")
+        if receive_overflow not in ("reconnect", "drop_oldest", "wait"):
+            raise ValueError("receive_overflow must be 'reconnect', 'drop_oldest' or 'wait'")
+        if receive_overflow == "wait" and (ping_interval is None or ping_timeout is None):
+            # While waiting, the client does not read: only the heartbeat can tell it that
+            # the server died meanwhile.
+            raise ValueError("receive_overflow='wait' needs ping_interval and ping_timeout")
         if ping_interval is not None and not ping_interval > 0:
             raise ValueError("ping_interval must be None or > 0")
         if ping_timeout is not None and not ping_timeout > 0:
@@ -831,7 +838,7 @@ class WebSocketClient:
         self._inbox_policy = receive_overflow
         self._inbox_closed = False
         self._inbox_lot = trio.lowlevel.ParkingLot()  # receivers waiting for a message
-        self._waiting_for_room = False  # the supervisor waits for the app to read
+        self._waiting_for_room = False  # the supervisor or the reader waits for the app
 
         self._nursery_cm: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
         self._run_scope = trio.CancelScope()
@@ -1181,15 +1188,20 @@ class WebSocketClient:
                 return None
             await self._inbox_lot.park()
         message = self._inbox.popleft()
-        if self._waiting_for_room and len(self._inbox) <= self._inbox_size // 2:
+        if self._waiting_for_room and len(self._inbox) <= self._room_mark():
             self._changed.fire()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return message
 
+    def _room_mark(self) -> int:
+        """How few unread messages let a waiting reader ("wait": one slot) or reconnect
+        ("reconnect": half the buffer) go on."""
+        return self._inbox_size - 1 if self._inbox_policy == "wait" else self._inbox_size // 2
+
     def _deliver(self, message: Message) -> bool:
         """Buffer `message` for the app; never waits. True when the buffer is now full under
-        the "reconnect" policy (the caller drops the connection); "drop_oldest" discards the
-        oldest unread message instead."""
+        the "reconnect" or "wait" policy (the caller drops the connection, or waits for
+        room); "drop_oldest" discards the oldest unread message instead."""
         if self._inbox_closed:
             return False
         inbox = self._inbox
@@ -1198,7 +1210,7 @@ class WebSocketClient:
             self.stats.receive_dropped += 1
         inbox.append(message)
         self._inbox_lot.unpark_all()
-        return self._inbox_policy == "reconnect" and len(inbox) >= self._inbox_size
+        return self._inbox_policy != "drop_oldest" and len(inbox) >= self._inbox_size
 
     def __aiter__(self) -> Self:
         return self
@@ -1365,8 +1377,12 @@ class WebSocketClient:
         receive buffer down to half: a new connection would overflow it again at once."""
         if self._inbox_policy != "reconnect":
             return
+        await self._wait_for_app()
+
+    async def _wait_for_app(self) -> None:
+        """Wait until the app has read the receive buffer down to `_room_mark()`."""
         try:
-            while len(self._inbox) > self._inbox_size // 2 and not self._closing:
+            while len(self._inbox) > self._room_mark() and not self._closing:
                 self._waiting_for_room = True
                 await self._changed.wait()
         finally:
@@ -1463,13 +1479,24 @@ class WebSocketClient:
                 try:
                     pong = await ws.ping()
                     await pong.wait()
-                except ConnectionClosed:
-                    return  # closing or closed: the reader sees the end
+                except ConnectionClosed as exc:
+                    self._ended(session, exc)
+                    return
             if waited.cancelled_caught:
                 self.stats.heartbeat_timeouts += 1
                 log.warning("no pong from %s within %ss: dropping the connection", self.url, limit)
                 self._drop(session, HeartbeatTimeout(f"no pong within ping_timeout={limit}s"))
                 return
+
+    def _ended(self, session: _Session, exc: ConnectionClosed) -> None:
+        """A task of the session met the end of the connection. The reader usually sees it
+        first, but not while it waits for the app (receive_overflow="wait"): whoever meets
+        it ends the session. (It does not cancel anything: a closing handshake in progress
+        goes on, within its bound.)"""
+        if not session.ended:
+            session.close_exc = exc
+            session.ended = True
+            self._changed.fire()
 
     def _drop(self, session: _Session, error: ClientError) -> None:
         """The client gives up on this connection: cancel everything tied to it (the TCP
@@ -1543,7 +1570,8 @@ class WebSocketClient:
             session.token_expires_at = new_exp  # until the reply says otherwise
             try:
                 await ws.send(_encode({"type": "refresh", "token": token, "id": rid}))
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                self._ended(session, exc)
                 return
             self.stats.refreshes += 1
 
@@ -1698,7 +1726,11 @@ class WebSocketClient:
                 while self._recovery_failed:
                     room, reason = self._recovery_failed.pop(0)
                     await self._emit(ClientEvent("recovery_failed", room=room, reason=reason))
-                if full:
+                if full and self._inbox_policy == "wait":
+                    # Backpressure: websockets stops reading the socket too. Pongs are not
+                    # read meanwhile: the heartbeat drops a connection left unread too long.
+                    await self._wait_for_app()
+                elif full:
                     # Everything received is kept (its position too): the reconnect recovers
                     # from there once the app has caught up (_wait_for_room).
                     self.stats.overflows += 1
@@ -1711,9 +1743,7 @@ class WebSocketClient:
                     return
         except ConnectionClosed as exc:
             # Only the end of the connection sets `ended` here; a cancelled reader does not.
-            session.close_exc = exc
-            session.ended = True
-            self._changed.fire()
+            self._ended(session, exc)
 
     def _join_message(self, room: str, rid: str) -> dict[str, Any]:
         message: dict[str, Any] = {"type": "join_room", "room": room, "id": rid}
@@ -1974,7 +2004,8 @@ class WebSocketClient:
             try:
                 await ws.send(text)
                 written = True
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                self._ended(session, exc)
                 return
             finally:
                 session.writing = False

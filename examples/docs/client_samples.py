@@ -46,7 +46,7 @@ def with_every_default(url: str) -> WebSocketClient:
         queue_size=1000,           # outbox capacity, in application messages
         overflow="raise",          # "raise" | "drop_oldest" | "wait": outbox full while offline
         receive_buffer=1000,       # incoming messages buffered for the app (read all the time)
-        receive_overflow="reconnect",  # app that far behind: "reconnect" | "drop_oldest"
+        receive_overflow="reconnect",  # app that far behind: "reconnect" | "drop_oldest" | "wait"
         headers=None,              # mapping, or callable (sync/async) called before every attempt
         token=None,                # bearer token: str, or callable (sync/async), per attempt
         refresh_margin=30.0,       # with a callable token: refresh in-band this long before exp
