@@ -18,7 +18,7 @@ them outlives the block. See docs/client.md for the full contract; the short ver
   buffer; iterate the client or call ``receive()`` to read it. When the app falls
   ``receive_buffer`` messages behind, the ``receive_overflow`` policy applies (``"reconnect"``:
   keep what was received, drop the connection, reconnect and recover once the app caught up;
-  or ``"drop_oldest"``).
+  ``"drop_oldest"``; or ``"wait"``: stop reading meanwhile, the heartbeat bounding the wait).
 * Liveness does not depend on the app or on websockets' flow control: the client pings every
   ``ping_interval`` seconds and drops the connection when no pong came within ``ping_timeout``;
   every connection's tasks (websockets' included) live in a nursery the client cancels when
