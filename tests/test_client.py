@@ -1256,7 +1256,13 @@ async def test_a_room_gap_is_reported_and_unknown_messages_reach_the_app_untouch
             first = await manager.broadcast_to_room("r", {"type": "m", "n": 1})
             assert first is not None and (await client.receive())["n"] == 1
             (conn,) = manager.connections.values()
-            gap = {"type": "room_gap", "room": "r", "reason": "skipped", "offsets": [2, 3]}
+            gap = {  # as docs/protocol.md (helper "rooms") describes it
+                "type": "room_gap",
+                "room": "r",
+                "after": first.to_json(),
+                "before": {"offset": 4, "epoch": first.epoch},
+                "reason": "unavailable",
+            }
             novel = {"type": "room_renamed", "room": "r", "to": "s", "id": 12}
             other = {"type": "brand_new", "payload": {"room": 5}}
             for message in (gap, novel, other):
@@ -1266,7 +1272,7 @@ async def test_a_room_gap_is_reported_and_unknown_messages_reach_the_app_untouch
             assert await client.receive() == other
             history = await client.receive()  # the refetch the gap asked for
             assert history["type"] == "history" and history["room"] == "r"
-            assert [(e.room, e.reason) for e in failures] == [("r", "skipped")]
+            assert [(e.room, e.reason) for e in failures] == [("r", "unavailable")]
             assert client.position("r") == first.to_json()
 
 

@@ -495,13 +495,19 @@ test("room_gap: reported as a failed recovery, history refetched, delivered unto
   const joined = client.joinRoom("r");
   ws.deliver({ type: "room_joined", room: "r", id: ws.sent[0].id, position: { offset: 4, epoch: "e" } });
   await joined;
-  const gap = { type: "room_gap", room: "r", reason: "skipped", position: { offset: 4, epoch: "e" } };
+  const gap = {
+    type: "room_gap",
+    room: "r",
+    after: { offset: 4, epoch: "e" },
+    before: { offset: 7, epoch: "e" },
+    reason: "too_many",
+  };
   const novel = { type: "brand_new", room: "r", x: 1 };
   ws.deliver(gap);
   ws.deliver(novel);
   assert.deepEqual(got, [gap, novel]);
   const failed = events.filter(([t]) => t === "recovery_failed").map(([, e]) => [e.room, e.reason]);
-  assert.deepEqual(failed, [["r", "skipped"]]);
+  assert.deepEqual(failed, [["r", "too_many"]]);
   assert.equal(ws.sent.at(-1).type, "history");
 });
 
