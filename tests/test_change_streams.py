@@ -653,8 +653,8 @@ async def test_python_client_renews_subscriptions_and_recovers(
     db = await make_db(session, keyspace)
     manager, changes = await one_server(db, tables=[table])
     async with manager, WebSocketClient(manager.url, initial_delay=0.01) as c:
-        key = c.subscribe("posts", {"author": "ann"})
-        await wait_until(lambda: changes.subscription_count() == 1, GUARD)
+        key = await c.subscribe("posts", {"author": "ann"})  # returns once live
+        assert changes.subscription_count() == 1
         await db.insert(table, {"id": 1, "author": "ann", "title": "t", "score": 0})
         got = await c.receive()
         assert got["type"] == "data_update" and got["key"] == key
@@ -663,8 +663,9 @@ async def test_python_client_renews_subscriptions_and_recovers(
         await wait_until(lambda: changes.subscription_count() == 0, GUARD)
         await db.insert(table, {"id": 2, "author": "ann", "title": "missed", "score": 0})
         await db.insert(table, {"id": 3, "author": "bob", "title": "t", "score": 0})
-        got = await c.receive()
+        got = await c.receive()  # replayed before `subscribed`: still carries the key
         assert got["type"] == "data_update" and got["event"]["data"]["title"] == "missed"
+        assert got["key"] == key
         await db.insert(table, {"id": 4, "author": "ann", "title": "live", "score": 0})
         got = await c.receive()
         assert got["event"]["data"]["title"] == "live"

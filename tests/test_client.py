@@ -7,7 +7,10 @@ against deadlocks.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
+import math
 import random
 import socket
 import ssl
@@ -23,16 +26,28 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, InvalidURI
 from websockets.frames import Close
 from websockets.http11 import Response
+from websockets.trio.server import serve as ws_serve
 
-from trio_rt import Connection, Reject, WebSocketManager
+from trio_rt import (
+    Connection,
+    MemoryStreamStore,
+    Reject,
+    RoomHistory,
+    StreamEntry,
+    WebSocketManager,
+)
+from trio_rt import client as client_module
 from trio_rt.client import (
     Backoff,
     ClientClosed,
+    ClientError,
     ClientEvent,
     ClientState,
     ConnectInfo,
+    HeartbeatTimeout,
     ProtocolViolation,
     QueueFull,
+    ReceiveOverflow,
     ServerError,
     WebSocketClient,
     default_is_fatal,
@@ -288,6 +303,8 @@ def status(code: int) -> InvalidStatus:
         (TimeoutError(), False),
         (ProtocolViolation("not a welcome"), True),
         (ValueError("bug in a headers provider"), True),
+        (HeartbeatTimeout("no pong"), False),
+        (ReceiveOverflow("the app is behind"), False),
     ],
 )
 def test_default_is_fatal(error: BaseException, fatal: bool) -> None:
@@ -314,6 +331,43 @@ def test_client_validates_its_options() -> None:
         WebSocketClient("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
     with pytest.raises(ValueError):
         WebSocketClient("ws://127.0.0.1:1/", initial_delay=5, max_delay=1)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", receive_buffer=0)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", receive_overflow="pause")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):  # "wait" stops reading: only the heartbeat can tell
+        WebSocketClient("ws://127.0.0.1:1/", receive_overflow="wait", ping_interval=None)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", receive_overflow="wait", ping_timeout=None)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", ping_interval=0)
+    with pytest.raises(ValueError):
+        WebSocketClient("ws://127.0.0.1:1/", ping_timeout=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# pure: the duplicate rule (received offsets per stream epoch)
+
+
+def test_seen_offsets_count_only_what_was_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No floor from a join position: an offset below everything received, never received
+    itself (late: still being written when the client joined), is new."""
+    seen = client_module._SeenOffsets("e")
+    assert seen.add(7) and seen.add(9)
+    assert not seen.add(9)  # received: a duplicate
+    assert seen.add(3)  # below every received offset, never received: late, delivered
+    assert seen.add(8) and not seen.add(8) and not seen.add(3)
+    assert seen.floor == -math.inf
+
+
+def test_seen_offsets_window_overflow_sets_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "RECENT_OFFSETS", 3)
+    seen = client_module._SeenOffsets("e")
+    assert all(seen.add(o) for o in (10, 12, 11))
+    assert seen.floor == -math.inf and seen.add(5)  # the window overflows: 5 is forgotten
+    assert seen.floor == 5 and not seen.add(5) and not seen.add(4)
+    assert seen.add(13) and seen.floor == 10  # the smallest remembered leaves the window
+    assert not seen.add(10) and not seen.add(11) and seen.add(14)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -897,15 +951,62 @@ def add_flooder(manager: WebSocketManager) -> None:
             await conn.send({"type": "flood", "n": n})
 
 
-async def test_receive_buffer_applies_backpressure_and_drops_nothing(serve: StartServer) -> None:
+async def test_receive_overflow_reconnects_and_recovers_a_room_with_history(
+    serve: StartServer,
+) -> None:
+    """The default policy: the app falls receive_buffer behind, the client keeps what it got,
+    drops the connection, reconnects once the app read half, and the room's history replays
+    what was said meanwhile: every message once, in order."""
+    manager = make_manager(history=RoomHistory())
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, receive_buffer=10, **fast())
+        async with client:
+            await client.join_room("r")
+            for n in range(100):  # the app reads nothing meanwhile
+                await manager.broadcast_to_room("r", {"type": "m", "n": n})
+            await wait_until(lambda: log.count("disconnected") == 1)
+            assert isinstance(log.events[1].error, ReceiveOverflow)
+            assert client.state is ClientState.RECONNECTING  # until the app reads
+            got = [(await client.receive())["n"] for _ in range(100)]
+            assert got == list(range(100))
+            assert client.stats.overflows >= 1 and client.stats.duplicates == 0
+            assert client.stats.failed_attempts == 0
+
+
+async def test_receive_overflow_wait_applies_backpressure_and_drops_nothing(
+    serve: StartServer,
+) -> None:
     manager = make_manager()
     add_flooder(manager)
     server = await serve(manager)
     with trio.fail_after(GUARD):
-        async with WebSocketClient(server.url, receive_buffer=1, **fast()) as client:
+        client, log = logged(
+            server.url, receive_buffer=1, receive_overflow="wait", **fast(ping_interval=10.0)
+        )
+        async with client:
             await client.send({"type": "flood", "count": 500})
             got = [(await client.receive())["n"] for _ in range(500)]
     assert got == list(range(500))
+    assert log.types == ["connected", "disconnected", "closed"]  # one connection
+
+
+async def test_receive_overflow_drop_oldest_stays_connected(serve: StartServer) -> None:
+    manager = make_manager()
+    add_flooder(manager)
+    add_echo(manager)
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, receive_buffer=5, receive_overflow="drop_oldest", **fast())
+        async with client:
+            await client.send({"type": "flood", "count": 50})
+            await client.send({"type": "echo", "data": "end"})
+            await wait_until(lambda: client.stats.received >= 52)  # welcome, 50, echo
+            got = [await client.receive() for _ in range(5)]
+            assert [m.get("n") for m in got[:4]] == [46, 47, 48, 49]
+            assert got[4] == {"type": "echo", "data": "end"}
+            assert client.stats.receive_dropped == 46
+        assert log.types == ["connected", "disconnected", "closed"]  # one connection
 
 
 async def test_exit_is_prompt_when_the_app_stopped_reading(serve: StartServer) -> None:
@@ -922,11 +1023,15 @@ async def test_exit_is_prompt_when_the_app_stopped_reading(serve: StartServer) -
     # close_timeout is far above the guard: a stalled closing handshake fails the test.
     with trio.fail_after(GUARD):
         async with WebSocketClient(
-            server.url, receive_buffer=1, close_timeout=3 * GUARD, **fast()
+            server.url,
+            receive_buffer=1,
+            receive_overflow="drop_oldest",
+            close_timeout=3 * GUARD,
+            **fast(),
         ) as client:
             await client.send({"type": "flood", "count": 300})
             await wait_until(lambda: manager.stats.messages_out >= 300)
-            assert (await client.receive())["n"] == 0
+            assert (await client.receive())["type"] == "flood"
         await wait_until(lambda: codes == [1000])
 
 
@@ -1001,3 +1106,387 @@ async def test_several_urls_reconnect_moves_to_the_next_server(serve: StartServe
             await wait_until(lambda: len(manager_a.connections) == 1)
             (conn,) = manager_a.connections.values()
             assert "room:x" in conn.rooms
+
+
+# ---------------------------------------------------------------------------------------------
+# rooms with history: the duplicate rule, recovery failures, messages the client does not know
+
+
+class HidingStore(MemoryStreamStore):
+    """A memory store whose reads do not see the offsets in `hidden` yet: writes still in
+    flight when a recovery reads the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: set[int] = set()
+
+    async def read(
+        self, stream: str, epoch: str, after: int, limit: int, *, upto: int | None = None
+    ) -> list[StreamEntry]:
+        entries = await super().read(stream, epoch, after, limit + len(self.hidden), upto=upto)
+        return [e for e in entries if e.position.offset not in self.hidden][:limit]
+
+
+class Gate:
+    """A headers provider that lets connection attempts through only while open."""
+
+    def __init__(self) -> None:
+        self.opened = trio.Event()
+        self.opened.set()
+
+    def close(self) -> None:
+        self.opened = trio.Event()
+
+    async def __call__(self) -> dict[str, str]:
+        await self.opened.wait()
+        return {}
+
+
+def positioned(n: int, offset: int, epoch: str, room: str = "r") -> dict[str, Any]:
+    """A room message as the server delivers it in a room with history."""
+    return {"type": "m", "n": n, "room": room, "position": {"offset": offset, "epoch": epoch}}
+
+
+async def test_a_late_offset_after_a_recovered_rejoin_is_delivered(serve: StartServer) -> None:
+    """Offset 2 is still being written when the client rejoins with since=1: the replay sends
+    3, the server answers recovered at position 3, then 2 lands and is delivered live. The
+    client received 1 and 3 only: 2 is late, not a duplicate (before the fix: everything at or
+    below the room_joined position counted as seen, and 2 was dropped)."""
+    store = HidingStore()
+    manager = make_manager(history=RoomHistory(store))
+    server = await serve(manager)
+    gate = Gate()
+    with trio.fail_after(GUARD):
+        client, log = logged(server.url, headers=gate, **fast())
+        async with client:
+            await client.join_room("r")
+            first = await manager.broadcast_to_room("r", {"type": "m", "n": 1})
+            assert first is not None and (await client.receive())["n"] == 1
+            gate.close()
+            (conn,) = manager.connections.values()
+            await conn.close(1011, "test")
+            await wait_until(lambda: log.count("disconnected") == 1)
+            store.hidden.add(2)
+            for n in (2, 3):
+                await manager.broadcast_to_room("r", {"type": "m", "n": n})
+            gate.opened.set()
+            await wait_until(lambda: log.count("connected") == 2)
+            assert (await client.receive())["n"] == 3  # the replay
+            assert client.position("r") == {"offset": 3, "epoch": first.epoch}
+            (conn,) = manager.connections.values()
+            await conn.send(positioned(2, 2, first.epoch))  # the write landed: live, late
+            await conn.send(positioned(3, 3, first.epoch))  # received in the replay
+            await conn.send({"type": "marker"})
+            assert (await client.receive())["n"] == 2
+            assert (await client.receive())["type"] == "marker"
+            assert client.stats.duplicates == 1
+            assert client.position("r") == {"offset": 3, "epoch": first.epoch}
+
+
+async def test_a_late_offset_below_the_first_join_position_is_delivered(
+    serve: StartServer,
+) -> None:
+    manager = make_manager(history=RoomHistory())
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            for n in (1, 2, 3):  # before the client joins
+                last = await manager.broadcast_to_room("r", {"type": "m", "n": n})
+            assert last is not None
+            await client.join_room("r")
+            assert client.position("r") == last.to_json()
+            (conn,) = manager.connections.values()
+            await conn.send(positioned(2, 2, last.epoch))  # written before the join, late
+            await conn.send(positioned(4, 4, last.epoch))
+            await conn.send(positioned(2, 2, last.epoch))  # now it was received
+            await conn.send({"type": "marker"})
+            assert [(await client.receive()).get("n") for _ in range(3)] == [2, 4, None]
+            assert client.stats.duplicates == 1
+
+
+async def test_an_epoch_change_is_reported_once_and_positions_start_again(
+    serve: StartServer,
+) -> None:
+    """A restarted server with a memory history has a new epoch: the rejoin answers
+    recovered: false (epoch_changed). The client emits recovery_failed once, refetches the
+    latest page, takes the new epoch's position, and delivers the new epoch's offsets although
+    it received the same numbers in the old one."""
+    manager_a = make_manager(history=RoomHistory())
+    server_a = await serve(manager_a)
+    with trio.fail_after(GUARD):
+        client, log = logged(server_a.url, **fast())
+        failures: list[ClientEvent] = []
+        client.add_listener("recovery_failed", failures.append)
+        async with client:
+            await client.join_room("r")
+            for n in (1, 2, 3):
+                await manager_a.broadcast_to_room("r", {"type": "m", "n": n})
+            assert [(await client.receive())["n"] for _ in range(3)] == [1, 2, 3]
+            old = client.position("r")
+            assert old is not None and old["offset"] == 3
+            await server_a.stop()
+            manager_b = make_manager(port=server_a.port, history=RoomHistory())
+            server_b = await serve(manager_b)
+            await wait_until(lambda: log.count("connected") == 2)
+            history = await client.receive()  # asked for by the client itself
+            assert history["type"] == "history" and history["room"] == "r"
+            assert [(e.room, e.reason) for e in failures] == [("r", "epoch_changed")]
+            new = client.position("r")
+            assert new is not None and new["epoch"] != old["epoch"]
+            for n in (1, 2):  # offsets 1 and 2 of the new epoch
+                await manager_b.broadcast_to_room("r", {"type": "m", "n": n})
+            assert [(await client.receive())["n"] for _ in range(2)] == [1, 2]
+            assert client.stats.duplicates == 0
+            assert client.position("r") == {"offset": 2, "epoch": new["epoch"]}
+            assert len(failures) == 1
+        await server_b.settle_and_stop()
+
+
+async def test_a_room_gap_is_reported_and_unknown_messages_reach_the_app_untouched(
+    serve: StartServer,
+) -> None:
+    manager = make_manager(history=RoomHistory())
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        client = WebSocketClient(server.url, **fast())
+        failures: list[ClientEvent] = []
+        client.add_listener("recovery_failed", failures.append)
+        async with client:
+            await client.join_room("r")
+            first = await manager.broadcast_to_room("r", {"type": "m", "n": 1})
+            assert first is not None and (await client.receive())["n"] == 1
+            (conn,) = manager.connections.values()
+            gap = {  # as docs/protocol.md (helper "rooms") describes it
+                "type": "room_gap",
+                "room": "r",
+                "after": first.to_json(),
+                "before": {"offset": 4, "epoch": first.epoch},
+                "reason": "unavailable",
+            }
+            novel = {"type": "room_renamed", "room": "r", "to": "s", "id": 12}
+            other = {"type": "brand_new", "payload": {"room": 5}}
+            for message in (gap, novel, other):
+                await conn.send(message)
+            assert await client.receive() == gap
+            assert await client.receive() == novel
+            assert await client.receive() == other
+            history = await client.receive()  # the refetch the gap asked for
+            assert history["type"] == "history" and history["room"] == "r"
+            assert [(e.room, e.reason) for e in failures] == [("r", "unavailable")]
+            assert client.position("r") == first.to_json()
+
+
+# ---------------------------------------------------------------------------------------------
+# table subscriptions, against a scripted server (the wire protocol of docs/protocol.md, with
+# the order of replies under the test's control; tests/test_change_streams.py runs the client
+# against the real ChangeStreamManager)
+
+
+class ScriptedChanges:
+    """A WebSocket server speaking the subscription part of the trio_rt protocol.
+
+    `subscribe` with `since` replays `replay` (data_updates) BEFORE `subscribed`, as the real
+    server does; a table in `refused` answers `not_permitted`; `hold` delays `subscribed` until
+    set; `foreign` data_updates (another subscription id of the same table) are sent before
+    `subscribed` too. `push()` sends a live change to every subscription of a table."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.replay: list[int] = []
+        self.foreign: list[int] = []
+        self.refused: set[str] = set()
+        self.hold: trio.Event | None = None
+        self.connections: list[Any] = []
+        self.subscriptions: dict[str, tuple[Any, str]] = {}  # sid -> (ws, table)
+        self.requests: list[dict[str, Any]] = []
+        self.epoch = "e1"
+        self._ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def change(self, sid: str, table: str, offset: int) -> str:
+        event = {"operation": "insert", "key": {"id": offset}, "data": {"id": offset}}
+        event["position"] = {"offset": offset, "epoch": self.epoch}
+        return json.dumps(
+            {"type": "data_update", "table": table, "subscription": sid, "event": event}
+        )
+
+    async def push(self, table: str, offset: int) -> None:
+        for sid, (ws, subscribed_table) in list(self.subscriptions.items()):
+            if subscribed_table == table:
+                await ws.send(self.change(sid, table, offset))
+
+    async def drop_all(self) -> None:
+        for ws in self.connections:
+            await ws.aclose(1011)
+
+    async def handler(self, ws: Any) -> None:
+        self.connections.append(ws)
+        await ws.send(json.dumps({"type": "welcome", "connection_id": f"c{len(self.connections)}"}))
+        try:
+            async for raw in ws:
+                await self.on_message(ws, json.loads(raw))
+        except ConnectionClosed:
+            pass
+        finally:
+            for sid in [s for s, (w, _) in self.subscriptions.items() if w is ws]:
+                del self.subscriptions[sid]
+
+    async def on_message(self, ws: Any, message: dict[str, Any]) -> None:
+        self.requests.append(message)
+        rid = message.get("id")
+        if message["type"] == "unsubscribe":
+            self.subscriptions.pop(message["subscription"], None)
+            await ws.send(json.dumps({"type": "unsubscribed", "id": rid, **message}))
+            return
+        if message["type"] != "subscribe":
+            return
+        table = message["table"]
+        if table in self.refused:
+            error = {"type": "error", "code": "not_permitted", "message": "no", "id": rid}
+            await ws.send(json.dumps(error))
+            return
+        sid = f"s{next(self._ids)}"
+        self.subscriptions[sid] = (ws, table)
+        for offset in self.foreign:
+            await ws.send(self.change("not-yours", table, offset))
+        if "since" in message:
+            for offset in self.replay:
+                await ws.send(self.change(sid, table, offset))
+        if self.hold is not None:
+            await self.hold.wait()
+        last = max([0, *self.replay])
+        reply = {"type": "subscribed", "id": rid, "subscription": sid, "table": table}
+        reply["position"] = {"offset": last, "epoch": self.epoch}
+        if "since" in message:
+            reply["recovered"] = True
+        await ws.send(json.dumps(reply))
+
+
+@pytest.fixture
+async def scripted(nursery: trio.Nursery) -> ScriptedChanges:
+    server = ScriptedChanges()
+    ws_server = await nursery.start(
+        functools.partial(ws_serve, server.handler, 0, host="127.0.0.1", ping_interval=None)
+    )
+    server.port = ws_server.listeners[0].socket.getsockname()[1]
+    return server
+
+
+async def test_replayed_changes_carry_the_subscription_key(scripted: ScriptedChanges) -> None:
+    """The renewal's replay arrives before `subscribed` names the new subscription id: the
+    client holds those changes and delivers them with the key once it does (before the fix
+    they reached the app without `key`)."""
+    with trio.fail_after(GUARD):
+        client, log = logged(scripted.url, **fast())
+        async with client:
+            key = await client.subscribe("posts", {"author": "ann"})
+            assert client.subscriptions == {key: ("posts", {"author": "ann"})}
+            for offset in (1, 2):
+                await scripted.push("posts", offset)
+            got = [await client.receive() for _ in range(2)]
+            assert [(m["key"], m["event"]["position"]["offset"]) for m in got] == [
+                (key, 1),
+                (key, 2),
+            ]
+            scripted.replay = [2, 3, 4]  # 2 overlaps what the client received
+            await scripted.drop_all()
+            await wait_until(lambda: log.count("connected") == 2)
+            renewal = scripted.requests[-1]
+            assert renewal["type"] == "subscribe" and renewal["since"]["offset"] == 2
+            got = [await client.receive() for _ in range(2)]
+            assert [(m["key"], m["event"]["position"]["offset"]) for m in got] == [
+                (key, 3),
+                (key, 4),
+            ]
+            assert client.stats.duplicates == 1
+            await scripted.push("posts", 5)
+            assert (await client.receive())["key"] == key
+
+
+async def test_await_subscribe_raises_a_refusal_and_subscribe_nowait_delivers_it(
+    scripted: ScriptedChanges,
+) -> None:
+    scripted.refused.add("secrets")
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(scripted.url, **fast()) as client:
+            with pytest.raises(ServerError) as refused:
+                await client.subscribe("secrets")
+            assert refused.value.code == "not_permitted"
+            assert client.subscriptions == {}
+            key = client.subscribe_nowait("secrets")
+            error = await client.receive()
+            assert error["type"] == "error" and error["key"] == key
+            assert client.subscriptions == {}
+
+
+async def test_subscribe_while_offline_returns_once_live_after_the_connect(
+    scripted: ScriptedChanges,
+) -> None:
+    gate = Gate()
+    gate.close()
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(scripted.url, headers=gate, **fast()) as client:
+            done: list[str] = []
+
+            async def subscriber() -> None:
+                done.append(await client.subscribe("posts"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber)
+                await wait_until(lambda: bool(client.subscriptions))
+                assert client.state is ClientState.CONNECTING and not done
+                gate.opened.set()
+            assert done == list(client.subscriptions)
+            assert scripted.subscriptions  # live on the server
+            await client.aclose()
+            with pytest.raises(ClientClosed):
+                await client.subscribe("posts")
+
+
+async def test_unsubscribe_before_the_reply_drops_the_subscription_on_the_server(
+    scripted: ScriptedChanges,
+) -> None:
+    scripted.hold = trio.Event()
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(scripted.url, **fast()) as client:
+            await client.wait_connected()
+            pending: list[BaseException] = []
+
+            async def subscriber() -> None:
+                try:
+                    await client.subscribe("posts")
+                except ClientError as exc:
+                    pending.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber)
+                await wait_until(lambda: bool(scripted.subscriptions))
+                (key,) = client.subscriptions
+                client.unsubscribe(key)
+            assert len(pending) == 1 and not isinstance(pending[0], ServerError)
+            scripted.hold.set()  # `subscribed` arrives for a subscription nobody wants
+            await wait_until(lambda: not scripted.subscriptions)  # the client unsubscribed it
+            await scripted.push("posts", 1)  # nothing is delivered for it
+            await client.send({"type": "ping"})  # (the scripted server ignores it)
+            assert client.subscriptions == {}
+            assert scripted.requests[-1]["type"] == "unsubscribe"
+            await client.aclose()
+            assert [m async for m in client] == []  # neither `unsubscribed` nor the change
+
+
+async def test_changes_of_a_subscription_the_client_did_not_make_reach_the_app_untouched(
+    scripted: ScriptedChanges,
+) -> None:
+    """Held while a subscribe for the same table was in flight, then not claimed by its reply:
+    delivered as they came (e.g. the app sent a raw `subscribe` itself)."""
+    scripted.foreign = [7]
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(scripted.url, **fast()) as client:
+            key = await client.subscribe("posts")
+            foreign = await client.receive()
+            assert foreign["subscription"] == "not-yours" and "key" not in foreign
+            await scripted.push("posts", 1)
+            assert (await client.receive())["key"] == key

@@ -14,10 +14,18 @@ them outlives the block. See docs/client.md for the full contract; the short ver
 * ``send()`` queues the message in a bounded outbox; a writer task writes it while connected.
   Messages sent while disconnected are written, in order, after the next successful connect.
   Delivery is at most once: a message is written once and never resent.
-* Incoming messages go through a bounded receive buffer that applies backpressure (nothing is
-  dropped); iterate the client or call ``receive()`` to read them.
+* A reader task reads the socket all the time, whatever the app does, into a bounded receive
+  buffer; iterate the client or call ``receive()`` to read it. When the app falls
+  ``receive_buffer`` messages behind, the ``receive_overflow`` policy applies (``"reconnect"``:
+  keep what was received, drop the connection, reconnect and recover once the app caught up;
+  ``"drop_oldest"``; or ``"wait"``: stop reading meanwhile, the heartbeat bounding the wait).
+* Liveness does not depend on the app or on websockets' flow control: the client pings every
+  ``ping_interval`` seconds and drops the connection when no pong came within ``ping_timeout``;
+  every connection's tasks (websockets' included) live in a nursery the client cancels when
+  the connection ends, so a dead server always leads to a reconnect and ``aclose()`` is bounded.
 * Lost connections are re-established with exponential backoff and jitter; rooms joined with
-  ``join_room()`` are joined again on every new connection.
+  ``join_room()`` are joined again on every new connection (with ``since``: missed messages are
+  replayed), table subscriptions are renewed from their last position.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import base64
 import binascii
 import contextlib
 import enum
+import heapq
 import inspect
 import json
 import logging
@@ -57,9 +66,12 @@ __all__ = [
     "ClientStats",
     "ConnectInfo",
     "EventType",
+    "HeartbeatTimeout",
     "OverflowPolicy",
     "ProtocolViolation",
     "QueueFull",
+    "ReceiveOverflow",
+    "ReceiveOverflowPolicy",
     "ServerError",
     "WebSocketClient",
     "default_is_fatal",
@@ -74,6 +86,7 @@ HeadersLike: TypeAlias = Mapping[str, str] | Sequence[tuple[str, str]]
 HeadersProvider: TypeAlias = Callable[[], Awaitable[HeadersLike] | HeadersLike]
 TokenProvider: TypeAlias = Callable[[], Awaitable[str] | str]
 OverflowPolicy: TypeAlias = Literal["raise", "drop_oldest", "wait"]
+ReceiveOverflowPolicy: TypeAlias = Literal["reconnect", "drop_oldest", "wait"]
 EventType: TypeAlias = Literal[
     "connected", "disconnected", "reconnecting", "rejoin_failed", "recovery_failed", "closed"
 ]
@@ -172,6 +185,21 @@ class ProtocolViolation(ClientError):
     ``welcome``). Fatal by default: reconnecting would meet the same server."""
 
 
+class HeartbeatTimeout(ClientError):
+    """The client dropped a connection because no pong answered its ping within
+    ``ping_timeout`` seconds (a dead server, a cut or black-holed network path).
+
+    It is the ``error`` of the ``disconnected`` and ``reconnecting`` events; the client always
+    reconnects after it (``is_fatal`` is not consulted)."""
+
+
+class ReceiveOverflow(ClientError):
+    """The client dropped a connection because the app fell ``receive_buffer`` messages behind
+    (``receive_overflow="reconnect"``). What was received stays buffered; the client
+    reconnects once the app has read the buffer down to half, and rooms with history and
+    table subscriptions recover what was missed meanwhile. Never fatal."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure pieces: backoff arithmetic, error classification, encoding
 
@@ -240,8 +268,11 @@ def default_is_fatal(error: BaseException) -> bool:
 
     Transient: network errors (``OSError``, including connection refused and timeouts), a
     connection closed with any other code or without a close frame, a handshake cut short by
-    the server (e.g. while it restarts), HTTP 408/429/500/502/503/504.
+    the server (e.g. while it restarts), HTTP 408/429/500/502/503/504, and the connections the
+    client drops itself (:class:`HeartbeatTimeout`, :class:`ReceiveOverflow`).
     """
+    if isinstance(error, HeartbeatTimeout | ReceiveOverflow):
+        return False  # the client's own decision to drop a connection
     if isinstance(error, ConnectionClosed):
         return error.rcvd is not None and error.rcvd.code in DEFAULT_FATAL_CLOSE_CODES
     if isinstance(error, InvalidStatus):
@@ -304,34 +335,43 @@ def _decode(raw: str | bytes) -> Message | None:
     return value
 
 
-RECENT_OFFSETS = 1024  # offsets a room remembers to tell a duplicate from a late message
+RECENT_OFFSETS = 1024  # offsets remembered per stream and epoch (see _SeenOffsets)
 
 
 class _SeenOffsets:
-    """The offsets of one room's epoch seen lately (as the browser client's PositionTracker).
+    """The offsets of one stream's epoch (a room, a table subscription) this client received.
 
-    `add` is False for an offset already seen: a duplicate (a replay overlapping live
-    delivery). An offset lower than the greatest but never seen is new: a *late* message, which
-    the server delivers when its publish lost a race by more than the reorder window. Offsets at
-    or below `floor` (the last `room_joined` position, or older than the remembered ones) count
-    as seen.
+    The duplicate rule (the browser client's PositionTracker has the same): `add` is False for
+    an offset this client already received in this epoch, replayed or live (a replay
+    overlapping live delivery, a server repeating itself), and True for any other offset, also
+    one lower than the greatest received: a *late* message (published during a join or a
+    recovery, or delivered after the server's reorder window) is delivered. The positions in
+    `room_joined` / `subscribed` replies mark nothing as received.
+
+    Memory is bounded: the `RECENT_OFFSETS` greatest offsets received are remembered. Only when
+    that window overflows does its smallest offset leave it and become the `floor`: offsets at
+    or below the floor can no longer be told apart and count as received. Until then the floor
+    is -inf.
     """
 
-    __slots__ = ("epoch", "floor", "offsets")
+    __slots__ = ("_heap", "_offsets", "epoch", "floor")
 
-    def __init__(self, epoch: str, floor: float) -> None:
+    def __init__(self, epoch: str, floor: float = -math.inf) -> None:
         self.epoch = epoch
         self.floor = floor
-        self.offsets: dict[int, None] = {}  # an ordered set: insertion order ~ offset order
+        self._offsets: set[int] = set()
+        self._heap: list[int] = []  # the same offsets, smallest first: the next to forget
 
     def add(self, offset: int) -> bool:
-        if offset <= self.floor or offset in self.offsets:
+        """Record `offset` as received; False when it already was (a duplicate)."""
+        if offset <= self.floor or offset in self._offsets:
             return False
-        self.offsets[offset] = None
-        if len(self.offsets) > RECENT_OFFSETS:
-            oldest = next(iter(self.offsets))
-            del self.offsets[oldest]
-            self.floor = max(self.floor, oldest)
+        self._offsets.add(offset)
+        heapq.heappush(self._heap, offset)
+        if len(self._heap) > RECENT_OFFSETS:
+            forgotten = heapq.heappop(self._heap)
+            self._offsets.discard(forgotten)
+            self.floor = max(self.floor, forgotten)
         return True
 
 
@@ -341,6 +381,16 @@ def _is_position(value: object) -> TypeGuard[dict[str, Any]]:
         and isinstance(value.get("offset"), int)
         and isinstance(value.get("epoch"), str)
     )
+
+
+def _later(known: dict[str, Any] | None, position: dict[str, Any]) -> dict[str, Any]:
+    """The position to keep: `position`, unless `known` is greater in the same epoch (a late
+    message does not move a stream's position back)."""
+    if known is not None and known.get("epoch") == position["epoch"]:
+        offset = known.get("offset")
+        if isinstance(offset, int) and offset >= position["offset"]:
+            return known
+    return position
 
 
 def _raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
@@ -439,7 +489,10 @@ class ClientStats:
     lost: int = 0  # messages whose write failed because the connection broke (not resent)
     discarded: int = 0  # messages still queued when the client closed
     refreshes: int = 0  # fresh tokens sent in-band (`refresh`)
-    duplicates: int = 0  # room messages dropped because their position was already seen
+    duplicates: int = 0  # room messages and changes dropped: this client already received them
+    receive_dropped: int = 0  # unread messages discarded by receive_overflow="drop_oldest"
+    overflows: int = 0  # connections dropped because the app fell receive_buffer behind
+    heartbeat_timeouts: int = 0  # connections dropped because no pong came within ping_timeout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,6 +545,7 @@ _DATA: Final = "data"
 _JOIN: Final = "join"
 _LEAVE: Final = "leave"
 _SUBSCRIBE: Final = "subscribe"  # `room` holds the subscription's client-side key
+_UNSUBSCRIBE: Final = "unsubscribe"  # `room` holds the server's subscription id
 
 
 @dataclass(eq=False)
@@ -502,6 +556,8 @@ class _Subscription:
     filters: dict[str, Any]
     position: dict[str, Any] | None = None  # of the last change received
     server_id: str | None = None  # the server's subscription id on the current connection
+    live: _Waiter = field(default_factory=_Waiter)  # its first `subscribed` (or refusal)
+    awaited: bool = False  # made by `await subscribe()`: a refusal is raised, not delivered
 
 
 @dataclass(eq=False, slots=True)
@@ -527,14 +583,25 @@ class _Session:
     """One WebSocket connection, from the handshake to its end."""
 
     ws: ClientConnection
+    # The scope of everything tied to this connection: the session's tasks and websockets'
+    # own (frame reader). Cancelling it drops the connection whatever state websockets is in.
+    scope: trio.CancelScope
     join_sent: set[str] = field(default_factory=set)  # join requested on this connection
     confirmed: set[str] = field(default_factory=set)  # room_joined received on this connection
     pending: dict[str, _Request] = field(default_factory=dict)  # request id -> request
     restore_ids: set[str] = field(default_factory=set)
-    subscribe_ids: dict[str, str] = field(default_factory=dict)  # request id -> key
+    # Subscribe requests in flight: request id -> (key, table).
+    subscribe_ids: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # data_updates of subscription ids not known yet, held while a subscribe for their table
+    # is in flight (the server replays before `subscribed` names the id): id -> messages.
+    held: dict[str, list[Message]] = field(default_factory=dict)
+    server_ids: set[str] = field(default_factory=set)  # subscriptions held by this connection
+    abandoned: set[str] = field(default_factory=set)  # ids unsubscribed: their updates dropped
+    unsubscribe_ids: set[str] = field(default_factory=set)  # unsubscribe requests in flight
     failed_rooms: list[tuple[str, ServerError]] = field(default_factory=list)
-    reader_done: bool = False
+    ended: bool = False  # the reader saw the end of the connection, or the client dropped it
     close_exc: ConnectionClosed | None = None
+    drop_error: ClientError | None = None  # why the client dropped it (heartbeat, overflow)
     close_requested: bool = False
     writing: bool = False
     token_expires_at: float | None = None  # `exp` of the token this connection runs on
@@ -598,8 +665,18 @@ class WebSocketClient:
         overflow: what :meth:`send` does when the outbox is full and the client is not
             connected: ``"raise"`` :class:`QueueFull` (default), ``"drop_oldest"`` queued message,
             or ``"wait"`` for room. While connected, :meth:`send` always waits (backpressure).
-        receive_buffer: capacity of the receive buffer, in messages. When it is full the reader
-            stops reading (backpressure up to the server; nothing is dropped).
+        receive_buffer: capacity of the receive buffer, in messages (>= 1). The reader reads
+            the socket all the time; when the app falls this many messages behind, the
+            ``receive_overflow`` policy applies.
+        receive_overflow: ``"reconnect"`` (default): keep every message received, drop the
+            connection (:class:`ReceiveOverflow`, ``stats.overflows``) and reconnect once the
+            app has read the buffer down to half; rooms with history and table subscriptions
+            then recover what was missed (other messages sent meanwhile are lost, as when the
+            server drops a slow consumer). ``"drop_oldest"``: stay connected and discard the
+            oldest unread message (``stats.receive_dropped``). ``"wait"``: stop reading until
+            the app makes room (backpressure up to the server, nothing dropped); the
+            heartbeat then drops a connection left unread for longer than ``ping_timeout``,
+            so it needs ``ping_interval`` and ``ping_timeout``.
         headers: extra HTTP headers for the handshake: a mapping, or a callable (sync or async)
             returning one, called before every connection attempt.
         token: a bearer token (JWT) for the handshake: a string, or a callable (sync or async)
@@ -618,8 +695,12 @@ class WebSocketClient:
         open_timeout: seconds allowed for one attempt: ``headers`` provider, TCP/TLS and
             WebSocket handshakes, welcome, room rejoins and ``on_connect``; ``None``: no limit.
         close_timeout: seconds allowed for flushing the outbox on close, and for the closing
-            handshake.
-        ping_interval, ping_timeout: WebSocket keepalive (``None`` disables it).
+            handshake; then the TCP connection is closed whatever its state, so
+            :meth:`aclose` returns within ``2 * close_timeout`` seconds.
+        ping_interval, ping_timeout: the client's liveness check: a WebSocket ping every
+            ``ping_interval`` seconds; when its pong has not arrived ``ping_timeout`` seconds
+            later (``None``: no limit) the client drops the TCP connection
+            (:class:`HeartbeatTimeout`) and reconnects. ``ping_interval=None`` disables it.
         max_size: largest incoming message, in bytes (``None``: no limit).
         ssl: TLS context for ``wss://``.
         proxy: as websockets: ``True`` uses the system's proxy settings, ``None`` none, or a URL.
@@ -639,6 +720,7 @@ class WebSocketClient:
         queue_size: int = 1000,
         overflow: OverflowPolicy = "raise",
         receive_buffer: int = 1000,
+        receive_overflow: ReceiveOverflowPolicy = "reconnect",
         headers: HeadersLike | HeadersProvider | None = None,
         token: str | TokenProvider | None = None,
         refresh_margin: float | None = 30.0,
@@ -672,8 +754,18 @@ class WebSocketClient:
             raise ValueError("queue_size must be an integer >= 1")
         if overflow not in ("raise", "drop_oldest", "wait"):
             raise ValueError("overflow must be 'raise', 'drop_oldest' or 'wait'")
-        if isinstance(receive_buffer, bool) or receive_buffer < 0:
-            raise ValueError("receive_buffer must be an integer >= 0")
+        if isinstance(receive_buffer, bool) or receive_buffer < 1:
+            raise ValueError("receive_buffer must be an integer >= 1")
+        if receive_overflow not in ("reconnect", "drop_oldest", "wait"):
+            raise ValueError("receive_overflow must be 'reconnect', 'drop_oldest' or 'wait'")
+        if receive_overflow == "wait" and (ping_interval is None or ping_timeout is None):
+            # While waiting, the client does not read: only the heartbeat can tell it that
+            # the server died meanwhile.
+            raise ValueError("receive_overflow='wait' needs ping_interval and ping_timeout")
+        if ping_interval is not None and not ping_interval > 0:
+            raise ValueError("ping_interval must be None or > 0")
+        if ping_timeout is not None and not ping_timeout > 0:
+            raise ValueError("ping_timeout must be None or > 0")
         if open_timeout is not None and not open_timeout > 0:
             raise ValueError("open_timeout must be None or > 0")
         if not close_timeout > 0:
@@ -730,6 +822,7 @@ class WebSocketClient:
         # and the offsets seen lately, to drop duplicates.
         self._positions: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, _SeenOffsets] = {}
+        self._sub_seen: dict[str, _SeenOffsets] = {}  # the same per subscription key
         self._subscriptions: dict[str, _Subscription] = {}
         self._by_server_id: dict[str, str] = {}  # the server's subscription id -> key
         self._subscription_keys = 0
@@ -738,7 +831,14 @@ class WebSocketClient:
         """How many messages to ask for when a room's recovery is not possible."""
         self._request_ids = 0
 
-        self._recv_send, self._recv_receive = trio.open_memory_channel[Message](receive_buffer)
+        # The receive buffer: filled by the reader, never waiting for the app (the policy
+        # decides when it is full); read by receive() and the iterator.
+        self._inbox: deque[Message] = deque()
+        self._inbox_size = receive_buffer
+        self._inbox_policy = receive_overflow
+        self._inbox_closed = False
+        self._inbox_lot = trio.lowlevel.ParkingLot()  # receivers waiting for a message
+        self._waiting_for_room = False  # the supervisor or the reader waits for the app
 
         self._nursery_cm: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
         self._run_scope = trio.CancelScope()
@@ -794,10 +894,12 @@ class WebSocketClient:
         :class:`ClientClosed`. If connected: the outbox is flushed (at most ``close_timeout``
         seconds; incoming messages are still buffered meanwhile), then the WebSocket is closed
         with code 1000 (closing handshake bounded by ``close_timeout``; what arrives during it is
-        read and dropped, so unread messages cannot stall it). If connecting or waiting to
-        reconnect: that is cancelled. Messages still queued are discarded (``stats.discarded``);
-        pending ``join_room()`` calls raise :class:`ClientClosed`. The iterator yields what is
-        already buffered, then stops.
+        read and dropped, so unread messages cannot stall it); then the TCP connection and
+        websockets' tasks are closed whatever state they are in, so this returns within
+        ``2 * close_timeout`` seconds even when the server is dead. If connecting or waiting
+        to reconnect: that is cancelled. Messages still queued are discarded
+        (``stats.discarded``); pending ``join_room()`` and ``subscribe()`` calls raise
+        :class:`ClientClosed`. The iterator yields what is already buffered, then stops.
 
         Called from an event listener, it requests the close and returns without waiting (the
         listener runs in the task that does the closing).
@@ -997,14 +1099,36 @@ class WebSocketClient:
         self._positions.pop(room, None)
         self._seen.pop(room, None)
 
-    def subscribe(self, table: str, filters: Mapping[str, Any] | None = None) -> str:
-        """Subscribe to the changes of `table` matching `filters`; returns a key.
+    async def subscribe(self, table: str, filters: Mapping[str, Any] | None = None) -> str:
+        """Subscribe to the changes of `table` matching `filters`; returns the subscription's
+        key once it is live on the server.
 
-        The subscription is renewed after every reconnect, from the position of the last
-        change received (changes missed meanwhile are replayed, or a ``recovery_failed`` event
-        says they cannot be). ``data_update`` messages are delivered with an added ``key``. A
-        refusal arrives as an ``error`` message with the same ``key``; the subscription is then
-        forgotten.
+        Returns when the server's ``subscribed`` reply arrived: the subscription is registered
+        and, for a renewal, its replay is done. While the client is disconnected that is after
+        the next successful connection. Raises :class:`ServerError` when the server refuses
+        (``not_permitted``, ``invalid_field``, ``limit_exceeded``...): the subscription is then
+        forgotten and the refusal is not delivered as a message. Raises :class:`ClientClosed`
+        if the client closes first, :class:`ClientError` if :meth:`unsubscribe` is called
+        first. Cancelling the call does not cancel the subscription (the key is lost to the
+        caller then: :attr:`subscriptions` lists it).
+
+        The subscription is renewed after every reconnect, from the position of the last change
+        received (changes missed meanwhile are replayed, or a ``recovery_failed`` event says
+        they cannot be). ``data_update`` messages are delivered with an added ``key``, replayed
+        ones included.
+        """
+        key = self.subscribe_nowait(table, filters)
+        sub = self._subscriptions[key]
+        sub.awaited = True
+        await sub.live.wait()
+        return key
+
+    def subscribe_nowait(self, table: str, filters: Mapping[str, Any] | None = None) -> str:
+        """Like :meth:`subscribe`, but returns the key at once, without waiting for the server
+        (what ``subscribe()`` did before it became a coroutine).
+
+        A refusal arrives as an ``error`` message with the same ``key`` (the subscription is
+        then forgotten), as does the refusal of a renewal after a reconnect.
         """
         if not isinstance(table, str) or not table:
             raise ValueError("table must be a non-empty string")
@@ -1017,15 +1141,24 @@ class WebSocketClient:
         return key
 
     def unsubscribe(self, key: str) -> None:
-        """Forget a subscription; the server is told if it holds it. Unknown keys are ignored."""
+        """Forget a subscription; the server is told if the current connection holds it (or
+        as soon as its pending ``subscribed`` reply arrives). Changes of it still in flight
+        are dropped. A pending :meth:`subscribe` for it raises :class:`ClientError`. Unknown
+        keys are ignored."""
         sub = self._subscriptions.pop(key, None)
-        if sub is None or sub.server_id is None:
+        if sub is None:
             return
-        self._by_server_id.pop(sub.server_id, None)
-        message = {"type": "unsubscribe", "subscription": sub.server_id}
-        self._outbox.append(_Item(_DATA, text=_encode(message)))
-        self._queued += 1
-        self._changed.fire()
+        self._sub_seen.pop(key, None)
+        sub.live.fail(lambda: ClientError(f"unsubscribed {key!r} before it was live"))
+        sid = sub.server_id
+        if sid is None:
+            return  # not live on this connection; a `subscribed` still in flight is handled
+        self._by_server_id.pop(sid, None)
+        session = self._session
+        if session is not None and sid in session.server_ids:
+            session.abandoned.add(sid)
+            self._outbox.append(_Item(_UNSUBSCRIBE, room=sid))
+            self._changed.fire()
 
     @property
     def subscriptions(self) -> Mapping[str, tuple[str, dict[str, Any]]]:
@@ -1040,10 +1173,44 @@ class WebSocketClient:
         Waits while none is buffered, across reconnections. Once the client is closed and the
         buffer is empty, raises :class:`ClientClosed` (its ``error`` says why; ``None`` after a
         normal close)."""
-        try:
-            return await self._recv_receive.receive()
-        except trio.EndOfChannel:
+        message = await self._take()
+        if message is None:
             raise self._closed_exception() from self._close_error
+        return message
+
+    async def _take(self) -> Message | None:
+        """The next buffered message, waiting for one; None once closed and drained. A
+        cancelled call takes nothing."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._inbox:
+            if self._inbox_closed:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return None
+            await self._inbox_lot.park()
+        message = self._inbox.popleft()
+        if self._waiting_for_room and len(self._inbox) <= self._room_mark():
+            self._changed.fire()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
+
+    def _room_mark(self) -> int:
+        """How few unread messages let a waiting reader ("wait": one slot) or reconnect
+        ("reconnect": half the buffer) go on."""
+        return self._inbox_size - 1 if self._inbox_policy == "wait" else self._inbox_size // 2
+
+    def _deliver(self, message: Message) -> bool:
+        """Buffer `message` for the app; never waits. True when the buffer is now full under
+        the "reconnect" or "wait" policy (the caller drops the connection, or waits for
+        room); "drop_oldest" discards the oldest unread message instead."""
+        if self._inbox_closed:
+            return False
+        inbox = self._inbox
+        if self._inbox_policy == "drop_oldest" and len(inbox) >= self._inbox_size:
+            inbox.popleft()
+            self.stats.receive_dropped += 1
+        inbox.append(message)
+        self._inbox_lot.unpark_all()
+        return self._inbox_policy != "drop_oldest" and len(inbox) >= self._inbox_size
 
     def __aiter__(self) -> Self:
         return self
@@ -1051,12 +1218,12 @@ class WebSocketClient:
     async def __anext__(self) -> Message:
         """Like :meth:`receive`, but the iteration simply ends after a normal close; it raises
         :class:`ClientClosed` when a fatal error or exhausted reconnection closed the client."""
-        try:
-            return await self._recv_receive.receive()
-        except trio.EndOfChannel:
+        message = await self._take()
+        if message is None:
             if self._close_error is None:
-                raise StopAsyncIteration from None
+                raise StopAsyncIteration
             raise self._closed_exception() from self._close_error
+        return message
 
     async def wait_connected(self) -> None:
         """Wait until the client is CONNECTED (returns at once if it is).
@@ -1113,7 +1280,8 @@ class WebSocketClient:
             self._close_error = ending.error
             self._close_message = str(ending)
         self._state = ClientState.CLOSED
-        self._recv_send.close()
+        self._inbox_closed = True
+        self._inbox_lot.unpark_all()
         self.stats.discarded += self._queued
         for item in self._outbox:
             if item.waiter is not None and item.kind == _LEAVE:
@@ -1124,6 +1292,8 @@ class WebSocketClient:
         for waiter in self._rooms.values():
             waiter.fail(self._closed_exception)
         self._rooms.clear()
+        for sub in self._subscriptions.values():
+            sub.live.fail(self._closed_exception)
         self._changed.fire()
 
     async def _connection_loop(self) -> ClientClosed | None:
@@ -1142,6 +1312,9 @@ class WebSocketClient:
                         f"gave up after {failures} failed connection attempt(s): {last_error!r}",
                         error=last_error,
                     )
+                await self._wait_for_room()
+                if self._closing:
+                    return None
                 self._next_url()
                 delay = self.backoff.delay(retry, self._rng)
                 retry += 1
@@ -1166,7 +1339,8 @@ class WebSocketClient:
                 connections += 1
                 failures = 0
                 retry = 0
-            elif not outcome.closed_by_user:
+            elif not outcome.closed_by_user and not isinstance(outcome.error, ReceiveOverflow):
+                # (An overflow during the rejoins' replay is not a failure of the server.)
                 failures += 1
                 self.stats.failed_attempts += 1
                 log.info("connection attempt to %s failed: %r", self.url, outcome.error)
@@ -1174,7 +1348,12 @@ class WebSocketClient:
 
             ending: ClientClosed | None = None
             stop = outcome.closed_by_user or self._closing
-            if not stop and outcome.error is not None and self._is_fatal(outcome.error):
+            if (
+                not stop
+                and outcome.error is not None
+                and not isinstance(outcome.error, HeartbeatTimeout | ReceiveOverflow)
+                and self._is_fatal(outcome.error)
+            ):
                 stop = True
                 ending = ClientClosed(f"fatal error: {outcome.error!r}", error=outcome.error)
             if outcome.live:
@@ -1192,6 +1371,22 @@ class WebSocketClient:
                 )
             if stop:
                 return ending
+
+    async def _wait_for_room(self) -> None:
+        """Under the "reconnect" policy, wait before an attempt until the app has read the
+        receive buffer down to half: a new connection would overflow it again at once."""
+        if self._inbox_policy != "reconnect":
+            return
+        await self._wait_for_app()
+
+    async def _wait_for_app(self) -> None:
+        """Wait until the app has read the receive buffer down to `_room_mark()`."""
+        try:
+            while len(self._inbox) > self._room_mark() and not self._closing:
+                self._waiting_for_room = True
+                await self._changed.wait()
+        finally:
+            self._waiting_for_room = False
 
     def _next_url(self) -> None:
         """Move to the next URL (round-robin) for the coming attempt."""
@@ -1214,10 +1409,23 @@ class WebSocketClient:
                 if token is not None:
                     base = list(headers.items() if isinstance(headers, Mapping) else headers or ())
                     headers = [*base, ("Authorization", f"Bearer {token}")]
-                async with self._connect(headers) as ws:
-                    session = self._session = _Session(ws)
-                    session.token_expires_at = _token_exp(token)
-                    await self._run_session(session, scope, outcome, number)
+                # Everything tied to the connection runs in this nursery: websockets' own tasks
+                # (in _hold_open's task), the heartbeat, and the session. Its scope is cancelled
+                # when the connection ends, however it ends: the client never waits for
+                # websockets' frame reader to notice by itself (it may wait forever on its
+                # flow control once its stream was closed while reading was paused).
+                async with trio.open_nursery() as transport:
+                    try:
+                        ws = await transport.start(self._hold_open, headers)
+                        session = self._session = _Session(ws, transport.cancel_scope)
+                        session.token_expires_at = _token_exp(token)
+                        if self._ping_interval is not None:
+                            transport.start_soon(self._heartbeat, session)
+                        await self._run_session(session, scope, outcome, number)
+                    except Exception as exc:
+                        outcome.error = exc
+                    finally:
+                        transport.cancel_scope.cancel()
             except Exception as exc:
                 outcome.error = exc
             finally:
@@ -1236,9 +1444,68 @@ class WebSocketClient:
             if code is not None:
                 outcome.close_code = code
                 outcome.close_reason = session.ws.close_reason or ""
+            if session.drop_error is not None and not outcome.closed_by_user:
+                outcome.error = session.drop_error
             if outcome.error is None and not outcome.closed_by_user:
                 outcome.error = session.close_exc
         return outcome
+
+    async def _hold_open(
+        self,
+        headers: HeadersLike | None,
+        *,
+        task_status: trio.TaskStatus[ClientConnection] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Open the WebSocket, hand it to the attempt and keep it open until cancelled.
+
+        Cancelling this task ends websockets' nursery whatever its tasks are waiting for (on
+        the way out websockets tries a close frame, then closes the TCP connection)."""
+        async with self._connect(headers) as ws:
+            task_status.started(ws)
+            await trio.sleep_forever()
+
+    async def _heartbeat(self, session: _Session) -> None:
+        """Ping every ping_interval; drop the connection when a pong is ping_timeout late.
+
+        This does not rely on the app reading, nor on websockets' keepalive (whose timeout
+        path writes a close frame first, which can wait forever on a dead peer)."""
+        interval = self._ping_interval
+        assert interval is not None
+        limit = math.inf if self._ping_timeout is None else self._ping_timeout
+        ws = session.ws
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(limit) as waited:
+                try:
+                    pong = await ws.ping()
+                    await pong.wait()
+                except ConnectionClosed as exc:
+                    self._ended(session, exc)
+                    return
+            if waited.cancelled_caught:
+                self.stats.heartbeat_timeouts += 1
+                log.warning("no pong from %s within %ss: dropping the connection", self.url, limit)
+                self._drop(session, HeartbeatTimeout(f"no pong within ping_timeout={limit}s"))
+                return
+
+    def _ended(self, session: _Session, exc: ConnectionClosed) -> None:
+        """A task of the session met the end of the connection. The reader usually sees it
+        first, but not while it waits for the app (receive_overflow="wait"): whoever meets
+        it ends the session. (It does not cancel anything: a closing handshake in progress
+        goes on, within its bound.)"""
+        if not session.ended:
+            session.close_exc = exc
+            session.ended = True
+            self._changed.fire()
+
+    def _drop(self, session: _Session, error: ClientError) -> None:
+        """The client gives up on this connection: cancel everything tied to it (the TCP
+        connection is closed on the way out). `error` becomes the attempt's error."""
+        if not session.ended:
+            session.drop_error = error
+            session.ended = True
+        self._changed.fire()
+        session.scope.cancel()
 
     def _connect(self, headers: HeadersLike | None) -> connect:
         return connect(
@@ -1246,8 +1513,7 @@ class WebSocketClient:
             additional_headers=headers,
             compression="deflate" if self._compression else None,
             open_timeout=None,  # the attempt's cancel scope bounds handshake + welcome + rejoins
-            ping_interval=self._ping_interval,
-            ping_timeout=self._ping_timeout,
+            ping_interval=None,  # the client's own heartbeat (_heartbeat) checks liveness
             close_timeout=self._close_timeout,
             max_size=self._max_size,
             ssl=self._ssl,
@@ -1304,7 +1570,8 @@ class WebSocketClient:
             session.token_expires_at = new_exp  # until the reply says otherwise
             try:
                 await ws.send(_encode({"type": "refresh", "token": token, "id": rid}))
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                self._ended(session, exc)
                 return
             self.stats.refreshes += 1
 
@@ -1320,8 +1587,10 @@ class WebSocketClient:
                 await self._restore(session, welcome, number)
             except Exception as exc:  # ConnectionClosed, or the on_connect hook failed
                 failure = exc
-            if failure is None and session.reader_done:
-                failure = session.close_exc
+            if failure is None and session.ended:
+                # (A dropped session's scope is cancelled too; this only decides what the
+                # attempt reports if the cancellation has not landed yet.)
+                failure = session.drop_error or session.close_exc
             if failure is not None or self._closing:
                 nursery.cancel_scope.cancel()
             else:
@@ -1340,19 +1609,23 @@ class WebSocketClient:
                 nursery.start_soon(self._write_loop, session)
                 if callable(self._token) and self._refresh_margin is not None:
                     nursery.start_soon(self._refresh_loop, session)
-                while not session.reader_done and not session.close_requested:
+                while not session.ended and not session.close_requested:
                     await self._changed.wait()
-                if session.close_requested and not session.reader_done:
+                if session.close_requested and not session.ended:
                     with trio.move_on_after(self._close_timeout):
-                        while (self._outbox or session.writing) and not session.reader_done:
+                        while (self._outbox or session.writing) and not session.ended:
                             await self._changed.wait()
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
         if self._closing:
             outcome.closed_by_user = True
-            if not session.reader_done:
-                await self._close_gracefully(ws)
+            if not session.ended:
+                # websockets bounds the wait for the server's close frame, not the write of
+                # ours (a full socket buffer): bound both; the attempt then drops the TCP
+                # connection whatever happened.
+                with trio.move_on_after(self._close_timeout):
+                    await self._close_gracefully(ws)
 
     async def _receive_welcome(self, ws: ClientConnection) -> Message:
         """Read up to the welcome. ``error`` messages before it are delivered to the app (the
@@ -1369,7 +1642,7 @@ class WebSocketClient:
                 raise ProtocolViolation(
                     f"expected a welcome message, got a {message['type']!r} message"
                 )
-            await self._recv_send.send(message)
+            self._deliver(message)
 
     async def _restore(self, session: _Session, welcome: Message, number: int) -> None:
         """Rejoin the remembered rooms, send the on_connect messages, await the room replies."""
@@ -1382,16 +1655,18 @@ class WebSocketClient:
             session.join_sent.add(room)
             await ws.send(_encode(self._join_message(room, rid)))
         self._by_server_id.clear()
-        for key, sub in self._subscriptions.items():
-            sub.server_id = None
-            await ws.send(_encode(self._subscribe_message(key, sub, session)))
+        for sub in self._subscriptions.values():
+            sub.server_id = None  # the ids of the previous connection mean nothing here
+        for key, sub in list(self._subscriptions.items()):
+            if self._subscriptions.get(key) is sub:  # not unsubscribed meanwhile
+                await ws.send(_encode(self._subscribe_message(key, sub, session)))
         if self._on_connect is not None:
             info = ConnectInfo(welcome, number, tuple(room for room, _ in rooms))
             result = self._on_connect(info)
             messages = await result if inspect.isawaitable(result) else result
             for message in messages:
                 await ws.send(_encode(message))
-        while not session.reader_done and not session.restore_ids.isdisjoint(session.pending):
+        while not session.ended and not session.restore_ids.isdisjoint(session.pending):
             await self._changed.wait()
 
     async def _close_gracefully(self, ws: ClientConnection) -> None:
@@ -1399,7 +1674,7 @@ class WebSocketClient:
         server's close frame is not stuck behind unread messages."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._discard_incoming, ws)
-            await ws.aclose()  # bounded by close_timeout inside websockets
+            await ws.aclose()
             nursery.cancel_scope.cancel()
 
     @staticmethod
@@ -1423,13 +1698,17 @@ class WebSocketClient:
             if item.kind == _LEAVE:
                 assert item.waiter is not None
                 item.waiter.succeed()  # no connection holds the room any more
-            else:
+            elif item.kind != _UNSUBSCRIBE:  # subscriptions end with their connection
                 kept.append(item)
         self._outbox = kept
         self._changed.fire()
 
     # -- per-connection tasks -----------------------------------------------------------------
     async def _read_loop(self, session: _Session) -> None:
+        """Read every frame as soon as it arrives, whatever the app does: replies and positions
+        are handled here, the rest goes to the receive buffer (which never makes this wait).
+        So websockets never has a reason to stop reading the socket for long, and pongs,
+        close frames and the end of the connection are always seen."""
         ws = session.ws
         try:
             while True:
@@ -1440,17 +1719,31 @@ class WebSocketClient:
                     log.warning("dropping an invalid message from %s: %r", self.url, raw[:200])
                     continue
                 self.stats.received += 1
-                consumed = self._handle_control(session, message)
+                deliveries = self._handle_message(session, message)
+                full = False
+                for one in deliveries:
+                    full = self._deliver(one) or full
                 while self._recovery_failed:
                     room, reason = self._recovery_failed.pop(0)
                     await self._emit(ClientEvent("recovery_failed", room=room, reason=reason))
-                if not consumed:
-                    await self._recv_send.send(message)
+                if full and self._inbox_policy == "wait":
+                    # Backpressure: websockets stops reading the socket too. Pongs are not
+                    # read meanwhile: the heartbeat drops a connection left unread too long.
+                    await self._wait_for_app()
+                elif full:
+                    # Everything received is kept (its position too): the reconnect recovers
+                    # from there once the app has caught up (_wait_for_room).
+                    self.stats.overflows += 1
+                    log.warning(
+                        "the app is %d messages behind: dropping the connection to %s",
+                        len(self._inbox),
+                        self.url,
+                    )
+                    self._drop(session, ReceiveOverflow(f"{len(self._inbox)} messages unread"))
+                    return
         except ConnectionClosed as exc:
-            # Only the end of the connection sets reader_done; a cancelled reader does not.
-            session.close_exc = exc
-            session.reader_done = True
-            self._changed.fire()
+            # Only the end of the connection sets `ended` here; a cancelled reader does not.
+            self._ended(session, exc)
 
     def _join_message(self, room: str, rid: str) -> dict[str, Any]:
         message: dict[str, Any] = {"type": "join_room", "room": room, "id": rid}
@@ -1461,7 +1754,7 @@ class WebSocketClient:
 
     def _subscribe_message(self, key: str, sub: _Subscription, session: _Session) -> Message:
         rid = self._next_request_id()
-        session.subscribe_ids[rid] = key
+        session.subscribe_ids[rid] = (key, sub.table)
         message: dict[str, Any] = {
             "type": "subscribe",
             "table": sub.table,
@@ -1472,82 +1765,171 @@ class WebSocketClient:
             message["since"] = sub.position
         return message
 
-    def _track_position(self, session: _Session, message: Message) -> bool:
-        """Remember stream positions; handle subscription replies. True: consumed."""
+    def _handle_message(self, session: _Session, message: Message) -> list[Message]:
+        """Apply what a server message means for rooms, positions, subscriptions and requests.
+
+        Returns the messages to deliver to the app, in order: usually `message` itself, nothing
+        for a consumed reply or a duplicate, several when a `subscribed` reply releases the
+        changes replayed before it. Message types the client does not know reach the app
+        untouched."""
         mtype = message["type"]
         rid = message.get("id")
         if mtype == "data_update":
-            sid = message.get("subscription")
-            key = self._by_server_id.get(sid) if isinstance(sid, str) else None
-            event = message.get("event")
-            sub = self._subscriptions.get(key) if key is not None else None
-            if sub is not None and isinstance(event, dict) and _is_position(event.get("position")):
-                sub.position = event["position"]
-                message["key"] = key
-            return False
+            return self._on_data_update(session, message)
         if isinstance(rid, str) and rid in session.subscribe_ids:
-            key = session.subscribe_ids.pop(rid)
-            sub = self._subscriptions.get(key)
-            if sub is None:  # unsubscribed while the request was in flight
-                return bool(mtype == "subscribed")
-            message["key"] = key
-            if mtype == "error":
+            return self._on_subscribe_reply(session, message, rid)
+        if isinstance(rid, str) and rid in session.unsubscribe_ids:
+            session.unsubscribe_ids.discard(rid)
+            return []  # the reply to an unsubscribe() (or to a dropped subscription)
+        if self._track_room_position(message):
+            return []
+        if self._handle_control(session, message):
+            return []
+        return [message]
+
+    def _on_data_update(self, session: _Session, message: Message) -> list[Message]:
+        sid = message.get("subscription")
+        if not isinstance(sid, str):
+            return [message]
+        if sid in session.abandoned:
+            return []  # a change of a subscription this client dropped, still in flight
+        key = self._by_server_id.get(sid)
+        if key is None:
+            table = message.get("table")
+            if any(t == table or table is None for _, t in session.subscribe_ids.values()):
+                # Most likely the replay of a subscribe in flight: the server sends it before
+                # `subscribed` names the id. Held until a reply claims it.
+                session.held.setdefault(sid, []).append(message)
+                return []
+            return [message]  # not a subscription of this client's (a raw `subscribe` sent)
+        return self._claim_update(key, message)
+
+    def _claim_update(self, key: str, message: Message) -> list[Message]:
+        """A change of subscription `key`: dropped when already received, else delivered with
+        the key; its position is where a renewal starts."""
+        sub = self._subscriptions.get(key)
+        if sub is None:
+            return []
+        event = message.get("event")
+        position = event.get("position") if isinstance(event, dict) else None
+        if _is_position(position):
+            if not self._received(self._sub_seen, key, position):
+                self.stats.duplicates += 1
+                return []
+            sub.position = _later(sub.position, position)
+        message["key"] = key
+        return [message]
+
+    def _on_subscribe_reply(self, session: _Session, message: Message, rid: str) -> list[Message]:
+        mtype = message["type"]
+        key, table = session.subscribe_ids.pop(rid)
+        sub = self._subscriptions.get(key)
+        sid = message.get("subscription")
+        held = session.held.pop(sid, []) if isinstance(sid, str) else []
+        deliveries: list[Message] = []
+        if mtype == "subscribed":
+            if sub is None:
+                # Unsubscribed while the request was in flight: the server holds it now.
+                if isinstance(sid, str):
+                    session.abandoned.add(sid)
+                    session.server_ids.add(sid)
+                    self._outbox.appendleft(_Item(_UNSUBSCRIBE, room=sid))
+                    self._changed.fire()
+            else:
+                if isinstance(sid, str):
+                    sub.server_id = sid
+                    self._by_server_id[sid] = key
+                    session.server_ids.add(sid)
+                for update in held:
+                    deliveries.extend(self._claim_update(key, update))
+                position = message.get("position")
+                if _is_position(position):
+                    self._epoch_seen(self._sub_seen, key, position)
+                    sub.position = _later(sub.position, position)
+                if message.get("recovered") is False:
+                    self._recovery_failed.append(
+                        ("subscription:" + key, str(message.get("reason")))
+                    )
+                sub.live.succeed()
+        elif mtype == "error":
+            if sub is not None:  # else: unsubscribed meanwhile, nobody to tell
                 del self._subscriptions[key]
-                return False  # the app learns why
-            if mtype != "subscribed":
-                return False
-            sid = message.get("subscription")
-            if isinstance(sid, str):
-                sub.server_id = sid
-                self._by_server_id[sid] = key
-            if _is_position(message.get("position")):
-                sub.position = message["position"]
-            if message.get("recovered") is False:
-                self._recovery_failed.append(("subscription:" + key, str(message.get("reason"))))
-            return True
+                self._sub_seen.pop(key, None)
+                raised = sub.awaited and not sub.live.done  # `await subscribe()` hears it
+                sub.live.fail(lambda: ServerError(message))
+                if not raised:
+                    message["key"] = key
+                    deliveries.append(message)
+        else:
+            message["key"] = key
+            deliveries.append(message)
+        # Held changes no subscribe in flight can claim any more are not this client's
+        # subscriptions' (a raw `subscribe` the app sent): delivered untouched.
+        if not any(t == table for _, t in session.subscribe_ids.values()):
+            for other in [s for s, msgs in session.held.items() if msgs[0].get("table") == table]:
+                deliveries.extend(session.held.pop(other))
+        return deliveries
+
+    def _received(
+        self, trackers: dict[str, _SeenOffsets], stream: str, position: dict[str, Any]
+    ) -> bool:
+        """Record a received offset of `stream`; False when this client already had it."""
+        return self._epoch_seen(trackers, stream, position).add(position["offset"])
+
+    @staticmethod
+    def _epoch_seen(
+        trackers: dict[str, _SeenOffsets], stream: str, position: dict[str, Any]
+    ) -> _SeenOffsets:
+        """The received offsets of `stream` in `position`'s epoch (a new epoch starts empty)."""
+        seen = trackers.get(stream)
+        if seen is None or seen.epoch != position["epoch"]:
+            seen = trackers[stream] = _SeenOffsets(position["epoch"])
+        return seen
+
+    def _recovery_lost(self, room: str, reason: str) -> None:
+        """What `room` missed cannot be replayed: report it once and refetch the latest page."""
+        self._recovery_failed.append((room, reason))
+        history = {"type": "history", "room": room, "limit": self.refetch_limit}
+        self._outbox.appendleft(_Item(_DATA, text=_encode(history)))
+        self._queued += 1
+        self._changed.fire()
+
+    def _track_room_position(self, message: Message) -> bool:
+        """Positions and duplicates of the rooms this client is in. True: a duplicate (the app
+        already has it: not delivered)."""
         room = message.get("room")
-        if not isinstance(room, str):
+        if not isinstance(room, str) or room not in self._rooms:
             return False
+        mtype = message["type"]
         position: object = message.get("position")
         if mtype == "room_joined":
             if message.get("recovered") is False:
-                self._recovery_failed.append((room, str(message.get("reason"))))
-                history = {"type": "history", "room": room, "limit": self.refetch_limit}
-                self._outbox.appendleft(_Item(_DATA, text=_encode(history)))
-                self._queued += 1
-                self._changed.fire()
+                self._recovery_lost(room, str(message.get("reason")))
             if _is_position(position):
-                # The server's position, newer or not: what is at or below it was replayed
-                # or predates the join; offsets seen above it (same epoch) stay seen.
+                # The room's position, sent as `since` after a reconnect. It marks nothing as
+                # received: an offset at or below it that was still being written when the
+                # client joined may come later, and is delivered.
                 self._positions[room] = position
-                seen = self._seen.get(room)
-                if seen is None or seen.epoch != position["epoch"]:
-                    self._seen[room] = _SeenOffsets(position["epoch"], position["offset"])
-                else:
-                    seen.floor = max(seen.floor, position["offset"])
-        elif _is_position(position) and room in self._rooms:
-            # A room message is positioned by its own offset; a reply (a `history` page, or
-            # anything answering a request id) only carries the room's current position.
-            if mtype != "history" and rid is None:
-                seen = self._seen.get(room)
-                if seen is None or seen.epoch != position["epoch"]:
-                    seen = self._seen[room] = _SeenOffsets(position["epoch"], -math.inf)
-                if not seen.add(position["offset"]):
-                    self.stats.duplicates += 1
-                    return True  # consumed: the app already has it
-            known = self._positions.get(room)
-            if (
-                known is None
-                or known.get("epoch") != position["epoch"]
-                or known.get("offset", 0) < position["offset"]
-            ):
-                self._positions[room] = position
+                self._epoch_seen(self._seen, room, position)
+            return False
+        if mtype == "room_gap":
+            # A server announcing that this connection missed messages it cannot send: as a
+            # failed recovery. The message itself reaches the app untouched.
+            self._recovery_lost(room, str(message.get("reason", "gap")))
+            return False
+        if not _is_position(position):
+            return False
+        # A room message is positioned by its own offset; a reply (a `history` page, or
+        # anything answering a request id) only carries the room's current position.
+        is_reply = mtype == "history" or message.get("id") is not None
+        if not is_reply and not self._received(self._seen, room, position):
+            self.stats.duplicates += 1
+            return True
+        self._positions[room] = _later(self._positions.get(room), position)
         return False
 
     def _handle_control(self, session: _Session, message: Message) -> bool:
         """Apply what a message means for rooms and requests. True: consumed (not delivered)."""
-        if self._track_position(session, message):
-            return True
         mtype = message["type"]
         rid = message.get("id")
         if rid in session.refresh_ids and mtype in ("refreshed", "error"):
@@ -1622,7 +2004,8 @@ class WebSocketClient:
             try:
                 await ws.send(text)
                 written = True
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                self._ended(session, exc)
                 return
             finally:
                 session.writing = False
@@ -1652,9 +2035,20 @@ class WebSocketClient:
             return _encode(self._join_message(room, rid))
         if item.kind == _SUBSCRIBE:
             sub = self._subscriptions.get(room)
-            if sub is None or sub.server_id is not None or room in session.subscribe_ids.values():
+            if (
+                sub is None
+                or sub.server_id is not None
+                or any(key == room for key, _ in session.subscribe_ids.values())
+            ):
                 return None  # unsubscribed meanwhile, or already subscribed on this connection
             return _encode(self._subscribe_message(room, sub, session))
+        if item.kind == _UNSUBSCRIBE:
+            if room not in session.server_ids:
+                return None  # another connection's subscription: it ended with it
+            session.server_ids.discard(room)
+            rid = self._next_request_id()
+            session.unsubscribe_ids.add(rid)
+            return _encode({"type": "unsubscribe", "subscription": room, "id": rid})
         # _LEAVE
         assert item.waiter is not None
         if room in self._rooms or room not in session.join_sent:

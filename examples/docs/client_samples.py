@@ -45,7 +45,8 @@ def with_every_default(url: str) -> WebSocketClient:
         rng=None,                  # random.Random for the jitter (seed it to reproduce delays)
         queue_size=1000,           # outbox capacity, in application messages
         overflow="raise",          # "raise" | "drop_oldest" | "wait": outbox full while offline
-        receive_buffer=1000,       # incoming messages buffered for the app (backpressure beyond)
+        receive_buffer=1000,       # incoming messages buffered for the app (read all the time)
+        receive_overflow="reconnect",  # app that far behind: "reconnect" | "drop_oldest" | "wait"
         headers=None,              # mapping, or callable (sync/async) called before every attempt
         token=None,                # bearer token: str, or callable (sync/async), per attempt
         refresh_margin=30.0,       # with a callable token: refresh in-band this long before exp
@@ -53,8 +54,8 @@ def with_every_default(url: str) -> WebSocketClient:
         is_fatal=default_is_fatal, # which errors stop the client instead of reconnecting
         compression=True,          # permessage-deflate
         open_timeout=10.0,         # one whole attempt (see "What counts as connected")
-        close_timeout=10.0,        # flush on close, and the closing handshake, each
-        ping_interval=20.0, ping_timeout=20.0,   # WebSocket keepalive; None disables
+        close_timeout=10.0,        # flush on close, and the closing handshake, each; then dropped
+        ping_interval=20.0, ping_timeout=20.0,   # liveness: ping, no pong in time = reconnect
         max_size=2**20,            # largest incoming message in bytes
         ssl=None, proxy=True,      # as websockets
     )

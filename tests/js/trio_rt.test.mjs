@@ -62,36 +62,47 @@ test("positions: advance within an epoch, duplicates refused, a new epoch accept
   assert.ok(t.advance("room:r", { offset: 3, epoch: "e1" }));
   assert.ok(!t.advance("room:r", { offset: 3, epoch: "e1" }));
   assert.ok(t.advance("room:r", { offset: 5, epoch: "e1" }));
-  assert.ok(t.advance("room:r", { offset: 4, epoch: "e1" })); // late, not seen: delivered
-  assert.ok(!t.advance("room:r", { offset: 4, epoch: "e1" })); // now seen
+  assert.ok(t.advance("room:r", { offset: 4, epoch: "e1" })); // late, not received: delivered
+  assert.ok(!t.advance("room:r", { offset: 4, epoch: "e1" })); // now received
   assert.deepEqual(t.get("room:r"), { offset: 5, epoch: "e1" }); // the greatest
-  t.reset("room:r", { offset: 5, epoch: "e1" });
-  assert.ok(!t.advance("room:r", { offset: 2, epoch: "e1" })); // at or below the join: seen
+  t.reset("room:r", { offset: 7, epoch: "e1" }); // a join's position marks nothing received
+  assert.deepEqual(t.get("room:r"), { offset: 7, epoch: "e1" });
+  assert.ok(t.advance("room:r", { offset: 2, epoch: "e1" })); // below the join, never received
   assert.ok(t.advance("room:r", { offset: 6, epoch: "e1" }));
+  assert.ok(!t.advance("room:r", { offset: 5, epoch: "e1" })); // received before the reset
   assert.ok(t.advance("room:r", { offset: 1, epoch: "e2" }));
   assert.deepEqual(t.get("room:r"), { offset: 1, epoch: "e2" });
   assert.ok(t.advance("room:r", undefined)); // no position: nothing to compare
   t.reset("room:r", { offset: 0, epoch: "e3" });
   assert.deepEqual(t.get("room:r"), { offset: 0, epoch: "e3" });
+  t.observe("room:r", { offset: 4, epoch: "e3" }); // a history page: forward, nothing received
+  assert.deepEqual(t.get("room:r"), { offset: 4, epoch: "e3" });
+  assert.ok(t.advance("room:r", { offset: 4, epoch: "e3" }));
+  t.observe("room:r", { offset: 2, epoch: "e3" }); // never backwards
+  assert.deepEqual(t.get("room:r"), { offset: 4, epoch: "e3" });
   t.forget("room:r");
   assert.equal(t.get("room:r"), undefined);
 });
 
-test("positions: a bounded memory of recent offsets; older ones count as seen", () => {
+test("positions: a bounded window of received offsets; a floor only once it overflowed", () => {
   const t = new PositionTracker(4);
-  for (const o of [10, 11, 12, 13]) assert.ok(t.advance("s", { offset: o, epoch: "e" }));
-  assert.ok(t.advance("s", { offset: 14, epoch: "e" })); // 10 is forgotten: the floor
+  for (const o of [10, 12, 11, 13]) assert.ok(t.advance("s", { offset: o, epoch: "e" }));
+  assert.equal(t.positions.get("s").floor, -Infinity);
+  assert.ok(t.advance("s", { offset: 9, epoch: "e" })); // late: delivered, then forgotten
+  assert.equal(t.positions.get("s").floor, 9);
+  assert.ok(!t.advance("s", { offset: 9, epoch: "e" }));
+  assert.ok(!t.advance("s", { offset: 8, epoch: "e" })); // below the window: counted received
+  assert.ok(t.advance("s", { offset: 14, epoch: "e" })); // 10 leaves the window
   assert.equal(t.positions.get("s").seen.size, 4);
   assert.ok(!t.advance("s", { offset: 10, epoch: "e" }));
-  assert.ok(!t.advance("s", { offset: 9, epoch: "e" }));
   assert.ok(!t.advance("s", { offset: 11, epoch: "e" })); // still remembered
   t.reset("s", { offset: 12, epoch: "e" }); // the server's position, lower than the last
   assert.deepEqual(t.get("s"), { offset: 12, epoch: "e" });
-  assert.ok(!t.advance("s", { offset: 14, epoch: "e" })); // seen before the reset
+  assert.ok(!t.advance("s", { offset: 14, epoch: "e" })); // received before the reset
   assert.ok(t.advance("s", { offset: 15, epoch: "e" }));
-  t.reset("s", { offset: 1, epoch: "e2" }); // a new epoch: a fresh start above its position
+  t.reset("s", { offset: 1, epoch: "e2" }); // a new epoch: nothing received in it yet
+  assert.ok(t.advance("s", { offset: 1, epoch: "e2" }));
   assert.ok(!t.advance("s", { offset: 1, epoch: "e2" }));
-  assert.ok(t.advance("s", { offset: 2, epoch: "e2" }));
 });
 
 test("close codes: 4003 and policy violations stop, 4004 needs a new token", () => {
@@ -431,4 +442,124 @@ test("openTimeout covers a token provider that never answers", async () => {
   await tick();
   assert.equal(calls, 2);
   assert.deepEqual(sockets[0].protocols, ["trio_rt.v1", "bearer.t"]);
+});
+
+test("offsets at or below a join's position that were never received are delivered", async () => {
+  const { client, sockets, timers } = makeClient();
+  const got = [];
+  client.on("message", (m) => got.push(m.n));
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  const joined = client.joinRoom("r");
+  ws.deliver({ type: "room_joined", room: "r", id: ws.sent[0].id, position: { offset: 5, epoch: "e" } });
+  await joined;
+  const m = (n) => ({ type: "m", n, room: "r", position: { offset: n, epoch: "e" } });
+  ws.deliver(m(4)); // written before the join, delivered late
+  ws.deliver(m(6));
+  ws.drop(1006);
+  timers.runLongest();
+  await tick();
+  const ws2 = sockets[1];
+  ws2.deliver({ type: "welcome" });
+  await tick();
+  assert.deepEqual(ws2.sent[0].since, { offset: 6, epoch: "e" });
+  // 7 and 8 are still being written: nothing to replay, recovered at position 8.
+  ws2.deliver({
+    type: "room_joined",
+    room: "r",
+    id: ws2.sent[0].id,
+    recovered: true,
+    position: { offset: 8, epoch: "e" },
+  });
+  await tick();
+  ws2.deliver(m(7));
+  ws2.deliver(m(8));
+  ws2.deliver(m(8)); // received once: a duplicate now
+  assert.deepEqual(got, [4, 6, 7, 8]);
+  assert.equal(client.stats.duplicates, 1);
+  assert.deepEqual(client.positions.get("room:r"), { offset: 8, epoch: "e" });
+});
+
+test("room_gap: reported as a failed recovery, history refetched, delivered untouched", async () => {
+  const { client, sockets, events } = makeClient();
+  const got = [];
+  client.on("message", (m) => got.push(m));
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  const joined = client.joinRoom("r");
+  ws.deliver({ type: "room_joined", room: "r", id: ws.sent[0].id, position: { offset: 4, epoch: "e" } });
+  await joined;
+  const gap = {
+    type: "room_gap",
+    room: "r",
+    after: { offset: 4, epoch: "e" },
+    before: { offset: 7, epoch: "e" },
+    reason: "too_many",
+  };
+  const novel = { type: "brand_new", room: "r", x: 1 };
+  ws.deliver(gap);
+  ws.deliver(novel);
+  assert.deepEqual(got, [gap, novel]);
+  const failed = events.filter(([t]) => t === "recovery_failed").map(([, e]) => [e.room, e.reason]);
+  assert.deepEqual(failed, [["r", "too_many"]]);
+  assert.equal(ws.sent.at(-1).type, "history");
+});
+
+test("changes of another subscription id: held while a subscribe of their table is in flight, then delivered untouched", async () => {
+  const { client, sockets } = makeClient();
+  const got = [];
+  client.on("message", (m) => got.push(m));
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  const subscribed = client.subscribe("posts");
+  const req = ws.sent[0];
+  const change = (sid, table, offset) => ({
+    type: "data_update",
+    table,
+    subscription: sid,
+    event: { operation: "insert", key: {}, data: {}, position: { offset, epoch: "e" } },
+  });
+  ws.deliver(change("other", "tags", 1)); // no subscribe of "tags" in flight: at once
+  ws.deliver(change("raw", "posts", 1)); // held: may be this subscribe's replay
+  assert.deepEqual(got.map((m) => m.subscription), ["other"]);
+  ws.deliver({ type: "subscribed", id: req.id, subscription: "s1", table: "posts", position: { offset: 1, epoch: "e" } });
+  await subscribed;
+  assert.deepEqual(got.map((m) => m.subscription), ["other", "raw"]);
+});
+
+test("a subscription dropped before its reply is unsubscribed on the server, its changes dropped", async () => {
+  const { client, sockets } = makeClient();
+  const got = [];
+  client.on("message", (m) => got.push(m));
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  client.subscribe("posts").catch(() => {});
+  const req = ws.sent[0];
+  const sub = [...client._subs.values()][0];
+  sub.unsubscribe();
+  ws.deliver({ type: "subscribed", id: req.id, subscription: "s1", table: "posts", position: { offset: 0, epoch: "e" } });
+  await tick();
+  assert.deepEqual(
+    [ws.sent.at(-1).type, ws.sent.at(-1).subscription],
+    ["unsubscribe", "s1"],
+  );
+  ws.deliver({
+    type: "data_update",
+    table: "posts",
+    subscription: "s1",
+    event: { operation: "insert", key: {}, data: {}, position: { offset: 1, epoch: "e" } },
+  });
+  assert.deepEqual(got, []);
 });

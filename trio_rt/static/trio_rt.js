@@ -132,16 +132,21 @@ function isPosition(p) {
 }
 
 // --8<-- [start:positions]
-/** How many recent offsets a stream remembers to tell a duplicate from a late message. */
+/** How many offsets a stream remembers per epoch to tell a duplicate from a late message. */
 export const RECENT_OFFSETS = 1024;
 
 /**
- * The last position seen per stream ("room:<name>", "sub:<key>"), and the offsets seen lately.
- * `advance` returns false for a message already seen (a duplicate the client drops: recovery
- * overlapping live delivery) and true for a new one, also when it is older than the last one
- * (a *late* message: the server delivers one whose publish lost a race by more than its
- * reorder window). Offsets at or below the floor (the position of the last `room_joined`,
- * or older than the remembered ones) count as seen.
+ * Per stream ("room:<name>", "sub:<key>"): the last position (sent as `since` to recover), and
+ * the offsets this client received in that position's epoch. The duplicate rule, the same as
+ * trio_rt.client's: `advance` returns false for an offset this client already received
+ * (replayed or live: a duplicate the client drops), true for any other, also one lower than
+ * the greatest received (a *late* message: still being written when the client joined, or
+ * delivered after the server's reorder window). The positions of `room_joined`, `subscribed`
+ * and `history` replies (`reset`, `observe`) mark nothing as received.
+ *
+ * Memory is bounded: the `recent` greatest offsets received are remembered; only when that
+ * window overflows does its smallest offset leave it and become the floor, at or below which
+ * offsets count as received. Until then the floor is -Infinity.
  */
 export class PositionTracker {
   constructor(recent = RECENT_OFFSETS) {
@@ -154,44 +159,52 @@ export class PositionTracker {
     return p === undefined ? undefined : { offset: p.offset, epoch: p.epoch };
   }
 
-  /** Record `position`; false when it was already seen (cannot compare: true). */
+  _fresh(stream, position) {
+    const cur = { offset: position.offset, epoch: position.epoch, seen: new Set(), order: [] };
+    cur.floor = -Infinity;
+    this.positions.set(stream, cur);
+    return cur;
+  }
+
+  /** A message received at `position`; false when this client already received it. */
   advance(stream, position) {
-    if (!isPosition(position)) return true;
-    const cur = this.positions.get(stream);
+    if (!isPosition(position)) return true; // no position: nothing to compare
+    let cur = this.positions.get(stream);
+    if (cur === undefined || cur.epoch !== position.epoch) cur = this._fresh(stream, position);
     const o = position.offset;
-    if (cur === undefined || cur.epoch !== position.epoch) {
-      this.positions.set(stream, {
-        offset: o, epoch: position.epoch, seen: new Set([o]), floor: -Infinity,
-      });
-      return true;
-    }
     if (o <= cur.floor || cur.seen.has(o)) return false;
     cur.seen.add(o);
-    if (cur.seen.size > this.recent) {
-      const oldest = cur.seen.values().next().value; // insertion order ~ offset order
-      cur.seen.delete(oldest);
-      if (oldest > cur.floor) cur.floor = oldest;
+    // `order`: the remembered offsets, ascending (usually appended at the end).
+    let i = cur.order.length;
+    while (i > 0 && cur.order[i - 1] > o) i -= 1;
+    cur.order.splice(i, 0, o);
+    if (cur.order.length > this.recent) {
+      const forgotten = cur.order.shift();
+      cur.seen.delete(forgotten);
+      if (forgotten > cur.floor) cur.floor = forgotten;
     }
     if (o > cur.offset) cur.offset = o;
     return true;
   }
 
-  /** Take the server's position (`room_joined`), newer or not: what is at or below it was
-   * replayed or predates the join. Offsets seen above it in the same epoch stay seen. */
+  /** Take the server's position (`room_joined`, `subscribed`), newer or not; it marks
+   * nothing as received. Offsets received in the same epoch stay received. */
   reset(stream, position) {
     if (!isPosition(position)) {
       this.positions.delete(stream);
       return;
     }
     const cur = this.positions.get(stream);
-    if (cur !== undefined && cur.epoch === position.epoch) {
-      cur.offset = position.offset;
-      if (position.offset > cur.floor) cur.floor = position.offset;
-      return;
-    }
-    this.positions.set(stream, {
-      offset: position.offset, epoch: position.epoch, seen: new Set(), floor: position.offset,
-    });
+    if (cur !== undefined && cur.epoch === position.epoch) cur.offset = position.offset;
+    else this._fresh(stream, position);
+  }
+
+  /** Move the position forward to `position` (a `history` page's), marking nothing. */
+  observe(stream, position) {
+    if (!isPosition(position)) return;
+    const cur = this.positions.get(stream);
+    if (cur === undefined || cur.epoch !== position.epoch) this._fresh(stream, position);
+    else if (position.offset > cur.offset) cur.offset = position.offset;
   }
 
   forget(stream) {
@@ -286,9 +299,11 @@ export class TrioRtClient {
     this._rooms = new Map(); // room -> {waiters: [{resolve, reject}], joined: bool}
     this._subs = new Map(); // key -> Subscription
     this._subBySid = new Map();
-    // Changes replayed before `subscribed` names their sid: held until it does (bounded).
+    // Changes replayed before `subscribed` names their sid: held while a subscribe for their
+    // table is in flight (bounded), delivered once a reply claims them.
     this._early = new Map(); // sid -> [message]
-    this._subscribing = 0;
+    this._subscribing = new Map(); // table -> subscribe requests in flight
+    this._abandoned = new Set(); // sids unsubscribed: their changes still in flight are dropped
     this._attempt = 0; // failed attempts in a row (maxAttempts)
     this._attemptSeq = 0; // numbers attempts: a timed-out attempt's late results are ignored
     this._retries = 0; // retries scheduled in the current outage (backoff exponent)
@@ -475,6 +490,7 @@ export class TrioRtClient {
     }
     this._pending.clear();
     this._early.clear();
+    this._abandoned.clear();
     for (const sub of this._subs.values()) {
       if (sub.sid !== null) this._subBySid.delete(sub.sid);
       sub.sid = null;
@@ -657,7 +673,7 @@ export class TrioRtClient {
         entry.sending = false;
         if (this._rooms.get(room) !== entry) return;
         entry.joined = true;
-        this._roomJoined(room, reply, since);
+        this._roomJoined(room, reply);
         for (const w of entry.waiters.splice(0)) w.resolve(reply);
       },
       (err) => {
@@ -676,22 +692,23 @@ export class TrioRtClient {
     );
   }
 
-  _roomJoined(room, reply, since) {
-    const stream = `room:${room}`;
+  _roomJoined(room, reply) {
+    // The room's position, sent as `since` after a reconnect. It marks nothing as received:
+    // an offset at or below it still being written when the client joined is delivered later.
+    if (reply.position !== undefined) this.positions.reset(`room:${room}`, reply.position);
     if (reply.recovered === false) {
-      this.positions.reset(stream, reply.position);
-      const reason = reply.reason ?? "unknown";
-      this._emit("recovery_failed", { room, reason, position: reply.position });
-      if (this._refetchHistory) {
-        this.history(room).then(
-          (h) => this._emit("history", { room, messages: h.messages, position: h.position, reason }),
-          () => {}, // no history for this room (or the connection went): nothing to show
-        );
-      }
-    } else if (reply.recovered === true) {
-      this.positions.advance(stream, reply.position);
-    } else if (since === undefined && reply.position !== undefined) {
-      this.positions.reset(stream, reply.position);
+      this._recoveryLost(room, reply.reason ?? "unknown", reply.position);
+    }
+  }
+
+  /** What `room` missed cannot be replayed: "recovery_failed", then the latest page. */
+  _recoveryLost(room, reason, position) {
+    this._emit("recovery_failed", { room, reason, position });
+    if (this._refetchHistory) {
+      this.history(room).then(
+        (h) => this._emit("history", { room, messages: h.messages, position: h.position, reason }),
+        () => {}, // no history for this room (or the connection went): nothing to show
+      );
     }
   }
 
@@ -711,14 +728,14 @@ export class TrioRtClient {
   /**
    * Request a room's history: resolves with `{type:"history", room, messages, position}`.
    * Without `before`, the reply also moves the room's position forward (so a later recovery
-   * starts after what was shown).
+   * starts after what was shown); the page's offsets are not marked as received.
    */
   async history(room, { limit = this._historyLimit, before = undefined } = {}) {
     const msg = { type: "history", room, limit };
     if (before !== undefined) msg.before = before;
     const reply = await this.request(msg);
     if (before === undefined && this._rooms.has(room)) {
-      this.positions.advance(`room:${room}`, reply.position);
+      this.positions.observe(`room:${room}`, reply.position);
     }
     return reply;
   }
@@ -741,33 +758,53 @@ export class TrioRtClient {
     const since = this.positions.get(`sub:${sub.key}`);
     const msg = { type: "subscribe", table: sub.table, filters: sub.filters };
     if (since !== undefined) msg.since = since;
-    this._subscribing += 1;
+    const table = sub.table;
+    this._subscribing.set(table, (this._subscribing.get(table) ?? 0) + 1);
+    const settled = (sid) => {
+      const left = this._subscribing.get(table) - 1;
+      if (left > 0) this._subscribing.set(table, left);
+      else this._subscribing.delete(table);
+      const early = this._early.get(sid) ?? [];
+      this._early.delete(sid);
+      if (left <= 0) {
+        // Held changes no subscribe in flight can claim: not a subscription of this client's
+        // (e.g. a raw `subscribe` the app sent): delivered untouched.
+        for (const [other, held] of [...this._early]) {
+          if (held[0]?.table !== table) continue;
+          this._early.delete(other);
+          for (const m of held) this._emit("message", m);
+        }
+      }
+      return early;
+    };
     return this._requestNow(msg, "subscribe").then(
       (reply) => {
-        this._subscribing -= 1;
-        const early = this._early.get(reply.subscription) ?? [];
-        this._early.delete(reply.subscription);
-        if (this._subscribing === 0) this._early.clear();
-        if (this._subs.get(sub.key) !== sub) return;
-        sub.sid = reply.subscription;
+        const sid = reply.subscription;
+        const early = settled(sid);
+        if (this._subs.get(sub.key) !== sub) {
+          // Unsubscribed while the request was in flight: drop it on the server too.
+          this._abandoned.add(sid);
+          this._requestNow({ type: "unsubscribe", subscription: sid }, "unsubscribe").catch(
+            () => {}, // the connection went: the subscription went with it
+          );
+          return;
+        }
+        sub.sid = sid;
         this._subBySid.set(sub.sid, sub);
         for (const m of early) this._onDataUpdate(m);
         const stream = `sub:${sub.key}`;
+        this.positions.reset(stream, reply.position); // marks nothing as received
         if (reply.recovered === false && since !== undefined) {
-          this.positions.reset(stream, reply.position);
           this._emit("recovery_failed", {
             table: sub.table,
             subscription: sub,
             reason: reply.reason ?? "unknown",
           });
-        } else {
-          this.positions.advance(stream, reply.position);
         }
         for (const w of sub.waiters.splice(0)) w.resolve(sub);
       },
       (err) => {
-        this._subscribing -= 1;
-        if (this._subscribing === 0) this._early.clear();
+        settled(undefined);
         if (err instanceof ServerError) {
           this._subs.delete(sub.key);
           if (renew && sub.waiters.length === 0) {
@@ -788,11 +825,13 @@ export class TrioRtClient {
     if (sid === null) return null;
     this._subBySid.delete(sid);
     if (this.state !== "open") return null;
+    this._abandoned.add(sid);
     return this.request({ type: "unsubscribe", subscription: sid });
   }
 
   // -- receiving ------------------------------------------------------------------------------
   _onDataUpdate(msg) {
+    if (this._abandoned.has(msg.subscription)) return; // unsubscribed, still in flight
     const sub = this._subBySid.get(msg.subscription);
     if (sub !== undefined) {
       if (!this.positions.advance(`sub:${sub.key}`, msg.event?.position)) {
@@ -815,7 +854,9 @@ export class TrioRtClient {
       return;
     }
     if (msg.type === "data_update") {
-      if (!this._subBySid.has(msg.subscription) && this._subscribing > 0) {
+      const claimable =
+        msg.table === undefined ? this._subscribing.size > 0 : this._subscribing.has(msg.table);
+      if (!this._subBySid.has(msg.subscription) && claimable) {
         const held = this._early.get(msg.subscription) ?? [];
         if (held.length < MAX_EARLY_UPDATES) held.push(msg);
         this._early.set(msg.subscription, held);
@@ -824,7 +865,8 @@ export class TrioRtClient {
       this._onDataUpdate(msg);
       return;
     }
-    if (typeof msg.room === "string" && msg.position !== undefined && this._rooms.has(msg.room)) {
+    const positioned = msg.position !== undefined && msg.type !== "room_gap";
+    if (typeof msg.room === "string" && positioned && this._rooms.has(msg.room)) {
       if (!this.positions.advance(`room:${msg.room}`, msg.position)) {
         this.stats.duplicates += 1; // already seen (recovery overlapping live delivery)
         return;
@@ -833,6 +875,11 @@ export class TrioRtClient {
     if ((msg.type === "room_kicked" || msg.type === "room_left") && msg.id === undefined) {
       this._rooms.delete(msg.room);
       this.positions.forget(`room:${msg.room}`);
+    }
+    if (msg.type === "room_gap" && this._rooms.has(msg.room)) {
+      // The server says this connection missed messages it cannot send: as a failed
+      // recovery. The message itself is delivered untouched below.
+      this._recoveryLost(msg.room, msg.reason ?? "gap", msg.position);
     }
     if (msg.type === "error") this._emit("error", new ServerError(msg));
     this._emit("message", msg);
