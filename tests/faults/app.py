@@ -170,6 +170,7 @@ async def build_rooms(**options: Any) -> WebSocketManager:
     config = Config.from_env()
     services: list[Any] = []
     session = await open_session_for(services, config)
+    # RoomHistory's defaults (reorder_window 0.2 s...): what docs/streams.md promises.
     history = RoomHistory(
         CassandraStreamStore(session, config.keyspace),
         RedisSequencer(config.redis_url, namespace=config.namespace),
