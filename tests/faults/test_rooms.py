@@ -10,6 +10,7 @@ senders got ``said`` for (`ledger.compare`).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -164,6 +165,7 @@ def _params(proxied: int) -> dict[str, object]:
         "seconds": DURATION,
         "fault_at": FAULT_AT,
         "proxied_receivers": proxied,
+        "reorder_window": os.environ.get("FAULTS_REORDER_WINDOW") or "default (0.2)",
     }
 
 
