@@ -1,0 +1,97 @@
+"""The suite's own arithmetic, without processes: what counts as lost, duplicated, out of
+order, refetched; the proxy's frame counting; the harness's reading of filters."""
+
+from __future__ import annotations
+
+import struct
+
+from .harness import matches
+from .ledger import Delivery, FrameCounter, compare
+
+E = "e1"
+
+
+def live(*offsets: int, epoch: str = E) -> list[Delivery]:
+    return [Delivery(f"m{o}", o, epoch) for o in offsets]
+
+
+def test_everything_once_in_order_is_clean() -> None:
+    report = compare("c", "room", {"m1", "m2", "m3"}, live(1, 2, 3))
+    assert report.counts.clean
+    assert (report.counts.expected, report.counts.delivered) == (3, 3)
+
+
+def test_a_missing_acknowledged_id_is_lost_and_named() -> None:
+    report = compare("c", "room", {"m1", "m2", "m3"}, live(1, 3))
+    assert report.counts.lost == 1
+    assert report.lost_ids == ["m2"]
+    assert report.counts.out_of_order == 0  # a gap is not disorder
+
+
+def test_a_second_live_delivery_is_a_duplicate_not_disorder() -> None:
+    report = compare("c", "room", {"m1", "m2"}, live(1, 2, 2))
+    assert (report.counts.duplicated, report.counts.out_of_order) == (1, 0)
+    assert report.duplicated == [("m2", 2, 2)]
+
+
+def test_a_late_offset_is_out_of_order() -> None:
+    report = compare("c", "room", {"m1", "m2", "m3"}, live(1, 3, 2))
+    assert report.counts.out_of_order == 1
+    assert report.out_of_order == [("m2", 2, 3)]
+    assert report.counts.lost == 0
+
+
+def test_a_page_entry_the_client_had_is_an_overlap_and_a_new_one_is_refetched() -> None:
+    page = [Delivery("m1", 1, E, live=False), Delivery("m2", 2, E, live=False)]
+    report = compare("c", "room", {"m1", "m2"}, [*live(1), *page])
+    assert report.counts.clean
+    assert report.counts.refetched == 1
+
+
+def test_a_live_delivery_after_the_page_that_had_it_is_a_duplicate() -> None:
+    page = [Delivery("m2", 2, E, live=False)]
+    report = compare("c", "room", {"m1", "m2"}, [*live(1), *page, *live(2)])
+    assert report.counts.duplicated == 1
+
+
+def test_unacknowledged_deliveries_are_extra_never_an_error() -> None:
+    report = compare("c", "room", {"m1"}, live(1, 2))
+    assert report.counts.clean
+    assert report.counts.extra == 1
+
+
+def test_a_new_epoch_restarts_the_order() -> None:
+    deliveries = [*live(5, 6), *live(1, 2, epoch="e2")]
+    report = compare("c", "room", {"m5", "m6", "m1", "m2"}, deliveries)
+    assert report.counts.clean
+    assert report.counts.epoch_changes == 1
+
+
+def frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes([0x81, n]) + payload
+    if n < 65536:
+        return bytes([0x81, 126]) + struct.pack("!H", n) + payload
+    return bytes([0x81, 127]) + struct.pack("!Q", n) + payload
+
+
+def test_frame_counter_skips_the_http_response_and_counts_split_frames() -> None:
+    stream = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+    stream += frame(b"a" * 10) + frame(b"b" * 300) + frame(b"c" * 70000)
+    counter = FrameCounter()
+    for i in range(0, len(stream), 7):  # any split
+        counter.feed(stream[i : i + 7])
+    assert counter.frames == 3
+    counter.feed(frame(b"d")[:1])
+    assert counter.frames == 3
+
+
+def test_the_harness_reads_filters_like_the_protocol_says() -> None:
+    row = {"category": "c1", "score": 40, "writer": "w2"}
+    assert matches({"category": "c1"}, row)
+    assert matches({"category": {"in": ["c0", "c1"]}}, row)
+    assert matches({"score": {"gte": 40, "lt": 41}}, row)
+    assert not matches({"score": {"gt": 40}}, row)
+    assert not matches({"writer": "w2", "score": {"lt": 40}}, row)
+    assert not matches({"missing": {"gte": 0}}, row)
