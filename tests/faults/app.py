@@ -203,15 +203,10 @@ async def build_rooms(**options: Any) -> WebSocketManager:
 
 # -- change streams -------------------------------------------------------------------------------
 async def create_schema(session: CassandraSession, keyspace: str) -> None:
-    """Every table of the keyspace: room history, change streams, watcher positions, items.
+    """Every table of the keyspace: room history, change streams, watcher positions, items."""
+    from trio_rt.cassandra import create_schema as create_trio_rt_schema
 
-    Today this needs a throwaway manager for the watcher positions table (issue 12 asks for
-    one call); replace the body when that lands."""
-    store = CassandraStreamStore(session, keyspace)
-    db = Database(session, keyspace)
-    await db.create_table(ITEMS)
-    changes = ChangeStreamManager(db, WebSocketManager(port=0), store=store)
-    await changes.create_schema()
+    await create_trio_rt_schema(session, keyspace, tables=[ITEMS])
 
 
 def open_journal(path: Path) -> IO[str]:
@@ -258,25 +253,19 @@ async def build_changes(**options: Any) -> WebSocketManager:
 
 @contextlib.asynccontextmanager
 async def open_writer(config: Config) -> AsyncIterator[Database]:
-    """A `Database` whose writes are captured and announced to the servers.
-
-    Today the only public way is a whole `WebSocketManager` (on a port nobody uses) with a
-    `ChangeStreamManager` (issue 12 asks for a write-only publisher); replace this body when
-    it lands."""
-    from trio_rt import RedisBroker, RedisSequencer
+    """A `Database` whose writes are captured and announced to the servers: a write-only
+    process with a `ChangePublisher` (no WebSocketManager)."""
+    from trio_rt import ChangePublisher, RedisBroker, RedisSequencer
 
     async with cassandra_session(config) as session:
-        manager = WebSocketManager(
-            port=0, broker=RedisBroker(config.redis_url), **server_options(config, {})
-        )
         db = Database(session, config.keyspace)
-        ChangeStreamManager(
+        publisher = ChangePublisher(
             db,
-            manager,
-            store=CassandraStreamStore(session, config.keyspace),
+            broker=RedisBroker(config.redis_url),
             sequencer=RedisSequencer(config.redis_url, namespace=config.namespace),
+            store=CassandraStreamStore(session, config.keyspace),
         )
-        async with manager:
+        async with publisher:
             yield db
 
 

@@ -13,15 +13,13 @@
 - `Record` aggregates `ledger.compare` per client and stream, prints one line, writes JSON
   under ``test-artifacts/faults/``.
 
-Client-side API calls that issue 12 changes are in `subscribe_live` (and the client options
-in `make_client`).
+The client options are in `make_client`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import inspect
 import json
 import os
 import random
@@ -428,21 +426,9 @@ def make_client(urls: Sequence[str], index: int, **options: Any) -> WebSocketCli
 
 
 async def subscribe_live(client: WebSocketClient, table: str, filters: Mapping[str, Any]) -> str:
-    """Subscribe and return once the subscription is live on the server.
-
-    Issue 12 makes ``await client.subscribe(...)`` return once live. Until then ``subscribe``
-    returns a key at once, and nothing public says when the server registered it: this waits
-    for the client's record of the server's subscription id (private; remove with the fix)."""
-    result: Any = client.subscribe(table, dict(filters))
-    if inspect.isawaitable(result):
-        result = await result
-        return str(result)
-    key = str(result)
-    subs = client._subscriptions  # compat: see the docstring
-    await wait_until(
-        lambda: key in subs and subs[key].server_id is not None, 60, "subscription live"
-    )
-    return key
+    """Subscribe; returns the key once the subscription is live on the server (its replay,
+    if any, done)."""
+    return await client.subscribe(table, dict(filters))
 
 
 class Actor:

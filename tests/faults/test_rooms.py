@@ -114,7 +114,14 @@ async def run_rooms(
             for i in range(RECEIVERS):
                 if i < proxied:
                     assert d.proxy is not None
-                    client = make_client([d.proxy.url, *urls[1:]], 0, receive_buffer=PROXIED_BUFFER)
+                    # "wait": the client stops reading its socket while the app is busy
+                    # (backpressure), the condition under which a cut once hung the client.
+                    client = make_client(
+                        [d.proxy.url, *urls[1:]],
+                        0,
+                        receive_buffer=PROXIED_BUFFER,
+                        receive_overflow="wait",
+                    )
                 else:
                     client = make_client(urls, i)
                 d.receivers.append(Receiver(f"r{i:02d}", client, ROOMS))
@@ -122,8 +129,6 @@ async def run_rooms(
                 d.senders.append(Sender(f"p{i}", make_client(urls, i), ROOMS[i % len(ROOMS)]))
             async with running(d.actors):
                 timeline.note("clients connected, in their rooms")
-                await _warm_up(d)
-                timeline.note("warm-up message of each room delivered everywhere")
                 await _traffic(d, fault)
                 timeline.note("traffic done")
                 record.settled = await settle(
@@ -167,23 +172,6 @@ def _params(proxied: int) -> dict[str, object]:
         "proxied_receivers": proxied,
         "reorder_window": os.environ.get("FAULTS_REORDER_WINDOW") or "default (0.2)",
     }
-
-
-async def _warm_up(d: Rooms) -> None:
-    """One message per room, acknowledged and received by every receiver, before the
-    measured traffic: every server's reorder buffer then starts at the room's first offset.
-    (Without it, two servers publishing a room's first offsets at once can hand a member
-    offset 2 before 1: issue 12's "offsets go backwards at the start of a room", which is
-    not a fault and has its own test.)"""
-    for room in ROOMS:
-        sender = next(s for s in d.senders if s.room == room)
-        await sender.say()
-        mid = sender.sent[-1]
-        await wait_until(
-            lambda: all(mid in r.ids[room] for r in d.receivers),  # noqa: B023
-            60,
-            f"warm-up message {mid} delivered to every receiver",
-        )
 
 
 async def _traffic(d: Rooms, fault: Fault | None) -> None:
@@ -322,9 +310,9 @@ def cassandra_pause(seconds: float = 4.0) -> Fault:
 
 
 async def cut_while_flooding(d: Rooms) -> None:
-    """The receivers behind the proxy stop reading (their app is busy), the senders flood the
-    rooms, and once each of those clients was sent far more than it buffers (websockets has
-    paused reading its socket), the proxy resets their TCP connections. The app stays busy a
+    """The receivers behind the proxy stop reading (their app is busy; their clients use the
+    ``receive_overflow="wait"`` policy, so they stop reading the socket too), the senders flood
+    the rooms, and once each of those clients was sent far more than it buffers, the proxy resets their TCP connections. The app stays busy a
     little longer (the client's keepalive ping meets the dead connection meanwhile), then
     reads again: each client must notice the dead connection, reconnect and recover what it
     missed."""
