@@ -143,6 +143,32 @@ async def test_pages_reconnect_after_a_server_restart(tmp_path: Path) -> None:
         await server.stop()
 
 
+async def test_messages_stay_in_position_order_across_a_restart(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        server = DemoServer(nursery, free_port())
+        await server.start()
+        lines = await run_scenario("restart_order", server, tmp_path)
+        assert "@@ stop" in lines and "@@ start" in lines
+        await server.stop()
+
+
+async def test_the_login_form_states_the_name_rule(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        server = DemoServer(nursery, free_port())
+        await server.start()
+        await run_scenario("login_rules", server, tmp_path)
+        await server.stop()
+
+
+async def test_the_page_without_dev_tokens(tmp_path: Path) -> None:
+    """As on a core install (no `auth` extra): the page connects with ?user=."""
+    async with trio.open_nursery() as nursery:
+        server = DemoServer(nursery, free_port(), tokens=False)
+        await server.start()
+        await run_scenario("core_install", server, tmp_path)
+        await server.stop()
+
+
 async def test_a_page_recovers_what_it_missed_on_the_same_server(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         server = DemoServer(nursery, free_port())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from trio_rt_examples import chat
+from trio_rt_examples import chat, web_ui
 from trio_rt_examples.seed import (
     broadcasting,
     connection_management,
@@ -279,7 +280,30 @@ async def test_chat_web_ui_routes_and_dev_tokens() -> None:
             stats = json.loads(body)
             assert stats["connections"] == 1 and stats["server_id"] == manager.server_id
         status, _, body = await http_get(manager, "/demo/config")
-        assert json.loads(body)["posts"] is False
+        config = json.loads(body)
+        assert config["posts"] is False and config["tokens"] is True
+        assert config["off"] == [web_ui.POSTS_OFF]  # the dev tokens are on here
+        assert config["name_rule"] == web_ui.NAME_RULE
+
+
+async def test_the_pages_polling_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """The page polls /demo/stats every 2 s: plain HTTP answers are DEBUG lines, not INFO."""
+    from .test_browser_client import http_get
+
+    manager = chat.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    with caplog.at_level(logging.DEBUG, logger="trio_rt"):
+        async with manager:
+            for _ in range(3):
+                assert (await http_get(manager, "/demo/stats"))[0] == 200
+            async with client(manager, "/?user=ann"):
+                pass
+    http = [r for r in caplog.records if r.name == "trio_rt.websockets"]
+    sent = [r for r in http if r.getMessage() == "HTTP response sent (200 OK)"]
+    assert len(sent) == 3 and {r.levelno for r in sent} == {logging.DEBUG}
+    info = [r.getMessage() for r in http if r.levelno >= logging.INFO]
+    # What is left at INFO: the server itself and the WebSocket connection.
+    assert "HTTP response sent (200 OK)" not in info and "connection open" in info
+    assert info.count("connection closed") == 1  # the WebSocket's; the 3 GETs' are DEBUG
 
 
 async def test_getting_started_samples(capsys: pytest.CaptureFixture[str]) -> None:

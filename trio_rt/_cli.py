@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             manager = await load_app(spec, **options)
         except (TypeError, ValueError) as exc:  # bad options: a usage error
             raise SystemExit(f"trio-rt: {exc}") from None
+        except ImportError as exc:  # e.g. --cassandra without the `cassandra` extra
+            raise SystemExit(f"trio-rt: {exc}") from None
         await run_until_signalled(manager)
 
     try:
