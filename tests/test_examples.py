@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from trio_rt_examples.seed import (
     room_management,
     server_setup,
 )
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 from websockets.typing import Subprotocol
 
@@ -29,20 +32,82 @@ from .conftest import client, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def test_readme_sample_runs() -> None:
+def readme_sample() -> str:
     text = (ROOT / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S)
     assert code is not None
-    source = code.group(1).replace("port=3001", "port=0").replace("trio.run(main)", "")
+    return code.group(1)
+
+
+async def test_readme_sample_runs() -> None:
+    source = readme_sample().replace("port=3001", "port=0").replace("trio.run(main)", "")
     namespace: dict[str, Any] = {}
     exec(compile(source, "README.md", "exec"), namespace)
     manager: WebSocketManager = namespace["manager"]
     async with manager, client(manager, "/?user=ann") as ann:
         assert ann.welcome is not None and ann.welcome["user_id"] == "ann"
+        # Only members write to a room; bad payloads get a validation error, not internal_error.
+        reply = await ann.request(
+            {"type": "chat_message", "payload": {"room": "lobby", "message": "hi"}}
+        )
+        assert reply["type"] == "error" and reply["code"] == "not_in_room", reply
         await ann.request({"type": "join_room", "room": "lobby"})
+        for bad in [
+            {"type": "chat_message"},
+            {"type": "chat_message", "payload": {}},
+            {"type": "chat_message", "payload": {"room": "lobby", "message": 5}},
+            {"type": "chat_message", "payload": ["lobby", "hi"]},
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == "invalid_field", (bad, reply)
         await ann.send({"type": "chat_message", "payload": {"room": "lobby", "message": "hi"}})
         msg = await ann.recv()
         assert msg == {"type": "chat_message", "data": {"user_id": "ann", "message": "hi"}}
+    assert manager.stats.handler_errors == 0  # no traceback in the log
+
+
+async def test_readme_sample_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Run as a program, the sample serves until Ctrl-C, then exits 0 without a traceback
+    (it once printed a 34-line ExceptionGroup around KeyboardInterrupt)."""
+    from .conftest import free_port
+
+    port = free_port()
+    script = tmp_path / "readme_sample.py"
+    script.write_text(readme_sample().replace("port=3001", f"port={port}"))
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # Ctrl-C's default action, whatever this process inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    out = b""
+    try:
+        with trio.fail_after(30):  # a deadlock guard: poll until the sample accepts connections
+            while True:
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    assert proc.returncode is None, "the sample exited"
+                    await trio.sleep(0.05)
+        async with connect(f"ws://127.0.0.1:{port}/?user=ann") as ws:
+            assert json.loads(await ws.recv())["user_id"] == "ann"
+            proc.send_signal(signal.SIGINT)
+            with pytest.raises(ConnectionClosed) as info:
+                with trio.fail_after(10):
+                    await ws.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        with trio.fail_after(20):
+            while chunk := await proc.stdout.receive_some():
+                out += chunk
+            assert await proc.wait() == 0, out.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"Traceback" not in out and b"ExceptionGroup" not in out, out.decode()
 
 
 async def test_chat_example_validates_its_input() -> None:
@@ -133,8 +198,22 @@ async def test_seed_message_handling() -> None:
         reply = await bob.request({"type": "query", "payload": {}})
         assert reply["code"] == "invalid_field"
         await bob.request({"type": "join_room", "room": "r"})
-        await ann.send({"type": "chat_message", "payload": {"room": "r", "message": "yo"}})
+        # Only members write to a room; bad payloads get validation errors.
+        chat = {"type": "chat_message", "payload": {"room": "r", "message": "yo"}}
+        assert (await ann.request(chat))["code"] == "not_in_room"
+        await ann.request({"type": "join_room", "room": "r"})
+        for bad in [
+            {"type": "chat_message"},
+            {"type": "chat_message", "payload": {}},
+            {"type": "chat_message", "payload": {"room": "r"}},
+            {"type": "chat_message", "payload": {"room": "r", "message": 5}},
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == "invalid_field", (bad, reply)
+        await ann.send(chat)
         assert (await bob.recv())["data"] == {"user_id": "ann", "message": "yo"}
+        assert (await ann.recv())["data"] == {"user_id": "ann", "message": "yo"}
+        assert manager.stats.handler_errors == 0
         reply = await ann.request({"type": "subscribe", "payload": {"table": "posts"}})
         assert reply["code"] == "invalid_field" and "table" in reply["message"]
 
@@ -308,6 +387,17 @@ async def test_the_pages_polling_is_logged_at_debug(caplog: pytest.LogCaptureFix
 
 async def test_getting_started_samples(capsys: pytest.CaptureFixture[str]) -> None:
     from trio_rt_examples import getting_started
+
+    manager = getting_started.build_server(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with manager, client(manager, "/?user=ann") as ann:
+        for bad, code in [
+            ({"type": "say", "room": "lobby", "text": "hi"}, "not_in_room"),
+            ({"type": "say"}, "invalid_field"),
+            ({"type": "say", "room": "lobby", "text": 5}, "invalid_field"),
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+        assert manager.stats.handler_errors == 0
 
     await getting_started.main(port=0)
     assert "{'type': 'said', 'user': 'ann', 'text': 'hello'}" in capsys.readouterr().out

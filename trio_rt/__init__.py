@@ -19,6 +19,7 @@ from importlib.util import find_spec as _find_spec
 from typing import TYPE_CHECKING
 
 from ._broker import Broker, MemoryBroker, MemoryHub
+from ._cli import serve_until_signalled
 from ._connection import Connection, Request
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
@@ -113,6 +114,7 @@ __all__ = [
     "rendezvous_owner",
     "rendezvous_rank",
     "rendezvous_score",
+    "serve_until_signalled",
 ]
 if TYPE_CHECKING:
     __all__ += [
