@@ -96,3 +96,54 @@ def test_the_page_check_catches_inline_code() -> None:
     blocks = FENCE.findall("text\n```python\nx = 1\n```\n\n  ```yaml\n  a: 1\n  ```\n")
     assert blocks == [("python", "x = 1\n"), ("yaml", "  a: 1\n")]
     assert all(lang not in INLINE_LANGUAGES for lang, _ in blocks)
+
+
+# -- installing: the docs must not promise a package-index release that does not exist --------
+CHANGELOG = ROOT / "CHANGELOG.md"
+RELEASED = re.compile(r"^## v?\d+\.\d+\.\d+", re.M)  # "## 0.2.0 - 2027-01-15"
+INDEX_INSTALL = re.compile(
+    r"pip install\s+(?:-\S+\s+)*[\"']?trio_rt(?:\[[\w,]+\])?[\"']?(?=\s|$)(?!\s*@)"
+)
+
+
+def install_commands() -> list[tuple[str, str]]:
+    """Every `pip install` line in a shell block of README.md and docs/*.md."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for lang, body in FENCE.findall(path.read_text()):
+            if lang in ("sh", "bash", "console", ""):
+                found += [(path.name, ln) for ln in body.splitlines() if "pip install" in ln]
+    return found
+
+
+def test_install_docs_match_what_is_released() -> None:
+    """Until CHANGELOG.md has a released version, every documented install comes from the
+    repository, a wheel or an sdist: `pip install "trio_rt[all]"` from the index would fail."""
+    commands = install_commands()
+    assert any("git+" in line for _, line in commands)  # the git URL is documented
+    assert any(".whl" in line for _, line in commands)  # and a built wheel
+    if RELEASED.search(CHANGELOG.read_text()):
+        return
+    wrong = [(page, line) for page, line in commands if INDEX_INSTALL.search(line)]
+    assert not wrong, f"installs from the package index, which has no release: {wrong}"
+
+
+def test_the_check_finds_an_index_install() -> None:
+    assert INDEX_INSTALL.search('pip install "trio_rt[all]"   # or only the extras')
+    assert INDEX_INSTALL.search("pip install trio_rt")
+    assert not INDEX_INSTALL.search('pip install "trio_rt @ git+$REPO"')
+    assert not INDEX_INSTALL.search('pip install "dist/trio_rt-0.1.0-py3-none-any.whl[redis]"')
+
+
+def test_version_and_changelog_agree() -> None:
+    import tomllib
+
+    import trio_rt
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert trio_rt.__version__ == version
+    text = CHANGELOG.read_text()
+    assert "\n## Unreleased\n" in text
+    released = RELEASED.findall(text)
+    if released:  # the newest release section names the package's version (docs/release.md)
+        assert released[0].lstrip("# v") == version, released[0]
