@@ -225,6 +225,15 @@ async def test_seed_room_management() -> None:
     assert room.moderators == {"admin", "moderator"}
     async with manager:
         async with client(manager, "/?user=ann") as ann:
+            for bad, code in [
+                ({"type": "chat_message", "payload": {"room": "chat:general", "message": "x"}},
+                 "not_in_room"),
+                ({"type": "chat_message", "payload": ["chat:general"]}, "invalid_field"),
+                ({"type": "chat_message", "payload": {"room": "chat:general"}}, "invalid_field"),
+            ]:  # fmt: skip
+                reply = await ann.request(bad)
+                assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+            assert manager.stats.handler_errors == 0
             await ann.request({"type": "join_room", "room": "chat:general"})
             await ann.send(
                 {"type": "chat_message", "payload": {"room": "chat:general", "message": "hello"}}
