@@ -16,7 +16,7 @@ Rooms keep their last 1,000 messages in memory (`RoomHistory`): ``{"type": "hist
 
 Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``. The web page at ``/``
 (examples/web_ui.py) connects with a development token instead of ``?user=`` when the `auth`
-extra is installed. The demo runs on the core install alone (``pip install trio_rt``): the dev
+extra is installed. The demo runs on the core install alone (no extras): the dev
 tokens need the `auth` extra and the posts board the `cassandra` extra; the page says what is
 off and how to turn it on.
 """
