@@ -18,6 +18,7 @@ const RECOVERY_TEXT = {
     "The server restarted while you were away. Anything said just before the restart may be missing.",
   retention: "You were away for long: some messages in between are no longer kept.",
   too_many: "You missed too many messages to replay them all: showing the latest.",
+  unavailable: "Some messages could not be fetched from the server just now: showing the latest.",
 };
 const $ = (id) => document.getElementById(id);
 
