@@ -147,3 +147,36 @@ def test_version_and_changelog_agree() -> None:
     released = RELEASED.findall(text)
     if released:  # the newest release section names the package's version (docs/release.md)
         assert released[0].lstrip("# v") == version, released[0]
+
+
+def nox_sessions() -> set[str]:
+    """The session names of noxfile.py: parametrized ones as NAME-PYTHON (and NAME, which
+    selects them all)."""
+    import importlib.util
+
+    import nox.registry  # the dev extra has nox
+
+    before = dict(nox.registry.get())
+    spec = importlib.util.spec_from_file_location("noxfile_under_test", ROOT / "noxfile.py")
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    names = set()
+    for name, func in nox.registry.get().items():
+        names.add(name)
+        if isinstance(func.python, list | tuple):
+            names.update(f"{name}-{python}" for python in func.python)
+    nox.registry._REGISTRY.clear()
+    nox.registry._REGISTRY.update(before)
+    return names
+
+
+def test_readme_names_the_nox_sessions_as_nox_lists_them() -> None:
+    sessions = nox_sessions()
+    readme = (ROOT / "README.md").read_text()
+    # what `nox -l` lists: tests-3.11 ... rather than the `tests` that selects them all
+    listed = {s for s in sessions if not any(t.startswith(f"{s}-") for t in sessions)}
+    assert "tests-3.11" in listed and "lint" in listed
+    for name in listed:
+        assert f"`{name}`" in readme or f"-s {name}" in readme, name
+    for name in re.findall(r"nox -s ([\w.-]+)", readme):
+        assert name in sessions, name
