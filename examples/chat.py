@@ -15,38 +15,47 @@ Rooms keep their last 1,000 messages in memory (`RoomHistory`): ``{"type": "hist
 ...}`` pages through them, and a client that comes back with ``since`` gets what it missed.
 
 Run it yourself with ``trio-rt serve trio_rt_examples.chat:build_app``. The web page at ``/``
-(examples/web_ui.py) connects with a development token instead of ``?user=``.
+(examples/web_ui.py) connects with a development token instead of ``?user=`` when the `auth`
+extra is installed. The demo runs on the core install alone (no extras): the dev
+tokens need the `auth` extra and the posts board the `cassandra` extra; the page says what is
+off and how to turn it on.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from trio_rt import Connection, ErrorCode, ProtocolError, Reject, RoomHistory, WebSocketManager
 
-from .posts import add_posts_board
-from .web_ui import add_web_ui
+from .web_ui import NAME_RULE, USER_NAME, add_web_ui
 
 MAX_CHAT_MESSAGE = 2000
-_USER_NAME = re.compile(r"[\w.@-]{1,32}")
 
 
 def build_app(
-    *, cassandra: str | None = None, keyspace: str = "trio_rt_demo", **options: Any
+    *,
+    cassandra: str | None = None,
+    keyspace: str = "trio_rt_demo",
+    tokens: bool | None = None,
+    **options: Any,
 ) -> WebSocketManager:
     """Build the chat server; `options` are WebSocketManager options (host, port, ...).
 
     `cassandra` (``HOST:PORT``) adds the live posts board (examples/posts.py): a Cassandra
-    table in `keyspace` whose changes every page receives.
+    table in `keyspace` whose changes every page receives. It needs the `cassandra` extra:
+    without it, ImportError saying what to install. `tokens` serves the page's dev tokens
+    (default: when the `auth` extra is installed; False: the page connects with ``?user=``).
     """
     options.setdefault("history", RoomHistory())
     manager = WebSocketManager(**options)
-    # The page at / and its dev tokens; authenticates bearer tokens first.
-    add_web_ui(manager, posts=cassandra is not None)
     if cassandra is not None:
+        from .posts import add_posts_board  # the `cassandra` extra: only with the board
+
         add_posts_board(manager, cassandra, keyspace)
+    # The page at /, and its dev tokens when the `auth` extra is installed (they authenticate
+    # bearer tokens before the handler below).
+    add_web_ui(manager, posts=cassandra is not None, tokens=tokens)
 
     @manager.on_connection
     async def identify(conn: Connection) -> None:
@@ -54,8 +63,8 @@ def build_app(
             return
         # A demo trusts the name it is given; real apps authenticate here (docs/security.md).
         name = conn.request.query.get("user", [""])[0]
-        if name and not _USER_NAME.fullmatch(name):
-            raise Reject(400, "user must be 1-32 letters, digits, '.', '@', '_' or '-'")
+        if name and not USER_NAME.fullmatch(name):
+            raise Reject(400, f"a name is {NAME_RULE}")
         conn.user_id = name or f"guest-{conn.id[:6]}"
 
     @manager.on_message("chat_message")

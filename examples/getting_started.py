@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 # --8<-- [start:server]
-from trio_rt import Connection, WebSocketManager
+from trio_rt import Connection, ErrorCode, ProtocolError, WebSocketManager
 
 
 def build_server(**options: Any) -> WebSocketManager:
@@ -23,9 +23,12 @@ def build_server(**options: Any) -> WebSocketManager:
 
     @manager.on_message("say")
     async def say(conn: Connection, message: dict[str, Any]) -> None:
-        await manager.broadcast_to_room(
-            message["room"], {"type": "said", "user": conn.user_id, "text": message["text"]}
-        )
+        room, text = message.get("room"), message.get("text")
+        if not isinstance(room, str) or not isinstance(text, str):  # an error reply, not a crash
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "'room' and 'text' must be strings")
+        if room not in conn.rooms:  # only members write to a room
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join room {room!r} before writing to it")
+        await manager.broadcast_to_room(room, {"type": "said", "user": conn.user_id, "text": text})
 
     return manager
 

@@ -82,9 +82,14 @@ class Page:
         self.page.fill("#name", name)
         self.page.click("#login button")
         self.wait_state("open")
+        assert self.page.inner_text("#state") == "connected"
 
     def wait_state(self, state: str) -> None:
         self.page.wait_for_selector(f'#state[data-state="{state}"]')
+
+    def wait_notice_gone(self) -> None:
+        """Notices go away by themselves (after NOTICE_MS in app.js)."""
+        self.page.wait_for_selector("#notice:empty", state="attached")
 
     def wait_not_open(self) -> None:
         self.page.wait_for_selector('#state:not([data-state="open"])')
@@ -121,6 +126,10 @@ def two_pages_chat(context: BrowserContext, url: str) -> None:
     # The metrics panel polls /demo/stats: both pages are connected.
     ann.page.wait_for_selector('[data-metric="connections"]:text-is("2")')
     ann.page.wait_for_selector("#posts[hidden]", state="attached")  # no change streams here
+    # ... and the page says so, and how to turn it on.
+    off = ann.page.inner_text("#off-list")
+    assert "Posts board: off" in off and "--cassandra HOST:PORT" in off, off
+    assert "Sign-in tokens" not in off  # the dev tokens are on
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "demo.png"
     ann.page.screenshot(path=str(shot))
@@ -158,11 +167,88 @@ def restart(context: BrowserContext, url: str) -> None:
     # recovered:false; the client refetches the history, and the page shows what he missed.
     bob.wait_message("written while offline", user="ann")
     bob.wait_message("while bob was away", user="ann")
-    assert "epoch_changed" in bob.page.inner_text("#notice")
+    # recovery_failed (epoch_changed), said in plain words; the notice then goes away.
+    assert bob.page.inner_text("#notice").startswith("The server restarted while you were away.")
+    bob.wait_notice_gone()
     bob.say("after the restart")
     ann.wait_message("after the restart", user="bob")
     for text in ("before the restart", "written while offline", "while bob was away"):
         assert bob.messages().count(text) == 1, (text, bob.messages())  # each shown once
+    assert ann.errors == [] and bob.errors == []
+
+
+def restart_order(context: BrowserContext, url: str) -> None:
+    """Messages stay in position order across a restart: "one", "two", the server stops, Ann
+    types "three" while her page reconnects, the server starts again (a new epoch): every page
+    shows one, two, three. (The page once put the new server's history first: three, one,
+    two, and the two pages disagreed.)"""
+    ann = Page(context, url, "ann")
+    bob = Page(context, url, "bob")
+    for p in (ann, bob):
+        p.open_room("chat:general")
+    ann.say("one")
+    ann.say("two")
+    for p in (ann, bob):
+        p.wait_message("two", user="ann")
+    ask("stop")
+    ann.wait_not_open()
+    bob.wait_not_open()
+    # Bob comes back only once "three" is in the new server's history: his page merges that
+    # history with the two messages it already shows.
+    bob.page.route("**/token*", lambda route: route.abort())
+    ann.say("three")
+    ask("start")
+    ann.wait_state("open")
+    ann.wait_message("three", user="ann")
+    bob.page.unroute("**/token*")
+    bob.wait_state("open")
+    bob.wait_message("three", user="ann")
+    for p in (ann, bob):
+        assert p.messages() == ["one", "two", "three"], p.messages()
+    # A message after the restart goes after them on both pages.
+    bob.say("four")
+    for p in (ann, bob):
+        p.wait_message("four", user="bob")
+        assert p.messages() == ["one", "two", "three", "four"], p.messages()
+    assert ann.errors == [] and bob.errors == []
+
+
+def login_rules(context: BrowserContext, url: str) -> None:
+    """A bad name gets the demo's rule in words (not the browser's generic "Please match the
+    requested format"), and the page stays on the login form."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    rule = page.inner_text("#name-rule")
+    assert "1-32 letters, digits" in rule, rule
+    for bad in ("ann smith", "ann!", "<b>"):  # (maxlength=32 keeps longer names out)
+        page.fill("#name", bad)
+        page.click("#login button")
+        page.wait_for_selector("#login-error:not(:empty)")
+        message = page.inner_text("#login-error")
+        assert message == f"A name is {rule}.", message
+        assert page.is_visible("#login") and page.is_hidden("#app")
+        assert page.eval_on_selector("#name", "el => el.validationMessage") == ""
+    page.fill("#name", "józef.k")  # letters of any script, like the server's rule
+    assert page.inner_text("#login-error") == ""  # typing clears the message
+    page.click("#login button")
+    page.wait_for_selector('#state[data-state="open"]')
+    assert page.inner_text("#me") == "józef.k"
+    assert errors == []
+
+
+def core_install(context: BrowserContext, url: str) -> None:
+    """A server without the `auth` extra: no dev tokens, so the page connects with ?user=;
+    it says what is off and how to turn it on."""
+    ann = Page(context, url, "ann")
+    bob = Page(context, url, "bob")
+    off = ann.page.inner_text("#off-list")
+    assert "pip install 'trio_rt[auth]'" in off and "pip install 'trio_rt[cassandra]'" in off
+    for p in (ann, bob):
+        p.open_room("chat:general")
+    ann.say("no tokens here")
+    bob.wait_message("no tokens here", user="ann")
     assert ann.errors == [] and bob.errors == []
 
 
@@ -199,8 +285,27 @@ def posts(context: BrowserContext, url: str) -> None:
     ann.page.fill("#post-title", "first <i>post</i>")
     ann.page.press("#post-title", "Enter")
     for p in (bob, ann):
-        p.page.locator("#post-list li", has_text="insert: first <i>post</i>").first.wait_for()
+        item = p.page.locator("#post-list li", has_text="first <i>post</i>").first
+        item.wait_for()
+        # The title and its author, nothing else (no raw "insert: ..." prefix).
+        assert item.locator(".post-title").inner_text() == "first <i>post</i>"
+        assert item.locator(".post-author").inner_text() == "by ann"
+        assert "insert" not in item.inner_text()
     assert bob.page.locator("#post-list i").count() == 0  # text, never HTML
+    # The button sits beside its input, on one line.
+    box = bob.page.eval_on_selector(
+        "#poster",
+        """form => {
+          const b = form.querySelector("button").getBoundingClientRect();
+          const i = form.querySelector("input").getBoundingClientRect();
+          const cs = getComputedStyle(form.querySelector("button"));
+          const line = parseFloat(cs.lineHeight) || parseFloat(cs.fontSize) * 1.3;
+          return {bTop: b.top, iBottom: i.bottom, bLeft: b.left, iRight: i.right,
+                  lines: b.height / line};
+        }""",
+    )
+    assert box["bLeft"] >= box["iRight"] and box["bTop"] < box["iBottom"], box
+    assert box["lines"] < 2, box
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "demo-posts.png"
     bob.page.screenshot(path=str(shot))
@@ -212,6 +317,9 @@ SCENARIOS: dict[str, Callable[[BrowserContext, str], Any]] = {
     "posts": posts,
     "two_pages_chat": two_pages_chat,
     "restart": restart,
+    "restart_order": restart_order,
+    "login_rules": login_rules,
+    "core_install": core_install,
     "recover": recover,
 }
 

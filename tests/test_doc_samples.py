@@ -100,6 +100,9 @@ async def test_server_handlers_each_run_as_documented() -> None:
             await bob.request({"type": "join_room", "room": "r"})
             await ann.send({"type": "move", "n": 1})
             await ann.send({"type": "other", "n": 2})
+            not_member = await ann.request({"type": "chat", "room": "r", "text": "hi"})
+            assert not_member["type"] == "error" and not_member["code"] == "not_in_room"
+            await ann.request({"type": "join_room", "room": "r"})
             await ann.send({"type": "chat", "room": "r", "text": "hi"})
             bad_room = await ann.request({"type": "chat", "room": 5})
             assert bad_room["type"] == "error" and bad_room["code"] == "invalid_field"
@@ -293,8 +296,19 @@ async def test_security_jwks_keys_from_a_url() -> None:
 
 
 async def test_security_permission_store_answers_authorize() -> None:
-    manager = security_samples.permission_server(port=0)
+    manager = await security_samples.permission_server(port=0)
     async with manager:
+        # The sample restricts a private room: ann (granted) joins it, bob does not.
+        async with client(manager, "/?user=ann") as ann, client(manager, "/?user=bob") as bob:
+            assert (await ann.request({"type": "join_room", "room": "vip"}))[
+                "type"
+            ] == "room_joined"
+            refused = await bob.request({"type": "join_room", "room": "vip"})
+            assert refused["code"] == "not_permitted", refused
+            # A public room is not checked: a `join` grant there would change nothing.
+            assert (await bob.request({"type": "join_room", "room": "lobby"}))[
+                "type"
+            ] == "room_joined"
         for user, resource, action, allowed in [
             ("ann", "room:vip", "join", True),
             ("ann", "room:vip", "broadcast", True),

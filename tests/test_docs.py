@@ -96,3 +96,87 @@ def test_the_page_check_catches_inline_code() -> None:
     blocks = FENCE.findall("text\n```python\nx = 1\n```\n\n  ```yaml\n  a: 1\n  ```\n")
     assert blocks == [("python", "x = 1\n"), ("yaml", "  a: 1\n")]
     assert all(lang not in INLINE_LANGUAGES for lang, _ in blocks)
+
+
+# -- installing: the docs must not promise a package-index release that does not exist --------
+CHANGELOG = ROOT / "CHANGELOG.md"
+RELEASED = re.compile(r"^## v?\d+\.\d+\.\d+", re.M)  # "## 0.2.0 - 2027-01-15"
+INDEX_INSTALL = re.compile(
+    r"pip install\s+(?:-\S+\s+)*[\"']?trio_rt(?:\[[\w,]+\])?[\"']?(?=\s|$)(?!\s*@)"
+)
+
+
+def install_commands() -> list[tuple[str, str]]:
+    """Every `pip install` line in a shell block of README.md and docs/*.md."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for lang, body in FENCE.findall(path.read_text()):
+            if lang in ("sh", "bash", "console", ""):
+                found += [(path.name, ln) for ln in body.splitlines() if "pip install" in ln]
+    return found
+
+
+def test_install_docs_match_what_is_released() -> None:
+    """Until CHANGELOG.md has a released version, every documented install comes from the
+    repository, a wheel or an sdist: `pip install "trio_rt[all]"` from the index would fail."""
+    commands = install_commands()
+    assert any("git+" in line for _, line in commands)  # the git URL is documented
+    assert any(".whl" in line for _, line in commands)  # and a built wheel
+    if RELEASED.search(CHANGELOG.read_text()):
+        return
+    wrong = [(page, line) for page, line in commands if INDEX_INSTALL.search(line)]
+    assert not wrong, f"installs from the package index, which has no release: {wrong}"
+
+
+def test_the_check_finds_an_index_install() -> None:
+    assert INDEX_INSTALL.search('pip install "trio_rt[all]"   # or only the extras')
+    assert INDEX_INSTALL.search("pip install trio_rt")
+    assert not INDEX_INSTALL.search('pip install "trio_rt @ git+$REPO"')
+    assert not INDEX_INSTALL.search('pip install "dist/trio_rt-0.1.0-py3-none-any.whl[redis]"')
+
+
+def test_version_and_changelog_agree() -> None:
+    import tomllib
+
+    import trio_rt
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert trio_rt.__version__ == version
+    text = CHANGELOG.read_text()
+    assert "\n## Unreleased\n" in text
+    released = RELEASED.findall(text)
+    if released:  # the newest release section names the package's version (docs/release.md)
+        assert released[0].lstrip("# v") == version, released[0]
+
+
+def nox_sessions() -> set[str]:
+    """The session names of noxfile.py: parametrized ones as NAME-PYTHON (and NAME, which
+    selects them all)."""
+    import importlib.util
+
+    import nox.registry  # the dev extra has nox
+
+    before = dict(nox.registry.get())
+    spec = importlib.util.spec_from_file_location("noxfile_under_test", ROOT / "noxfile.py")
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    names = set()
+    for name, func in nox.registry.get().items():
+        names.add(name)
+        if isinstance(func.python, list | tuple):
+            names.update(f"{name}-{python}" for python in func.python)
+    nox.registry._REGISTRY.clear()
+    nox.registry._REGISTRY.update(before)
+    return names
+
+
+def test_readme_names_the_nox_sessions_as_nox_lists_them() -> None:
+    sessions = nox_sessions()
+    readme = (ROOT / "README.md").read_text()
+    # what `nox -l` lists: tests-3.11 ... rather than the `tests` that selects them all
+    listed = {s for s in sessions if not any(t.startswith(f"{s}-") for t in sessions)}
+    assert "tests-3.11" in listed and "lint" in listed
+    for name in listed:
+        assert f"`{name}`" in readme or f"-s {name}" in readme, name
+    for name in re.findall(r"nox -s ([\w.-]+)", readme):
+        assert name in sessions, name

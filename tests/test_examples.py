@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from trio_rt_examples import chat
+from trio_rt_examples import chat, web_ui
 from trio_rt_examples.seed import (
     broadcasting,
     connection_management,
@@ -17,7 +21,7 @@ from trio_rt_examples.seed import (
     room_management,
     server_setup,
 )
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 from websockets.typing import Subprotocol
 
@@ -28,20 +32,82 @@ from .conftest import client, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def test_readme_sample_runs() -> None:
+def readme_sample() -> str:
     text = (ROOT / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S)
     assert code is not None
-    source = code.group(1).replace("port=3001", "port=0").replace("trio.run(main)", "")
+    return code.group(1)
+
+
+async def test_readme_sample_runs() -> None:
+    source = readme_sample().replace("port=3001", "port=0").replace("trio.run(main)", "")
     namespace: dict[str, Any] = {}
     exec(compile(source, "README.md", "exec"), namespace)
     manager: WebSocketManager = namespace["manager"]
     async with manager, client(manager, "/?user=ann") as ann:
         assert ann.welcome is not None and ann.welcome["user_id"] == "ann"
+        # Only members write to a room; bad payloads get a validation error, not internal_error.
+        reply = await ann.request(
+            {"type": "chat_message", "payload": {"room": "lobby", "message": "hi"}}
+        )
+        assert reply["type"] == "error" and reply["code"] == "not_in_room", reply
         await ann.request({"type": "join_room", "room": "lobby"})
+        for bad in [
+            {"type": "chat_message"},
+            {"type": "chat_message", "payload": {}},
+            {"type": "chat_message", "payload": {"room": "lobby", "message": 5}},
+            {"type": "chat_message", "payload": ["lobby", "hi"]},
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == "invalid_field", (bad, reply)
         await ann.send({"type": "chat_message", "payload": {"room": "lobby", "message": "hi"}})
         msg = await ann.recv()
         assert msg == {"type": "chat_message", "data": {"user_id": "ann", "message": "hi"}}
+    assert manager.stats.handler_errors == 0  # no traceback in the log
+
+
+async def test_readme_sample_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Run as a program, the sample serves until Ctrl-C, then exits 0 without a traceback
+    (it once printed a 34-line ExceptionGroup around KeyboardInterrupt)."""
+    from .conftest import free_port
+
+    port = free_port()
+    script = tmp_path / "readme_sample.py"
+    script.write_text(readme_sample().replace("port=3001", f"port={port}"))
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # Ctrl-C's default action, whatever this process inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    out = b""
+    try:
+        with trio.fail_after(30):  # a deadlock guard: poll until the sample accepts connections
+            while True:
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    assert proc.returncode is None, "the sample exited"
+                    await trio.sleep(0.05)
+        async with connect(f"ws://127.0.0.1:{port}/?user=ann") as ws:
+            assert json.loads(await ws.recv())["user_id"] == "ann"
+            proc.send_signal(signal.SIGINT)
+            with pytest.raises(ConnectionClosed) as info:
+                with trio.fail_after(10):
+                    await ws.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        with trio.fail_after(20):
+            while chunk := await proc.stdout.receive_some():
+                out += chunk
+            assert await proc.wait() == 0, out.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"Traceback" not in out and b"ExceptionGroup" not in out, out.decode()
 
 
 async def test_chat_example_validates_its_input() -> None:
@@ -132,8 +198,22 @@ async def test_seed_message_handling() -> None:
         reply = await bob.request({"type": "query", "payload": {}})
         assert reply["code"] == "invalid_field"
         await bob.request({"type": "join_room", "room": "r"})
-        await ann.send({"type": "chat_message", "payload": {"room": "r", "message": "yo"}})
+        # Only members write to a room; bad payloads get validation errors.
+        chat = {"type": "chat_message", "payload": {"room": "r", "message": "yo"}}
+        assert (await ann.request(chat))["code"] == "not_in_room"
+        await ann.request({"type": "join_room", "room": "r"})
+        for bad in [
+            {"type": "chat_message"},
+            {"type": "chat_message", "payload": {}},
+            {"type": "chat_message", "payload": {"room": "r"}},
+            {"type": "chat_message", "payload": {"room": "r", "message": 5}},
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == "invalid_field", (bad, reply)
+        await ann.send(chat)
         assert (await bob.recv())["data"] == {"user_id": "ann", "message": "yo"}
+        assert (await ann.recv())["data"] == {"user_id": "ann", "message": "yo"}
+        assert manager.stats.handler_errors == 0
         reply = await ann.request({"type": "subscribe", "payload": {"table": "posts"}})
         assert reply["code"] == "invalid_field" and "table" in reply["message"]
 
@@ -145,6 +225,15 @@ async def test_seed_room_management() -> None:
     assert room.moderators == {"admin", "moderator"}
     async with manager:
         async with client(manager, "/?user=ann") as ann:
+            for bad, code in [
+                ({"type": "chat_message", "payload": {"room": "chat:general", "message": "x"}},
+                 "not_in_room"),
+                ({"type": "chat_message", "payload": ["chat:general"]}, "invalid_field"),
+                ({"type": "chat_message", "payload": {"room": "chat:general"}}, "invalid_field"),
+            ]:  # fmt: skip
+                reply = await ann.request(bad)
+                assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+            assert manager.stats.handler_errors == 0
             await ann.request({"type": "join_room", "room": "chat:general"})
             await ann.send(
                 {"type": "chat_message", "payload": {"room": "chat:general", "message": "hello"}}
@@ -279,11 +368,45 @@ async def test_chat_web_ui_routes_and_dev_tokens() -> None:
             stats = json.loads(body)
             assert stats["connections"] == 1 and stats["server_id"] == manager.server_id
         status, _, body = await http_get(manager, "/demo/config")
-        assert json.loads(body)["posts"] is False
+        config = json.loads(body)
+        assert config["posts"] is False and config["tokens"] is True
+        assert config["off"] == [web_ui.POSTS_OFF]  # the dev tokens are on here
+        assert config["name_rule"] == web_ui.NAME_RULE
+
+
+async def test_the_pages_polling_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """The page polls /demo/stats every 2 s: plain HTTP answers are DEBUG lines, not INFO."""
+    from .test_browser_client import http_get
+
+    manager = chat.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
+    with caplog.at_level(logging.DEBUG, logger="trio_rt"):
+        async with manager:
+            for _ in range(3):
+                assert (await http_get(manager, "/demo/stats"))[0] == 200
+            async with client(manager, "/?user=ann"):
+                pass
+    http = [r for r in caplog.records if r.name == "trio_rt.websockets"]
+    sent = [r for r in http if r.getMessage() == "HTTP response sent (200 OK)"]
+    assert len(sent) == 3 and {r.levelno for r in sent} == {logging.DEBUG}
+    info = [r.getMessage() for r in http if r.levelno >= logging.INFO]
+    # What is left at INFO: the server itself and the WebSocket connection.
+    assert "HTTP response sent (200 OK)" not in info and "connection open" in info
+    assert info.count("connection closed") == 1  # the WebSocket's; the 3 GETs' are DEBUG
 
 
 async def test_getting_started_samples(capsys: pytest.CaptureFixture[str]) -> None:
     from trio_rt_examples import getting_started
+
+    manager = getting_started.build_server(host="127.0.0.1", port=0, heartbeat_interval=None)
+    async with manager, client(manager, "/?user=ann") as ann:
+        for bad, code in [
+            ({"type": "say", "room": "lobby", "text": "hi"}, "not_in_room"),
+            ({"type": "say"}, "invalid_field"),
+            ({"type": "say", "room": "lobby", "text": 5}, "invalid_field"),
+        ]:
+            reply = await ann.request(bad)
+            assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+        assert manager.stats.handler_errors == 0
 
     await getting_started.main(port=0)
     assert "{'type': 'said', 'user': 'ann', 'text': 'hello'}" in capsys.readouterr().out
@@ -313,3 +436,113 @@ async def test_demo_posts_board_on_cassandra(
         assert update["type"] == "data_update" and update["event"]["operation"] == "insert"
         assert update["event"]["data"]["title"] == "hello"
         assert update["event"]["data"]["author"] == "ann"
+
+
+async def test_seed_authentication_and_authorization() -> None:
+    import time
+
+    import jwt
+    from trio_rt_examples.seed import authentication
+
+    secret = "s" * 32
+    manager = await authentication.build_app(
+        secret, host="127.0.0.1", port=0, heartbeat_interval=None, rate_limit=6
+    )
+
+    def bearer(user: str, exp: float = 60) -> dict[str, str]:
+        token = jwt.encode({"userId": user, "exp": time.time() + exp}, secret, algorithm="HS256")
+        return {"Authorization": f"Bearer {token}"}
+
+    async with manager:
+        for headers in [{}, {"Authorization": "Bearer nope"}, bearer("ann", exp=-120)]:
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(manager.url, additional_headers=headers):
+                    pass  # pragma: no cover
+            assert info.value.response.status_code == 401
+        async with (
+            client(manager, additional_headers=bearer("ann")) as ann,
+            client(manager, additional_headers=bearer("bob")) as bob,
+        ):
+            assert ann.welcome is not None and ann.welcome["user_id"] == "ann"
+            # the private room: ann is granted `join`, bob is not
+            assert (await ann.request({"type": "join_room", "room": "staff"}))["type"] == (
+                "room_joined"
+            )
+            assert (await bob.request({"type": "join_room", "room": "staff"}))["code"] == (
+                "not_permitted"
+            )
+            chat = {"type": "chat_message", "payload": {"room": "staff", "message": "hi"}}
+            assert (await bob.request(chat))["code"] == "not_in_room"
+            assert (await ann.request(chat))["data"] == {"user_id": "ann", "message": "hi"}
+            query = {"type": "query", "table": "payroll"}
+            assert (await ann.request(query))["type"] == "query_result"
+            assert (await bob.request(query))["message"] == "Insufficient permissions"
+            # per-user rate limit: bob has spent 3 of his 6; 3 more pass, then refused
+            for _ in range(3):
+                assert (await bob.request({"type": "ping"}))["type"] == "pong"
+            refused = await bob.request({"type": "ping"})
+            assert refused["code"] == "rate_limited" and refused["retry_after"] > 0
+
+
+async def test_seed_performance_monitoring(caplog: pytest.LogCaptureFixture) -> None:
+    from trio_rt_examples.seed import monitoring
+
+    from .test_browser_client import http_get
+
+    manager, metrics = monitoring.build_app(
+        host="127.0.0.1", port=0, heartbeat_interval=None, prometheus_port=0, interval=3600
+    )
+    with caplog.at_level(logging.INFO, logger="examples.seed.monitoring"):
+        async with manager, metrics, client(manager) as c:
+            await c.request({"type": "join_room", "room": "r"})
+            lines = monitoring.stats_lines(metrics)
+            assert lines[0] == "Active connections: 1" and lines[2] == "Rooms: 1"
+            assert lines[1].startswith("Messages/sec: ") and lines[3].endswith("MB")
+            host, port = metrics.prometheus_address("/ws-metrics")
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                await stream.send_all(
+                    b"GET /ws-metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                scraped = b""
+                while chunk := await stream.receive_some():
+                    scraped += chunk
+            assert b" 200 " in scraped.split(b"\r\n")[0]
+            assert b"trio_rt_connections" in scraped
+            status, _, body = await http_get(manager, "/metrics")
+            assert status == 200 and b"trio_rt_" in body
+    reports = [r.getMessage() for r in caplog.records if r.name == "examples.seed.monitoring"]
+    assert reports and reports[0].startswith("WebSocket Stats: Active connections: 0")
+
+
+# The sections of the capability list trio_rt started from (shared notes:
+# seed/websocket-integration.md), less its overview.
+SEED_SECTIONS = [
+    "WebSocket Server Setup",
+    "Connection Management",
+    "Real-time Data Broadcasting",
+    "Database Change Notifications",
+    "Message Handling",
+    "Room Management",
+    "Authentication and Authorization",
+    "Scalability and Load Balancing",
+    "Error Handling and Reconnection",
+    "Performance Monitoring",
+]
+
+
+def test_seed_readme_maps_every_section_to_a_module_that_a_test_runs() -> None:
+    seed = ROOT / "examples" / "seed"
+    readme = (seed / "README.md").read_text()
+    rows = re.findall(r"^\| ([^|]+?) \| \[`(\w+\.py)`\]", readme, re.M)
+    mapped = {section: module for section, module in rows}
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for section in SEED_SECTIONS:
+        assert section in mapped, f"examples/seed/README.md has no row for {section!r}"
+        module = seed / mapped[section]
+        assert module.is_file(), module
+        assert f'Seed section "{section}"' in module.read_text().split('"""')[1], module
+        assert re.search(rf"\b{module.stem}\b", tests), f"no test runs {module.name}"
+    # every module of examples/seed/ is in the table
+    listed = set(mapped.values())
+    assert {p.name for p in seed.glob("*.py") if p.name != "__init__.py"} == listed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -92,6 +93,29 @@ def test_room_names() -> None:
     for bad in ["", " ", "a\nb", "a\tb", None, 3]:
         with pytest.raises(ProtocolError):
             validate_room_name(bad)
+
+
+def test_room_names_refuse_every_control_and_bidi_control_character() -> None:
+    # Category Cc is C0, DEL and C1 (U+0080-U+009F: U+009B starts a terminal control sequence).
+    controls = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cc"]
+    assert len(controls) == 65 and "\x9b" in controls and "\x85" in controls
+    bidi = [chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]]
+    marks = ["\u200e", "\u200f", "\u061c"]  # invisible: two look-alike names, one room each
+    for char in controls + bidi + marks:
+        for name in (char, f"lobby{char}", f"{char}lobby", f"a{char}b"):
+            with pytest.raises(ProtocolError) as info:
+                validate_room_name(name)
+            assert info.value.code == ErrorCode.INVALID_FIELD, hex(ord(char))
+            assert "control" in info.value.message
+    # Letters of any script, and the joiners some scripts need, stay allowed.
+    for good in [
+        "שלום",
+        "غرفة",
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a ZWNJ
+        "👩\u200d💻",
+        "zażółć",
+    ]:
+        assert validate_room_name(good) == good
 
 
 def test_encode_is_compact_utf8_and_refuses_nan() -> None:

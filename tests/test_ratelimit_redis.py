@@ -100,3 +100,35 @@ async def test_on_a_redis_cluster(redis_cluster_nodes: list[str]) -> None:
             assert limiter.failures == 0
         finally:
             await limiter.aclose()
+
+
+async def test_user_ids_cannot_share_a_bucket_on_redis(redis_url: str) -> None:
+    """User `bob:echo` spends only her own budget, never user `bob`'s `echo` budget: the keys
+    in Redis are `bucket_key`'s (once f"u:{user}" + ":" + type, which collided)."""
+    import redis.asyncio as aioredis
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    m = make(RedisRateLimiter(redis_url, prefix=prefix), rate_limit=3, rate_limits={"echo": 3})
+
+    @m.on_message("echo")
+    async def echo(conn: Connection, message: dict[str, Any]) -> None:
+        await conn.send({"type": "echo"})
+
+    async with (
+        trio_asyncio.open_loop(),
+        m,
+        client(m, "/?user=bob") as bob,
+        client(m, "/?user=bob%3Aecho") as mallory,
+    ):
+        for _ in range(3):
+            assert (await mallory.request({"type": "ping"}))["type"] == "pong"
+        assert (await mallory.request({"type": "ping"}))["code"] == "rate_limited"
+        for _ in range(3):
+            assert (await bob.request({"type": "echo"}))["type"] == "echo"
+        r = aioredis.Redis.from_url(redis_url)
+        keys = await trio_asyncio.aio_as_trio(r.keys)(prefix + "*")
+        await trio_asyncio.aio_as_trio(r.aclose)()
+        assert sorted(k.decode() for k in keys) == [
+            prefix + "u:3:bob:echo",
+            prefix + "u:8:bob:echo",
+        ]

@@ -11,13 +11,15 @@ from typing import Any
 import jwt
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 
 from trio_rt import CloseCode, Connection, WebSocketManager
 from trio_rt._auth import JWTAuthenticator, TokenVerifier
 from trio_rt._permissions import MemoryPermissionStore, PermissionStore, candidates
-from trio_rt._ratelimit import Decision, LocalRateLimiter, Rate, take
+from trio_rt._ratelimit import Decision, LocalRateLimiter, Rate, bucket_key, take
 
 from .conftest import Client, client, count_tasks, wait_until
 
@@ -176,6 +178,52 @@ async def test_per_type_limits_and_exemptions(make_manager: MakeManager) -> None
         for _ in range(2):  # the default budget is untouched by echo and ping
             assert (await c.request({"type": "join_room", "room": "r"}))["type"] == "room_joined"
         assert (await c.request({"type": "leave_room", "room": "r"}))["code"] == "rate_limited"
+
+
+@given(
+    a=st.tuples(
+        st.none() | st.text(max_size=12), st.text(max_size=6), st.none() | st.text(max_size=8)
+    ),
+    b=st.tuples(
+        st.none() | st.text(max_size=12), st.text(max_size=6), st.none() | st.text(max_size=8)
+    ),
+)
+def test_bucket_keys_never_collide(
+    a: tuple[str | None, str, str | None], b: tuple[str | None, str, str | None]
+) -> None:
+    """Two messages share a bucket only when they have the same owner and the same budget."""
+
+    def owner(user: str | None, conn: str, mtype: str | None) -> tuple[object, ...]:
+        return ("u", user, mtype) if user is not None else ("c", conn, mtype)
+
+    same = owner(*a) == owner(*b)
+    assert (bucket_key(*a) == bucket_key(*b)) == same, (a, b)
+
+
+def test_bucket_keys_of_the_colliding_pair() -> None:
+    assert bucket_key("bob", "c1", "typing") == "u:3:bob:typing"
+    assert bucket_key("bob:typing", "c2") == "u:10:bob:typing"
+    assert bucket_key(None, "c1") == "c:2:c1"
+
+
+async def test_a_user_id_cannot_spend_another_users_typed_budget(
+    make_manager: MakeManager,
+) -> None:
+    """User `bob:typing` writing default-budget messages must not drain user `bob`'s `echo`
+    budget (keys once were f"u:{user}" + ":" + type)."""
+    manager = make_manager(rate_limit=3, rate_limits={"echo": 3})
+    as_user(manager)
+    add_echo(manager)
+    async with (
+        manager,
+        client(manager, "/?user=bob") as bob,
+        client(manager, "/?user=bob%3Aecho") as mallory,
+    ):
+        for _ in range(3):  # mallory spends her own default budget
+            assert (await mallory.request({"type": "ping"}))["type"] == "pong"
+        assert (await mallory.request({"type": "ping"}))["code"] == "rate_limited"
+        for n in range(3):  # bob's echo budget is whole
+            assert (await bob.request({"type": "echo", "n": n}))["type"] == "echo"
 
 
 async def test_limit_is_per_user_across_connections(make_manager: MakeManager) -> None:

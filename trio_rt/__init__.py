@@ -1,11 +1,25 @@
 """trio_rt: real-time WebSocket applications on Trio's structured concurrency.
 
 The public surface is re-exported here; modules starting with ``_`` are private.
+
+The core (``pip install trio_rt``: trio and websockets only) is imported at once. Names that
+need an extra are imported on first use, from one table (`_LAZY`): ``trio_rt.RedisBroker``
+imports Redis support then (importing trio_asyncio patches asyncio globally, so never before
+it is needed). Without its extra such a name raises ImportError naming it::
+
+    ImportError: trio_rt.RedisBroker needs the 'redis' extra: pip install 'trio_rt[redis]'
+    (No module named 'redis')
+
+``__all__`` lists the core names and the lazy names whose extra is installed, so
+``from trio_rt import *`` works with any set of extras.
 """
 
+from importlib import import_module as _import_module
+from importlib.util import find_spec as _find_spec
 from typing import TYPE_CHECKING
 
 from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
+from ._cli import serve_until_signalled
 from ._connection import Connection, Request
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
@@ -20,63 +34,37 @@ from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
 from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
 
-__all__ = [
-    "AuthError",
-    "Broker",
-    "BrokerUnavailable",
-    "CassandraPermissionStore",
-    "ChangeEvent",
-    "ChangeLog",
-    "ChangePublisher",
-    "ChangeStreamManager",
-    "Claims",
-    "CloseCode",
-    "Connection",
-    "Decision",
-    "ErrorCode",
-    "HttpResponse",
-    "JWKSKeySource",
-    "JWTAuthenticator",
-    "LocalRateLimiter",
-    "MemoryBroker",
-    "MemoryHub",
-    "MemoryPermissionStore",
-    "MemorySequencer",
-    "MemoryStreamStore",
-    "PermissionStore",
-    "ProtocolError",
-    "Rate",
-    "RateLimiter",
-    "RedisBroker",
-    "RedisRateLimiter",
-    "RedisSequencer",
-    "Reject",
-    "Request",
-    "Room",
-    "RoomError",
-    "RoomHistory",
-    "RoomSettings",
-    "RoomStore",
-    "Sequencer",
-    "ServerOptions",
-    "ServerRegistry",
-    "ServerStats",
-    "SlowConsumerPolicy",
-    "StreamEntry",
-    "StreamPosition",
-    "StreamStore",
-    "TokenVerifier",
-    "WebSocketManager",
-    "WebSocketMetrics",
-    "extract_token",
-    "rendezvous_owner",
-    "rendezvous_rank",
-    "rendezvous_score",
-]
-
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:  # the lazily imported names below, for type checkers
+# The extras of pyproject.toml and the top-level modules each one brings (what must import).
+_EXTRAS: dict[str, tuple[str, ...]] = {
+    "redis": ("redis", "trio_asyncio"),
+    "cassandra": ("cassandra",),
+    "auth": ("jwt", "cryptography"),
+    "metrics": ("prometheus_client",),
+}
+
+# The names imported on first use: name -> (private module, the extra it needs).
+_LAZY: dict[str, tuple[str, str]] = {
+    "AuthError": ("._auth", "auth"),
+    "Claims": ("._auth", "auth"),
+    "JWKSKeySource": ("._auth", "auth"),
+    "JWTAuthenticator": ("._auth", "auth"),
+    "TokenVerifier": ("._auth", "auth"),
+    "extract_token": ("._auth", "auth"),
+    # Change streams run on trio_rt.cassandra's Database.
+    "ChangeEvent": ("._changes", "cassandra"),
+    "ChangeLog": ("._changes", "cassandra"),
+    "ChangePublisher": ("._changes", "cassandra"),
+    "ChangeStreamManager": ("._changes", "cassandra"),
+    "RedisBroker": ("._redis_broker", "redis"),
+    "RedisRateLimiter": ("._redis_ratelimit", "redis"),
+    "RedisSequencer": ("._redis_streams", "redis"),
+    "ServerRegistry": ("._registry", "redis"),
+    "WebSocketMetrics": ("._metrics", "metrics"),
+}
+
+if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports.py compares)
     from ._auth import (
         AuthError,
         Claims,
@@ -92,45 +80,96 @@ if TYPE_CHECKING:  # the lazily imported names below, for type checkers
     from ._redis_streams import RedisSequencer
     from ._registry import ServerRegistry
 
-
-def __getattr__(name: str) -> object:
-    # Redis support is imported on first use: importing trio_asyncio patches asyncio globally.
-    if name == "RedisBroker":
-        from ._redis_broker import RedisBroker
-
-        return RedisBroker
-    if name == "RedisSequencer":
-        from ._redis_streams import RedisSequencer
-
-        return RedisSequencer
-    # Change streams need cassandra-driver (the `cassandra` extra): imported on first use.
-    if name in ("ChangeStreamManager", "ChangeEvent", "ChangeLog", "ChangePublisher"):
-        from . import _changes
-
-        return getattr(_changes, name)
-    if name == "RedisRateLimiter":
-        from ._redis_ratelimit import RedisRateLimiter
-
-        return RedisRateLimiter
-    # JWT support needs pyjwt (the `auth` extra): imported on first use.
-    if name in (
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "CassandraPermissionStore",
+    "CloseCode",
+    "Connection",
+    "Decision",
+    "ErrorCode",
+    "HttpResponse",
+    "LocalRateLimiter",
+    "MemoryBroker",
+    "MemoryHub",
+    "MemoryPermissionStore",
+    "MemorySequencer",
+    "MemoryStreamStore",
+    "PermissionStore",
+    "ProtocolError",
+    "Rate",
+    "RateLimiter",
+    "Reject",
+    "Request",
+    "Room",
+    "RoomError",
+    "RoomHistory",
+    "RoomSettings",
+    "RoomStore",
+    "Sequencer",
+    "ServerOptions",
+    "ServerStats",
+    "SlowConsumerPolicy",
+    "StreamEntry",
+    "StreamPosition",
+    "StreamStore",
+    "WebSocketManager",
+    "rendezvous_owner",
+    "rendezvous_rank",
+    "rendezvous_score",
+    "serve_until_signalled",
+]
+if TYPE_CHECKING:
+    __all__ += [
         "AuthError",
+        "ChangeEvent",
+        "ChangeLog",
+        "ChangePublisher",
+        "ChangeStreamManager",
         "Claims",
         "JWKSKeySource",
         "JWTAuthenticator",
+        "RedisBroker",
+        "RedisRateLimiter",
+        "RedisSequencer",
+        "ServerRegistry",
         "TokenVerifier",
+        "WebSocketMetrics",
         "extract_token",
-    ):
-        from . import _auth
+    ]
 
-        return getattr(_auth, name)
-    if name == "ServerRegistry":
-        from ._registry import ServerRegistry
 
-        return ServerRegistry
-    # Metrics need prometheus-client (the `metrics` extra): also imported on first use.
-    if name == "WebSocketMetrics":
-        from ._metrics import WebSocketMetrics
+def _extra_installed(extra: str) -> bool:
+    """True when the modules of `extra` (a key of `_EXTRAS`) can be imported; imports nothing."""
+    return all(_find_spec(module) is not None for module in _EXTRAS[extra])
 
-        return WebSocketMetrics
-    raise AttributeError(f"module 'trio_rt' has no attribute {name!r}")
+
+def _missing_extra_error(what: str, extra: str, cause: BaseException | None = None) -> ImportError:
+    """The ImportError for `what` when `extra` is not installed: it says what to install."""
+    detail = f" ({cause})" if cause is not None else ""
+    return ImportError(f"{what} needs the {extra!r} extra: pip install 'trio_rt[{extra}]'{detail}")
+
+
+if not TYPE_CHECKING:  # at run time: only what will import, so `import *` always works
+    __all__ += sorted(name for name, (_, extra) in _LAZY.items() if _extra_installed(extra))
+
+
+def __getattr__(name: str) -> object:
+    try:
+        module_name, extra = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'trio_rt' has no attribute {name!r}") from None
+    try:
+        module = _import_module(module_name, __name__)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top in _EXTRAS[extra]:
+            raise _missing_extra_error(f"trio_rt.{name}", extra, exc) from exc
+        raise
+    value = getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,9 +1,10 @@
 """MessageAdmission: a server's message rate limits applied to each incoming message.
 
 The arithmetic is `_ratelimit.py`'s (token buckets, local or `RedisRateLimiter`); this picks
-the budget for a message type, keys it by user (by connection when anonymous), answers a
-refusal with `rate_limited` and `retry_after`, and closes a connection (4029) after
-`rate_limit_max_refusals` refusals in a row. docs/security.md ("Rate limits").
+the budget for a message type, keys it by user (by connection when anonymous; `bucket_key`:
+no two users ever share a bucket), answers a refusal with `rate_limited` and `retry_after`,
+and closes a connection (4029) after `rate_limit_max_refusals` refusals in a row.
+docs/security.md ("Rate limits").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ._options import ServerOptions
 from ._protocol import CloseCode, ErrorCode, error_message
-from ._ratelimit import LocalRateLimiter, Rate, RateLimiter
+from ._ratelimit import LocalRateLimiter, Rate, RateLimiter, bucket_key
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -57,18 +58,18 @@ class MessageAdmission:
         rates = self.type_rates
         if mtype is not None and mtype in rates:
             rate = rates[mtype]
-            suffix = ":" + mtype
+            budget: str | None = mtype
         else:
             rate = self.default_rate
-            suffix = ""
+            budget = None
         if rate is None:
             return True
-        identity = f"u:{conn.user_id}" if conn.user_id is not None else f"c:{conn.id}"
+        key = bucket_key(conn.user_id, conn.id, budget)  # never shared by two users
         limiter = self.limiter
         if isinstance(limiter, LocalRateLimiter):
-            decision = limiter.hit_now(identity + suffix, rate)  # no await: the common case
+            decision = limiter.hit_now(key, rate)  # no await: the common case
         else:
-            decision = await limiter.hit(identity + suffix, rate)
+            decision = await limiter.hit(key, rate)
         if decision.allowed:
             if self._refusals:
                 self._refusals.pop(conn.id, None)

@@ -47,9 +47,16 @@ async def load_app(spec: str, **options: Any) -> WebSocketManager:
     raise SystemExit(f"trio-rt: {spec} is neither a WebSocketManager nor a factory of one")
 
 
-async def run_until_signalled(manager: WebSocketManager) -> None:
-    """Serve `manager`; the first SIGINT/SIGTERM starts a graceful shutdown, a second one
-    cancels what is left of it."""
+async def serve_until_signalled(manager: WebSocketManager) -> None:
+    """Serve `manager` until Ctrl-C (SIGINT) or SIGTERM, then shut it down gracefully.
+
+    Prints one line once listening (``trio_rt listening on ws://HOST:PORT/ ...``). The first
+    signal starts a graceful shutdown (clients get 1001, up to ``shutdown_timeout``) and the
+    function returns normally, so a program whose ``main`` ends with it exits 0 without a
+    traceback; a second signal cancels what is left of the shutdown. Must run in the main
+    thread (signal handlers). Returns as well when the server stops for another reason
+    (``manager.stop()``); errors of `serve` propagate.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -214,13 +221,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             manager = await load_app(spec, **options)
         except (TypeError, ValueError) as exc:  # bad options: a usage error
             raise SystemExit(f"trio-rt: {exc}") from None
-        await run_until_signalled(manager)
+        except ImportError as exc:  # e.g. --cassandra without the `cassandra` extra
+            raise SystemExit(f"trio-rt: {exc}") from None
+        await serve_until_signalled(manager)
 
     try:
         trio.run(load_and_run)
     except OSError as exc:  # e.g. the port is taken
         print(f"trio-rt: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # Ctrl-C before the signal handlers were in place (start-up): no traceback for it.
+        if isinstance(exc, BaseExceptionGroup):
+            rest = exc.split(KeyboardInterrupt)[1]
+            if rest is not None:
+                raise
+        print("trio-rt: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -138,6 +138,16 @@ class _Instruments(Protocol):
     def fanned_out(self, recipients: int, seconds: float) -> None: ...
 
 
+class _DebugLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Logs what websockets logs at INFO at DEBUG instead (other levels unchanged)."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)
+
+
+_QUIET_HTTP_LOG = _DebugLogAdapter(logging.getLogger("trio_rt.websockets"), {})
+
+
 class WebSocketManager:
     """A WebSocket server with rooms and broadcasts, run inside the caller's Trio nursery.
 
@@ -596,6 +606,9 @@ class WebSocketManager:
     # -- handshake and connection ---------------------------------------------------------------
     async def _process_request(self, ws: ServerConnection, request: WsRequest) -> Response | None:
         if not is_websocket_upgrade(request):
+            # Plain HTTP (health checks, /metrics, app routes polled every few seconds):
+            # websockets' "HTTP response sent" and "connection closed" lines go to DEBUG.
+            ws.protocol.logger = ws.logger = _QUIET_HTTP_LOG
             return await self._http(request)
         o = self.options
         if self._closing:

@@ -43,9 +43,15 @@ MAX_TYPE_LENGTH: Final = 64
 MAX_ROOM_NAME_LENGTH: Final = 128
 MAX_ID_LENGTH: Final = 128
 MAX_TOKEN_LENGTH: Final = 8192  # a `refresh` token; TokenVerifier has its own (same default)
-# Room names are identifiers shared with Redis channels and Cassandra keys: keep them printable,
-# without whitespace or control characters. Letters of any script are allowed.
-_ROOM_NAME = re.compile(r"[^\s\x00-\x1f\x7f]+")
+# Room names are identifiers shared with Redis channels, Cassandra keys and log lines: letters of
+# any script, no whitespace (Python's \s: Unicode whitespace) and nothing that changes how text
+# around it is shown: every control character (Unicode category Cc: C0, DEL and C1, U+0080-U+009F,
+# where U+009B starts a terminal control sequence) and the bidi controls: embeddings and
+# overrides U+202A-U+202E, isolates U+2066-U+2069, and the invisible direction marks U+200E,
+# U+200F, U+061C (two names that look the same must be the same name; right-to-left names
+# display correctly without marks). Joiners (U+200C/D) stay allowed: some scripts need them.
+_ROOM_NAME_FORBIDDEN: Final = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_ROOM_NAME = re.compile(rf"[^\s{_ROOM_NAME_FORBIDDEN}]+")
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*")
 
 
@@ -272,7 +278,7 @@ def validate_room_name(room: object, *, request_id: str | int | None = None) -> 
         "room",
         MAX_ROOM_NAME_LENGTH,
         _ROOM_NAME,
-        "be 1 or more characters without whitespace or control characters",
+        "be 1 or more characters without whitespace, control or bidi control characters",
         request_id,
     )
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Decision", "LocalRateLimiter", "Rate", "RateLimiter", "take"]
+__all__ = ["Decision", "LocalRateLimiter", "Rate", "RateLimiter", "bucket_key", "take"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,23 @@ def take(tokens: float, updated: float, now: float, rate: Rate) -> tuple[Decisio
     if current >= 1.0:
         return Decision(True), current - 1.0
     return Decision(False, (1.0 - current) / rate.per_second), current
+
+
+def bucket_key(user_id: str | None, connection_id: str, message_type: str | None = None) -> str:
+    """The bucket of a message: its user's (its connection's when anonymous), in the default
+    budget (`message_type` None) or in the budget of a type that has its own.
+
+    ``u:<length>:<user_id>`` or ``c:<length>:<connection_id>``, then ``:<type>`` for a typed
+    budget. The length makes the identity self-delimiting, so two different (identity, type)
+    pairs never share a key, whatever the user id contains: user ``bob:typing`` (key
+    ``u:10:bob:typing``) cannot spend user ``bob``'s ``typing`` budget (``u:3:bob:typing``).
+    The Redis limiter uses the same keys behind its prefix.
+    """
+    if user_id is not None:
+        identity = f"u:{len(user_id)}:{user_id}"
+    else:
+        identity = f"c:{len(connection_id)}:{connection_id}"
+    return identity if message_type is None else f"{identity}:{message_type}"
 
 
 @runtime_checkable

@@ -58,7 +58,9 @@ return {allowed, tostring(retry)}
 class RedisRateLimiter:
     """Rate-limit buckets in Redis: ``WebSocketManager(rate_limiter=RedisRateLimiter(url))``.
 
-    Keys are ``<prefix><identity>[:<type>]`` (identity ``u:<user>`` or ``c:<connection>``).
+    Keys are ``<prefix>`` + `trio_rt._ratelimit.bucket_key` (``u:<length>:<user>`` or
+    ``c:<length>:<connection>``, then ``:<type>`` for a type with its own budget): the length
+    keeps the users apart whatever their ids contain.
     With `cluster=True`, `url` names any node of a Redis Cluster: each bucket is one key, so
     the script runs on the shard that owns it. The manager opens the trio-asyncio loop this
     runs in and calls `aclose` when it stops.

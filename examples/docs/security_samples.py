@@ -30,9 +30,9 @@ def jwks_authenticator(url: str = "https://id.example/.well-known/jwks.json") ->
     return auth
 
 
-def permission_server(port: int = 3001) -> WebSocketManager:
+async def permission_server(port: int = 3001) -> WebSocketManager:
     """A server that answers ``{"type": "may", "resource", "action"}`` with `authorize`'s answer
-    for the sender (named by ``?user=``; anonymous without it)."""
+    for the sender (named by ``?user=``; anonymous without it), with a private room ``vip``."""
     # --8<-- [start:permissions]
     from trio_rt import MemoryPermissionStore  # or CassandraPermissionStore(session, keyspace)
 
@@ -41,6 +41,9 @@ def permission_server(port: int = 3001) -> WebSocketManager:
     store.grant("mod", "room:*", "moderate")
     store.grant("*", "table:public", "read")  # every user, anonymous included
     manager = WebSocketManager(port=port, permissions=store)
+    # Join checks apply to private rooms only: without this line anyone could join "vip",
+    # and ann's `join` grant would change nothing.
+    await manager.create_room("vip", private=True)
     # --8<-- [end:permissions]
 
     @manager.on_connection

@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from trio_rt import Connection, Reject, WebSocketManager
+from trio_rt import Connection, ErrorCode, ProtocolError, Reject, WebSocketManager
 
 
 async def serve_in_a_block(host: str = "0.0.0.0", port: int = 3001) -> tuple[str, int]:
@@ -47,6 +47,8 @@ def register_handlers(manager: WebSocketManager, log: list[tuple[Any, ...]]) -> 
 
     @manager.on_message("chat", room_field="room")  # a client broadcast: permission checked
     async def chat(conn: Connection, message: dict[str, Any]) -> None:
+        if message["room"] not in conn.rooms:  # the membership check is the app's
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, "join the room before writing to it")
         await manager.broadcast_to_room(message["room"], message, exclude=conn)
 
     @manager.on_message()  # every type without a handler of its own

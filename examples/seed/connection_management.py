@@ -13,7 +13,8 @@ from trio_rt import Connection, Reject, WebSocketManager
 
 log = logging.getLogger("examples.seed.connection_management")
 
-# Stands in for the seed's authenticateUser(); see examples/seed/README.md and docs/security.md.
+# Stands in for the seed's authenticateUser(); authentication.py verifies real JWTs
+# (examples/seed/README.md maps every seed section to its module; docs/security.md).
 TOKENS = {"token-ann": "ann", "token-bob": "bob"}
 
 

@@ -28,17 +28,17 @@ def build_app(**options: object) -> WebSocketManager:
     async def identify(ws: Connection) -> None:
         ws.user_id = ws.request.query.get("user", [None])[0]
 
-    @ws_manager.on_message("chat_message")
+    # room_field: trio_rt checks the room name and the `broadcast` permission first.
+    @ws_manager.on_message("chat_message", room_field="payload.room")
     async def handle_chat_message(ws: Connection, data: dict[str, Any]) -> None:
-        payload = data.get("payload")
-        if not isinstance(payload, dict) or not isinstance(payload.get("room"), str):
-            raise ProtocolError(ErrorCode.INVALID_FIELD, "'payload.room' must be a string")
+        payload = data["payload"]  # an object with a valid room name: room_field checked it
+        room, message = payload["room"], payload.get("message")
+        if not isinstance(message, str):
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "'payload.message' must be a string")
+        if room not in ws.rooms:  # only members write to a room
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join room {room!r} before writing to it")
         await ws_manager.broadcast_to_room(
-            payload["room"],
-            {
-                "type": "chat_message",
-                "data": {"user_id": ws.user_id, "message": payload.get("message")},
-            },
+            room, {"type": "chat_message", "data": {"user_id": ws.user_id, "message": message}}
         )
 
     @ws_manager.on_message("query")

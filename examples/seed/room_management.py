@@ -28,9 +28,14 @@ async def build_app(**options: object) -> WebSocketManager:
     # Room-based messaging
     @ws_manager.on_message("chat_message")
     async def handle_chat_message(ws: Connection, data: dict[str, Any]) -> None:
-        payload = data.get("payload") or {}
-        room, message = payload.get("room"), payload.get("message")
-        if room not in ws.rooms:
+        payload = data.get("payload")
+        room = payload.get("room") if isinstance(payload, dict) else None
+        message = payload.get("message") if isinstance(payload, dict) else None
+        if not isinstance(room, str) or not isinstance(message, str):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "'payload.room' and 'payload.message' must be strings"
+            )
+        if room not in ws.rooms:  # only members write to a room
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, "join the room first")
         # (Storing the message in Cassandra comes with the history feature.)
         await ws_manager.broadcast_to_room(

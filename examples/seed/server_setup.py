@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from trio_rt import WebSocketManager
+from trio_rt import WebSocketManager, serve_until_signalled
 
 
 def build_app(port: int = 3001, **options: object) -> WebSocketManager:
@@ -30,5 +30,5 @@ async def main(
         await trio.sleep_forever()
 
 
-if __name__ == "__main__":
-    trio.run(main)
+if __name__ == "__main__":  # Ctrl-C or SIGTERM: a graceful shutdown, exit 0
+    trio.run(serve_until_signalled, build_app())

@@ -3,11 +3,31 @@
 import { TrioRtClient } from "/trio_rt.js";
 
 const DEFAULT_ROOMS = ["chat:general", "chat:random"];
+// The demo's name rule (examples/web_ui.py USER_NAME: Python's \w is Unicode letters and digits).
+const NAME = /^[\p{L}\p{N}_.@-]{1,32}$/u;
+const NOTICE_MS = 8000; // a notice goes away after this long (a new one replaces it)
+const STATE_LABELS = {
+  connecting: "connecting…",
+  open: "connected",
+  reconnecting: "reconnecting…",
+  closed: "offline",
+};
+// Why a rejoin could not replay what was missed (`recovery_failed` reasons), in plain words.
+const RECOVERY_TEXT = {
+  epoch_changed:
+    "The server restarted while you were away. Anything said just before the restart may be missing.",
+  retention: "You were away for long: some messages in between are no longer kept.",
+  too_many: "You missed too many messages to replay them all: showing the latest.",
+  unavailable: "Some messages could not be fetched from the server just now: showing the latest.",
+};
 const $ = (id) => document.getElementById(id);
 
-const rooms = new Map(); // room -> {messages: [], keys: Set}
+const rooms = new Map(); // room -> {messages: [], keys: Set, epochs: Map, joined}
 let current = null;
 let client = null;
+let config = { posts: false, tokens: true, off: [] };
+let arrivals = 0; // numbers messages in arrival order (the order of those without a position)
+let noticeTimer = null;
 
 function keyOf(m) {
   if (m.position) return `${m.position.epoch}:${m.position.offset}`;
@@ -16,31 +36,65 @@ function keyOf(m) {
 }
 
 function roomState(room) {
-  if (!rooms.has(room)) rooms.set(room, { messages: [], keys: new Set(), joined: false });
+  if (!rooms.has(room)) {
+    rooms.set(room, { messages: [], keys: new Set(), epochs: new Map(), joined: false });
+  }
   return rooms.get(room);
+}
+
+// --8<-- [start:order]
+// Messages are shown in position order: by epoch, in the order this page first saw each one (a
+// restarted server starts a new epoch, after the old one), then by offset. Messages without a
+// position (a room without history) keep their arrival order.
+function epochRank(st, epoch) {
+  if (!st.epochs.has(epoch)) st.epochs.set(epoch, st.epochs.size);
+  return st.epochs.get(epoch);
+}
+
+function before(st, a, b) {
+  if (a.position && b.position) {
+    const ra = epochRank(st, a.position.epoch);
+    const rb = epochRank(st, b.position.epoch);
+    return ra !== rb ? ra < rb : a.position.offset < b.position.offset;
+  }
+  return a.arrival < b.arrival;
 }
 
 function addMessage(room, m) {
   const st = roomState(room);
   const k = keyOf(m);
-  if (st.keys.has(k)) return;
+  if (st.keys.has(k)) return; // each position once (recovery, history and live overlap)
   st.keys.add(k);
-  st.messages.push(m);
-  if (room === current) appendMessage(m);
+  if (m.position) epochRank(st, m.position.epoch);
+  const item = { ...m, arrival: arrivals++ };
+  let i = st.messages.length; // usually the end: messages mostly come in order
+  while (i > 0 && before(st, item, st.messages[i - 1])) i--;
+  st.messages.splice(i, 0, item);
+  if (room === current) showMessage(item, i);
 }
 
 function setHistory(room, messages) {
-  // Replace what is shown with the server's history, keeping live messages it lacks.
-  const st = roomState(room);
-  const live = st.messages;
-  st.messages = [];
-  st.keys = new Set();
+  // Merge the server's history with what is shown (a restarted server has only what was said
+  // since): sorted, each message once.
   for (const m of messages) addMessage(room, m);
-  for (const m of live) addMessage(room, m);
-  if (room === current) renderMessages();
+}
+// --8<-- [end:order]
+
+function notify(text, { sticky = false } = {}) {
+  $("notice").textContent = text;
+  clearTimeout(noticeTimer);
+  noticeTimer = sticky || !text ? null : setTimeout(() => ($("notice").textContent = ""), NOTICE_MS);
 }
 
-function appendMessage(m) {
+function showMessage(m, index) {
+  const list = $("messages");
+  const li = messageItem(m);
+  const atEnd = index >= list.children.length;
+  list.insertBefore(li, atEnd ? null : list.children[index]);
+  if (atEnd) list.scrollTop = list.scrollHeight;
+}
+
+function messageItem(m) {
   const li = document.createElement("li");
   li.className = "msg";
   const d = m.data ?? {};
@@ -54,14 +108,13 @@ function appendMessage(m) {
   time.className = "time";
   time.textContent = d.timestamp ? new Date(d.timestamp).toLocaleTimeString() : "";
   li.append(user, text, time);
-  const list = $("messages");
-  list.append(li);
-  list.scrollTop = list.scrollHeight;
+  return li;
 }
 
 function renderMessages() {
-  $("messages").replaceChildren();
-  for (const m of rooms.get(current)?.messages ?? []) appendMessage(m);
+  const list = $("messages");
+  list.replaceChildren(...(rooms.get(current)?.messages ?? []).map(messageItem));
+  list.scrollTop = list.scrollHeight;
 }
 
 function renderRooms(counts = new Map()) {
@@ -91,7 +144,7 @@ function renderRooms(counts = new Map()) {
 async function openRoom(room) {
   current = room;
   $("room-title").textContent = room;
-  $("notice").textContent = "";
+  notify("");
   renderRooms();
   renderMessages();
   const st = roomState(room);
@@ -105,7 +158,7 @@ async function openRoom(room) {
     $("send").disabled = false;
     $("text").focus();
   } catch (err) {
-    $("notice").textContent = `cannot join ${room}: ${err.message}`;
+    notify(`Cannot join ${room}: ${err.message}`);
   }
 }
 
@@ -121,13 +174,17 @@ async function loadHistory(room) {
 
 // --8<-- [start:connect]
 function connect(name) {
-  client = new TrioRtClient(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`, {
+  const base = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+  const tokens = config.tokens; // false: no auth extra on the server, so no dev tokens
+  client = new TrioRtClient(tokens ? base : `${base}?user=${encodeURIComponent(name)}`, {
     // Called on every (re)connect: a fresh token each time (a restarted server has a new key).
-    token: async () => {
-      const r = await fetch(`/token?name=${encodeURIComponent(name)}`);
-      if (!r.ok) throw new Error((await r.json()).error);
-      return (await r.json()).token;
-    },
+    token: tokens
+      ? async () => {
+          const r = await fetch(`/token?name=${encodeURIComponent(name)}`);
+          if (!r.ok) throw new Error((await r.json()).error);
+          return (await r.json()).token;
+        }
+      : null,
     overflow: "drop_oldest",
     maxDelay: 5,
   });
@@ -135,44 +192,52 @@ function connect(name) {
   client.on("state", ({ state }) => {
     const el = $("state");
     el.dataset.state = state;
-    el.textContent = state;
+    el.textContent = STATE_LABELS[state] ?? state;
   });
   client.on("open", ({ welcome }) => {
     $("server-id").textContent = welcome.server_id ?? "-";
   });
-  // A new outage clears the last one's notice (a recovery notice stays until then).
-  client.on("reconnecting", () => {
-    $("notice").textContent = "";
-  });
   client.on("message", (m) => {
     if (m.type === "chat_message" && typeof m.room === "string") addMessage(m.room, m);
-    else if (m.type === "error") $("notice").textContent = `${m.code}: ${m.message}`;
+    else if (m.type === "error") notify(m.message);
     else if ((m.type === "room_kicked" || m.type === "room_left") && rooms.has(m.room)) {
       roomState(m.room).joined = false; // the client forgot it: a click joins again
-      if (m.room === current) $("notice").textContent = `you left ${m.room}`;
+      if (m.room === current) notify(`You left ${m.room}.`);
     }
   });
   client.on("dropped", () => {
-    $("notice").textContent = "offline for long: the oldest unsent message was dropped";
+    notify("You were offline for long: the oldest message you wrote was not sent.");
   });
   client.on("recovery_failed", ({ room, reason }) => {
-    if (room === current) $("notice").textContent = `missed messages could not be replayed (${reason}); reloading history`;
+    const words = RECOVERY_TEXT[reason] ?? "Some messages you missed could not be fetched.";
+    if (room === current) notify(words);
   });
   client.on("history", ({ room, messages }) => setHistory(room, messages));
   client.on("rejoin_failed", ({ room, error }) => {
     roomState(room).joined = false;
-    if (room === current) $("notice").textContent = `left ${room}: ${error.message}`;
+    if (room === current) notify(`You are no longer in ${room}: ${error.message}`);
   });
   client.on("closed", ({ reason }) => {
-    $("notice").textContent = `disconnected for good${reason ? `: ${reason}` : ""}`;
+    notify(`Disconnected for good${reason ? `: ${reason}` : ""}. Reload the page.`, { sticky: true });
   });
   client.connect();
 }
 // --8<-- [end:connect]
 
+function showOff() {
+  // What this server runs without, and how to turn it on (examples/web_ui.py `off`).
+  if (!config.off.length) return;
+  $("off-list").replaceChildren(
+    ...config.off.map((text) => {
+      const li = document.createElement("li");
+      li.textContent = text;
+      return li;
+    }),
+  );
+  $("off").hidden = false;
+}
+
 async function showPosts() {
-  const r = await fetch("/demo/config");
-  const config = await r.json();
   if (!config.posts) return; // no change streams on this server: the board stays hidden
   $("posts").hidden = false;
   $("poster").addEventListener("submit", (ev) => {
@@ -183,12 +248,23 @@ async function showPosts() {
     $("post-title").value = "";
   });
   const sub = await client.subscribe("posts", {});
-  sub.on((event) => {
-    const li = document.createElement("li");
-    const d = event.data ?? {};
-    li.textContent = `${event.operation}: ${d.title ?? JSON.stringify(event.key)}`;
-    $("post-list").prepend(li);
-  });
+  sub.on((event) => $("post-list").prepend(postItem(event)));
+}
+
+function postItem(event) {
+  // A post's title and author; an update or a delete says so after them.
+  const d = event.data ?? {};
+  const li = document.createElement("li");
+  li.dataset.operation = event.operation;
+  const title = document.createElement("span");
+  title.className = "post-title";
+  title.textContent = d.title ?? "a post";
+  const author = document.createElement("span");
+  author.className = "post-author";
+  const what = { update: " (edited)", delete: " (deleted)" }[event.operation] ?? "";
+  author.textContent = (d.author ? `by ${d.author}` : "") + what;
+  li.append(title, author);
+  return li;
 }
 
 async function pollMetrics() {
@@ -206,15 +282,31 @@ async function pollMetrics() {
   }
 }
 
-$("login").addEventListener("submit", (ev) => {
+async function loadConfig() {
+  try {
+    config = await (await fetch("/demo/config")).json();
+  } catch {
+    // keep the defaults: tokens on, nothing else
+  }
+}
+
+$("name").addEventListener("input", () => ($("login-error").textContent = ""));
+
+$("login").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const name = $("name").value.trim();
-  if (!name) return;
+  if (!NAME.test(name)) {
+    $("login-error").textContent = `A name is ${$("name-rule").textContent}.`;
+    $("name").focus();
+    return;
+  }
+  await loadConfig();
   $("login").hidden = true;
   $("app").hidden = false;
   $("me").textContent = name;
   connect(name);
   renderRooms();
+  showOff();
   pollMetrics();
   setInterval(pollMetrics, 2000);
   showPosts().catch((err) => console.warn("posts board:", err));

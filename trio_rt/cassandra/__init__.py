@@ -18,6 +18,13 @@ creates every table trio_rt keeps in Cassandra (also ``trio-rt schema create``).
 docs/cassandra.md.
 """
 
+try:  # the `cassandra` extra: say so instead of a bare "No module named 'cassandra'"
+    import cassandra as _driver  # noqa: F401
+except ModuleNotFoundError as exc:
+    from .. import _missing_extra_error
+
+    raise _missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
+
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
 from ._model import CapturedWrite, Change, ChangeCapture, Column, Database, Table
 from ._rooms import CassandraRoomStore
