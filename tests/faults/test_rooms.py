@@ -312,10 +312,10 @@ def cassandra_pause(seconds: float = 4.0) -> Fault:
 async def cut_while_flooding(d: Rooms) -> None:
     """The receivers behind the proxy stop reading (their app is busy; their clients use the
     ``receive_overflow="wait"`` policy, so they stop reading the socket too), the senders flood
-    the rooms, and once each of those clients was sent far more than it buffers, the proxy resets their TCP connections. The app stays busy a
-    little longer (the client's keepalive ping meets the dead connection meanwhile), then
-    reads again: each client must notice the dead connection, reconnect and recover what it
-    missed."""
+    the rooms, and once each of those clients was sent far more than it buffers, the proxy
+    resets their TCP connections. The app stays busy a little longer (the client's heartbeat
+    meets the dead connection meanwhile), then reads again: each client must notice the dead
+    connection, reconnect and recover what it missed."""
     proxy, watchdog = d.proxy, d.watchdog
     assert proxy is not None and watchdog is not None
     victims = [r for r in d.receivers if r.connected and r.client.url == proxy.url]
