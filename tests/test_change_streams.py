@@ -20,10 +20,10 @@ import trio_asyncio
 from trio_rt import Connection, WebSocketManager
 from trio_rt._changes import ChangeEvent, ChangeLog, ChangeStreamManager
 from trio_rt._protocol import StreamPosition
-from trio_rt._redis_streams import RedisSequencer
 from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamStore
 from trio_rt.cassandra import CassandraSession, CassandraUnavailable, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
+from trio_rt.redis import RedisSequencer
 from trio_rt.testing.services import CassandraEndpoint
 
 from .conftest import client, wait_until

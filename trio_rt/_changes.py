@@ -262,7 +262,7 @@ class ChangePublisher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the broker, the sequencer and the nudge publisher until cancelled."""
-        from ._aio import ensure_loop
+        from .redis._aio import ensure_loop
 
         runner = getattr(self.sequencer, "run", None)
         async with contextlib.AsyncExitStack() as stack:
