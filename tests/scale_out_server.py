@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from trio_rt import Connection, WebSocketManager
-from trio_rt._redis_broker import RedisBroker
+from trio_rt.redis import RedisBroker
 
 REDIS_URL_ENV = "TRIO_RT_SCALE_OUT_REDIS_URL"
 

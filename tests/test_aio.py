@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import trio
 
-from trio_rt._aio import AioCaller, Call
+from trio_rt.redis._aio import AioCaller, Call
 
 
 async def test_results_and_exceptions_cross_the_bridge() -> None:

@@ -31,7 +31,7 @@ async def redis_brokers(url: str) -> AsyncIterator[MakeBroker]:
 
     from trio_rt import RedisBroker
 
-    # Several brokers in one process share one trio-asyncio loop (trio_rt/_aio.py).
+    # Several brokers in one process share one trio-asyncio loop (trio_rt/redis/_aio.py).
     async with trio_asyncio.open_loop():
         yield lambda: RedisBroker(url)
 

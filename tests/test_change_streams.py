@@ -9,8 +9,10 @@ recovery.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,15 +22,16 @@ import trio_asyncio
 from trio_rt import Connection, WebSocketManager
 from trio_rt._changes import ChangeEvent, ChangeLog, ChangeStreamManager
 from trio_rt._protocol import StreamPosition
-from trio_rt._redis_streams import RedisSequencer
 from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamStore
 from trio_rt.cassandra import CassandraSession, CassandraUnavailable, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
+from trio_rt.redis import RedisSequencer
 from trio_rt.testing.services import CassandraEndpoint
 
 from .conftest import client, wait_until
 
 GUARD = 60.0  # deadlock protection only
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def posts() -> Table:
@@ -418,6 +421,55 @@ async def test_a_write_whose_notification_never_comes_is_found_by_polling(
         with trio.fail_after(GUARD):
             await wait_until(lambda: len(recorder.events) == 1, GUARD)
     assert recorder.events[0].data["id"] == 7
+
+
+# A process with the cassandra extra and without the redis one (no redis-py, no trio_asyncio):
+# it writes through a ChangePublisher on memory backends, and the store gets the change.
+_PUBLISHER_WITHOUT_REDIS = """
+import sys
+for name in ("redis", "hiredis", "trio_asyncio"):
+    sys.modules[name] = None  # as if the redis extra were not installed
+import trio
+from trio_rt import ChangePublisher, MemoryBroker, MemorySequencer
+from trio_rt.cassandra import CassandraSession, Column, Database, Table
+
+async def main(host, port, keyspace):
+    table = Table("posts", [Column("id", "int"), Column("title", "text")], partition_key="id")
+    async with CassandraSession.connect([host], port=int(port)) as session:
+        db = Database(session, keyspace)
+        await db.create_table(table)
+        publisher = ChangePublisher(db, broker=MemoryBroker(), sequencer=MemorySequencer())
+        await publisher.store.create_schema()
+        async with publisher:
+            await db.insert(table, {"id": 1, "title": "t"})
+        head = await publisher.store.head("table:posts")
+    print("offset", head.position.offset if head else None)
+
+trio.run(main, *sys.argv[1:])
+"""
+
+
+async def test_a_publisher_on_memory_backends_needs_no_redis_extra(
+    cassandra_endpoint: CassandraEndpoint, keyspace: str
+) -> None:
+    """The trio-asyncio loop is for Redis components only: without one, a ChangePublisher
+    neither needs the redis extra nor imports trio_asyncio (which patches asyncio)."""
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-c",
+            _PUBLISHER_WITHOUT_REDIS,
+            cassandra_endpoint.host,
+            str(cassandra_endpoint.port),
+            keyspace,
+        ],
+        cwd=ROOT,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert result.stdout.split() == [b"offset", b"1"]
 
 
 # -- client subscriptions -----------------------------------------------------------------------

@@ -78,10 +78,11 @@ for name in sorted(trio_rt._LAZY):
         getattr(trio_rt, name)
     except ImportError as exc:
         errors[name] = str(exc)
-try:
-    import trio_rt.cassandra
-except ImportError as exc:
-    errors["trio_rt.cassandra"] = str(exc)
+for package in ("trio_rt.cassandra", "trio_rt.redis"):
+    try:
+        __import__(package)
+    except ImportError as exc:
+        errors[package] = str(exc)
 print(json.dumps({"all": trio_rt.__all__, "star": "WebSocketManager" in dir(), "errors": errors}))
 """
     )
@@ -98,6 +99,7 @@ print(json.dumps({"all": trio_rt.__all__, "star": "WebSocketManager" in dir(), "
         assert f"trio_rt.{name} needs the {extra!r} extra" in errors[name], name
         assert f"pip install 'trio_rt[{extra}]'" in errors[name], name
     assert "pip install 'trio_rt[cassandra]'" in errors["trio_rt.cassandra"]
+    assert "trio_rt.redis needs the 'redis' extra" in errors["trio_rt.redis"]
 
 
 def test_an_import_error_that_is_not_the_extra_is_not_disguised() -> None:
@@ -115,3 +117,35 @@ except ImportError as exc:
     )
     assert result.returncode == 0, result.stderr
     assert "extra" not in result.stdout and "ModuleNotFoundError" in result.stdout
+
+
+def test_the_redis_subpackage_exports_what_trio_rt_exports() -> None:
+    """``trio_rt.redis`` holds the Redis edge; ``trio_rt.RedisBroker`` and friends are the same
+    objects, and nothing else of the package's is public there."""
+    import trio_rt.redis
+
+    lazy_redis = {name for name, (module, _) in trio_rt._LAZY.items() if module == ".redis"}
+    assert lazy_redis == {"RedisBroker", "RedisRateLimiter", "RedisSequencer", "ServerRegistry"}
+    assert set(trio_rt.redis.__all__) == lazy_redis | {"RedisBrokerStats"}
+    for name in lazy_redis:
+        assert getattr(trio_rt, name) is getattr(trio_rt.redis, name), name
+
+
+def test_the_redis_subpackage_does_not_shadow_redis_py() -> None:
+    """Inside trio_rt/redis/, ``import redis`` is redis-py (absolute imports), not the package
+    itself; a fresh interpreter checks it, whatever the test run imported before."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import trio_rt.redis._broker as b, trio_rt.redis._sequencer as s, redis;"
+            "print(b.aioredis.__name__, s.aioredis.__name__, redis.__name__,"
+            " hasattr(redis, 'Redis'))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["redis.asyncio", "redis.asyncio", "redis", "True"]

@@ -305,7 +305,7 @@ async def test_two_servers_on_redis_deliver_concurrent_publishes_in_offset_order
     """Server 1 allocates offset 2 and is slow to store it; server 2 allocates 3 and
     publishes it first. Both servers' members still get 2 then 3."""
     from trio_rt import RedisBroker
-    from trio_rt._redis_streams import RedisSequencer
+    from trio_rt.redis import RedisSequencer
 
     class GatedStore(MemoryStreamStore):
         """Holds the append of the message with ``"slow": true`` until `gate` is set."""

@@ -11,7 +11,7 @@ import trio_asyncio
 
 from trio_rt import Connection, WebSocketManager
 from trio_rt._ratelimit import Rate
-from trio_rt._redis_ratelimit import RedisRateLimiter
+from trio_rt.redis import RedisRateLimiter
 
 from .conftest import client, free_port
 

@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio_asyncio
 
-from trio_rt._registry import ServerRegistry
 from trio_rt._rendezvous import rendezvous_owner
+from trio_rt.redis import ServerRegistry
 
 from .conftest import free_port, redis_on
 

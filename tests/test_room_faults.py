@@ -23,8 +23,8 @@ import trio
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from trio_rt import RedisBroker, RoomHistory, WebSocketManager
-from trio_rt._redis_streams import RedisSequencer
 from trio_rt._streams import StreamPosition, recover
+from trio_rt.redis import RedisSequencer
 
 from .conftest import Client, client, free_port, redis_on, wait_until
 

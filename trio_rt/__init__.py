@@ -44,7 +44,8 @@ _EXTRAS: dict[str, tuple[str, ...]] = {
     "metrics": ("prometheus_client",),
 }
 
-# The names imported on first use: name -> (private module, the extra it needs).
+# The names imported on first use: name -> (the module that defines or re-exports it, the
+# extra it needs).
 _LAZY: dict[str, tuple[str, str]] = {
     "AuthError": ("._auth", "auth"),
     "Claims": ("._auth", "auth"),
@@ -57,10 +58,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ChangeLog": ("._changes", "cassandra"),
     "ChangePublisher": ("._changes", "cassandra"),
     "ChangeStreamManager": ("._changes", "cassandra"),
-    "RedisBroker": ("._redis_broker", "redis"),
-    "RedisRateLimiter": ("._redis_ratelimit", "redis"),
-    "RedisSequencer": ("._redis_streams", "redis"),
-    "ServerRegistry": ("._registry", "redis"),
+    # The Redis edge: trio_rt.redis (a subpackage that names its extra when it is missing).
+    "RedisBroker": (".redis", "redis"),
+    "RedisRateLimiter": (".redis", "redis"),
+    "RedisSequencer": (".redis", "redis"),
+    "ServerRegistry": (".redis", "redis"),
     "WebSocketMetrics": ("._metrics", "metrics"),
 }
 
@@ -75,10 +77,7 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     )
     from ._changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
     from ._metrics import WebSocketMetrics
-    from ._redis_broker import RedisBroker
-    from ._redis_ratelimit import RedisRateLimiter
-    from ._redis_streams import RedisSequencer
-    from ._registry import ServerRegistry
+    from .redis import RedisBroker, RedisRateLimiter, RedisSequencer, ServerRegistry
 
 __all__ = [
     "Broker",
@@ -161,10 +160,14 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'trio_rt' has no attribute {name!r}") from None
     try:
         module = _import_module(module_name, __name__)
-    except ModuleNotFoundError as exc:
-        top = (exc.name or "").partition(".")[0]
-        if top in _EXTRAS[extra]:
-            raise _missing_extra_error(f"trio_rt.{name}", extra, exc) from exc
+    except ImportError as exc:
+        # A subpackage (trio_rt.redis) raises its own "needs the extra" ImportError from the
+        # ModuleNotFoundError: look at that one, and name the attribute asked for.
+        missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
+        if isinstance(missing, ModuleNotFoundError) and (
+            (missing.name or "").partition(".")[0] in _EXTRAS[extra]
+        ):
+            raise _missing_extra_error(f"trio_rt.{name}", extra, missing) from exc
         raise
     value = getattr(module, name)
     globals()[name] = value  # later lookups skip __getattr__

@@ -262,11 +262,13 @@ class ChangePublisher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the broker, the sequencer and the nudge publisher until cancelled."""
-        from ._aio import ensure_loop
-
         runner = getattr(self.sequencer, "run", None)
         async with contextlib.AsyncExitStack() as stack:
             if getattr(self.broker, "needs_asyncio", False) or runner is not None:
+                # Only here: it needs the redis extra, and importing trio_asyncio patches
+                # asyncio for the whole process.
+                from .redis._aio import ensure_loop
+
                 await stack.enter_async_context(ensure_loop())  # one loop for both
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self.broker.run, _ignore_message)

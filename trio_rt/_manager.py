@@ -452,7 +452,7 @@ class WebSocketManager:
                     self._rate_limiter, "needs_asyncio", False
                 ):
                     # One trio-asyncio loop for every asyncio-based component of this server.
-                    from ._aio import ensure_loop
+                    from .redis._aio import ensure_loop
 
                     await stack.enter_async_context(ensure_loop())
                 if hasattr(self._rate_limiter, "aclose"):

@@ -7,7 +7,7 @@ with `retry_after`: the seconds until one token is back (nothing is consumed by 
 client that keeps hammering gets no further).
 
 `take` is the arithmetic, a pure function of the bucket state and the clock. `LocalRateLimiter`
-keeps buckets in a dict (one process); `RedisRateLimiter` (trio_rt._redis_ratelimit) runs the
+keeps buckets in a dict (one process); `RedisRateLimiter` (trio_rt.redis) runs the
 same arithmetic in one Lua script on Redis, so the clients of one user spread over several
 servers share one budget.
 """

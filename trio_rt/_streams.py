@@ -7,7 +7,7 @@ when a stream's history is lost the epoch changes, and positions of another epoc
 
 - A `Sequencer` hands out positions, and a write timestamp that grows with the offset, so that
   Cassandra's last-write-wins order and offset order agree whatever the writers' clocks say.
-  `MemorySequencer` serves one process; `RedisSequencer` (trio_rt._redis_streams) a cluster.
+  `MemorySequencer` serves one process; `RedisSequencer` (trio_rt.redis) a cluster.
 - A `StreamStore` keeps entries for a retention period and answers "what came after offset X".
   `MemoryStreamStore` here; `CassandraStreamStore` in trio_rt.cassandra.
 - `StreamCursor` (sans-IO) turns repeated reads of a store into an in-order, exactly-once
@@ -75,7 +75,8 @@ class StreamEntry:
 class StreamStore(abc.ABC):
     """Keeps stream entries for a retention period.
 
-    Contract (tests/test_streams_contract.py runs it against every implementation):
+    Contract (``test_store_contract`` in tests/test_change_streams.py runs it against every
+    implementation):
 
     - ``append(stream, allocation, payload)`` stores one entry at the allocated position.
     - ``read(stream, epoch, after, limit, upto=None)`` returns up to `limit` entries of

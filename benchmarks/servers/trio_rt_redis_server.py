@@ -19,7 +19,7 @@ import sys
 
 import trio
 
-from trio_rt._redis_broker import RedisBroker
+from trio_rt.redis import RedisBroker
 
 from .trio_rt_server import main
 

@@ -43,8 +43,8 @@ import redis.asyncio as aioredis
 import trio
 import trio_asyncio
 
+from .._rendezvous import rendezvous_owner
 from ._aio import Call, ensure_loop
-from ._rendezvous import rendezvous_owner
 
 __all__ = ["ServerRegistry"]
 

@@ -49,9 +49,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._broker import Broker, BrokerUnavailable, Deliver
+from .._options import require_positive_ints
 from ._aio import ensure_loop
-from ._broker import Broker, BrokerUnavailable, Deliver
-from ._options import require_positive_ints
 
 __all__ = ["RedisBroker", "RedisBrokerStats"]
 

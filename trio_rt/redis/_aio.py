@@ -3,7 +3,8 @@
 redis-py's client is asyncio; trio_rt runs it inside a trio-asyncio loop. There is one loop per
 owner (the manager opens it when a component needs it; a component run on its own opens its
 own), and code crosses the bridge once per direction with long-lived tasks, never once per
-message (measured: ~91 us per crossing; docs/development.md).
+message (measured: ~91 us per `aio_as_trio` call; the design is in docs/rooms.md, "Crossing
+the bridge once per direction").
 
 Two trio-asyncio loops in one thread confuse asyncio's notion of the running loop (futures get
 bound to the wrong loop and cancellations are lost), so `ensure_loop` refuses to open a second

@@ -19,8 +19,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import trio
 
+from .._streams import Allocation, Sequencer, StreamPosition, new_epoch
 from ._aio import AioCaller
-from ._streams import Allocation, Sequencer, StreamPosition, new_epoch
 
 __all__ = ["RedisSequencer"]
 

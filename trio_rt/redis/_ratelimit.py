@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import trio_asyncio
 
-from ._ratelimit import Decision, LocalRateLimiter, Rate
+from .._ratelimit import Decision, LocalRateLimiter, Rate
 
 __all__ = ["RedisRateLimiter"]
 
