@@ -101,7 +101,7 @@ HOST = "127.0.0.1"
 CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
 STATE_FILE = "services.json"
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parent.parent  # trio_rt/testing
 _CASSANDRA_FILES = _HERE / "cassandra"
 
 

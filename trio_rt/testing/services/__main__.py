@@ -1,0 +1,5 @@
+import sys
+
+from ._cassandra import main
+
+sys.exit(main())
