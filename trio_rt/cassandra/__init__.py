@@ -26,7 +26,7 @@ except ModuleNotFoundError as exc:
     raise _missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
 
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
-from ._model import CapturedWrite, Change, ChangeCapture, Column, Database, Table
+from ._types import CapturedWrite, Change, ChangeCapture, Column, Database, Table
 from ._rooms import CassandraRoomStore
 from ._schema import SCHEMA_PARTS, create_schema
 from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator

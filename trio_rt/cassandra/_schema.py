@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._model import Database, Table, _check_name
+from ._types import Database, Table, _check_name
 from ._session import CassandraSession
 
 __all__ = ["SCHEMA_PARTS", "create_schema"]
