@@ -25,12 +25,14 @@ except ModuleNotFoundError as exc:
 
     raise _missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
 
+from ._capture import CapturedWrite, Change, ChangeCapture
+from ._database import Database
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
-from ._types import CapturedWrite, Change, ChangeCapture, Column, Database, Table
 from ._rooms import CassandraRoomStore
 from ._schema import SCHEMA_PARTS, create_schema
 from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
 from ._streams import CassandraStreamStore
+from ._table import Column, Table
 
 __all__ = [
     "SCHEMA_PARTS",

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._types import Database, Table, _check_name
+from ._database import Database
 from ._session import CassandraSession
+from ._table import Table
+from ._types import check_name
 
 __all__ = ["SCHEMA_PARTS", "create_schema"]
 
@@ -66,7 +68,7 @@ async def create_schema(
     from ._rooms import CassandraRoomStore
     from ._streams import CassandraStreamStore
 
-    _check_name(keyspace, "keyspace")
+    check_name(keyspace, "keyspace")
     wanted = list(dict.fromkeys(parts))
     unknown = [p for p in wanted if p not in SCHEMA_PARTS]
     if unknown:
