@@ -26,7 +26,7 @@ from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
 from ._options import ServerOptions
 from ._outbox import SlowConsumerPolicy
-from ._permissions import CassandraPermissionStore, MemoryPermissionStore, PermissionStore
+from ._permissions import MemoryPermissionStore, PermissionStore
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
 from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
@@ -57,6 +57,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ChangeLog": ("._changes", "cassandra"),
     "ChangePublisher": ("._changes", "cassandra"),
     "ChangeStreamManager": ("._changes", "cassandra"),
+    "CassandraPermissionStore": (".cassandra", "cassandra"),
     "RedisBroker": ("._redis_broker", "redis"),
     "RedisRateLimiter": ("._redis_ratelimit", "redis"),
     "RedisSequencer": ("._redis_streams", "redis"),
@@ -79,11 +80,11 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     from ._redis_ratelimit import RedisRateLimiter
     from ._redis_streams import RedisSequencer
     from ._registry import ServerRegistry
+    from .cassandra import CassandraPermissionStore
 
 __all__ = [
     "Broker",
     "BrokerUnavailable",
-    "CassandraPermissionStore",
     "CloseCode",
     "Connection",
     "Decision",
@@ -122,6 +123,7 @@ __all__ = [
 if TYPE_CHECKING:
     __all__ += [
         "AuthError",
+        "CassandraPermissionStore",
         "ChangeEvent",
         "ChangeLog",
         "ChangePublisher",
@@ -161,10 +163,15 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'trio_rt' has no attribute {name!r}") from None
     try:
         module = _import_module(module_name, __name__)
-    except ModuleNotFoundError as exc:
-        top = (exc.name or "").partition(".")[0]
+    except ImportError as exc:
+        # A missing extra module, directly or behind a subpackage's own ImportError (trio_rt.
+        # cassandra raises one naming the extra, from the driver's ModuleNotFoundError).
+        missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
+        if not isinstance(missing, ModuleNotFoundError):
+            raise
+        top = (missing.name or "").partition(".")[0]
         if top in _EXTRAS[extra]:
-            raise _missing_extra_error(f"trio_rt.{name}", extra, exc) from exc
+            raise _missing_extra_error(f"trio_rt.{name}", extra, missing) from exc
         raise
     value = getattr(module, name)
     globals()[name] = value  # later lookups skip __getattr__

@@ -28,6 +28,7 @@ except ModuleNotFoundError as exc:
 from ._capture import CapturedWrite, Change, ChangeCapture
 from ._database import Database
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
+from ._permissions import CassandraPermissionStore
 from ._rooms import CassandraRoomStore
 from ._schema import SCHEMA_PARTS, create_schema
 from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
@@ -38,6 +39,7 @@ __all__ = [
     "SCHEMA_PARTS",
     "CapturedWrite",
     "CassandraError",
+    "CassandraPermissionStore",
     "CassandraQueryError",
     "CassandraRoomStore",
     "CassandraSession",

@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._database import Database
+from ._permissions import CassandraPermissionStore
+from ._rooms import CassandraRoomStore
 from ._session import CassandraSession
+from ._streams import CassandraStreamStore
 from ._table import Table
 from ._types import check_name
 
@@ -64,10 +67,6 @@ async def create_schema(
     replication factor, and ``LookupError`` when the keyspace does not exist (and
     `replication_factor` is None). Cassandra errors propagate (``CassandraError``).
     """
-    from .._permissions import CassandraPermissionStore
-    from ._rooms import CassandraRoomStore
-    from ._streams import CassandraStreamStore
-
     check_name(keyspace, "keyspace")
     wanted = list(dict.fromkeys(parts))
     unknown = [p for p in wanted if p not in SCHEMA_PARTS]
