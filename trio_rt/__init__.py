@@ -33,6 +33,7 @@ from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
 from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
+from ._watch_positions import MemoryWatchPositions, WatchPositions
 
 __version__ = "0.1.0"
 
@@ -96,6 +97,7 @@ __all__ = [
     "MemoryPermissionStore",
     "MemorySequencer",
     "MemoryStreamStore",
+    "MemoryWatchPositions",
     "PermissionStore",
     "ProtocolError",
     "Rate",
@@ -114,6 +116,7 @@ __all__ = [
     "StreamEntry",
     "StreamPosition",
     "StreamStore",
+    "WatchPositions",
     "WebSocketManager",
     "rendezvous_owner",
     "rendezvous_rank",

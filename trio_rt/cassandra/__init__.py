@@ -34,6 +34,7 @@ from ._schema import SCHEMA_PARTS, create_schema
 from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
 from ._streams import CassandraStreamStore
 from ._table import Column, Table
+from ._watch_positions import CassandraWatchPositions
 
 __all__ = [
     "SCHEMA_PARTS",
@@ -47,6 +48,7 @@ __all__ = [
     "CassandraStreamStore",
     "CassandraTimeout",
     "CassandraUnavailable",
+    "CassandraWatchPositions",
     "Change",
     "ChangeCapture",
     "Column",
