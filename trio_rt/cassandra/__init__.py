@@ -31,7 +31,7 @@ from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, Cass
 from ._permissions import CassandraPermissionStore
 from ._rooms import CassandraRoomStore
 from ._schema import SCHEMA_PARTS, create_schema
-from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
+from ._session import CassandraSession, CassandraStats, Page, Params, Row, RowIterator
 from ._streams import CassandraStreamStore
 from ._table import Column, Table
 from ._watch_positions import CassandraWatchPositions
@@ -53,6 +53,7 @@ __all__ = [
     "ChangeCapture",
     "Column",
     "Database",
+    "Page",
     "Params",
     "Row",
     "RowIterator",
