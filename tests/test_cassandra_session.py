@@ -25,6 +25,7 @@ from trio_rt.cassandra import (
     CassandraSession,
     CassandraTimeout,
     CassandraUnavailable,
+    Page,
 )
 from trio_rt.testing.pytest_plugin import CassandraEndpoint
 
@@ -310,6 +311,42 @@ async def test_paging_over_10000_rows(
             )
         ]
         assert bucket == [i for i in range(total) if i % 16 == 3]
+
+
+async def test_fetch_page_hands_out_the_paging_state(
+    session: CassandraSession, keyspace: str
+) -> None:
+    """fetch_page is one page request: the caller keeps the paging state (a web client asking
+    for "more"), a new session continues from it, and the last page has none."""
+    with trio.fail_after(GUARD):
+        await session.execute(f"CREATE TABLE {keyspace}.p (k int, c int, PRIMARY KEY (k, c))")
+        await insert_concurrently(
+            session, f"INSERT INTO {keyspace}.p (k, c) VALUES (?, ?)", [(1, i) for i in range(25)]
+        )
+        query = f"SELECT c FROM {keyspace}.p WHERE k = ?"
+        first = await session.fetch_page(query, (1,), page_size=10)
+        assert isinstance(first, Page)
+        assert [r["c"] for r in first.rows] == list(range(10))
+        assert isinstance(first.paging_state, bytes)
+        got = [r["c"] for r in first.rows]
+        state = first.paging_state
+        pages = 1
+        while state is not None:
+            page = await session.fetch_page(query, (1,), paging_state=state, page_size=10)
+            got += [r["c"] for r in page.rows]
+            state = page.paging_state
+            pages += 1
+        assert got == list(range(25))
+        assert pages in (3, 4)  # a last, empty page is allowed
+        # The same state gives the same page again.
+        again = await session.fetch_page(query, (1,), paging_state=first.paging_state, page_size=10)
+        assert [r["c"] for r in again.rows] == list(range(10, 20))
+        # Without params (a simple statement): all in one page, no state.
+        whole = await session.fetch_page(f"SELECT c FROM {keyspace}.p WHERE k = 1", page_size=30)
+        assert [r["c"] for r in whole.rows] == list(range(25))
+        assert whole.paging_state is None
+        with pytest.raises(ValueError, match="page_size"):
+            await session.fetch_page(query, (1,), page_size=0)
 
 
 async def test_iteration_survives_cancellation(session: CassandraSession, keyspace: str) -> None:

@@ -339,6 +339,56 @@ def test_json_round_trip_property(data: st.DataObject) -> None:
     assert table.normalize(column, canonical) == canonical  # canonical is a fixed point
 
 
+def test_the_public_checks_database_uses() -> None:
+    """Table.normalize_values / normalize_key / from_driver and Column's value methods: what
+    Database builds its statements from (pure: no request)."""
+    table = posts_table()
+    tid = uuid.UUID("a7f8e3e0-c0de-11ee-8000-000000000001")
+    naive = dt.datetime(2024, 1, 1, 12, 0, 0, 123456)
+    assert table.normalize_values({"score": 3, "tags": frozenset({"a"}), "title": None}) == {
+        "score": 3,
+        "tags": {"a"},
+        "title": None,
+    }
+    assert table.normalize_values({"author": "x"}) == {"author": "x"}
+    with pytest.raises(ValueError, match=r"posts\.author is a primary key column"):
+        table.normalize_values({"author": "x"}, allow_key=False)
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        table.normalize_values({"nope": 1})
+    with pytest.raises(TypeError, match="values must be a mapping"):
+        table.normalize_values([("score", 1)])
+    with pytest.raises(TypeError, match=r"posts\.score \(int\): expected int, got str"):
+        table.normalize_values({"score": "1"})
+    # Keys come back complete, in key order, canonical.
+    assert list(table.normalize_key({"id": tid, "author": "x"})) == ["author", "id"]
+    assert table.normalize_key({"author": "x"}, partition=True) == {"author": "x"}
+    with pytest.raises(ValueError, match=r"posts\.id is missing from the primary key"):
+        table.normalize_key({"author": "x"})
+    with pytest.raises(ValueError, match=r"posts\.id is not in the partition key \(author\)"):
+        table.normalize_key({"author": "x", "id": tid}, partition=True)
+    with pytest.raises(ValueError, match=r"posts\.author is part of the primary key: it cannot"):
+        table.normalize_key({"author": None, "id": tid})
+    with pytest.raises(TypeError, match="partition key must be a mapping"):
+        table.normalize_key("x", partition=True)
+    # A driver row: canonical values, None and unknown columns as they are.
+    row = table.from_driver({"author": "x", "tags": frozenset({"b"}), "title": None, "ttl": 7})
+    assert row == {"author": "x", "tags": {"b"}, "title": None, "ttl": 7}
+    assert type(row["tags"]) is set
+    # Column: the same checks without the table's name.
+    column = Column("at", "timestamp")
+    assert column.kind == "scalar" and column.rangeable
+    assert column.normalize(None) is None
+    assert column.normalize(naive) == dt.datetime(2024, 1, 1, 12, 0, 0, 123000, tzinfo=dt.UTC)
+    assert column.to_json(naive) == "2024-01-01T12:00:00.123Z"
+    assert column.from_json("2024-01-01T12:00:00.123Z") == column.normalize(naive)
+    with pytest.raises(TypeError, match=r"^expected datetime\.datetime, got str$"):
+        column.normalize("2024-01-01")
+    tags = table.column("tags")
+    assert tags.kind == "set" and not tags.rangeable
+    assert not Column("flag", "boolean").rangeable
+    assert Column("m", "map<text, int>").kind == "map"
+
+
 def test_to_json_refuses_unknown_columns_and_wrong_types() -> None:
     table = all_types_table()
     with pytest.raises(ValueError, match="no column 'x'"):

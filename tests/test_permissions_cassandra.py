@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import trio_rt.cassandra
 from trio_rt import CassandraPermissionStore, Connection, PermissionStore, WebSocketManager
 from trio_rt.cassandra import CassandraSession
 
@@ -23,6 +24,12 @@ async def store(session: CassandraSession) -> AsyncIterator[CassandraPermissionS
     await s.create_table()
     yield s
     await session.drop_keyspace(keyspace)
+
+
+def test_one_class_under_both_names() -> None:
+    # It lives in trio_rt.cassandra; trio_rt.CassandraPermissionStore is the same class.
+    assert CassandraPermissionStore is trio_rt.cassandra.CassandraPermissionStore
+    assert CassandraPermissionStore.__module__ == "trio_rt.cassandra._permissions"
 
 
 async def test_grants_wildcards_revokes(store: CassandraPermissionStore) -> None:

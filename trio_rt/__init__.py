@@ -26,13 +26,14 @@ from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
 from ._options import ServerOptions
 from ._outbox import SlowConsumerPolicy
-from ._permissions import CassandraPermissionStore, MemoryPermissionStore, PermissionStore
+from ._permissions import MemoryPermissionStore, PermissionStore
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
 from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
 from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
+from ._watch_positions import MemoryWatchPositions, WatchPositions
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ChangeLog": ("._changes", "cassandra"),
     "ChangePublisher": ("._changes", "cassandra"),
     "ChangeStreamManager": ("._changes", "cassandra"),
+    "CassandraPermissionStore": (".cassandra", "cassandra"),
     # The Redis edge: trio_rt.redis (a subpackage that names its extra when it is missing).
     "RedisBroker": (".redis", "redis"),
     "RedisRateLimiter": (".redis", "redis"),
@@ -78,11 +80,11 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     from ._changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
     from ._metrics import WebSocketMetrics
     from .redis import RedisBroker, RedisRateLimiter, RedisSequencer, ServerRegistry
+    from .cassandra import CassandraPermissionStore
 
 __all__ = [
     "Broker",
     "BrokerUnavailable",
-    "CassandraPermissionStore",
     "CloseCode",
     "Connection",
     "Decision",
@@ -94,6 +96,7 @@ __all__ = [
     "MemoryPermissionStore",
     "MemorySequencer",
     "MemoryStreamStore",
+    "MemoryWatchPositions",
     "PermissionStore",
     "ProtocolError",
     "Rate",
@@ -112,6 +115,7 @@ __all__ = [
     "StreamEntry",
     "StreamPosition",
     "StreamStore",
+    "WatchPositions",
     "WebSocketManager",
     "rendezvous_owner",
     "rendezvous_rank",
@@ -121,6 +125,7 @@ __all__ = [
 if TYPE_CHECKING:
     __all__ += [
         "AuthError",
+        "CassandraPermissionStore",
         "ChangeEvent",
         "ChangeLog",
         "ChangePublisher",

@@ -62,6 +62,7 @@ from ._streams import (
     recover,
     warn_memory_behind_broker,
 )
+from ._watch_positions import WatchPositions
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -373,6 +374,8 @@ class ChangeStreamManager:
     tables first: `create_schema()`, `trio_rt.cassandra.create_schema` or
     ``trio-rt schema create``), `sequencer` to a memory sequencer: pass a `RedisSequencer`
     when several processes write (processes that only write use `ChangePublisher`).
+    `positions` (a `WatchPositions`) keeps named watchers' positions; it defaults to a
+    `CassandraWatchPositions` in the database's keyspace (the same schema calls create it).
     """
 
     def __init__(
@@ -382,6 +385,7 @@ class ChangeStreamManager:
         *,
         store: CassandraStreamStore | None = None,
         sequencer: Sequencer | None = None,
+        positions: WatchPositions | None = None,
         tables: Iterable[Table] = (),
         has_permission: Permission | None = None,
         poll_interval: float = 0.5,
@@ -390,7 +394,7 @@ class ChangeStreamManager:
         recovery_limit: int = 1000,
         start_window: int = 1000,
     ) -> None:
-        from .cassandra._streams import CassandraStreamStore
+        from .cassandra import CassandraStreamStore, CassandraWatchPositions
 
         if not poll_interval > 0 or not hole_timeout > 0:
             raise ValueError("poll_interval and hole_timeout must be positive")
@@ -402,6 +406,9 @@ class ChangeStreamManager:
         self.store = store if store is not None else CassandraStreamStore(db.session, db.keyspace)
         self.sequencer = sequencer if sequencer is not None else MemorySequencer()
         self.sequencer.attach(self.store)
+        self.positions = (
+            positions if positions is not None else CassandraWatchPositions(db.session, db.keyspace)
+        )
         self.poll_interval = float(poll_interval)
         self.hole_timeout = float(hole_timeout)
         self.batch_size = batch_size
@@ -670,28 +677,12 @@ class ChangeStreamManager:
             await trio.lowlevel.checkpoint()
         return watch
 
-    async def _load_position(self, name: str) -> StreamPosition | None:
-        rows = await self.db.session.execute(
-            f"SELECT epoch, pos FROM {self.db.keyspace}.trio_rt_watch_positions WHERE name = ?",
-            (name,),
-        )
-        return StreamPosition(rows[0]["pos"], rows[0]["epoch"]) if rows else None
-
-    async def _save_position(self, name: str, position: StreamPosition) -> None:
-        await self.db.session.execute(
-            f"INSERT INTO {self.db.keyspace}.trio_rt_watch_positions (name, epoch, pos) "
-            "VALUES (?, ?, ?)",
-            (name, position.epoch, position.offset),
-        )
-
     async def create_schema(self) -> None:
-        """Create the stream tables and the watcher positions table (idempotent); the same as
-        ``trio_rt.cassandra.create_schema(session, keyspace, parts=("streams", "watchers"))``
-        for this manager's store."""
-        from .cassandra._schema import create_watch_positions
-
+        """Create the stream tables and the watcher positions' storage (idempotent); with the
+        defaults the same as ``trio_rt.cassandra.create_schema(session, keyspace,
+        parts=("streams", "watchers"))``."""
         await self.store.create_schema()
-        await create_watch_positions(self.db.session, self.db.keyspace)
+        await self.positions.create_schema()
 
     async def _run_watch(self, watch: Watch) -> None:
         stream = _stream(watch.table)
@@ -702,7 +693,7 @@ class ChangeStreamManager:
                 if name is not None:
                     key = name
                     resume = await self._retrying(
-                        f"loading watcher {name!r}'s position", lambda: self._load_position(key)
+                        f"loading watcher {name!r}'s position", lambda: self.positions.load(key)
                     )
                 cursor = await self._start_cursor(stream, resume)
                 watch.position = StreamPosition(cursor.done, cursor.epoch)
@@ -719,7 +710,7 @@ class ChangeStreamManager:
                 # out (a graceful restart would repeat it), nor hang on a dead store.
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:
-                        await self._save_position(name, position)
+                        await self.positions.save(name, position)
                         saved = position
                     except Exception as exc:
                         log.warning("watcher %r: position not saved (%r)", name, exc)

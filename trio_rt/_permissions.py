@@ -9,33 +9,24 @@ Wildcards, the same in every store: a grant to user ``*`` applies to every user,
 anonymous connections (user None); a grant on resource ``*`` covers every resource, on
 ``room:*`` every resource starting with ``room:``; the action ``*`` covers every action.
 Resource names are never parsed further: ``room:a*`` is a room literally named ``a*``.
+
+The seam and the in-memory store live here (no I/O); `CassandraPermissionStore` keeps grants
+in Cassandra (trio_rt/cassandra/_permissions.py, ``trio_rt.CassandraPermissionStore``).
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import re
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from .cassandra import CassandraSession
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "ANY",
-    "CassandraPermissionStore",
     "MemoryPermissionStore",
     "PermissionStore",
     "candidates",
+    "check_grant",
 ]
 
-log = logging.getLogger("trio_rt.permissions")
-
 ANY = "*"
-_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
 
 @runtime_checkable
@@ -53,7 +44,8 @@ def candidates(resource: str) -> tuple[str, ...]:
     return (resource, ANY) if resource != ANY else (ANY,)
 
 
-def _check(user_id: object, resource: object, action: object) -> None:
+def check_grant(user_id: object, resource: object, action: object) -> None:
+    """``ValueError`` unless a grant's user, resource and action are non-empty strings."""
     if not isinstance(user_id, str) or not user_id:
         raise ValueError("user_id must be a non-empty string ('*' for everyone)")
     if not isinstance(resource, str) or not resource:
@@ -73,7 +65,7 @@ class MemoryPermissionStore:
         if not actions:
             raise ValueError("grant at least one action")
         for action in actions:
-            _check(user_id, resource, action)
+            check_grant(user_id, resource, action)
         self._grants.setdefault(user_id, {}).setdefault(resource, set()).update(actions)
 
     def revoke(self, user_id: str, resource: str, *actions: str) -> None:
@@ -107,108 +99,3 @@ class MemoryPermissionStore:
 
     async def has_permission(self, user_id: str | None, resource: str, action: str) -> bool:
         return self.allowed(user_id, resource, action)
-
-
-class CassandraPermissionStore:
-    """Grants in a Cassandra table (the seed's ``UserPermission``: user -> resource -> actions).
-
-    Schema (created by `create_table`)::
-
-        CREATE TABLE <keyspace>.<table> (
-            user_id text, resource text, actions set<text>,
-            PRIMARY KEY (user_id, resource))
-
-    One partition per user, one row per resource. A check is one prepared ``SELECT`` with the
-    values bound (``user_id IN (user, '*') AND resource IN (resource, kind:*, *)``): user
-    input never reaches the CQL text. Answers are cached for `cache_ttl` seconds (default 5,
-    0 disables), at most `cache_size` entries (least recently used out), so a revocation takes
-    effect within `cache_ttl` on every server; `grant` and `revoke` through this object clear
-    its own cache at once. Errors from Cassandra propagate (the manager refuses: fail closed).
-    """
-
-    def __init__(
-        self,
-        session: CassandraSession,
-        keyspace: str,
-        *,
-        table: str = "trio_rt_permissions",
-        cache_ttl: float = 5.0,
-        cache_size: int = 10_000,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        for what, name in (("keyspace", keyspace), ("table", table)):
-            if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
-                raise ValueError(
-                    f"{what} must be a letter then letters, digits or '_' (48 at most), "
-                    f"not {name!r}"
-                )
-        if isinstance(cache_ttl, bool) or not isinstance(cache_ttl, int | float):
-            raise TypeError("cache_ttl must be a number of seconds")
-        if not math.isfinite(cache_ttl) or cache_ttl < 0:
-            raise ValueError("cache_ttl must be a finite number >= 0")
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
-            raise ValueError("cache_size must be a positive integer")
-        self.session = session
-        self.table = f"{keyspace}.{table}"
-        self.cache_ttl = float(cache_ttl)
-        self.cache_size = cache_size
-        self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self._cache: OrderedDict[tuple[str | None, str, str], tuple[float, bool]] = OrderedDict()
-        self._select = f"SELECT actions FROM {self.table} WHERE user_id IN ? AND resource IN ?"
-
-    async def create_table(self) -> None:
-        """``CREATE TABLE IF NOT EXISTS`` (the keyspace must exist)."""
-        await self.session.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.table} ("
-            "user_id text, resource text, actions set<text>, PRIMARY KEY (user_id, resource))"
-        )
-
-    async def grant(self, user_id: str, resource: str, *actions: str) -> None:
-        if not actions:
-            raise ValueError("grant at least one action")
-        for action in actions:
-            _check(user_id, resource, action)
-        await self.session.execute(
-            f"UPDATE {self.table} SET actions = actions + ? WHERE user_id = ? AND resource = ?",
-            (set(actions), user_id, resource),
-        )
-        self._cache.clear()
-
-    async def revoke(self, user_id: str, resource: str, *actions: str) -> None:
-        """Take back `actions` (all of them, i.e. the row, when none is given)."""
-        _check(user_id, resource, "x")
-        if actions:
-            await self.session.execute(
-                f"UPDATE {self.table} SET actions = actions - ? WHERE user_id = ? AND resource = ?",
-                (set(actions), user_id, resource),
-            )
-        else:
-            await self.session.execute(
-                f"DELETE FROM {self.table} WHERE user_id = ? AND resource = ?",
-                (user_id, resource),
-            )
-        self._cache.clear()
-
-    async def has_permission(self, user_id: str | None, resource: str, action: str) -> bool:
-        key = (user_id, resource, action)
-        now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            self._cache.move_to_end(key)
-            return cached[1]
-        users = [user_id, ANY] if user_id is not None and user_id != ANY else [ANY]
-        rows = await self.session.execute(self._select, (users, list(candidates(resource))))
-        allowed = any(action in acts or ANY in acts for acts in _action_sets(rows))
-        if self.cache_ttl > 0:
-            self._cache[key] = (now + self.cache_ttl, allowed)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return allowed
-
-
-def _action_sets(rows: Iterable[dict[str, object]]) -> Iterable[frozenset[str]]:
-    for row in rows:
-        actions = row.get("actions")
-        if actions:  # a set emptied by revoke reads back as None
-            yield frozenset(str(a) for a in actions)  # type: ignore[attr-defined]

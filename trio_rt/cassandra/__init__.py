@@ -25,17 +25,22 @@ except ModuleNotFoundError as exc:
 
     raise _missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
 
+from ._capture import CapturedWrite, Change, ChangeCapture
+from ._database import Database
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
-from ._model import CapturedWrite, Change, ChangeCapture, Column, Database, Table
+from ._permissions import CassandraPermissionStore
 from ._rooms import CassandraRoomStore
 from ._schema import SCHEMA_PARTS, create_schema
-from ._session import CassandraSession, CassandraStats, Params, Row, RowIterator
+from ._session import CassandraSession, CassandraStats, Page, Params, Row, RowIterator
 from ._streams import CassandraStreamStore
+from ._table import Column, Table
+from ._watch_positions import CassandraWatchPositions
 
 __all__ = [
     "SCHEMA_PARTS",
     "CapturedWrite",
     "CassandraError",
+    "CassandraPermissionStore",
     "CassandraQueryError",
     "CassandraRoomStore",
     "CassandraSession",
@@ -43,10 +48,12 @@ __all__ = [
     "CassandraStreamStore",
     "CassandraTimeout",
     "CassandraUnavailable",
+    "CassandraWatchPositions",
     "Change",
     "ChangeCapture",
     "Column",
     "Database",
+    "Page",
     "Params",
     "Row",
     "RowIterator",

@@ -5,7 +5,8 @@ Parts (all by default):
 
 - ``streams``: ``trio_rt_stream_entries`` and ``trio_rt_stream_heads`` (`CassandraStreamStore`:
   room history on Cassandra, change streams);
-- ``watchers``: ``trio_rt_watch_positions`` (named change watchers' positions);
+- ``watchers``: ``trio_rt_watch_positions`` (`CassandraWatchPositions`: named change watchers'
+  positions);
 - ``rooms``: ``trio_rt_rooms`` (`CassandraRoomStore`: persistent rooms' settings);
 - ``permissions``: ``trio_rt_permissions`` (`CassandraPermissionStore`, its default table name).
 
@@ -16,22 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._model import Database, Table, _check_name
+from ._database import Database
+from ._permissions import CassandraPermissionStore
+from ._rooms import CassandraRoomStore
 from ._session import CassandraSession
+from ._streams import CassandraStreamStore
+from ._table import Table
+from ._types import check_name
+from ._watch_positions import CassandraWatchPositions
 
 __all__ = ["SCHEMA_PARTS", "create_schema"]
 
 SCHEMA_PARTS = ("streams", "watchers", "rooms", "permissions")
-
-WATCH_POSITIONS = "trio_rt_watch_positions"
-
-
-async def create_watch_positions(session: CassandraSession, keyspace: str) -> None:
-    """The named watchers' positions table (idempotent)."""
-    await session.execute(
-        f"CREATE TABLE IF NOT EXISTS {keyspace}.{WATCH_POSITIONS} ("
-        "name text PRIMARY KEY, epoch text, pos bigint)"
-    )
 
 
 async def keyspace_exists(session: CassandraSession, keyspace: str) -> bool:
@@ -62,11 +59,7 @@ async def create_schema(
     replication factor, and ``LookupError`` when the keyspace does not exist (and
     `replication_factor` is None). Cassandra errors propagate (``CassandraError``).
     """
-    from .._permissions import CassandraPermissionStore
-    from ._rooms import CassandraRoomStore
-    from ._streams import CassandraStreamStore
-
-    _check_name(keyspace, "keyspace")
+    check_name(keyspace, "keyspace")
     wanted = list(dict.fromkeys(parts))
     unknown = [p for p in wanted if p not in SCHEMA_PARTS]
     if unknown:
@@ -94,8 +87,8 @@ async def create_schema(
         await CassandraStreamStore(session, keyspace).create_schema()
         made += ["trio_rt_stream_entries", "trio_rt_stream_heads"]
     if "watchers" in wanted:
-        await create_watch_positions(session, keyspace)
-        made.append(WATCH_POSITIONS)
+        await CassandraWatchPositions(session, keyspace).create_schema()
+        made.append(CassandraWatchPositions.TABLE)
     if "rooms" in wanted:
         await CassandraRoomStore(session, keyspace).create_schema()
         made.append("trio_rt_rooms")

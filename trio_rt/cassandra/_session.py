@@ -15,11 +15,9 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeAlias
 
 import outcome
@@ -43,10 +41,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "trio_rt.cassandra needs cassandra-driver: pip install 'trio_rt[cassandra]'"
     ) from exc
 
-from ._bridge import Handoff, run_in_worker
+from ._bridge import Completions, Handoff, run_in_worker
 from ._errors import CassandraError, CassandraQueryError, CassandraUnavailable, preview, translate
+from ._paging import Page, RowIterator
+from ._prepared import PreparedCache
 
-__all__ = ["CassandraSession", "CassandraStats", "Params", "Row", "RowIterator"]
+__all__ = ["CassandraSession", "CassandraStats", "Page", "Params", "Row", "RowIterator"]
 
 #: A result row: column name -> value.
 Row: TypeAlias = dict[str, Any]
@@ -79,33 +79,15 @@ class CassandraStats:
     prepared_cached: int
 
 
-class _Prepared:
-    """A cache entry: the prepared statement, once the (single) prepare has finished."""
-
-    __slots__ = ("done", "error", "statement")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.statement: PreparedStatement | None = None
-        self.error: BaseException | None = None
-
-
-class _Page:
-    __slots__ = ("paging_state", "rows")
-
-    def __init__(self, rows: list[Row], paging_state: bytes | None) -> None:
-        self.rows = rows
-        self.paging_state = paging_state
-
-
-class _PageHandoff(Handoff[_Page]):
+class _PageHandoff(Handoff[Page]):
     """Driver callback that also picks up the paging state (read on the IO thread)."""
 
     __slots__ = ()
 
     def page(self, rows: list[Row] | None, future: ResponseFuture) -> None:
-        # ResponseFuture has no public accessor; ResultSet.paging_state reads the same field.
-        self.send(outcome.Value(_Page(rows or [], future._paging_state)))
+        # cassandra-driver: ResponseFuture has no public API for the paging state (only
+        # ResultSet.paging_state, which reads this same field); read on the IO thread.
+        self.send(outcome.Value(Page(rows or [], future._paging_state)))
 
 
 def _shutdown_in_thread(result: outcome.Outcome[DriverSession]) -> None:
@@ -164,15 +146,15 @@ class CassandraSession:
         self._session = driver_session
         self._request_timeout = request_timeout
         self._slots = trio.Semaphore(max_in_flight)
-        self._prepared: OrderedDict[str, _Prepared] = OrderedDict()
-        self._prepared_cache_size = prepared_cache_size
+        self._prepared = PreparedCache(
+            driver_session.prepare, prepared_cache_size, self._check_open
+        )
         self._closed = False
         self._requests = 0
         self._in_flight = 0
         self._abandoned = 0
-        self._prepares = 0
         # Whatever a task is parked on for a response: woken with an error by aclose().
-        self._waiting: set[Handoff[_Page] | _Batch] = set()
+        self._waiting: set[Handoff[Page] | Completions] = set()
         self._timestamps: _TimestampOverride | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -274,9 +256,7 @@ class CassandraSession:
         closed = "the Cassandra session was closed while the request was in flight"
         for handoff in list(self._waiting):
             handoff.interrupt(trio.ClosedResourceError(closed))
-        for entry in self._prepared.values():
-            if not entry.done.is_set():
-                entry.done.set()
+        self._prepared.close()
         # Wake tasks queued for a slot (they then see the session closed). Slots held by
         # abandoned requests are never released after this point (see _settled).
         for _ in range(self._in_flight):
@@ -303,8 +283,8 @@ class CassandraSession:
             requests=self._requests,
             in_flight=self._in_flight,
             abandoned=self._abandoned,
-            prepares=self._prepares,
-            prepared_cached=sum(1 for e in self._prepared.values() if e.statement is not None),
+            prepares=self._prepared.prepares,
+            prepared_cached=self._prepared.cached,
         )
 
     # -- requests --------------------------------------------------------------------------
@@ -357,9 +337,9 @@ class CassandraSession:
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        prepared = await self._lookup(query)
+        prepared = await self._prepared.lookup(query)
         await trio.lowlevel.checkpoint_if_cancelled()
-        batch = _Batch(self)
+        batch = Completions(on_settled=self._settled, on_abandoned=self._abandon)
         self._waiting.add(batch)
         sent = 0
         try:
@@ -450,7 +430,7 @@ class CassandraSession:
                 raise ValueError("timestamp needs the driver session's use_client_timestamp")
         batch = BatchStatement(batch_type=BatchType.LOGGED if logged else BatchType.UNLOGGED)
         for query, params in items:
-            prepared = await self._lookup(query)
+            prepared = await self._prepared.lookup(query)
             batch.add(_bind(prepared, params, query))
         if consistency is not None:
             batch.consistency_level = consistency
@@ -478,6 +458,29 @@ class CassandraSession:
             raise ValueError("page_size must be at least 1")
         return RowIterator(self, query, params, page_size, consistency, request_timeout)
 
+    async def fetch_page(
+        self,
+        query: str,
+        params: Params | None = None,
+        *,
+        paging_state: bytes | None = None,
+        page_size: int = 1000,
+        consistency: int | None = None,
+        request_timeout: float | None = None,
+    ) -> Page:
+        """One page request: up to `page_size` rows of the query, starting where
+        `paging_state` (from the previous :class:`Page` of the same query and values) says,
+        or at the beginning when it is ``None``.
+
+        ``Page.paging_state`` is ``None`` after the last page. A page may hold fewer rows
+        than `page_size`, even none, before the last one. :meth:`iterate` is built on this;
+        use it directly to hand a paging state to someone else (for instance a web client
+        asking for "more"). Prepared like :meth:`execute` when `params` is given; errors,
+        timeouts and cancellation as :meth:`execute`.
+        """
+        statement = await self._statement(query, params, consistency, page_size)
+        return await self._request(statement, query, paging_state, request_timeout)
+
     async def prepare(self, query: str) -> PreparedStatement:
         """The prepared statement for `query`, preparing it on first use (cached).
 
@@ -486,33 +489,7 @@ class CassandraSession:
         prepare is not cached.
         """
         await trio.lowlevel.checkpoint()
-        return await self._lookup(query)
-
-    async def _lookup(self, query: str) -> PreparedStatement:
-        # The cached case does not checkpoint: the request that follows does.
-        self._check_open()
-        entry = self._prepared.get(query)
-        if entry is not None and entry.statement is not None:
-            self._prepared.move_to_end(query)
-            return entry.statement
-        if entry is None:
-            entry = _Prepared()
-            self._prepared[query] = entry
-            self._evict()
-            self._prepares += 1
-            token = trio.lowlevel.current_trio_token()
-
-            def deliver(result: outcome.Outcome[PreparedStatement]) -> None:
-                with suppress(trio.RunFinishedError):
-                    token.run_sync_soon(self._prepared_arrived, query, entry, result)
-
-            trio.lowlevel.start_thread_soon(partial(self._session.prepare, query), deliver)
-        await entry.done.wait()
-        self._check_open()
-        if entry.error is not None:
-            raise translate(entry.error, "prepare", query) from entry.error
-        assert entry.statement is not None
-        return entry.statement
+        return await self._prepared.lookup(query)
 
     async def create_keyspace(
         self, name: str, replication_factor: int = 1, *, if_not_exists: bool = True
@@ -544,26 +521,6 @@ class CassandraSession:
         if self._closed:
             raise trio.ClosedResourceError("the Cassandra session is closed")
 
-    def _evict(self) -> None:
-        while len(self._prepared) > self._prepared_cache_size:
-            oldest = next(iter(self._prepared))
-            if not self._prepared[oldest].done.is_set():
-                break  # still preparing: keep it (the cache may briefly exceed its size)
-            del self._prepared[oldest]
-
-    def _prepared_arrived(
-        self, query: str, entry: _Prepared, result: outcome.Outcome[PreparedStatement]
-    ) -> None:
-        if entry.done.is_set():
-            return  # the session was closed meanwhile
-        if isinstance(result, outcome.Error):
-            entry.error = result.error
-            if self._prepared.get(query) is entry:
-                del self._prepared[query]  # the next call tries again
-        else:
-            entry.statement = result.unwrap()
-        entry.done.set()
-
     async def _statement(
         self,
         query: str,
@@ -577,7 +534,7 @@ class CassandraSession:
             await trio.lowlevel.checkpoint_if_cancelled()
             statement = SimpleStatement(query)
         else:
-            prepared = await self._lookup(query)
+            prepared = await self._prepared.lookup(query)
             statement = _bind(prepared, params, query)
         if consistency is not None:
             statement.consistency_level = consistency
@@ -611,7 +568,7 @@ class CassandraSession:
         if not self._closed:
             self._slots.release()
 
-    def _abandon(self, _result: object) -> None:
+    def _abandon(self, _result: object = None) -> None:
         self._abandoned += 1
 
     async def _request(
@@ -622,7 +579,7 @@ class CassandraSession:
         request_timeout: float | None,
         *,
         timestamp: int | None = None,
-    ) -> _Page:
+    ) -> Page:
         """One request/response through the bridge: the core of the module.
 
         Its only schedule point is the wait for the response (plus the wait for a slot when
@@ -667,131 +624,6 @@ class CassandraSession:
             raise translate(exc, "execute", query) from exc
         finally:
             self._waiting.discard(handoff)
-
-
-class _Batch:
-    """Completions of many requests, collected for the one task of ``execute_many``."""
-
-    __slots__ = ("_session", "_task", "_token", "closed", "error", "pending")
-
-    def __init__(self, session: CassandraSession) -> None:
-        self._session = session
-        self._token = trio.lowlevel.current_trio_token()
-        self._task: trio.lowlevel.Task | None = None
-        self.pending = 0
-        self.error: BaseException | None = None
-        self.closed = False
-
-    # driver callbacks (IO thread): post and return
-    def ok(self, _rows: object) -> None:
-        self._post(None)
-
-    def failed(self, exc: BaseException) -> None:
-        self._post(exc)
-
-    def _post(self, exc: BaseException | None) -> None:
-        with suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._arrive, exc)
-
-    # Trio thread
-    def _arrive(self, exc: BaseException | None) -> None:
-        self._session._settled()
-        self.pending -= 1
-        if self.closed:
-            self._session._abandoned += 1
-            return
-        if exc is not None and self.error is None:
-            self.error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    def interrupt(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self._wake()
-
-    async def wait(self) -> None:
-        """Park until at least one more completion (or an interrupt)."""
-        self._task = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-
-class RowIterator:
-    """Async iterator over a query's rows, one page request at a time (see
-    :meth:`CassandraSession.iterate`). Use it from one task at a time."""
-
-    def __init__(
-        self,
-        session: CassandraSession,
-        query: str,
-        params: Params | None,
-        page_size: int,
-        consistency: int | None,
-        request_timeout: float | None,
-    ) -> None:
-        self._session = session
-        self._query = query
-        self._params = params
-        self._page_size = page_size
-        self._consistency = consistency
-        self._request_timeout = request_timeout
-        self._statement: Statement | None = None
-        self._rows: list[Row] = []
-        self._index = 0
-        self._paging_state: bytes | None = None
-        self._finished = False
-        self._busy = False
-        #: page requests answered so far
-        self.pages = 0
-
-    def __aiter__(self) -> RowIterator:
-        return self
-
-    async def __anext__(self) -> Row:
-        if self._busy:
-            raise trio.BusyResourceError("another task is already reading this RowIterator")
-        self._busy = True
-        try:
-            if self._index < len(self._rows):
-                await trio.lowlevel.checkpoint()  # before taking the row: a cancel loses none
-            else:
-                while True:
-                    if self._finished:
-                        await trio.lowlevel.checkpoint()
-                        raise StopAsyncIteration
-                    await self._fetch()  # changes nothing unless it succeeds
-                    if self._rows:
-                        break
-            row = self._rows[self._index]
-            self._index += 1
-            return row
-        finally:
-            self._busy = False
-
-    async def _fetch(self) -> None:
-        session = self._session
-        if self._statement is None:
-            self._statement = await session._statement(
-                self._query, self._params, self._consistency, self._page_size
-            )
-        page = await session._request(
-            self._statement, self._query, self._paging_state, self._request_timeout
-        )
-        # Only now, after a successful fetch, does the iterator move on.
-        self.pages += 1
-        self._rows = page.rows
-        self._index = 0
-        self._paging_state = page.paging_state
-        self._finished = page.paging_state is None
 
 
 def _bind(prepared: PreparedStatement, params: Params, query: str) -> Statement:

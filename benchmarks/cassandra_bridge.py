@@ -1,4 +1,4 @@
-"""Rough numbers for docs/cassandra.md: ``python -m trio_rt.cassandra._bench HOST:PORT``.
+"""Rough numbers for docs/cassandra.md: ``python -m benchmarks.cassandra_bridge HOST:PORT``.
 
 Prepared INSERTs of one small row against a running node (``TRIO_RT_CASSANDRA``, or
 ``python -m trio_rt.testing.services up --cassandra`` starts one), N requests in flight:
@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from ._session import CassandraSession
+from trio_rt.cassandra import CassandraSession
 
 _TABLE = "CREATE TABLE IF NOT EXISTS {ks}.bench (id int PRIMARY KEY, v text)"
 _INSERT = "INSERT INTO {ks}.bench (id, v) VALUES (?, ?)"
