@@ -79,8 +79,8 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     )
     from ._changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
     from ._metrics import WebSocketMetrics
-    from .redis import RedisBroker, RedisRateLimiter, RedisSequencer, ServerRegistry
     from .cassandra import CassandraPermissionStore
+    from .redis import RedisBroker, RedisRateLimiter, RedisSequencer, ServerRegistry
 
 __all__ = [
     "Broker",
