@@ -46,9 +46,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._broker import Broker
+from ._checks import require_positive_ints, require_positive_numbers
 from ._filters import RowFilter, parse_filters
 from ._manager import WebSocketManager
-from ._options import require_positive_ints
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
 from ._replay_gate import ReplayGate
@@ -392,8 +392,7 @@ class ChangeStreamManager:
     ) -> None:
         from .cassandra._streams import CassandraStreamStore
 
-        if not poll_interval > 0 or not hole_timeout > 0:
-            raise ValueError("poll_interval and hole_timeout must be positive")
+        require_positive_numbers(poll_interval=poll_interval, hole_timeout=hole_timeout)
         require_positive_ints(
             batch_size=batch_size, recovery_limit=recovery_limit, start_window=start_window
         )

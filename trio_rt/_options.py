@@ -8,17 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
+from ._checks import require_positive_ints  # re-exported: its old home
 from ._outbox import SlowConsumerPolicy
 
 __all__ = ["ServerOptions", "require_positive_ints"]
-
-
-def require_positive_ints(**values: object) -> None:
-    """Raise ValueError naming the first of `values` that is not an int >= 1 (bool refused):
-    the constructor check the components share."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token

@@ -10,6 +10,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ._checks import int_problem, require
 from ._protocol import ErrorCode, validate_room_name
 
 __all__ = ["JoinResult", "LeaveResult", "Room", "RoomError", "RoomRegistry"]
@@ -87,10 +88,7 @@ class RoomRegistry(Generic[M]):
             validate_room_name(name)
         except Exception as exc:
             raise ValueError(f"invalid room name {name!r}: {exc}") from None
-        if max_users is not None and (
-            isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1
-        ):
-            raise ValueError(f"max_users must be a positive integer or None, not {max_users!r}")
+        require(int_problem("max_users", max_users, allow_none=True))
         if isinstance(moderators, str):
             raise ValueError("moderators must be an iterable of user ids, not a string")
         mods = frozenset(moderators)
