@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._cli import serve_until_signalled
 from ._connection import Connection, Request
+from ._errors import TrioRTError
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
@@ -112,6 +113,7 @@ __all__ = [
     "StreamEntry",
     "StreamPosition",
     "StreamStore",
+    "TrioRTError",
     "WebSocketManager",
     "rendezvous_owner",
     "rendezvous_rank",

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ._checks import int_problem, number_problem, require, require_positive_numbers
+from ._errors import TrioRTError
 from ._http import Reject
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ PublicKey = (
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
-class AuthError(Exception):
+class AuthError(TrioRTError):
     """A token was missing, malformed or invalid. `reason` is safe to show to the client:
     it never contains the token or the key."""
 

@@ -51,6 +51,7 @@ from ._filters import RowFilter, parse_filters
 from ._manager import WebSocketManager
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
+from ._protocol import reply as protocol_reply
 from ._replay_gate import ReplayGate
 from ._streams import (
     Allocation,
@@ -871,9 +872,7 @@ class ChangeStreamManager:
         cursor = tail.cursor
         assert cursor is not None
         epoch, registered, frontier = cursor.epoch, cursor.done, cursor.settled_upto
-        reply: dict[str, Any] = {"type": "subscribed", "subscription": sid, "table": table.name}
-        if rid is not None:
-            reply["id"] = rid
+        reply = protocol_reply("subscribed", rid, subscription=sid, table=table.name)
         since = command.since
         self._by_conn.setdefault(conn.id, {})[sid] = sub
         tail.subscriptions[sid] = sub
@@ -985,10 +984,9 @@ class ChangeStreamManager:
                 f"no subscription {command.subscription!r} on this connection",
                 request_id=command.request_id,
             )
-        reply: dict[str, Any] = {"type": "unsubscribed", "subscription": command.subscription}
-        if command.request_id is not None:
-            reply["id"] = command.request_id
-        await conn.send(reply)
+        await conn.send(
+            protocol_reply("unsubscribed", command.request_id, subscription=command.subscription)
+        )
 
     async def _on_disconnect(self, conn: Connection, code: int) -> None:
         for sid in list(self._by_conn.get(conn.id, {})):
