@@ -25,7 +25,7 @@ from ._errors import TrioRTError
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
-from ._options import ServerOptions
+from ._options import ServerOptions, ServerOptionsDict
 from ._outbox import SlowConsumerPolicy
 from ._permissions import CassandraPermissionStore, MemoryPermissionStore, PermissionStore
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
@@ -108,6 +108,7 @@ __all__ = [
     "RoomStore",
     "Sequencer",
     "ServerOptions",
+    "ServerOptionsDict",
     "ServerStats",
     "SlowConsumerPolicy",
     "StreamEntry",
