@@ -12,18 +12,26 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from trio_rt._protocol import (
+    BUILTIN_COMMANDS,
+    BUILTIN_TYPES,
     MAX_ROOM_NAME_LENGTH,
     ClientMessage,
     ErrorCode,
+    History,
     JoinRoom,
     Kick,
     LeaveRoom,
     Ping,
     ProtocolError,
+    Refresh,
+    StreamPosition,
+    Subscribe,
+    Unsubscribe,
     encode,
     encode_text_frame,
     error_message,
     parse,
+    reply,
     validate_room_name,
 )
 
@@ -166,3 +174,113 @@ def test_any_json_value_is_parsed_or_refused_clearly(value: object) -> None:
     except ProtocolError as exc:  # pragma: no cover - every value is acceptable payload
         raise AssertionError(exc) from None
     assert isinstance(result, ClientMessage)
+
+
+# -- the table ----------------------------------------------------------------------------------
+# One valid message per built-in type and the command it parses to: a new built-in needs a line.
+SINCE = {"offset": 3, "epoch": "e1"}
+EXAMPLES = {
+    "join_room": ({"room": "r", "since": SINCE}, JoinRoom("r", 1, StreamPosition(3, "e1"))),
+    "leave_room": ({"room": "r"}, LeaveRoom("r", 1)),
+    "ping": ({}, Ping(1)),
+    "kick": ({"room": "r", "user_id": "u"}, Kick("r", "u", 1)),
+    "history": ({"room": "r", "after": SINCE}, History("r", 50, None, 1, StreamPosition(3, "e1"))),
+    "subscribe": ({"table": "posts", "filters": None}, Subscribe("posts", {}, None, 1)),
+    "unsubscribe": ({"subscription": "s1"}, Unsubscribe("s1", 1)),
+    "refresh": ({"token": "t"}, Refresh("t", 1)),
+}
+
+
+def test_the_builtin_types_are_the_tables_keys() -> None:
+    assert set(EXAMPLES) == BUILTIN_TYPES == set(BUILTIN_COMMANDS)
+    for mtype, cls in BUILTIN_COMMANDS.items():
+        assert mtype == cls.TYPE
+
+
+@pytest.mark.parametrize("mtype", sorted(EXAMPLES))
+def test_each_builtin_parses_through_its_own_class(mtype: str) -> None:
+    fields, command = EXAMPLES[mtype]
+    frame = json.dumps({"type": mtype, "id": 1, **fields})
+    assert parse(frame) == command
+    assert BUILTIN_COMMANDS[mtype].from_json(json.loads(frame), 1) == command
+
+
+def test_a_type_not_in_the_table_is_the_apps() -> None:
+    for mtype in ("join_rooms", "Ping", "app.ping", "history:v2"):
+        message = parse(json.dumps({"type": mtype, "room": 5}))
+        assert message == ClientMessage(mtype, {"type": mtype, "room": 5})
+
+
+# Refusals as the client sees them: code and message unchanged since the parser became a table.
+@pytest.mark.parametrize(
+    ("message", "code", "text"),
+    [
+        (
+            {"type": "join_room", "room": "r", "since": 5},
+            "invalid_field",
+            '\'since\' must be an object {"offset": int, "epoch": str}',
+        ),
+        (
+            {"type": "history", "room": "r", "limit": 0},
+            "invalid_field",
+            "'limit' must be an integer from 1 to 1000",
+        ),
+        (
+            {"type": "history", "room": "r", "before": SINCE, "after": SINCE},
+            "invalid_field",
+            "give 'before' or 'after', not both",
+        ),
+        (
+            {"type": "history", "room": "r", "after": {"offset": 1, "epoch": "e", "x": 1}},
+            "invalid_field",
+            "'after' has unknown field(s): x",
+        ),
+        (
+            {"type": "subscribe", "table": "Posts"},
+            "invalid_field",
+            "'table' must be a table name: a lowercase letter, then lowercase letters, digits "
+            "or '_'",
+        ),
+        (
+            {"type": "subscribe", "table": "posts", "filters": []},
+            "invalid_field",
+            "'filters' must be an object",
+        ),
+        (
+            {"type": "unsubscribe"},
+            "invalid_field",
+            "'subscription' must be a subscription id from a 'subscribed' reply",
+        ),
+        (
+            {"type": "kick", "room": "r", "user_id": ""},
+            "invalid_field",
+            "'user_id' must be a non-empty string",
+        ),
+        (
+            {"type": "refresh", "token": "t" * 8193},
+            "too_large",
+            "'token' is longer than 8192 characters",
+        ),
+        (
+            {"type": "leave_room", "room": "a b"},
+            "invalid_field",
+            "'room' must be 1 or more characters without whitespace, control or bidi control "
+            "characters",
+        ),
+    ],
+)
+def test_refusals_keep_their_code_message_and_id(
+    message: dict[str, object], code: str, text: str
+) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse(json.dumps({**message, "id": "q"}))
+    assert (info.value.code, info.value.message, info.value.request_id) == (code, text, "q")
+
+
+def test_reply_puts_the_request_id_last_and_only_when_there_is_one() -> None:
+    assert reply("pong", None) == {"type": "pong"}
+    built = reply("room_left", 0, room="r")  # 0 is an id like any other
+    assert built == {"type": "room_left", "room": "r", "id": 0}
+    assert list(built) == ["type", "room", "id"]
+    error = error_message(ErrorCode.RATE_LIMITED, "slow down", request_id="a", retry_after=1.5)
+    assert list(error) == ["type", "code", "message", "id", "retry_after"]

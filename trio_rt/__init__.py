@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._cli import serve_until_signalled
 from ._connection import Connection, Request
+from ._errors import TrioRTError
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
 from ._manager import ServerStats, WebSocketManager
-from ._options import ServerOptions
+from ._options import ServerOptions, ServerOptionsDict
 from ._outbox import SlowConsumerPolicy
 from ._permissions import MemoryPermissionStore, PermissionStore
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
@@ -110,11 +111,13 @@ __all__ = [
     "RoomStore",
     "Sequencer",
     "ServerOptions",
+    "ServerOptionsDict",
     "ServerStats",
     "SlowConsumerPolicy",
     "StreamEntry",
     "StreamPosition",
     "StreamStore",
+    "TrioRTError",
     "WatchPositions",
     "WebSocketManager",
     "rendezvous_owner",

@@ -28,6 +28,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from ._checks import int_problem, number_problem, require, require_positive_numbers
+from ._errors import TrioRTError
 from ._http import Reject
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ PublicKey = (
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
-class AuthError(Exception):
+class AuthError(TrioRTError):
     """A token was missing, malformed or invalid. `reason` is safe to show to the client:
     it never contains the token or the key."""
 
@@ -148,10 +150,7 @@ class TokenVerifier:
         self.algorithms: tuple[str, ...] = algs
         self.family: str = family
 
-        if isinstance(leeway, bool) or not isinstance(leeway, int | float):
-            raise TypeError("leeway must be a number of seconds")
-        if not math.isfinite(leeway) or leeway < 0:
-            raise ValueError("leeway must be a finite number >= 0")
+        require(number_problem("leeway", leeway, at_least=0))  # seconds
         self.leeway = float(leeway)
         self.audience = _str_or_list(audience, "audience")
         self.issuer = _str_or_list(issuer, "issuer")
@@ -163,10 +162,7 @@ class TokenVerifier:
         if not isinstance(user_claim, str) or not user_claim:
             raise ValueError("user_claim must be a non-empty string")
         self.user_claim = user_claim
-        if isinstance(max_token_length, bool) or not isinstance(max_token_length, int):
-            raise TypeError("max_token_length must be an int")
-        if max_token_length < 16:
-            raise ValueError("max_token_length must be at least 16")
+        require(int_problem("max_token_length", max_token_length, at_least=16))
         self.max_token_length = max_token_length
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         # Times are checked here (with the injectable clock), not by pyjwt; signature, aud,
@@ -292,13 +288,9 @@ class JWKSKeySource:
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise ValueError("the JWKS URL must be an http(s) URL")
-        for name, value in (
-            ("cache_ttl", cache_ttl),
-            ("min_refresh_interval", min_refresh_interval),
-            ("timeout", timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
+        require_positive_numbers(  # seconds
+            cache_ttl=cache_ttl, min_refresh_interval=min_refresh_interval, timeout=timeout
+        )
         self.url = url
         self.cache_ttl = float(cache_ttl)
         self.min_refresh_interval = float(min_refresh_interval)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import trio
 
+from ._errors import TrioRTError
+
 __all__ = ["Broker", "BrokerUnavailable", "Deliver", "MemoryBroker", "MemoryHub"]
 
 Deliver = Callable[[str, bytes], None]
@@ -27,7 +29,7 @@ Resubscribed = Callable[[], None]
 """Called by a broker after a break in its subscriptions, once they are back. Must not block."""
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(TrioRTError):
     """`Broker.publish` could not hand the message to the other servers in bounded time.
 
     This server's own subscribers got it already; other servers may or may not have (the

@@ -46,11 +46,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._broker import Broker
+from ._checks import require_positive_ints, require_positive_numbers
 from ._filters import RowFilter, parse_filters
 from ._manager import WebSocketManager
-from ._options import require_positive_ints
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
+from ._protocol import reply as protocol_reply
 from ._replay_gate import ReplayGate
 from ._streams import (
     Allocation,
@@ -396,8 +397,7 @@ class ChangeStreamManager:
     ) -> None:
         from .cassandra import CassandraStreamStore, CassandraWatchPositions
 
-        if not poll_interval > 0 or not hole_timeout > 0:
-            raise ValueError("poll_interval and hole_timeout must be positive")
+        require_positive_numbers(poll_interval=poll_interval, hole_timeout=hole_timeout)
         require_positive_ints(
             batch_size=batch_size, recovery_limit=recovery_limit, start_window=start_window
         )
@@ -863,9 +863,7 @@ class ChangeStreamManager:
         cursor = tail.cursor
         assert cursor is not None
         epoch, registered, frontier = cursor.epoch, cursor.done, cursor.settled_upto
-        reply: dict[str, Any] = {"type": "subscribed", "subscription": sid, "table": table.name}
-        if rid is not None:
-            reply["id"] = rid
+        reply = protocol_reply("subscribed", rid, subscription=sid, table=table.name)
         since = command.since
         self._by_conn.setdefault(conn.id, {})[sid] = sub
         tail.subscriptions[sid] = sub
@@ -977,10 +975,9 @@ class ChangeStreamManager:
                 f"no subscription {command.subscription!r} on this connection",
                 request_id=command.request_id,
             )
-        reply: dict[str, Any] = {"type": "unsubscribed", "subscription": command.subscription}
-        if command.request_id is not None:
-            reply["id"] = command.request_id
-        await conn.send(reply)
+        await conn.send(
+            protocol_reply("unsubscribed", command.request_id, subscription=command.subscription)
+        )
 
     async def _on_disconnect(self, conn: Connection, code: int) -> None:
         for sid in list(self._by_conn.get(conn.id, {})):

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Generic, TypeVar
 
+from ._checks import require_positive_numbers
+
 __all__ = ["Beat", "HeartbeatSchedule"]
 
 T = TypeVar("T")
@@ -46,8 +48,7 @@ class HeartbeatSchedule(Generic[T]):
     __slots__ = ("_counter", "_deadlines", "_due", "interval", "timeout")
 
     def __init__(self, interval: float, timeout: float) -> None:
-        if interval <= 0 or timeout <= 0:
-            raise ValueError("interval and timeout must be positive")
+        require_positive_numbers(interval=interval, timeout=timeout)
         self.interval = interval
         self.timeout = timeout
         self._due: deque[tuple[float, Beat[T]]] = deque()

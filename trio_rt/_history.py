@@ -17,11 +17,10 @@ docs/protocol.md ("Positions and recovery").
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._options import require_positive_ints
+from ._checks import int_problem, number_problem, require
 from ._protocol import encode
 from ._streams import (
     MemorySequencer,
@@ -70,25 +69,13 @@ class RoomHistory:
         reorder_limit: int = 1000,
         heal_timeout: float = 5.0,
     ) -> None:
-        require_positive_ints(
-            recovery_limit=recovery_limit, max_page=max_page, reorder_limit=reorder_limit
+        require(
+            int_problem("recovery_limit", recovery_limit),
+            int_problem("max_page", max_page),
+            int_problem("reorder_limit", reorder_limit),
+            number_problem("reorder_window", reorder_window, at_least=0),  # 0: arrival order
+            number_problem("heal_timeout", heal_timeout),
         )
-        if (
-            isinstance(reorder_window, bool)
-            or not isinstance(reorder_window, (int, float))
-            or not 0 <= reorder_window < math.inf
-        ):
-            raise ValueError(
-                f"reorder_window must be a non-negative number of seconds, not {reorder_window!r}"
-            )
-        if (
-            isinstance(heal_timeout, bool)
-            or not isinstance(heal_timeout, (int, float))
-            or not 0 < heal_timeout < math.inf
-        ):
-            raise ValueError(
-                f"heal_timeout must be a positive number of seconds, not {heal_timeout!r}"
-            )
         self.store = store if store is not None else MemoryStreamStore()
         self.sequencer = sequencer if sequencer is not None else MemorySequencer()
         self.sequencer.attach(self.store)

@@ -12,6 +12,8 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response
 
+from ._errors import TrioRTError
+
 __all__ = ["HttpResponse", "Reject", "is_websocket_upgrade", "to_ws_response"]
 
 
@@ -27,7 +29,7 @@ class HttpResponse:
         return cls(status, json.dumps(data).encode(), "application/json", dict(headers))
 
 
-class Reject(Exception):
+class Reject(TrioRTError):
     """Raise in a connection handler to refuse the WebSocket upgrade with an HTTP status.
 
     The client gets `status` with a JSON body ``{"error": reason}`` and no upgrade.

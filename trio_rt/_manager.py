@@ -62,6 +62,7 @@ from ._protocol import (
     encode,
     error_message,
     parse,
+    reply,
     validate_room_name,
 )
 from ._ratelimit import RateLimiter
@@ -839,14 +840,11 @@ class WebSocketManager:
                 await conn.send(
                     _reply("kicked", request_id, room=command.room, user_id=command.user_id)
                 )
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # RoomError too: the same family
             self._stats.protocol_errors += 1
             await conn.send(
                 error_message(exc.code, exc.message, request_id=exc.request_id or request_id)
             )
-        except RoomError as exc:
-            self._stats.protocol_errors += 1
-            await conn.send(error_message(exc.code, exc.message, request_id=request_id))
         except Exception as exc:
             self._stats.handler_errors += 1
             log.exception("message handler failed for %r", conn)
@@ -1431,10 +1429,7 @@ def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:
 
 
 def _reply(type: str, request_id: str | int | None, **fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": type, **fields}
-    if request_id is not None:
-        out["id"] = request_id
-    return out
+    return reply(type, request_id, **fields)  # the one reply helper is _protocol.reply
 
 
 def _check_coroutine(fn: F) -> F:

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from ._checks import require_positive_ints, require_positive_numbers
 from ._http import HttpResponse
 
 if TYPE_CHECKING:
@@ -85,8 +86,7 @@ class SlidingWindowRate:
     """
 
     def __init__(self, window: int = 10) -> None:
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError("window must be a whole number of seconds >= 1")
+        require_positive_ints(window=window)  # whole seconds
         self.window = window
         self._seconds: list[int | None] = [None] * window
         self._counts: list[int] = [0] * window
@@ -209,8 +209,7 @@ class WebSocketMetrics:
         change_stream_lag: Callable[[], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not (sample_interval > 0 and math.isfinite(sample_interval)):
-            raise ValueError("sample_interval must be a positive number of seconds")
+        require_positive_numbers(sample_interval=sample_interval)
         if route is not None:
             _check_endpoint(route)
         if manager._instruments is not None:

@@ -1,24 +1,44 @@
-"""Server options, validated once at construction so a bad value fails before anything listens."""
+"""Server options, validated once at construction so a bad value fails before anything listens.
+
+Two views of the same options, kept equal by tests/test_options.py:
+
+- `ServerOptions`, a frozen dataclass: what the server reads (``manager.options``), an object
+  a caller can build once, check, and pass around.
+- `ServerOptionsDict`, a TypedDict of the same names and types, every key optional: for
+  ``**options: Unpack[ServerOptionsDict]`` signatures (a type checker then checks each
+  keyword) and for option mappings a caller builds; `ServerOptions.from_dict` turns one into
+  options.
+
+Counts and durations are checked by trio_rt/_checks.py (one rule, one wording), re-exported here
+for the components that validate their own arguments.
+"""
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import TypedDict
 
+from ._checks import (
+    int_problem,
+    number_problem,
+    require,
+    require_positive_ints,
+    require_positive_numbers,
+)
 from ._outbox import SlowConsumerPolicy
 
-__all__ = ["ServerOptions", "require_positive_ints"]
-
-
-def require_positive_ints(**values: object) -> None:
-    """Raise ValueError naming the first of `values` that is not an int >= 1 (bool refused):
-    the constructor check the components share."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+__all__ = [
+    "ServerOptions",
+    "ServerOptionsDict",
+    "int_problem",
+    "number_problem",
+    "require",
+    "require_positive_ints",
+    "require_positive_numbers",
+]
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
@@ -51,7 +71,8 @@ class ServerOptions:
     channel_prefix: str = "trio_rt"
     # Subprotocols the server may select, in the client's order of preference. A browser that
     # offers any subprotocol (e.g. a `bearer.<token>` entry for auth) needs one selected back.
-    subprotocols: tuple[str, ...] = ("trio_rt.v1",)
+    # Any sequence of strings; kept as a tuple.
+    subprotocols: Sequence[str] = ("trio_rt.v1",)
     # -- security (docs/security.md) --
     # Messages per rate_limit_period per user (per connection when anonymous); None: no limit.
     rate_limit: int | None = 100
@@ -66,8 +87,8 @@ class ServerOptions:
     max_rooms_per_connection: int | None = 100
     max_subscriptions_per_connection: int | None = 100  # table subscriptions
     # Origin allowlist ("https://app.example.com"); None accepts any Origin. A disallowed
-    # Origin gets HTTP 403 before the upgrade.
-    allowed_origins: tuple[str, ...] | None = None
+    # Origin gets HTTP 403 before the upgrade. Kept as a tuple of lowercased origins.
+    allowed_origins: Sequence[str] | None = None
     allow_missing_origin: bool = True  # no Origin header: not a browser (browsers always send it)
     # Process-wide GC tuning, off by default (a library must not surprise its host): while
     # serving, every this many seconds, collect the young generations and gc.freeze() what
@@ -77,25 +98,7 @@ class ServerOptions:
     serve_client_js: bool = True  # GET /trio_rt.js: the browser client (docs/browser.md)
 
     def __post_init__(self) -> None:
-        errors: list[str] = []
-
-        def positive_int(name: str, value: object, allow_none: bool = False) -> None:
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                errors.append(f"{name} must be a positive integer, not {value!r}")
-
-        def positive_float(name: str, value: object, allow_none: bool = False) -> None:
-            if value is None and allow_none:
-                return
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                errors.append(f"{name} must be a positive number of seconds, not {value!r}")
-
+        errors: list[str | None] = []  # every problem, reported at once (None: a check passed)
         if not isinstance(self.host, str) or not self.host:
             errors.append(f"host must be a non-empty string, not {self.host!r}")
         if (
@@ -104,9 +107,11 @@ class ServerOptions:
             or not (0 <= self.port <= 65535)
         ):
             errors.append(f"port must be an integer in 0..65535, not {self.port!r}")
-        positive_int("max_connections", self.max_connections, allow_none=True)
-        positive_float("heartbeat_interval", self.heartbeat_interval, allow_none=True)
-        positive_float("heartbeat_timeout", self.heartbeat_timeout, allow_none=True)
+        errors.append(int_problem("max_connections", self.max_connections, allow_none=True))
+        errors.append(
+            number_problem("heartbeat_interval", self.heartbeat_interval, allow_none=True)
+        )
+        errors.append(number_problem("heartbeat_timeout", self.heartbeat_timeout, allow_none=True))
         if not isinstance(self.compression, bool):
             errors.append(f"compression must be True or False, not {self.compression!r}")
         if not isinstance(self.compression_context_takeover, bool):
@@ -114,9 +119,9 @@ class ServerOptions:
                 "compression_context_takeover must be True or False,"
                 f" not {self.compression_context_takeover!r}"
             )
-        positive_int("max_message_size", self.max_message_size)
-        positive_int("outbox_size", self.outbox_size)
-        positive_int("outbox_max_bytes", self.outbox_max_bytes)
+        errors.append(int_problem("max_message_size", self.max_message_size))
+        errors.append(int_problem("outbox_size", self.outbox_size))
+        errors.append(int_problem("outbox_max_bytes", self.outbox_max_bytes))
         try:
             object.__setattr__(
                 self, "slow_consumer_policy", SlowConsumerPolicy(self.slow_consumer_policy)
@@ -126,10 +131,12 @@ class ServerOptions:
             errors.append(
                 f"slow_consumer_policy must be one of {choices}, not {self.slow_consumer_policy!r}"
             )
-        positive_float("handshake_timeout", self.handshake_timeout)
-        positive_float("close_timeout", self.close_timeout)
-        positive_float("shutdown_timeout", self.shutdown_timeout)
-        positive_float("gc_freeze_interval", self.gc_freeze_interval, allow_none=True)
+        errors.append(number_problem("handshake_timeout", self.handshake_timeout))
+        errors.append(number_problem("close_timeout", self.close_timeout))
+        errors.append(number_problem("shutdown_timeout", self.shutdown_timeout))
+        errors.append(
+            number_problem("gc_freeze_interval", self.gc_freeze_interval, allow_none=True)
+        )
         if self.server_id is not None and (
             not isinstance(self.server_id, str) or not self.server_id
         ):
@@ -145,13 +152,11 @@ class ServerOptions:
             )
         else:
             object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
-        positive_int("rate_limit", self.rate_limit, allow_none=True)
-        positive_float("rate_limit_period", self.rate_limit_period)
-        positive_int("rate_limit_burst", self.rate_limit_burst, allow_none=True)
+        errors.append(int_problem("rate_limit", self.rate_limit, allow_none=True))
+        errors.append(number_problem("rate_limit_period", self.rate_limit_period))
+        errors.append(int_problem("rate_limit_burst", self.rate_limit_burst, allow_none=True))
         if not isinstance(self.rate_limits, Mapping) or not all(
-            isinstance(k, str)
-            and k
-            and (v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1))
+            isinstance(k, str) and k and int_problem(k, v, allow_none=True) is None
             for k, v in self.rate_limits.items()
         ):
             errors.append(
@@ -160,14 +165,22 @@ class ServerOptions:
             )
         else:
             object.__setattr__(self, "rate_limits", MappingProxyType(dict(self.rate_limits)))
-        positive_int("rate_limit_max_refusals", self.rate_limit_max_refusals)
-        positive_int("max_connections_per_ip", self.max_connections_per_ip, allow_none=True)
-        positive_int("max_connections_per_user", self.max_connections_per_user, allow_none=True)
-        positive_int("max_rooms_per_connection", self.max_rooms_per_connection, allow_none=True)
-        positive_int(
-            "max_subscriptions_per_connection",
-            self.max_subscriptions_per_connection,
-            allow_none=True,
+        errors.append(int_problem("rate_limit_max_refusals", self.rate_limit_max_refusals))
+        errors.append(
+            int_problem("max_connections_per_ip", self.max_connections_per_ip, allow_none=True)
+        )
+        errors.append(
+            int_problem("max_connections_per_user", self.max_connections_per_user, allow_none=True)
+        )
+        errors.append(
+            int_problem("max_rooms_per_connection", self.max_rooms_per_connection, allow_none=True)
+        )
+        errors.append(
+            int_problem(
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+                allow_none=True,
+            )
         )
         if self.allowed_origins is not None:
             if isinstance(self.allowed_origins, str) or not all(
@@ -188,11 +201,63 @@ class ServerOptions:
             )
         if not isinstance(self.serve_client_js, bool):
             errors.append(f"serve_client_js must be True or False, not {self.serve_client_js!r}")
-        if errors:
-            raise ValueError("invalid WebSocketManager options: " + "; ".join(errors))
+        found = [e for e in errors if e is not None]
+        if found:
+            raise ValueError("invalid WebSocketManager options: " + "; ".join(found))
         if self.heartbeat_interval is not None and self.heartbeat_timeout is None:
             object.__setattr__(self, "heartbeat_timeout", self.heartbeat_interval)
 
     @classmethod
     def names(cls) -> frozenset[str]:
         return frozenset(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, options: ServerOptionsDict) -> ServerOptions:
+        """`ServerOptions(**options)`, refusing unknown names with a TypeError that lists them
+        (a mapping built at run time, e.g. from a configuration file, is not checked by mypy)."""
+        unknown = set(options) - cls.names()
+        if unknown:
+            raise TypeError(f"unknown WebSocketManager option(s): {', '.join(sorted(unknown))}")
+        return cls(**options)
+
+
+class ServerOptionsDict(TypedDict, total=False):
+    """The keyword form of `ServerOptions`: the same names and types, every key optional.
+
+    For ``WebSocketManager(**options: Unpack[ServerOptionsDict])`` and for option mappings a
+    caller builds and passes on (``options: ServerOptionsDict = {"port": 0}``). The meaning and
+    default of each option are on `ServerOptions`; tests/test_options.py keeps the two equal.
+    """
+
+    host: str
+    port: int
+    max_connections: int | None
+    heartbeat_interval: float | None
+    heartbeat_timeout: float | None
+    compression: bool
+    compression_context_takeover: bool
+    max_message_size: int
+    outbox_size: int
+    outbox_max_bytes: int
+    slow_consumer_policy: SlowConsumerPolicy
+    handshake_timeout: float
+    close_timeout: float
+    shutdown_timeout: float
+    auto_create_rooms: bool
+    server_id: str | None
+    channel_prefix: str
+    subprotocols: Sequence[str]
+    # -- security (docs/security.md) --
+    rate_limit: int | None
+    rate_limit_period: float
+    rate_limit_burst: int | None
+    rate_limits: Mapping[str, int | None]
+    rate_limit_max_refusals: int
+    max_connections_per_ip: int | None
+    max_connections_per_user: int | None
+    max_rooms_per_connection: int | None
+    max_subscriptions_per_connection: int | None
+    allowed_origins: Sequence[str] | None
+    allow_missing_origin: bool
+    gc_freeze_interval: float | None
+    serve_client_js: bool

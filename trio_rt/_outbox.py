@@ -11,6 +11,7 @@ import zlib
 from enum import StrEnum
 from typing import Any, Final
 
+from ._checks import require_positive_ints
 from ._protocol import encode_text_frame
 
 __all__ = ["DeflateKey", "Offer", "OutboundMessage", "Outbox", "SlowConsumerPolicy"]
@@ -119,10 +120,7 @@ class Outbox:
         max_bytes: int = 4 * 1024 * 1024,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
     ) -> None:
-        if max_messages < 1:
-            raise ValueError("max_messages must be >= 1")
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+        require_positive_ints(max_messages=max_messages, max_bytes=max_bytes)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.policy = SlowConsumerPolicy(policy)

@@ -2,6 +2,12 @@
 
 Nothing here does I/O or imports trio or websockets; every function is tested without sockets.
 See docs/protocol.md for the contract with clients.
+
+Table-driven: `BUILTIN_COMMANDS` maps each built-in `type` to its command class, and each class
+parses its own fields (`from_json`, small and independent). `parse` checks what every message
+shares (JSON, an object, `id`, `type`), then looks the type up; a type not in the table is the
+app's (`ClientMessage`). `BUILTIN_TYPES` is the table's keys. Every refusal is a `ProtocolError`
+(the exception tree is in trio_rt/_errors.py); `reply` and `error_message` build what goes back.
 """
 
 from __future__ import annotations
@@ -9,17 +15,25 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import IntEnum
+from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
+from ._errors import ErrorCode, ProtocolError, RequestId
+
 __all__ = [
+    "BUILTIN_COMMANDS",
+    "BUILTIN_TYPES",
     "MAX_ID_LENGTH",
     "MAX_ROOM_NAME_LENGTH",
     "MAX_TOKEN_LENGTH",
     "MAX_TYPE_LENGTH",
+    "BuiltinCommand",
     "ClientMessage",
     "CloseCode",
+    "Command",
     "ErrorCode",
     "History",
     "JoinRoom",
@@ -28,6 +42,7 @@ __all__ = [
     "Ping",
     "ProtocolError",
     "Refresh",
+    "RequestId",
     "StreamPosition",
     "Subscribe",
     "Unsubscribe",
@@ -36,6 +51,7 @@ __all__ = [
     "error_message",
     "parse",
     "parse_position",
+    "reply",
     "validate_room_name",
 ]
 
@@ -53,24 +69,6 @@ MAX_TOKEN_LENGTH: Final = 8192  # a `refresh` token; TokenVerifier has its own (
 _ROOM_NAME_FORBIDDEN: Final = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _ROOM_NAME = re.compile(rf"[^\s{_ROOM_NAME_FORBIDDEN}]+")
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*")
-
-
-class ErrorCode(StrEnum):
-    """The `code` of an `error` reply. Clients can switch on these; they never change meaning."""
-
-    INVALID_JSON = "invalid_json"
-    INVALID_MESSAGE = "invalid_message"  # valid JSON, but not an object
-    MISSING_TYPE = "missing_type"
-    UNKNOWN_TYPE = "unknown_type"
-    INVALID_FIELD = "invalid_field"  # a field is missing or has the wrong type or value
-    UNSUPPORTED_DATA = "unsupported_data"  # binary frames
-    TOO_LARGE = "too_large"
-    ROOM_FULL = "room_full"
-    NOT_IN_ROOM = "not_in_room"
-    NOT_PERMITTED = "not_permitted"
-    RATE_LIMITED = "rate_limited"  # carries `retry_after` (seconds)
-    LIMIT_EXCEEDED = "limit_exceeded"  # a per-connection cap (rooms, subscriptions)
-    INTERNAL_ERROR = "internal_error"
 
 
 class CloseCode(IntEnum):
@@ -94,29 +92,17 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4029  # sustained abuse of the rate limits: reconnect later, slower
 
 
-class ProtocolError(Exception):
-    """A client message the server refuses: an `error` reply, never a closed connection."""
-
-    def __init__(self, code: ErrorCode, message: str, *, request_id: str | int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-
-
 @dataclass(frozen=True, slots=True)
 class ClientMessage:
     """A parsed client message whose `type` is not a built-in: dispatched to the app's handler."""
 
     type: str
     data: dict[str, Any]
-    request_id: str | int | None = None
+    request_id: RequestId = None
 
 
 MAX_EPOCH_LENGTH: Final = 64
 MAX_OFFSET: Final = 2**53  # positions travel as JSON numbers: JavaScript must hold them exactly
-MAX_TABLE_NAME_LENGTH: Final = 48
-_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +117,7 @@ class StreamPosition:
 
 
 def parse_position(
-    raw: object, *, field: str = "since", request_id: str | int | None = None
+    raw: object, *, field: str = "since", request_id: RequestId = None
 ) -> StreamPosition:
     """Validate a position sent by a client: ``{"offset": int >= 0, "epoch": str}``."""
     if not isinstance(raw, dict):
@@ -163,25 +149,55 @@ def parse_position(
     return StreamPosition(offset, epoch)
 
 
+def _optional_position(
+    obj: dict[str, Any], name: str, request_id: RequestId
+) -> StreamPosition | None:
+    """The position in `obj[name]`, None when absent or null (see `parse_position`)."""
+    raw = obj.get(name)
+    return None if raw is None else parse_position(raw, field=name, request_id=request_id)
+
+
+def _room(obj: dict[str, Any], request_id: RequestId) -> str:
+    return validate_room_name(obj.get("room"), request_id=request_id)
+
+
+# -- the built-in commands: each parses its own fields from the decoded object ----------------
+# `from_json(obj, request_id)` gets the whole message (its `type` and `id` already checked) and
+# raises ProtocolError naming the first field that is wrong.
+
+
 @dataclass(frozen=True, slots=True)
 class JoinRoom:
     TYPE: ClassVar[str] = "join_room"
     room: str
-    request_id: str | int | None = None
+    request_id: RequestId = None
     since: StreamPosition | None = None  # recover what was missed after this position
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> JoinRoom:
+        room = _room(obj, request_id)
+        return cls(room, request_id, _optional_position(obj, "since", request_id))
 
 
 @dataclass(frozen=True, slots=True)
 class LeaveRoom:
     TYPE: ClassVar[str] = "leave_room"
     room: str
-    request_id: str | int | None = None
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> LeaveRoom:
+        return cls(_room(obj, request_id), request_id)
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
     TYPE: ClassVar[str] = "ping"
-    request_id: str | int | None = None
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> Ping:
+        return cls(request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +207,23 @@ class Kick:
     TYPE: ClassVar[str] = "kick"
     room: str
     user_id: str
-    request_id: str | int | None = None
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> Kick:
+        room = _room(obj, request_id)
+        user_id = obj.get("user_id")
+        if not isinstance(user_id, str) or not user_id:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "'user_id' must be a non-empty string",
+                request_id=request_id,
+            )
+        return cls(room, user_id, request_id)
+
+
+MAX_HISTORY_LIMIT: Final = 1000
+DEFAULT_HISTORY_LIMIT: Final = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +235,36 @@ class History:
     room: str
     limit: int
     before: StreamPosition | None = None
-    request_id: str | int | None = None
+    request_id: RequestId = None
     after: StreamPosition | None = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> History:
+        room = _room(obj, request_id)
+        limit = obj.get("limit", DEFAULT_HISTORY_LIMIT)
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_HISTORY_LIMIT
+        ):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                f"'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT}",
+                request_id=request_id,
+            )
+        if obj.get("before") is not None and obj.get("after") is not None:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "give 'before' or 'after', not both",
+                request_id=request_id,
+            )
+        before = _optional_position(obj, "before", request_id)
+        after = _optional_position(obj, "after", request_id)
+        return cls(room, limit, before, request_id, after)
+
+
+MAX_TABLE_NAME_LENGTH: Final = 48
+_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +275,44 @@ class Subscribe:
     table: str
     filters: dict[str, Any]
     since: StreamPosition | None = None
-    request_id: str | int | None = None
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> Subscribe:
+        table = _checked_name(
+            obj.get("table"),
+            "table",
+            MAX_TABLE_NAME_LENGTH,
+            _TABLE_NAME,
+            "be a table name: a lowercase letter, then lowercase letters, digits or '_'",
+            request_id,
+        )
+        filters = obj.get("filters")
+        if filters is None:
+            filters = {}
+        if not isinstance(filters, dict):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "'filters' must be an object", request_id=request_id
+            )
+        return cls(table, filters, _optional_position(obj, "since", request_id), request_id)
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     TYPE: ClassVar[str] = "unsubscribe"
     subscription: str
-    request_id: str | int | None = None
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> Unsubscribe:
+        sid = obj.get("subscription")
+        if not isinstance(sid, str) or not 0 < len(sid) <= MAX_ID_LENGTH:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                "'subscription' must be a subscription id from a 'subscribed' reply",
+                request_id=request_id,
+            )
+        return cls(sid, request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,17 +321,35 @@ class Refresh:
 
     TYPE: ClassVar[str] = "refresh"
     token: str = field(repr=False)
-    request_id: str | int | None = None
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> Refresh:
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "'token' must be a non-empty string", request_id=request_id
+            )
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"'token' is longer than {MAX_TOKEN_LENGTH} characters",
+                request_id=request_id,
+            )
+        return cls(token, request_id)
 
 
-Command = (
-    JoinRoom | LeaveRoom | Ping | Kick | Refresh | History | Subscribe | Unsubscribe | ClientMessage
+BuiltinCommand = JoinRoom | LeaveRoom | Ping | Kick | Refresh | History | Subscribe | Unsubscribe
+Command = BuiltinCommand | ClientMessage
+
+BUILTIN_COMMANDS: Final[Mapping[str, type[BuiltinCommand]]] = MappingProxyType(
+    {
+        cls.TYPE: cls
+        for cls in (JoinRoom, LeaveRoom, Ping, Kick, History, Subscribe, Unsubscribe, Refresh)
+    }
 )
-
-BUILTIN_TYPES: Final = frozenset(
-    {"join_room", "leave_room", "ping", "kick", "refresh", "history", "subscribe", "unsubscribe"}
-)
-DEFAULT_HISTORY_LIMIT: Final = 50
+"""The protocol's own message types, each with the class that parses it: the one table."""
+BUILTIN_TYPES: Final = frozenset(BUILTIN_COMMANDS)
 
 
 def _checked_name(
@@ -250,7 +358,7 @@ def _checked_name(
     max_length: int,
     pattern: re.Pattern[str],
     shape: str,
-    request_id: str | int | None,
+    request_id: RequestId,
 ) -> str:
     """`value` if it is a string of at most `max_length` matching `pattern`, else ProtocolError
     naming `field` and what was wrong (`shape` says what a valid value looks like)."""
@@ -271,7 +379,7 @@ def _checked_name(
     return value
 
 
-def validate_room_name(room: object, *, request_id: str | int | None = None) -> str:
+def validate_room_name(room: object, *, request_id: RequestId = None) -> str:
     """Return `room` if it is an acceptable room name, else raise ProtocolError."""
     return _checked_name(
         room,
@@ -283,7 +391,7 @@ def validate_room_name(room: object, *, request_id: str | int | None = None) -> 
     )
 
 
-def _request_id(obj: dict[str, Any]) -> str | int | None:
+def _request_id(obj: dict[str, Any]) -> RequestId:
     rid = obj.get("id")
     if rid is None:
         return None
@@ -300,7 +408,8 @@ def _request_id(obj: dict[str, Any]) -> str | int | None:
 def parse(frame: str | bytes) -> Command:
     """Parse one client frame.
 
-    Text frames carry one JSON object with a string `type`. Binary frames are refused.
+    Text frames carry one JSON object with a string `type`. Binary frames are refused. A type
+    in `BUILTIN_COMMANDS` gives that command; any other valid type a `ClientMessage`.
     Raises ProtocolError describing what was wrong; the caller turns it into an `error` reply.
     """
     if isinstance(frame, bytes | bytearray | memoryview):
@@ -330,94 +439,10 @@ def parse(frame: str | bytes) -> Command:
         "start with a letter and contain only letters, digits, '_', '.', ':', '-'",
         request_id,
     )
-    if mtype == "join_room":
-        room = validate_room_name(obj.get("room"), request_id=request_id)
-        raw_since = obj.get("since")
-        since = None if raw_since is None else parse_position(raw_since, request_id=request_id)
-        return JoinRoom(room, request_id, since)
-    if mtype == "history":
-        room = validate_room_name(obj.get("room"), request_id=request_id)
-        limit = obj.get("limit", DEFAULT_HISTORY_LIMIT)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD,
-                "'limit' must be an integer from 1 to 1000",
-                request_id=request_id,
-            )
-        raw_before, raw_after = obj.get("before"), obj.get("after")
-        if raw_before is not None and raw_after is not None:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD,
-                "give 'before' or 'after', not both",
-                request_id=request_id,
-            )
-        before = (
-            None
-            if raw_before is None
-            else parse_position(raw_before, field="before", request_id=request_id)
-        )
-        after = (
-            None
-            if raw_after is None
-            else parse_position(raw_after, field="after", request_id=request_id)
-        )
-        return History(room, limit, before, request_id, after)
-    if mtype == "subscribe":
-        table = _checked_name(
-            obj.get("table"),
-            "table",
-            MAX_TABLE_NAME_LENGTH,
-            _TABLE_NAME,
-            "be a table name: a lowercase letter, then lowercase letters, digits or '_'",
-            request_id,
-        )
-        filters = obj.get("filters", {})
-        if filters is None:
-            filters = {}
-        if not isinstance(filters, dict):
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, "'filters' must be an object", request_id=request_id
-            )
-        raw_since = obj.get("since")
-        since = None if raw_since is None else parse_position(raw_since, request_id=request_id)
-        return Subscribe(table, filters, since, request_id)
-    if mtype == "unsubscribe":
-        sid = obj.get("subscription")
-        if not isinstance(sid, str) or not 0 < len(sid) <= MAX_ID_LENGTH:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD,
-                "'subscription' must be a subscription id from a 'subscribed' reply",
-                request_id=request_id,
-            )
-        return Unsubscribe(sid, request_id)
-    if mtype == "leave_room":
-        return LeaveRoom(validate_room_name(obj.get("room"), request_id=request_id), request_id)
-    if mtype == "ping":
-        return Ping(request_id)
-    if mtype == "kick":
-        room = validate_room_name(obj.get("room"), request_id=request_id)
-        user_id = obj.get("user_id")
-        if not isinstance(user_id, str) or not user_id:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD,
-                "'user_id' must be a non-empty string",
-                request_id=request_id,
-            )
-        return Kick(room, user_id, request_id)
-    if mtype == "refresh":
-        token = obj.get("token")
-        if not isinstance(token, str) or not token:
-            raise ProtocolError(
-                ErrorCode.INVALID_FIELD, "'token' must be a non-empty string", request_id=request_id
-            )
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE,
-                f"'token' is longer than {MAX_TOKEN_LENGTH} characters",
-                request_id=request_id,
-            )
-        return Refresh(token, request_id)
-    return ClientMessage(mtype, obj, request_id)
+    command = BUILTIN_COMMANDS.get(mtype)
+    if command is None:
+        return ClientMessage(mtype, obj, request_id)
+    return command.from_json(obj, request_id)
 
 
 def _finite_float(text: str) -> float:
@@ -460,17 +485,29 @@ def encode(message: dict[str, Any]) -> bytes:
         ).encode("ascii")
 
 
+def reply(type: str, request_id: RequestId, **fields: Any) -> dict[str, Any]:
+    """A server message answering a request: ``{"type": type, **fields, "id": request_id}``.
+
+    The `id` goes last, and only when the request had one (a client matches replies by it).
+    Every reply to a request is built here: the built-in commands', extensions' (change
+    streams) and `error_message`.
+    """
+    out: dict[str, Any] = {"type": type, **fields}
+    if request_id is not None:
+        out["id"] = request_id
+    return out
+
+
 def error_message(
     code: ErrorCode | str,
     message: str,
     *,
-    request_id: str | int | None = None,
+    request_id: RequestId = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Build an `error` reply."""
-    out: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
-    if request_id is not None:
-        out["id"] = request_id
+    """Build an `error` reply: `code`, `message`, the request's `id`, then `extra` fields
+    (`retry_after` for rate_limited)."""
+    out = reply("error", request_id, code=str(code), message=message)
     out.update(extra)
     return out
 

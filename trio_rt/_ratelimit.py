@@ -14,11 +14,12 @@ servers share one budget.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from ._checks import int_problem, number_problem, require
 
 __all__ = ["Decision", "LocalRateLimiter", "Rate", "RateLimiter", "bucket_key", "take"]
 
@@ -32,21 +33,11 @@ class Rate:
     burst: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise ValueError(f"a rate limit must be a positive integer, not {self.limit!r}")
-        if (
-            isinstance(self.period, bool)
-            or not isinstance(self.period, int | float)
-            or not math.isfinite(self.period)
-            or self.period <= 0
-        ):
-            raise ValueError(
-                f"a rate period must be a positive number of seconds, not {self.period!r}"
-            )
-        if self.burst is not None and (
-            isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1
-        ):
-            raise ValueError(f"a burst must be a positive integer or None, not {self.burst!r}")
+        require(
+            int_problem("limit", self.limit),
+            number_problem("period", self.period),
+            int_problem("burst", self.burst, allow_none=True),
+        )
 
     @property
     def capacity(self) -> int:

@@ -23,6 +23,8 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 
+from ._checks import number_problem, require
+
 __all__ = ["rendezvous_owner", "rendezvous_rank", "rendezvous_score"]
 
 _SEP = b"\x00"
@@ -52,8 +54,7 @@ def _check_weights(weights: Mapping[str, float] | None) -> None:
     if weights is None:
         return
     for server, weight in weights.items():
-        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
-            raise ValueError(f"weight of {server!r} must be a positive finite number: {weight!r}")
+        require(number_problem(f"weight of {server!r}", weight))
 
 
 def _hash64(prefix: hashlib.blake2b, server: str) -> int:

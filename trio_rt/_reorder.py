@@ -42,6 +42,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ._checks import require_positive_ints
+
 __all__ = ["OffsetRanges", "ReorderBuffer", "StoreRead"]
 
 T = TypeVar("T")
@@ -70,8 +72,7 @@ class OffsetRanges:
     __slots__ = ("_highs", "_lows", "bound")
 
     def __init__(self, bound: int = MAX_GAPS) -> None:
-        if bound < 1:
-            raise ValueError("bound must be at least 1")
+        require_positive_ints(bound=bound)
         self.bound = bound
         self._lows: list[int] = []
         self._highs: list[int] = []

@@ -2,6 +2,8 @@
 
 `RoomRegistry` knows nothing about sockets or brokers. It reports the transitions the engine
 needs to act on (a room's first local member: subscribe its broker channel; its last: unsubscribe).
+A refusal is a `RoomError` (defined in trio_rt/_errors.py, re-exported here): a `ProtocolError`,
+so the engine answers it like any other refused message.
 """
 
 from __future__ import annotations
@@ -10,20 +12,13 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ._protocol import ErrorCode, validate_room_name
+from ._checks import int_problem, require
+from ._errors import ErrorCode, RoomError
+from ._protocol import validate_room_name
 
 __all__ = ["JoinResult", "LeaveResult", "Room", "RoomError", "RoomRegistry"]
 
 M = TypeVar("M", bound=Hashable)
-
-
-class RoomError(Exception):
-    """A room operation that the rules refuse. `code` is the protocol error code for clients."""
-
-    def __init__(self, code: ErrorCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(slots=True, eq=False)
@@ -87,10 +82,7 @@ class RoomRegistry(Generic[M]):
             validate_room_name(name)
         except Exception as exc:
             raise ValueError(f"invalid room name {name!r}: {exc}") from None
-        if max_users is not None and (
-            isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1
-        ):
-            raise ValueError(f"max_users must be a positive integer or None, not {max_users!r}")
+        require(int_problem("max_users", max_users, allow_none=True))
         if isinstance(moderators, str):
             raise ValueError("moderators must be an iterable of user ids, not a string")
         mods = frozenset(moderators)

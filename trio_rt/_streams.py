@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._options import require_positive_ints
+from ._checks import int_problem, number_problem, require
 from ._protocol import StreamPosition, parse_position
 
 __all__ = [
@@ -118,9 +118,7 @@ class MemoryStreamStore(StreamStore):
     """
 
     def __init__(self, *, max_entries: int = 1000, retention: float = 3600.0) -> None:
-        require_positive_ints(max_entries=max_entries)
-        if not retention > 0:
-            raise ValueError(f"retention must be positive, not {retention!r}")
+        require(int_problem("max_entries", max_entries), number_problem("retention", retention))
         self.max_entries = max_entries
         self.retention = float(retention)
         self._streams: dict[str, deque[StreamEntry]] = {}

@@ -55,6 +55,8 @@ from websockets.protocol import State
 from websockets.trio.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
+from ._errors import TrioRTError
+
 __all__ = [
     "DEFAULT_FATAL_CLOSE_CODES",
     "DEFAULT_RETRYABLE_HTTP_STATUSES",
@@ -119,8 +121,8 @@ Any other status (401, 403, 404...) is fatal."""
 # Errors
 
 
-class ClientError(Exception):
-    """Base class of the errors raised by :class:`WebSocketClient`."""
+class ClientError(TrioRTError):
+    """Base class of the errors raised by :class:`WebSocketClient` (a `trio_rt.TrioRTError`)."""
 
 
 class ClientClosed(ClientError):

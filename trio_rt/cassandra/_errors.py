@@ -15,6 +15,8 @@ from cassandra.cluster import NoHostAvailable
 from cassandra.connection import ConnectionException
 from cassandra.pool import NoConnectionsAvailable
 
+from .._errors import TrioRTError
+
 __all__ = [
     "CassandraError",
     "CassandraQueryError",
@@ -27,7 +29,7 @@ __all__ = [
 QUERY_PREVIEW = 120
 
 
-class CassandraError(Exception):
+class CassandraError(TrioRTError):
     """A Cassandra request failed. The driver's exception, if any, is ``__cause__``.
 
     ``query`` is the CQL text of the failed request (``None`` for connecting/closing).

@@ -71,11 +71,7 @@ async def create_schema(
     for table in app_tables:
         if not isinstance(table, Table):
             raise TypeError(f"tables must be Table definitions, got {type(table).__name__}")
-    if replication_factor is not None:
-        if isinstance(replication_factor, bool) or not isinstance(replication_factor, int):
-            raise ValueError("replication_factor must be an int")
-        if replication_factor < 1:
-            raise ValueError("replication_factor must be at least 1")
+    if replication_factor is not None:  # checked there, before any request
         await session.create_keyspace(keyspace, replication_factor)
     elif not await keyspace_exists(session, keyspace):
         raise LookupError(

@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "trio_rt.cassandra needs cassandra-driver: pip install 'trio_rt[cassandra]'"
     ) from exc
 
+from .._checks import require_positive_ints
 from ._bridge import Completions, Handoff, run_in_worker
 from ._errors import CassandraError, CassandraQueryError, CassandraUnavailable, preview, translate
 from ._paging import Page, RowIterator
@@ -187,10 +188,7 @@ class CassandraSession:
         entries are evicted). ``cluster_options`` go to :class:`cassandra.cluster.Cluster`
         (``auth_provider``, ``ssl_context``, ...). ``protocol_version`` 5 needs Cassandra 4.0+.
         """
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        if prepared_cache_size < 1:
-            raise ValueError("prepared_cache_size must be at least 1")
+        require_positive_ints(max_in_flight=max_in_flight, prepared_cache_size=prepared_cache_size)
         points = [contact_points] if isinstance(contact_points, str) else list(contact_points)
         if keyspace is not None:
             _check_identifier(keyspace, "keyspace")
@@ -335,8 +333,7 @@ class CassandraSession:
         is consumed lazily, so it can be a generator. Cancelling abandons the requests still
         out, like a cancelled :meth:`execute`.
         """
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        require_positive_ints(concurrency=concurrency)
         prepared = await self._prepared.lookup(query)
         await trio.lowlevel.checkpoint_if_cancelled()
         batch = Completions(on_settled=self._settled, on_abandoned=self._abandon)
@@ -454,8 +451,7 @@ class CassandraSession:
         page is requested when the current one is used up. Cancelling a fetch leaves the
         iterator where it was: the next ``__anext__`` asks for the same page again.
         """
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
+        require_positive_ints(page_size=page_size)
         return RowIterator(self, query, params, page_size, consistency, request_timeout)
 
     async def fetch_page(
@@ -500,10 +496,7 @@ class CassandraSession:
         digits or ``_``, 48 characters at most (unquoted, so Cassandra folds it to lower case).
         """
         _check_identifier(name, "keyspace")
-        if isinstance(replication_factor, bool) or not isinstance(replication_factor, int):
-            raise TypeError("replication_factor must be an int")
-        if replication_factor < 1:
-            raise ValueError("replication_factor must be at least 1")
+        require_positive_ints(replication_factor=replication_factor)
         exists = " IF NOT EXISTS" if if_not_exists else ""
         await self.execute(
             f"CREATE KEYSPACE{exists} {name} WITH replication = "
@@ -539,8 +532,7 @@ class CassandraSession:
         if consistency is not None:
             statement.consistency_level = consistency
         if page_size is not None:
-            if page_size < 1:
-                raise ValueError("page_size must be at least 1")
+            require_positive_ints(page_size=page_size)
             statement.fetch_size = page_size
         return statement
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from .._options import require_positive_ints
+from .._checks import int_problem, number_problem, require
 from .._streams import Allocation, StreamEntry, StreamPosition, StreamStore
 from ._session import CassandraSession, Params
 
@@ -46,9 +46,11 @@ class CassandraStreamStore(StreamStore):
     ) -> None:
         if not _IDENT.fullmatch(keyspace):
             raise ValueError(f"invalid keyspace name {keyspace!r}")
-        if not retention >= 1:
-            raise ValueError("retention must be at least 1 second")
-        require_positive_ints(bucket_size=bucket_size, shards=shards)
+        require(
+            number_problem("retention", retention, at_least=1),  # seconds: a TTL of 0 is none
+            int_problem("bucket_size", bucket_size),
+            int_problem("shards", shards),
+        )
         if bucket_size % shards:
             raise ValueError("bucket_size must be a multiple of shards")
         self.session = session

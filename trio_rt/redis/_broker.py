@@ -50,7 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._broker import Broker, BrokerUnavailable, Deliver
-from .._options import require_positive_ints
+from .._checks import require_positive_ints, require_positive_numbers
 from ._aio import ensure_loop
 
 __all__ = ["RedisBroker", "RedisBrokerStats"]
@@ -143,10 +143,13 @@ class RedisBroker(Broker):
             receive_buffer=receive_buffer,
             batch_size=batch_size,
         )
-        if not (0 < reconnect_initial <= reconnect_max):
+        require_positive_numbers(
+            reconnect_initial=reconnect_initial,
+            reconnect_max=reconnect_max,
+            publish_timeout=publish_timeout,
+        )
+        if reconnect_initial > reconnect_max:
             raise ValueError("need 0 < reconnect_initial <= reconnect_max")
-        if isinstance(publish_timeout, bool) or not 0 < publish_timeout < float("inf"):
-            raise ValueError(f"publish_timeout must be a positive number, not {publish_timeout!r}")
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"not a Redis URL: {url!r}")
         self.url = url

@@ -33,7 +33,6 @@ known snapshot for a caller that prefers stale over nothing.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -43,6 +42,7 @@ import redis.asyncio as aioredis
 import trio
 import trio_asyncio
 
+from .._checks import require_positive_numbers
 from .._rendezvous import rendezvous_owner
 from ._aio import Call, ensure_loop
 
@@ -115,17 +115,6 @@ def _check_id(name: str, value: object) -> str:
     return value
 
 
-def _positive(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number, not {value!r}")
-    return float(value)
-
-
 class ServerRegistry:
     """This server's entry in the registry of live servers, kept alive by heartbeats.
 
@@ -155,13 +144,14 @@ class ServerRegistry:
         self.namespace = _check_id("namespace", namespace)
         if "{" in namespace or "}" in namespace:
             raise ValueError("namespace must not contain braces (it is used as a hash tag)")
-        self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval)
-        self.ttl = _positive("ttl", ttl)
+        require_positive_numbers(
+            heartbeat_interval=heartbeat_interval, ttl=ttl, retry_initial=retry_initial
+        )
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.ttl = float(ttl)
         if self.ttl <= self.heartbeat_interval:
             raise ValueError("ttl must be greater than heartbeat_interval")
-        self._retry_initial = min(
-            _positive("retry_initial", retry_initial), self.heartbeat_interval
-        )
+        self._retry_initial = min(float(retry_initial), self.heartbeat_interval)
         self._keys = [f"{{{namespace}}}:servers", f"{{{namespace}}}:addresses"]
         self._servers: dict[str, str] = {}
         self._registered = False

@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import trio
 
+from .._checks import int_problem, require
 from .._streams import Allocation, Sequencer, StreamPosition, new_epoch
 from ._aio import AioCaller
 
@@ -61,8 +62,7 @@ class RedisSequencer(Sequencer):
     def __init__(self, url: str, *, namespace: str = "trio_rt", reseed_gap: int = 1000) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"not a Redis URL: {url!r}")
-        if isinstance(reseed_gap, bool) or not isinstance(reseed_gap, int) or reseed_gap < 0:
-            raise ValueError(f"reseed_gap must be a non-negative integer, not {reseed_gap!r}")
+        require(int_problem("reseed_gap", reseed_gap, at_least=0))
         self.url = url
         self.namespace = namespace
         self.reseed_gap = reseed_gap
