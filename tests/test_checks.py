@@ -115,8 +115,6 @@ ALLOWED = {
     "_assembler.py": "a copy of websockets' Assembler",
     # files other branches of issue 13 move or split at the same time as this one
     "client.py": "the client split (branch clientsplit)",
-    "_permissions.py": "CassandraPermissionStore moves to cassandra/ (branch cassandra)",
-    "cassandra/_model.py": "split into modules (branch cassandra)",
 }
 _HAND_ROLLED = re.compile(r"positive|non-negative|>= ?[01]\b|> ?0\b|at least 1\b")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
+from .._checks import require_positive_ints
 from ._capture import CapturedWrite, Change, ChangeCapture
 from ._session import CassandraSession, Row, RowIterator
 from ._table import Table
@@ -218,8 +219,7 @@ class Database:
                 raise ValueError(f"table {table.name!r} has no clustering column to order by")
             cql += f" ORDER BY {quote(table.clustering_key[0])} {order.upper()}"
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise ValueError(f"limit must be a positive int, got {limit!r}")
+            require_positive_ints(limit=limit)
             cql += " LIMIT ?"
             params.append(limit)
         return _TableRows(table, self.session.iterate(cql, params, page_size=page_size))

@@ -7,12 +7,12 @@ action), the same as `MemoryPermissionStore`'s.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from .._checks import int_problem, number_problem, require
 from .._permissions import ANY, candidates, check_grant
 from ._session import CassandraSession
 
@@ -54,12 +54,10 @@ class CassandraPermissionStore:
                     f"{what} must be a letter then letters, digits or '_' (48 at most), "
                     f"not {name!r}"
                 )
-        if isinstance(cache_ttl, bool) or not isinstance(cache_ttl, int | float):
-            raise TypeError("cache_ttl must be a number of seconds")
-        if not math.isfinite(cache_ttl) or cache_ttl < 0:
-            raise ValueError("cache_ttl must be a finite number >= 0")
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
-            raise ValueError("cache_size must be a positive integer")
+        require(
+            number_problem("cache_ttl", cache_ttl, at_least=0),
+            int_problem("cache_size", cache_size),
+        )
         self.session = session
         self.table = f"{keyspace}.{table}"
         self.cache_ttl = float(cache_ttl)
