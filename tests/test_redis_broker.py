@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 
 from trio_rt import BrokerUnavailable, Connection, RedisBroker, WebSocketManager
 
@@ -37,7 +36,6 @@ async def test_redis_restart_local_delivery_continues_then_cluster_delivery_resu
         b1 = m1.broker
         assert isinstance(b1, RedisBroker)
         async with (
-            trio_asyncio.open_loop(),  # two Redis-backed managers in one process share a loop
             m1,
             m2,
             client(m1) as a,
@@ -145,7 +143,7 @@ class Inbox:
 
 @asynccontextmanager
 async def running(*brokers_and_inboxes: tuple[RedisBroker, Inbox]) -> AsyncIterator[None]:
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
         for broker, inbox in brokers_and_inboxes:
             await nursery.start(broker.run, inbox)
         yield
