@@ -132,6 +132,13 @@ class _Socket:
         """Failed or closed: it carries nothing more."""
         return self._error is not None
 
+    def _failure(self, maybe_sent: bool) -> RedisUnavailable:
+        """What a caller gets from a broken connection: its error's kind and text, with
+        whether this caller's command may have been sent."""
+        error = self._error
+        assert error is not None
+        return type(error)(str(error), maybe_sent=maybe_sent)
+
     def _break(self, error: RedisUnavailable) -> None:
         if self._error is None:
             self._error = error
@@ -269,7 +276,7 @@ class RedisConnection(_Socket):
 
     def _enqueue(self, args: tuple[Any, ...]) -> _Reply:
         if self._error is not None:
-            raise RedisUnavailable(str(self._error), maybe_sent=False)
+            raise self._failure(maybe_sent=False)
         reply = _Reply()
         self._out.append(pack(args))
         self._queued.append(reply)
@@ -290,7 +297,7 @@ class RedisConnection(_Socket):
         try:
             while not reply.done:
                 if self._error is not None:
-                    raise RedisUnavailable(str(self._error), maybe_sent=reply.sent)
+                    raise self._failure(maybe_sent=reply.sent)
                 if not self._reading and reply.sent:
                     self._handed = None
                     await self._read_until(reply)
@@ -410,15 +417,15 @@ class PubSubConnection(_Socket):
         """The replies of one socket read, in order (error replies as `RedisReplyError`
         values). Raises `RedisUnavailable` when the connection fails or Redis closes it."""
         if self._error is not None:
-            raise RedisUnavailable(str(self._error))
+            raise self._failure(maybe_sent=False)
         try:
             data = await self._stream.receive_some(BUFFER)
         except _IO_ERRORS as exc:
             self._break(RedisUnavailable(f"read from redis at {self.address} failed: {exc!r}"))
-            raise RedisUnavailable(str(self._error)) from exc
+            raise self._failure(maybe_sent=False) from exc
         if not data:
             self._break(RedisUnavailable(f"redis at {self.address} closed the connection"))
-            raise RedisUnavailable(str(self._error))
+            raise self._failure(maybe_sent=False)
         parser = self._parser
         parser.feed(data)
         replies = []
@@ -427,5 +434,5 @@ class PubSubConnection(_Socket):
                 replies.append(reply)
         except hiredis.ProtocolError as exc:
             self._break(RedisUnavailable(f"redis at {self.address} broke the protocol: {exc}"))
-            raise RedisUnavailable(str(self._error)) from exc
+            raise self._failure(maybe_sent=False) from exc
         return replies
