@@ -102,7 +102,7 @@ async def _handshake(
                 data = await stream.receive_some(BUFFER)
                 if not data:
                     raise RedisUnavailable(f"redis at {address} closed the connection")
-                parser.feed(data)
+                parser.feed(data)  # type: ignore[arg-type]  # any buffer (stub: bytes)
                 while (reply := parser.gets()) is not False:
                     replies.append(reply)
         except (*_IO_ERRORS, hiredis.ProtocolError) as exc:
@@ -337,7 +337,7 @@ class RedisConnection(_Socket):
                         )
                     )
                 else:
-                    self._parser.feed(data)
+                    self._parser.feed(data)  # type: ignore[arg-type]  # any buffer (stub: bytes)
                     self._dispatch()
         except (*_IO_ERRORS, hiredis.ProtocolError) as exc:
             self._break(
@@ -427,7 +427,7 @@ class PubSubConnection(_Socket):
             self._break(RedisUnavailable(f"redis at {self.address} closed the connection"))
             raise self._failure(maybe_sent=False)
         parser = self._parser
-        parser.feed(data)
+        parser.feed(data)  # type: ignore[arg-type]  # any buffer (stub: bytes)
         replies = []
         try:
             while (reply := parser.gets()) is not False:
