@@ -380,3 +380,26 @@ async def test_cluster_commands_go_to_the_owner_of_their_slot(
         assert await c.execute("PING") == b"PONG"  # no key: the node the URL names
         for k in keys:
             await c.execute("DEL", k, key=k)
+
+
+# -- components on it --------------------------------------------------------------------------
+async def test_a_sequencer_run_by_two_owners_serves_until_the_last_one_stops(
+    redis_url: str,
+) -> None:
+    """One RedisSequencer may be run by a RoomHistory's manager and a ChangeStreamManager at
+    once: stopping one of them leaves it working for the other."""
+    from trio_rt.redis import RedisSequencer
+
+    sequencer = RedisSequencer(redis_url, namespace=f"test-{uuid.uuid4().hex[:8]}")
+    async with trio.open_nursery() as first_owner:
+        await first_owner.start(sequencer.run)
+        async with trio.open_nursery() as second_owner:
+            await second_owner.start(sequencer.run)
+            first = await sequencer.next("s")
+            second_owner.cancel_scope.cancel()  # one owner stops...
+        after = await sequencer.next("s")  # ...the other still has it
+        assert after.position.offset == first.position.offset + 1
+        first_owner.cancel_scope.cancel()
+    assert not sequencer.running
+    with pytest.raises(RuntimeError):
+        await sequencer.next("s")

@@ -80,6 +80,7 @@ class RedisSequencer(Sequencer):
         self.reseed_gap = reseed_gap
         self._timeout = timeout
         self._client: RedisClient | None = None
+        self._runners = 0
         self._nursery_cm: Any = None
 
     def _key(self, stream: str) -> str:
@@ -90,18 +91,21 @@ class RedisSequencer(Sequencer):
         return self._client is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve `next`/`current` until cancelled; then close the connection. The connection
-        is opened on first use (and opened again after a failure)."""
-        if self._client is not None:
-            raise RuntimeError("this RedisSequencer is already running")
-        client = RedisClient(self.url, timeout=self._timeout)
-        self._client = client
+        """Serve `next`/`current` until cancelled. The connection is opened on first use (and
+        again after a failure), and closed when the last of the tasks running this sequencer
+        ends (one sequencer may serve a `RoomHistory` and a `ChangeStreamManager` at once)."""
+        if self._client is None:
+            self._client = RedisClient(self.url, timeout=self._timeout)
+        self._runners += 1
         try:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            self._client = None
-            await client.aclose()
+            self._runners -= 1
+            if not self._runners:
+                client, self._client = self._client, None
+                if client is not None:
+                    await client.aclose()
 
     async def __aenter__(self) -> RedisSequencer:
         self._nursery_cm = trio.open_nursery()
