@@ -151,8 +151,6 @@ class Connection:
         self._closing = False
         self.opened = False
         self._accepted = False  # the connection handlers let it in: disconnect handlers will run
-        # room -> live messages held while the room's missed messages are replayed (recovery)
-        self._recovering: dict[str, list[tuple[int, OutboundMessage]]] | None = None
         self.messages_in = 0
         self.messages_out = 0
 
