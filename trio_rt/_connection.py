@@ -165,7 +165,12 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self._is_closed
+        """True once the connection takes no more messages: it is closing (either side
+        started the close, the peer's TCP connection ended, or the server dropped it) or has
+        ended. Sends from then on are dropped at once (see `send`); a handler that loops
+        sending to one client can stop on it. The disconnect handler runs later, once the
+        connection has ended."""
+        return self._is_closed or self._outbox.closed or self._ws.protocol.state > OPEN
 
     @property
     def close_code(self) -> int | None:
@@ -182,9 +187,15 @@ class Connection:
         """Queue `data` (JSON-serializable) for this client.
 
         Returns once queued, not once written. Raises TypeError/ValueError for data JSON cannot
-        represent. A message to a closed connection is dropped silently: the disconnect handler
-        is where the app learns that a client is gone.
+        represent. A message to a connection that is `closed` (closing or ended, also when the
+        peer is gone and the server has not noticed everything yet) is dropped silently and
+        cheaply, without being serialized (only a checkpoint: a loop of sends still lets
+        other tasks run): the disconnect handler is where the app learns that a client is
+        gone, and `closed` is how a sending loop can tell.
         """
+        if self._outbox.closed or self._ws.protocol.state > OPEN:
+            await trio.lowlevel.checkpoint()
+            return
         self.send_encoded(OutboundMessage(encode(data)))
         await trio.lowlevel.checkpoint()
 
@@ -195,8 +206,12 @@ class Connection:
         socket without a writer task: at once with a non-blocking send when the server is
         quiet, or corked for one write with the frames that follow it when sends come in a
         burst (`FlushQueue`; a fan-out passes `cork`, decided once for all its recipients).
-        With compression the frame is compressed here, in the order of sending.
+        With compression the frame is compressed here, in the order of sending. A message to
+        a `closed` connection is dropped (False) without framing it: websockets' protocol
+        refuses to frame for a connection that is closing or closed.
         """
+        if self._outbox.closed or self._ws.protocol.state > OPEN:
+            return False  # closing or ended (the peer's close frame or EOF counts: see closed)
         direct = self._direct
         if direct is not None:
             corked = direct._corked
