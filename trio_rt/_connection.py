@@ -210,14 +210,16 @@ class Connection:
         a `closed` connection is dropped (False) without framing it: websockets' protocol
         refuses to frame for a connection that is closing or closed.
         """
-        if self._outbox.closed or self._ws.protocol.state > OPEN:
-            return False  # closing or ended (the peer's close frame or EOF counts: see closed)
         direct = self._direct
         if direct is not None:
             corked = direct._corked
             if corked is not None:
                 # Corked frames exist only while the checks below hold: every change that
-                # could break them (a queued message, any write) takes the corked frames.
+                # could break them (a queued message, any write, a close) takes the corked
+                # frames. But not the peer's close frame or EOF, which websockets' reader
+                # applies to the protocol without writing: the state says so.
+                if self._ws.protocol.state is not OPEN:
+                    return False
                 corked += self._wire(message)
                 if len(corked) >= CORK_MAX_BYTES:
                     self._flush_corked()  # bounded: beyond this the outbox's bounds apply
@@ -240,6 +242,8 @@ class Connection:
                 return True
             # From here on the message waits in the outbox: what is corked goes first.
             direct.uncork_to_pending()
+        if self._ws.protocol.state > OPEN:
+            return False  # closing or ended: nothing is queued, no writer started (see closed)
         result = self._outbox.offer(message)
         if result is Offer.QUEUED:
             self._wake_writer()
@@ -397,6 +401,12 @@ class Connection:
             return self._wire(batch[0])
         return b"".join([self._wire(m) for m in batch])
 
+    def _uncork(self) -> None:
+        """The outbox takes nothing more: what is corked waits for the next write like queued
+        bytes, and later sends cannot cork (they meet the closed outbox)."""
+        if self._direct is not None:
+            self._direct.uncork_to_pending()
+
     def _wake_writer(self) -> None:
         """Make sure a writer task writes what is queued: start one unless it runs already."""
         if self._writer_scope is not None or self._nursery is None:
@@ -488,6 +498,7 @@ class Connection:
             self._nursery.start_soon(self._abort_close)
         else:
             self._outbox.seal()
+            self._uncork()
             self._nursery.start_soon(self._graceful_close)
 
     async def _graceful_close(self) -> None:
@@ -511,6 +522,7 @@ class Connection:
             self._close_code = code
             self._close_reason = reason
         self._outbox.close()
+        self._uncork()
         self._ping_wanted = None
         self._stop_heartbeat()
         if self._writer_scope is not None:

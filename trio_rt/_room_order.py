@@ -17,8 +17,9 @@ server"):
   below the buffer's position that the buffer may still hand out late (a write in flight
   when the replay read the store) waits `reorder_window`, then is read from the store like
   the buffer's own holes (skipped as a range if the store lacks it; ``room_gap`` to that
-  member if the store cannot be read). The gate's deadlines and reads use the same timer
-  task and store readers. The member leaves the gate once it caught up with the buffer;
+  member if the store cannot be read). One more `Timers` task serves every gate's deadline;
+  the gates' reads go through the same store readers. The member leaves the gate once it
+  caught up with the buffer;
   the offsets it got from the store that the buffer may still hand out are remembered
   (`replayed`: not sent again).
 """
@@ -101,7 +102,7 @@ class RoomOrdering:
       `replayed` (room -> connection id -> offsets), for the deliverer to skip once.
     - `resync()`: the broker's subscriptions broke and are back; every started room re-reads
       the store after what it handed out.
-    - `run` runs the deadline task and the store readers until cancelled (the manager's
+    - `run` runs the deadline tasks and the store readers until cancelled (the manager's
       nursery). Counters go into `counters`; skipped ranges the store could not confirm go to
       `gap`.
     """
