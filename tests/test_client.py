@@ -1339,7 +1339,7 @@ class ScriptedChanges:
         rid = message.get("id")
         if message["type"] == "unsubscribe":
             self.subscriptions.pop(message["subscription"], None)
-            await ws.send(json.dumps({"type": "unsubscribed", "id": rid, **message}))
+            await ws.send(json.dumps({**message, "type": "unsubscribed", "id": rid}))
             return
         if message["type"] != "subscribe":
             return
@@ -1490,3 +1490,52 @@ async def test_changes_of_a_subscription_the_client_did_not_make_reach_the_app_u
             assert foreign["subscription"] == "not-yours" and "key" not in foreign
             await scripted.push("posts", 1)
             assert (await client.receive())["key"] == key
+
+
+async def test_a_room_message_with_an_id_field_goes_through_the_duplicate_rule(
+    serve: StartServer,
+) -> None:
+    """An application's room message may carry a field named `id`: it is a room message (its
+    offset is tracked, a repeat is a duplicate), not a reply (before the fix every message
+    with an `id` bypassed the duplicate rule)."""
+    manager = make_manager(history=RoomHistory())
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            await client.join_room("r")
+            first = await manager.broadcast_to_room("r", {"type": "m", "n": 1, "id": 7})
+            assert first is not None
+            got = await client.receive()
+            assert got["n"] == 1 and got["id"] == 7
+            (conn,) = manager.connections.values()
+            again = {**positioned(1, first.offset, first.epoch), "id": 7}
+            await conn.send(again)  # the server repeats itself: a duplicate
+            await conn.send({**positioned(2, first.offset + 1, first.epoch), "id": "x"})
+            await conn.send({"type": "marker"})
+            assert (await client.receive())["n"] == 2
+            assert (await client.receive())["type"] == "marker"
+            assert client.stats.duplicates == 1
+            assert client.position("r") == {"offset": first.offset + 1, "epoch": first.epoch}
+
+
+async def test_a_message_carrying_a_pending_request_id_is_not_its_reply(
+    scripted: ScriptedChanges,
+) -> None:
+    """A message is a reply only if its `id` is a request this client has pending AND its
+    type is a reply type: a `note` that carries the id of a subscribe in flight reaches the
+    app untouched, and the subscription still goes live with its real reply."""
+    scripted.hold = trio.Event()
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(scripted.url, **fast()) as client:
+            key = client.subscribe_nowait("posts")
+            await wait_until(lambda: any(r["type"] == "subscribe" for r in scripted.requests))
+            rid = scripted.requests[-1]["id"]
+            (ws,) = scripted.connections
+            await ws.send(json.dumps({"type": "note", "id": rid}))
+            note = await client.receive()
+            assert note == {"type": "note", "id": rid}  # no `key`: not the subscribe's reply
+            scripted.hold.set()
+            await wait_until(lambda: bool(scripted.subscriptions))
+            await scripted.push("posts", 1)
+            update = await client.receive()
+            assert update["type"] == "data_update" and update["key"] == key

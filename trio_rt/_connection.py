@@ -151,8 +151,6 @@ class Connection:
         self._closing = False
         self.opened = False
         self._accepted = False  # the connection handlers let it in: disconnect handlers will run
-        # room -> live messages held while the room's missed messages are replayed (recovery)
-        self._recovering: dict[str, list[tuple[int, OutboundMessage]]] | None = None
         self.messages_in = 0
         self.messages_out = 0
 
@@ -167,7 +165,12 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self._is_closed
+        """True once the connection takes no more messages: it is closing (either side
+        started the close, the peer's TCP connection ended, or the server dropped it) or has
+        ended. Sends from then on are dropped at once (see `send`); a handler that loops
+        sending to one client can stop on it. The disconnect handler runs later, once the
+        connection has ended."""
+        return self._is_closed or self._outbox.closed or self._ws.protocol.state > OPEN
 
     @property
     def close_code(self) -> int | None:
@@ -184,9 +187,15 @@ class Connection:
         """Queue `data` (JSON-serializable) for this client.
 
         Returns once queued, not once written. Raises TypeError/ValueError for data JSON cannot
-        represent. A message to a closed connection is dropped silently: the disconnect handler
-        is where the app learns that a client is gone.
+        represent. A message to a connection that is `closed` (closing or ended, also when the
+        peer is gone and the server has not noticed everything yet) is dropped silently and
+        cheaply, without being serialized (only a checkpoint: a loop of sends still lets
+        other tasks run): the disconnect handler is where the app learns that a client is
+        gone, and `closed` is how a sending loop can tell.
         """
+        if self._outbox.closed or self._ws.protocol.state > OPEN:
+            await trio.lowlevel.checkpoint()
+            return
         self.send_encoded(OutboundMessage(encode(data)))
         await trio.lowlevel.checkpoint()
 
@@ -197,14 +206,20 @@ class Connection:
         socket without a writer task: at once with a non-blocking send when the server is
         quiet, or corked for one write with the frames that follow it when sends come in a
         burst (`FlushQueue`; a fan-out passes `cork`, decided once for all its recipients).
-        With compression the frame is compressed here, in the order of sending.
+        With compression the frame is compressed here, in the order of sending. A message to
+        a `closed` connection is dropped (False) without framing it: websockets' protocol
+        refuses to frame for a connection that is closing or closed.
         """
         direct = self._direct
         if direct is not None:
             corked = direct._corked
             if corked is not None:
                 # Corked frames exist only while the checks below hold: every change that
-                # could break them (a queued message, any write) takes the corked frames.
+                # could break them (a queued message, any write, a close) takes the corked
+                # frames. But not the peer's close frame or EOF, which websockets' reader
+                # applies to the protocol without writing: the state says so.
+                if self._ws.protocol.state is not OPEN:
+                    return False
                 corked += self._wire(message)
                 if len(corked) >= CORK_MAX_BYTES:
                     self._flush_corked()  # bounded: beyond this the outbox's bounds apply
@@ -227,6 +242,8 @@ class Connection:
                 return True
             # From here on the message waits in the outbox: what is corked goes first.
             direct.uncork_to_pending()
+        if self._ws.protocol.state > OPEN:
+            return False  # closing or ended: nothing is queued, no writer started (see closed)
         result = self._outbox.offer(message)
         if result is Offer.QUEUED:
             self._wake_writer()
@@ -384,6 +401,12 @@ class Connection:
             return self._wire(batch[0])
         return b"".join([self._wire(m) for m in batch])
 
+    def _uncork(self) -> None:
+        """The outbox takes nothing more: what is corked waits for the next write like queued
+        bytes, and later sends cannot cork (they meet the closed outbox)."""
+        if self._direct is not None:
+            self._direct.uncork_to_pending()
+
     def _wake_writer(self) -> None:
         """Make sure a writer task writes what is queued: start one unless it runs already."""
         if self._writer_scope is not None or self._nursery is None:
@@ -475,6 +498,7 @@ class Connection:
             self._nursery.start_soon(self._abort_close)
         else:
             self._outbox.seal()
+            self._uncork()
             self._nursery.start_soon(self._graceful_close)
 
     async def _graceful_close(self) -> None:
@@ -498,6 +522,7 @@ class Connection:
             self._close_code = code
             self._close_reason = reason
         self._outbox.close()
+        self._uncork()
         self._ping_wanted = None
         self._stop_heartbeat()
         if self._writer_scope is not None:

@@ -247,7 +247,9 @@ class WebSocketManager:
         self._heartbeat_wake_at = math.inf
         # Rooms with history: their messages in offset order, each once (one buffer per room);
         # after a break in the broker's subscriptions they re-read what they may have missed.
-        self._order = RoomOrdering(self._fan_out_positioned, self._stats, self._room_gap, history)
+        self._order = RoomOrdering(
+            self._fan_out_positioned, self._stats, self._room_gap, history, self._send_to_member
+        )
         self.broker.on_resubscribed(self._order.resync)
 
     # -- handler registration -----------------------------------------------------------------
@@ -875,45 +877,39 @@ class WebSocketManager:
                 _reply("room_joined", request_id, room=room, position=position.to_json())
             )
             return
-        # Recovery: live messages for this room wait in a buffer while the missed ones are
-        # read, so the client gets them in order, each once.
+        # Recovery: what the room's order lets go for this member waits in a gate while the
+        # missed ones are read; then both go out merged by offset, each once, in order
+        # (RoomOrdering.recover_from, ReplayGate).
         since = command.since
-        if conn._recovering is None:
-            conn._recovering = {}
-        buffer: list[tuple[int, OutboundMessage]] = []
-        conn._recovering[room] = buffer
+        token: object | None = None
         result: Recovery | None = None
         try:
-            await self.join_room(conn, room)
-            # Before the read: what the room's order never handed out after `since` may
-            # still come (a write in flight during the read), and must reach this member.
-            self._order.member(room, conn.id, since, reach_back=True)
+            _, token = await self._join(conn, room, since)
             try:
                 result = await history.recover(room, since)
             except Exception:
                 log.exception("recovery of room %r failed; the client will refetch", room)
                 result = Recovery([], since, "unavailable")
         finally:
-            # No await from here on: the buffer is flushed and removed in one step.
-            del conn._recovering[room]
-            replayed = result.entries if result is not None and result.recovered else []
-            for entry in replayed:
-                conn.send_encoded(OutboundMessage(entry.payload.encode("utf-8")))
-            self._order.note_replayed(room, conn.id, (e.position for e in replayed))
-            # One duplicate rule: a live message is kept unless its offset was replayed.
-            sent = {e.position.offset for e in replayed}
-            for offset, message in sorted(buffer, key=lambda item: item[0]):
-                if offset not in sent:
-                    conn.send_encoded(message)
+            # No await from here on: what the gate lets go is sent, then the reply.
+            out, at = self._order.recovered(room, conn.id, token, result)
+            for env in out:
+                conn.send_encoded(OutboundMessage(env.payload))
+        assert result is not None
+        recovered, reason = result.recovered, result.reason
+        if recovered and at is None and token is not None and room in self._rooms.rooms_of(conn):
+            # A new epoch began while the replay read the store: the gate ended, what it
+            # held went out; positions of the old epoch mean nothing now.
+            recovered, reason = False, "epoch_changed"
         reply = _reply(
             "room_joined",
             request_id,
             room=room,
-            position=result.position.to_json(),
-            recovered=result.recovered,
+            position=(at if at is not None else result.position).to_json(),
+            recovered=recovered,
         )
-        if result.reason is not None:
-            reply["reason"] = result.reason
+        if reason is not None:
+            reply["reason"] = reason
         await conn.send(reply)
 
     async def _history_command(self, conn: Connection, command: History) -> None:
@@ -1093,10 +1089,19 @@ class WebSocketManager:
         not_permitted) and ProtocolError for an invalid name. Returns once broadcasts to the
         room reach this connection, on every server. A closed connection joins nothing.
         """
+        joined, _ = await self._join(conn, room)
+        return joined
+
+    async def _join(
+        self, conn: Connection, room: str, since: StreamPosition | None = None
+    ) -> tuple[bool, object | None]:
+        """`join_room`; with `since` (a room with history), the member recovers from it: it
+        is put behind a gate before the first await (RoomOrdering.recover_from). Returns
+        whether it joined, and the recovery's token (None: no gate)."""
         validate_room_name(room)
         if conn.id not in self._connections:
             await trio.lowlevel.checkpoint()
-            return False
+            return False, None
         cap = self.options.max_rooms_per_connection
         if cap is not None and self._rooms.room_count(conn) >= cap:
             current = self._rooms.get(room)
@@ -1108,8 +1113,11 @@ class WebSocketManager:
         channel = self._room_channel(room)
         history = self.history
         ordered = history is not None and history.enabled(room)
+        token: object | None = None
         if ordered:
             self._order.open(room)  # what arrives before its start waits for it
+            if since is not None:
+                token = self._order.recover_from(room, conn.id, since)
         if result.first_member:
             done = self._pending_subscriptions[channel] = trio.Event()
             try:
@@ -1117,6 +1125,8 @@ class WebSocketManager:
             except BaseException:
                 if self._rooms.leave(conn, room).last_member:
                     self._room_emptied(room)
+                elif ordered:
+                    self._order.left(room, conn.id)
                 raise
             finally:
                 done.set()
@@ -1142,7 +1152,7 @@ class WebSocketManager:
                 )
             else:
                 self._order.start(room, position)
-        return result.joined
+        return result.joined, token
 
     async def leave_room(self, conn: Connection, room: str) -> bool:
         """Remove `conn` from `room`. Idempotent: returns False when it was not a member."""
@@ -1311,12 +1321,14 @@ class WebSocketManager:
 
     def _fan_out_positioned(self, room: str, envs: list[Envelope]) -> None:
         """Deliver room messages with positions, in the given order. Members recovering the
-        room buffer them (`_join_command`); a member gets no offset at or below the position
-        it joined at, nor one its recovery already replayed."""
+        room get them through their gate (`_join_command`, RoomOrdering.gate_live); a member
+        gets no offset at or below the position it joined at, nor one its recovery already
+        sent from the store."""
         instruments = self._instruments
         cork = self._flushes.begin()  # one decision for every recipient
         order = self._order
         replayed = order.replayed.get(room)
+        gates = order.gates.get(room)
         for env in envs:
             started = time.perf_counter() if instruments is not None else 0.0
             offset = env.offset
@@ -1336,9 +1348,11 @@ class WebSocketManager:
                     if seen is not None and offset in seen:
                         seen.discard(offset)
                         continue
-                recovering = conn._recovering
-                if recovering is not None and room in recovering:
-                    recovering[room].append((offset, message))
+                if gates and conn.id in gates:
+                    for out in order.gate_live(room, conn.id, env):
+                        conn.send_encoded(
+                            message if out is env else OutboundMessage(out.payload), cork
+                        )
                 else:
                     conn.send_encoded(message, cork)
                 n += 1
@@ -1346,9 +1360,28 @@ class WebSocketManager:
             if instruments is not None:
                 instruments.fanned_out(n, time.perf_counter() - started)
 
-    def _room_gap(self, room: str, epoch: str, first: int, last: int | None, reason: str) -> None:
-        """Tell `room`'s local members that offsets first..last (last None: up to the newest)
-        may not have reached them (docs/protocol.md, ``room_gap``)."""
+    def _send_to_member(self, room: str, conn_id: str, envs: list[Envelope]) -> None:
+        """Room messages a member's recovery gate let go (RoomOrdering), in order."""
+        conn = self._connections.get(conn_id)
+        if conn is None or room not in self._rooms.rooms_of(conn):
+            return
+        cork = self._flushes.begin()
+        for env in envs:
+            conn.send_encoded(OutboundMessage(env.payload), cork)
+        self._stats.deliveries += len(envs)
+
+    def _room_gap(
+        self,
+        room: str,
+        epoch: str,
+        first: int,
+        last: int | None,
+        reason: str,
+        member: str | None = None,
+    ) -> None:
+        """Tell `room`'s local members (or only `member`, a connection id) that offsets
+        first..last (last None: up to the newest) may not have reached them
+        (docs/protocol.md, ``room_gap``)."""
         message: dict[str, Any] = {
             "type": "room_gap",
             "room": room,
@@ -1368,6 +1401,8 @@ class WebSocketManager:
         outbound = OutboundMessage(encode(message))
         floors = self._order.floors.get(room) or {}
         for conn in self._rooms.members_of(room):
+            if member is not None and conn.id != member:
+                continue
             floor = floors.get(conn.id)
             if last is not None and floor is not None and last <= floor:
                 continue  # the whole range is from before it joined

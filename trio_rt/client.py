@@ -339,6 +339,10 @@ def _decode(raw: str | bytes) -> Message | None:
 
 RECENT_OFFSETS = 1024  # offsets remembered per stream and epoch (see _SeenOffsets)
 
+# The types of the server's replies to this client's subscribe / unsubscribe requests.
+_SUBSCRIBE_REPLIES = frozenset({"subscribed", "error"})
+_UNSUBSCRIBE_REPLIES = frozenset({"unsubscribed", "error"})
+
 
 class _SeenOffsets:
     """The offsets of one stream's epoch (a room, a table subscription) this client received.
@@ -1778,9 +1782,15 @@ class WebSocketClient:
         rid = message.get("id")
         if mtype == "data_update":
             return self._on_data_update(session, message)
-        if isinstance(rid, str) and rid in session.subscribe_ids:
+        # A reply answers a request this client has pending AND has a reply type; a message
+        # that merely carries an application field named `id` is an ordinary message.
+        if mtype in _SUBSCRIBE_REPLIES and isinstance(rid, str) and rid in session.subscribe_ids:
             return self._on_subscribe_reply(session, message, rid)
-        if isinstance(rid, str) and rid in session.unsubscribe_ids:
+        if (
+            mtype in _UNSUBSCRIBE_REPLIES
+            and isinstance(rid, str)
+            and rid in session.unsubscribe_ids
+        ):
             session.unsubscribe_ids.discard(rid)
             return []  # the reply to an unsubscribe() (or to a dropped subscription)
         if self._track_room_position(message):
@@ -1853,7 +1863,7 @@ class WebSocketClient:
                         ("subscription:" + key, str(message.get("reason")))
                     )
                 sub.live.succeed()
-        elif mtype == "error":
+        else:  # "error" (_SUBSCRIBE_REPLIES)
             if sub is not None:  # else: unsubscribed meanwhile, nobody to tell
                 del self._subscriptions[key]
                 self._sub_seen.pop(key, None)
@@ -1862,9 +1872,6 @@ class WebSocketClient:
                 if not raised:
                     message["key"] = key
                     deliveries.append(message)
-        else:
-            message["key"] = key
-            deliveries.append(message)
         # Held changes no subscribe in flight can claim any more are not this client's
         # subscriptions' (a raw `subscribe` the app sent): delivered untouched.
         if not any(t == table for _, t in session.subscribe_ids.values()):
@@ -1921,9 +1928,10 @@ class WebSocketClient:
             return False
         if not _is_position(position):
             return False
-        # A room message is positioned by its own offset; a reply (a `history` page, or
-        # anything answering a request id) only carries the room's current position.
-        is_reply = mtype == "history" or message.get("id") is not None
+        # A room message is positioned by its own offset; a `history` page (the server's
+        # reply, whoever asked for it) only carries the room's current position. An `id` field
+        # says nothing: applications may put one in their room messages.
+        is_reply = mtype == "history" and isinstance(message.get("messages"), list)
         if not is_reply and not self._received(self._seen, room, position):
             self.stats.duplicates += 1
             return True
