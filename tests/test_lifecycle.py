@@ -125,10 +125,10 @@ async def test_a_thousand_clients_dropped_every_way_leave_nothing(make_manager: 
         await wait_until(lambda: not manager.connections, limit=30)
         await wait_until(lambda: count_tasks() == idle_tasks, limit=30)
         assert not manager.rooms
-        assert manager._rooms.member_count() == 0
+        assert manager._rooms.registry.member_count() == 0
         # only the all-clients and the servers channels stay subscribed
-        assert manager.broker.channels == {manager._all_channel, manager._servers_channel}
-        assert not manager._pending_subscriptions
+        assert manager.broker.channels == {manager._channels.all, manager._channels.servers}
+        assert not manager._rooms.pending_subscriptions
         # every connection that was accepted got its disconnect handler, exactly once
         assert disconnects == opened
         assert manager.stats.connections_opened >= 600

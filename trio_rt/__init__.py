@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 
 from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._cli import serve_until_signalled
-from ._connection import Connection, Request
+from ._connection import Connection, ConnectionState, Request
 from ._errors import TrioRTError
 from ._extras import EXTRAS as _EXTRAS
 from ._extras import extra_installed as _extra_installed
 from ._extras import missing_extra_error as _missing_extra_error
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
-from ._manager import ServerStats, WebSocketManager
+from ._manager import WebSocketManager
 from ._options import ServerOptions, ServerOptionsDict
 from ._outbox import SlowConsumerPolicy
 from ._permissions import MemoryPermissionStore, PermissionStore
@@ -35,6 +35,7 @@ from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
+from ._stats import ServerStats
 from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
 from ._watch_positions import MemoryWatchPositions, WatchPositions
 
@@ -82,6 +83,7 @@ __all__ = [
     "BrokerUnavailable",
     "CloseCode",
     "Connection",
+    "ConnectionState",
     "Decision",
     "ErrorCode",
     "HttpResponse",
