@@ -232,7 +232,7 @@ def test_options_as_an_object_or_keywords_not_both() -> None:
     assert WebSocketManager(options=options).options is options
     assert WebSocketManager(port=0, heartbeat_interval=None).options == options
     with pytest.raises(TypeError, match="not both"):
-        WebSocketManager(options, port=0)  # type: ignore[call-overload]
+        WebSocketManager(options, port=0)
     with pytest.raises(TypeError, match="unknown WebSocketManager option"):
         WebSocketManager(prot=0)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="must be a ServerOptions"):

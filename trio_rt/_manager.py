@@ -157,9 +157,15 @@ class WebSocketManager:
         registry = RoomRegistry[Connection](auto_create=o.auto_create_rooms)
         self._channels = Channels(o.channel_prefix)
         self._delivery = delivery = Delivery(
-            self.server_id, self.broker, self._channels, registry, connections, flushes, stats,
+            self.server_id,
+            self.broker,
+            self._channels,
+            registry,
+            connections,
+            flushes,
+            stats,
             history,
-        )  # fmt: skip
+        )
         self._rooms = rooms = RoomService(
             o, registry, connections, delivery, flushes, history, room_store, permissions
         )
@@ -180,14 +186,9 @@ class WebSocketManager:
         )
         caps = ConnectionCaps(o.max_connections_per_ip, o.max_connections_per_user)
         self._connections = connections
+        welcome = welcome if welcome is not None else self._default_welcome
         self._lifecycle = life = ConnectionLifecycle(
-            host,
-            connections,
-            welcome if welcome is not None else self._default_welcome,
-            tokens,
-            self._admission,
-            caps,
-            rooms,
+            host, connections, welcome, tokens, self._admission, caps, rooms
         )
         self._routes = HttpRoutes()
         self._routes.add("/health", self._health)
