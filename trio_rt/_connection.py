@@ -373,6 +373,7 @@ class Connection:
         the heartbeat schedule. Runs in the task websockets gives the connection."""
         if welcome is not None:
             self._outbox.push_front(welcome)
+            del welcome  # this frame lives as long as the connection: keep no reference
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -88,13 +88,17 @@ class ConnectionLifecycle:
         conn = ws.trio_rt_conn
         self.host.stats.connections_opened += 1
         try:
-            welcome = self._welcome(conn)
             self._tokens.schedule(conn)
-            await conn.run(OutboundMessage(encode(welcome)) if welcome is not None else None)
+            # No local keeps the welcome: this frame lives as long as the connection.
+            await conn.run(self._welcome_message(conn))
         finally:
             with trio.CancelScope(shield=True):
                 await self.finish(conn, True)
             ws.trio_rt_conn = None  # no cycle ws <-> conn: refcounting frees both (GC work)
+
+    def _welcome_message(self, conn: Connection) -> OutboundMessage | None:
+        welcome = self._welcome(conn)
+        return OutboundMessage(encode(welcome)) if welcome is not None else None
 
     def forget(self, conn: Connection) -> bool:
         """Unregister `conn` and its memberships (sync, idempotent). True the first time."""
