@@ -291,3 +291,24 @@ async def test_closed_connections_are_freed_without_the_cyclic_gc(
             await wait_until(lambda: all(r() is None for r in refs))
         finally:
             gc.enable()
+
+
+async def test_an_open_connection_keeps_nothing_of_its_welcome(make_manager: Any) -> None:
+    """The tasks that serve a connection live as long as it: none keeps the welcome (the
+    app's dict, its encoded message) once it is queued (memory per idle connection)."""
+
+    class Welcome(dict[str, Any]):
+        pass  # a dict that can be weakly referenced
+
+    welcomes: list[weakref.ref[Welcome]] = []
+
+    def welcome(conn: Connection) -> dict[str, Any]:
+        message = Welcome(type="welcome", connection_id=conn.id)
+        welcomes.append(weakref.ref(message))
+        return message
+
+    manager = make_manager(welcome=welcome)
+    async with manager, client(manager) as c:
+        assert (await c.request({"type": "ping"}))["type"] == "pong"  # open, served
+        assert len(welcomes) == 1
+        assert welcomes[0]() is None  # freed by reference counting, no collection needed
