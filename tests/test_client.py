@@ -1135,6 +1135,27 @@ async def test_a_room_gap_is_reported_and_unknown_messages_reach_the_app_untouch
             assert client.position("r") == first.to_json()
 
 
+async def test_an_id_of_any_json_type_is_an_ordinary_message_field(serve: StartServer) -> None:
+    """Only a string `id` can answer one of the client's requests; an application message may
+    carry an `id` of any JSON type. (An object or array `id` once raised TypeError in the
+    reader, which closed the client as if the server had been fatal.)"""
+    manager = make_manager()
+
+    @manager.on_message("tagged")
+    async def tagged(conn: Connection, message: dict[str, Any]) -> None:
+        await conn.send({"type": "tagged", "id": message["tag"], "room": "r"})
+
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            await client.join_room("r")
+            for tag in ({"n": 1}, [1, 2], 7, None, "trio_rt.client:1"):
+                await client.send({"type": "tagged", "tag": tag})
+                assert await client.receive() == {"type": "tagged", "id": tag, "room": "r"}
+            assert client.state is ClientState.CONNECTED
+            assert client.stats.connections == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # table subscriptions, against a scripted server (the wire protocol of docs/protocol.md, with
 # the order of replies under the test's control; tests/test_change_streams.py runs the client
