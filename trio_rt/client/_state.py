@@ -206,10 +206,13 @@ class ClientCore:
         """The requests that restore the client on a new connection, in order: a join per
         remembered room (with ``since``), then a subscribe per subscription (from its
         position). Each is registered as sent just before it is yielded: write each one
-        before asking for the next (the app may unsubscribe meanwhile)."""
-        rooms = list(self._rooms.items())
-        book.rejoined = tuple(room for room, _ in rooms)
-        for room, waiter in rooms:
+        before asking for the next. A room left or a subscription dropped meanwhile is
+        skipped (this connection does not hold it: `leave` had nothing to tell the server).
+        `book.rejoined` lists the rooms rejoined."""
+        for room, waiter in list(self._rooms.items()):
+            if self._rooms.get(room) is not waiter:
+                continue  # left (or left and joined again: that join is queued) meanwhile
+            book.rejoined += (room,)
             rid = self.next_request_id()
             book.pending[rid] = Request(JOIN, room, waiter)
             book.restore_ids.add(rid)
