@@ -249,7 +249,9 @@ class ClientCore:
 
     def take_recovery_failures(self) -> list[tuple[str, str]]:
         """The (room, reason) of each ``recovery_failed`` event to emit, oldest first."""
-        failures, self._recovery_failed = self._recovery_failed, []
+        failures = self._recovery_failed
+        if failures:
+            self._recovery_failed = []
         return failures
 
     def refresh_request(self, book: ConnectionBook, token: str, expires_at: float) -> str:
