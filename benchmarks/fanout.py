@@ -14,7 +14,9 @@ For each run and each server kind (alternating, so machine noise hits every kind
 Measured: deliveries/s = deliveries / (time from the generator sending ``bench_start`` to the
 last delivery); latency per delivery = time of receipt at the client - ``t`` (CLOCK_MONOTONIC
 is system-wide on Linux, so it compares across processes); server CPU (user + system) per
-delivery; the generator's CPU as a fraction of the wall time (its headroom).
+delivery; the generator's CPU as a fraction of the wall time (its headroom); and connection
+setup: the server's CPU from ``READY`` to ``JOINED`` (+0.5 s) per client (handshake, welcome,
+``join_room``/``room_joined``).
 
 Run: ``python -m benchmarks.fanout --clients 200 --messages 2000 --runs 5 [--size 70]
 [--servers trio_rt,baseline] [--json out.json]``. The first kind in ``--servers`` is the

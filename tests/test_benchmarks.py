@@ -95,6 +95,7 @@ def test_table_ratios_and_targets_from_medians() -> None:
             "setup_cpu_us_per_connection": 1000.0 if label == "trio_rt" else 800.0,
             "completed": True,
             "noisy": False,
+            "other_busy_cores": 0.1,
             "clients": 200,
             "rate": 200.0 if measure == "paced" else 0.0,
         }
@@ -105,7 +106,6 @@ def test_table_ratios_and_targets_from_medians() -> None:
             "measure": phase,
             "kib_per_conn": kib,
             "server_cpu_us_per_open": 500.0,
-            "noisy": label == "websockets",
         }
 
     runs = {
@@ -135,7 +135,13 @@ def test_table_ratios_and_targets_from_medians() -> None:
     assert targets["idle_kib"] == {"target": "<= 12", "value": 18.0, "met": False}
     assert "burst_cpu_us" not in targets  # go_gorilla is not in this run
     # the paced load (200 clients x 200/s = 40,000/s): websockets delivered 30,000/s
-    assert summary["flags"]["websockets"] == {"incomplete": 0, "noisy": 1, "saturated": 1}
+    assert summary["flags"]["websockets"] == {
+        "fan_out_runs": 2,
+        "incomplete": 0,
+        "noisy": 0,
+        "paced_runs": 1,
+        "saturated": 1,
+    }
     text = table.render(summary, table.parse_args(["--runs", "1"]), ["trio_rt", "websockets"])
     assert "NOT met" in text and ">= 1.5x websockets: met" in text
 
