@@ -406,10 +406,10 @@ async def test_python_client_drops_duplicates_and_delivers_late_messages(
 
 
 def test_seen_offsets_remember_a_bounded_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trio_rt import client as client_module
+    from trio_rt.client import _positions
 
-    monkeypatch.setattr(client_module, "RECENT_OFFSETS", 4)
-    seen = client_module._SeenOffsets("e", floor=9)
+    monkeypatch.setattr(_positions, "RECENT_OFFSETS", 4)
+    seen = _positions.SeenOffsets("e", floor=9)
     assert not seen.add(9)  # at or below the floor (the room_joined position): seen
     assert all(seen.add(o) for o in (10, 11, 12, 13))
     assert seen.add(15) and seen.floor == 10  # 10 forgotten: it becomes the floor

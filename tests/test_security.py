@@ -640,10 +640,10 @@ async def test_client_refreshes_in_band_before_expiry(make_manager: MakeManager)
 
 
 def test_token_exp_is_read_without_verification() -> None:
-    from trio_rt.client import _token_exp
+    from trio_rt.client._wire import token_exp
 
-    assert _token_exp(jwt.encode({"exp": 123}, "k" * 32, algorithm="HS256")) == 123.0
-    assert _token_exp(jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")) is None
-    assert _token_exp("not-a-jwt") is None
-    assert _token_exp("a.!!!.c") is None
-    assert _token_exp(None) is None
+    assert token_exp(jwt.encode({"exp": 123}, "k" * 32, algorithm="HS256")) == 123.0
+    assert token_exp(jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")) is None
+    assert token_exp("not-a-jwt") is None
+    assert token_exp("a.!!!.c") is None
+    assert token_exp(None) is None
