@@ -30,7 +30,7 @@ async def inject(manager: WebSocketManager, room: str, position: StreamPosition,
     would (without storing it)."""
     payload = encode({"type": "chat", "n": n, "room": room, "position": position.to_json()})
     env = Envelope(payload, rooms=(room,), offset=position.offset, epoch=position.epoch)
-    await manager.broker.publish(manager._room_channel(room), encode_envelope(env))
+    await manager.broker.publish(manager._channels.room(room), encode_envelope(env))
 
 
 async def store_only(history: RoomHistory, room: str, n: Any) -> Allocation:
@@ -428,7 +428,7 @@ async def test_a_replayed_message_whose_publish_arrives_later_is_not_sent_again(
             await manager.broadcast_to_room("r", {"type": "chat", "n": 2})
             assert await received(b, 1) == [2]  # and not 1 again
             assert await received(a, 1) == [2]
-            assert manager._order.replayed == {}
+            assert manager._delivery.order.replayed == {}
 
 
 async def test_a_recovery_reaching_before_the_rooms_start_gets_a_write_still_in_flight(
@@ -534,7 +534,7 @@ async def test_a_write_in_flight_that_the_room_skipped_reaches_a_recovering_memb
         await manager.broadcast_to_room("r", {"type": "chat", "n": 5})
         assert await received(b, 1) == [5]
         await quiet(b)
-        assert manager._order.gates == {} and manager._order.replayed == {}
+        assert manager._delivery.order.gates == {} and manager._delivery.order.replayed == {}
 
 
 async def test_a_room_started_by_the_recovering_join_keeps_its_write_in_flight_in_order(
@@ -588,7 +588,7 @@ async def test_a_hole_in_the_replay_that_is_never_written_is_read_and_skipped(
         await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
         assert await received(b, 1) == [4]
         await quiet(b)
-        assert manager._order.gates == {}
+        assert manager._delivery.order.gates == {}
 
 
 async def test_a_hole_in_the_replay_the_store_cannot_read_is_told_to_that_member_only(
@@ -651,4 +651,4 @@ async def test_a_new_epoch_during_the_replay_ends_the_recovery(make_manager: Any
             ack = await b.recv()
             assert ack["type"] == "room_joined" and ack["recovered"] is False
             assert ack["reason"] == "epoch_changed"
-            assert manager._order.gates == {}
+            assert manager._delivery.order.gates == {}

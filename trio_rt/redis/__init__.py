@@ -31,9 +31,9 @@ try:  # the `redis` extra: say so instead of a bare "No module named 'redis'"
     import redis as _redis_py  # noqa: F401  (redis-py, not this package)
     import trio_asyncio as _trio_asyncio  # noqa: F401
 except ModuleNotFoundError as exc:
-    from .. import _missing_extra_error
+    from .._extras import missing_extra_error
 
-    raise _missing_extra_error("trio_rt.redis", "redis", exc) from exc
+    raise missing_extra_error("trio_rt.redis", "redis", exc) from exc
 
 from ._broker import RedisBroker, RedisBrokerStats
 from ._ratelimit import RedisRateLimiter
