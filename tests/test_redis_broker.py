@@ -87,11 +87,11 @@ async def test_unsubscribed_when_last_local_member_leaves(redis_url: str) -> Non
         broker = manager.broker
         async with client(manager) as a:
             await a.request({"type": "join_room", "room": "lonely"})
-            assert manager._room_channel("lonely") in broker.channels
+            assert manager._channels.room("lonely") in broker.channels
             await a.request({"type": "leave_room", "room": "lonely"})
-            assert manager._room_channel("lonely") not in broker.channels
+            assert manager._channels.room("lonely") not in broker.channels
         await wait_until(
-            lambda: broker.channels == {manager._all_channel, manager._servers_channel}
+            lambda: broker.channels == {manager._channels.all, manager._channels.servers}
         )
         await wait_until(lambda: broker.backlog == 0)  # nothing left queued either way
 

@@ -32,9 +32,9 @@ only requirement of the ``redis`` extra is hiredis.
 try:  # the `redis` extra: say so instead of a bare "No module named 'hiredis'"
     import hiredis as _hiredis  # noqa: F401
 except ModuleNotFoundError as exc:
-    from .. import _missing_extra_error
+    from .._extras import missing_extra_error
 
-    raise _missing_extra_error("trio_rt.redis", "redis", exc) from exc
+    raise missing_extra_error("trio_rt.redis", "redis", exc) from exc
 
 from ._broker import RedisBroker, RedisBrokerStats
 from ._ratelimit import RedisRateLimiter
