@@ -193,7 +193,7 @@ def test_memory_history_behind_a_cross_process_broker_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class SpansProcesses:
-        needs_asyncio = True
+        spans_processes = True
 
     RoomHistory().check_deployment(SpansProcesses())
     assert "positions are per process" in caplog.text

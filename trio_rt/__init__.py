@@ -4,11 +4,10 @@ The public surface is re-exported here; modules starting with ``_`` are private.
 
 The core (``pip install trio_rt``: trio and websockets only) is imported at once. Names that
 need an extra are imported on first use, from one table (`_LAZY`): ``trio_rt.RedisBroker``
-imports Redis support then (importing trio_asyncio patches asyncio globally, so never before
-it is needed). Without its extra such a name raises ImportError naming it::
+imports Redis support then. Without its extra such a name raises ImportError naming it::
 
     ImportError: trio_rt.RedisBroker needs the 'redis' extra: pip install 'trio_rt[redis]'
-    (No module named 'redis')
+    (No module named 'hiredis')
 
 ``__all__`` lists the core names and the lazy names whose extra is installed, so
 ``from trio_rt import *`` works with any set of extras.

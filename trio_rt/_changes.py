@@ -266,9 +266,11 @@ class ChangePublisher:
         """Run the broker, the sequencer and the nudge publisher until cancelled."""
         runner = getattr(self.sequencer, "run", None)
         async with contextlib.AsyncExitStack() as stack:
-            if getattr(self.broker, "needs_asyncio", False) or runner is not None:
-                # Only here: it needs the redis extra, and importing trio_asyncio patches
-                # asyncio for the whole process.
+            if getattr(self.broker, "needs_asyncio", False) or getattr(
+                self.sequencer, "needs_asyncio", False
+            ):
+                # Only for a component that says it needs one (trio_rt's Redis components no
+                # longer do): importing trio_asyncio patches asyncio for the whole process.
                 from .redis._aio import ensure_loop
 
                 await stack.enter_async_context(ensure_loop())  # one loop for both

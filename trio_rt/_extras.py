@@ -14,7 +14,7 @@ __all__ = ["EXTRAS", "extra_installed", "missing_extra_error"]
 
 # The extras of pyproject.toml and the top-level modules each one brings (what must import).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "redis": ("redis", "trio_asyncio"),
+    "redis": ("hiredis",),
     "cassandra": ("cassandra",),
     "auth": ("jwt", "cryptography"),
     "metrics": ("prometheus_client",),
