@@ -186,3 +186,40 @@ def test_change_latency_runs_on_real_services(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert '"skipped_holes": 0' in result.stdout
+
+
+def test_a_before_tree_server_runs_that_trees_trio_rt(tmp_path: Path) -> None:
+    """`benchmarks.table --before TREE` runs trio_rt@before's servers through
+    `benchmarks.servers.other_tree`: the server module and the trio_rt it imports come from
+    TREE, not from this checkout (nor from its editable install)."""
+    tree = tmp_path / "tree"
+    (tree / "trio_rt").mkdir(parents=True)
+    (tree / "trio_rt" / "__init__.py").write_text("WHERE = 'other tree'\n")
+    (tree / "benchmarks" / "servers").mkdir(parents=True)
+    (tree / "benchmarks" / "__init__.py").write_text("")
+    (tree / "benchmarks" / "servers" / "__init__.py").write_text("")
+    (tree / "benchmarks" / "servers" / "probe.py").write_text(
+        "import sys, trio_rt\nprint(trio_rt.WHERE, trio_rt.__file__, sys.argv[1:])\n"
+    )
+    shim = ["-m", "benchmarks.servers.other_tree", "--tree", str(tree)]
+    done = subprocess.run(
+        [sys.executable, *shim, "--module", "benchmarks.servers.probe", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(" ", 2)[:2] == ["other", "tree"]
+    assert str(tree / "trio_rt" / "__init__.py") in done.stdout
+    assert "['--port', '0']" in done.stdout
+    # a module this checkout has and the other tree lacks is not found there
+    missing = subprocess.run(
+        [sys.executable, *shim, "--module", "trio_rt._manager"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0
+    assert "No module named trio_rt._manager" in missing.stderr
