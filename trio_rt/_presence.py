@@ -241,6 +241,7 @@ class PresenceService:
         self._running = False
         # counters, read by WebSocketMetrics
         self.events_published = 0
+        self.heartbeats = 0
         self.write_errors = 0
         self.events_delivered = 0
         manager.attach_presence(self)
@@ -401,6 +402,7 @@ class PresenceService:
             if now >= next_beat:
                 # The heartbeat: every entry of this server, written again with a new deadline.
                 next_beat = now + self.heartbeat_interval
+                self.heartbeats += 1
                 for room, updates in self.tally.all_updates().items():
                     written = {u.key for u in batch.get(room, ())}
                     batch.setdefault(room, []).extend(u for u in updates if u.key not in written)
