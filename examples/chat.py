@@ -64,9 +64,11 @@ def build_app(
         from .posts import add_posts_board  # the `cassandra` extra: only with the board
 
         add_posts_board(manager, cassandra, keyspace)
+    # --8<-- [start:presence]
     # Who is in each room (the page's "Here now" list), with join/leave events; one server:
     # the memory store (several servers share a RedisPresence instead; docs/presence.md).
     PresenceService(manager, events=True)
+    # --8<-- [end:presence]
     # The page at /, and its dev tokens when the `auth` extra is installed (they authenticate
     # bearer tokens before the handler below).
     add_web_ui(manager, posts=cassandra is not None, tokens=tokens)
