@@ -22,6 +22,8 @@ from trio_rt._protocol import (
     Kick,
     LeaveRoom,
     Ping,
+    PresenceQuery,
+    PresenceStatsQuery,
     ProtocolError,
     Refresh,
     StreamPosition,
@@ -188,6 +190,8 @@ EXAMPLES = {
     "subscribe": ({"table": "posts", "filters": None}, Subscribe("posts", {}, None, 1)),
     "unsubscribe": ({"subscription": "s1"}, Unsubscribe("s1", 1)),
     "refresh": ({"token": "t"}, Refresh("t", 1)),
+    "presence": ({"room": "r"}, PresenceQuery("r", 1)),
+    "presence_stats": ({"room": "r"}, PresenceStatsQuery("r", 1)),
 }
 
 

@@ -29,6 +29,14 @@ from ._manager import WebSocketManager
 from ._options import ServerOptions, ServerOptionsDict
 from ._outbox import SlowConsumerPolicy
 from ._permissions import MemoryPermissionStore, PermissionStore
+from ._presence import (
+    MemoryPresence,
+    PresenceEntry,
+    PresenceManager,
+    PresenceResult,
+    PresenceService,
+    PresenceStats,
+)
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
 from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
@@ -57,6 +65,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "CassandraPermissionStore": (".cassandra", "cassandra"),
     # The Redis edge: trio_rt.redis (a subpackage that names its extra when it is missing).
     "RedisBroker": (".redis", "redis"),
+    "RedisPresence": (".redis", "redis"),
     "RedisRateLimiter": (".redis", "redis"),
     "RedisSequencer": (".redis", "redis"),
     "ServerRegistry": (".redis", "redis"),
@@ -75,7 +84,13 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     from ._changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
     from ._metrics import WebSocketMetrics
     from .cassandra import CassandraPermissionStore
-    from .redis import RedisBroker, RedisRateLimiter, RedisSequencer, ServerRegistry
+    from .redis import (
+        RedisBroker,
+        RedisPresence,
+        RedisRateLimiter,
+        RedisSequencer,
+        ServerRegistry,
+    )
 
 __all__ = [
     "Broker",
@@ -90,10 +105,16 @@ __all__ = [
     "MemoryBroker",
     "MemoryHub",
     "MemoryPermissionStore",
+    "MemoryPresence",
     "MemorySequencer",
     "MemoryStreamStore",
     "MemoryWatchPositions",
     "PermissionStore",
+    "PresenceEntry",
+    "PresenceManager",
+    "PresenceResult",
+    "PresenceService",
+    "PresenceStats",
     "ProtocolError",
     "Rate",
     "RateLimiter",
@@ -132,6 +153,7 @@ if TYPE_CHECKING:
         "JWKSKeySource",
         "JWTAuthenticator",
         "RedisBroker",
+        "RedisPresence",
         "RedisRateLimiter",
         "RedisSequencer",
         "ServerRegistry",

@@ -35,6 +35,8 @@ from ._protocol import (
     ClientMessage,
     ErrorCode,
     Ping,
+    PresenceQuery,
+    PresenceStatsQuery,
     ProtocolError,
     RequestId,
     Subscribe,
@@ -95,6 +97,8 @@ class CommandDispatch:
             Ping: self._ping,
             Subscribe: _subscriptions_disabled,
             Unsubscribe: _subscriptions_disabled,
+            PresenceQuery: _presence_disabled,
+            PresenceStatsQuery: _presence_disabled,
         }
         self.handlers: dict[str, MessageHandler] = {}  # the app's, by message type
         self.fallback: MessageHandler | None = None  # the app's, for types without a handler
@@ -233,5 +237,15 @@ async def _subscriptions_disabled(conn: Connection, command: Subscribe | Unsubsc
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
         "table subscriptions are not enabled on this server",
+        request_id=command.request_id,
+    )
+
+
+async def _presence_disabled(conn: Connection, command: PresenceQuery | PresenceStatsQuery) -> None:
+    """The built-in handler of ``presence``/``presence_stats`` until a PresenceService
+    registers its own."""
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_TYPE,
+        "presence is not enabled on this server",
         request_id=command.request_id,
     )

@@ -71,6 +71,7 @@ from ._ws_connection import start_websockets_server
 if TYPE_CHECKING:
     from ._auth import JWTAuthenticator
     from ._history import RoomHistory
+    from ._presence import PresenceService
     from ._room_store import RoomStore
 
 __all__ = ["ServerStats", "WebSocketManager"]
@@ -148,6 +149,7 @@ class WebSocketManager:
         self._service_nursery: trio.Nursery | None = None
         self._instruments: Instruments | None = None
         self._change_streams: ChangeStreamStats | None = None
+        self._presence: PresenceService | None = None
         self._running = False
         self._stop = trio.Event()
         self._address: tuple[str, int] | None = None
@@ -340,6 +342,23 @@ class WebSocketManager:
         """Undo `attach_instruments` (nothing if `instruments` is not the attached one)."""
         if self._instruments is instruments:
             self._instruments = self._dispatch.instruments = self._delivery.instruments = None
+
+    def observe_membership(self, observer: Callable[[Connection, str, bool], None]) -> None:
+        """Call ``observer(conn, room, joined)`` after every change of this server's room
+        membership (join, leave, kick, a room deleted, a connection's end). Sync: it must not
+        wait or raise. `PresenceService` follows the rooms through this."""
+        self._rooms.registry.observers.append(observer)
+
+    @property
+    def presence(self) -> PresenceService | None:
+        """The presence of this manager's rooms across servers (`PresenceService`), or None."""
+        return self._presence
+
+    def attach_presence(self, presence: PresenceService) -> None:
+        """Record the `PresenceService` of this manager (it calls this when built)."""
+        if self._presence is not None and self._presence is not presence:
+            raise RuntimeError("this manager already has a PresenceService")
+        self._presence = presence
 
     @property
     def change_streams(self) -> ChangeStreamStats | None:

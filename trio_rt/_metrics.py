@@ -165,6 +165,8 @@ class WebSocketStats:
     handler_errors: int
     protocol_errors: int
     handshakes_rejected: Mapping[str, int]
+    # This server's presence summed over rooms (PresenceService.totals): None without presence.
+    presence: Mapping[str, int] | None = None
 
     def to_dict(
         self, *, camel_case: bool = False, seed_names: bool | None = None
@@ -180,6 +182,8 @@ class WebSocketStats:
             camel_case = camel_case or seed_names
         d = asdict(self)
         d["handshakes_rejected"] = dict(self.handshakes_rejected)
+        if self.presence is not None:
+            d["presence"] = dict(self.presence)
         if camel_case:
             d = {CAMEL_CASE_NAMES.get(k, k): v for k, v in d.items()}
         return d
@@ -346,6 +350,7 @@ class WebSocketMetrics:
             handler_errors=s.handler_errors,
             protocol_errors=s.protocol_errors,
             handshakes_rejected=dict(s.handshakes_rejected),
+            presence=m.presence.totals() if m.presence is not None else None,
         )
 
     # -- Prometheus ----------------------------------------------------------------------------
@@ -533,6 +538,9 @@ class _ManagerCollector(Collector):
                 st.change_stream_lag_seconds,
             )
 
+        if st.presence is not None:
+            yield from _presence_metrics(st.presence, gauge, counter)
+
         s = m.manager.stats
         yield counter("trio_rt_messages_received", "Messages received from clients.", s.messages_in)
         yield counter("trio_rt_messages_sent", "Messages written to clients.", s.messages_out)
@@ -700,3 +708,55 @@ def _rss_mb() -> float | None:
 def _broker_backlog(broker: Any) -> int:
     """Messages waiting in a broker's queues (`Broker.backlog`; 0 for brokers without)."""
     return int(getattr(broker, "backlog", 0))
+
+
+def _presence_metrics(
+    totals: Mapping[str, int],
+    gauge: Callable[[str, str, float], Metric],
+    counter: Callable[[str, str, float], Metric],
+) -> Iterator[Metric]:
+    """Presence (PresenceService.totals): this server's entries summed over rooms, never a
+    label per room (label cardinality stays bounded however many rooms there are)."""
+    yield gauge(
+        "trio_rt_presence_rooms", "Rooms with presence entries on this server.", totals["rooms"]
+    )
+    yield gauge(
+        "trio_rt_presence_users",
+        "Presence entries (users per room) on this server, summed over rooms.",
+        totals["users"],
+    )
+    yield gauge(
+        "trio_rt_presence_connections",
+        "Connections counted by presence on this server, summed over rooms.",
+        totals["connections"],
+    )
+    yield gauge(
+        "trio_rt_presence_largest_room_users",
+        "Users of this server in its largest room.",
+        totals["largest_room_users"],
+    )
+    yield counter(
+        "trio_rt_presence_events_published",
+        "presence_diff batches published.",
+        totals["events_published"],
+    )
+    yield counter(
+        "trio_rt_presence_events_delivered",
+        "presence_diff copies queued for local members.",
+        totals["events_delivered"],
+    )
+    yield counter(
+        "trio_rt_presence_event_resyncs",
+        "Event batches that overflowed into a resync (overflow policy 'resync').",
+        totals["event_resyncs"],
+    )
+    yield counter(
+        "trio_rt_presence_events_dropped",
+        "Presence transitions dropped: too many rooms waiting for their batch.",
+        totals["events_dropped"],
+    )
+    yield counter(
+        "trio_rt_presence_write_errors",
+        "Presence store writes that failed (retried).",
+        totals["write_errors"],
+    )

@@ -40,6 +40,8 @@ __all__ = [
     "Kick",
     "LeaveRoom",
     "Ping",
+    "PresenceQuery",
+    "PresenceStatsQuery",
     "ProtocolError",
     "Refresh",
     "RequestId",
@@ -339,13 +341,61 @@ class Refresh:
         return cls(token, request_id)
 
 
-BuiltinCommand = JoinRoom | LeaveRoom | Ping | Kick | Refresh | History | Subscribe | Unsubscribe
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    """Who is in `room`, across servers (docs/presence.md); handled by `PresenceService`."""
+
+    TYPE: ClassVar[str] = "presence"
+    room: str
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> PresenceQuery:
+        return cls(_room(obj, request_id), request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStatsQuery:
+    """How many users and connections are in `room`, across servers (docs/presence.md)."""
+
+    TYPE: ClassVar[str] = "presence_stats"
+    room: str
+    request_id: RequestId = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], request_id: RequestId) -> PresenceStatsQuery:
+        return cls(_room(obj, request_id), request_id)
+
+
+BuiltinCommand = (
+    JoinRoom
+    | LeaveRoom
+    | Ping
+    | Kick
+    | Refresh
+    | History
+    | Subscribe
+    | Unsubscribe
+    | PresenceQuery
+    | PresenceStatsQuery
+)
 Command = BuiltinCommand | ClientMessage
 
 BUILTIN_COMMANDS: Final[Mapping[str, type[BuiltinCommand]]] = MappingProxyType(
     {
         cls.TYPE: cls
-        for cls in (JoinRoom, LeaveRoom, Ping, Kick, History, Subscribe, Unsubscribe, Refresh)
+        for cls in (
+            JoinRoom,
+            LeaveRoom,
+            Ping,
+            Kick,
+            History,
+            Subscribe,
+            Unsubscribe,
+            Refresh,
+            PresenceQuery,
+            PresenceStatsQuery,
+        )
     }
 )
 """The protocol's own message types, each with the class that parses it: the one table."""

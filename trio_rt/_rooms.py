@@ -8,7 +8,7 @@ so the engine answers it like any other refused message.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -62,6 +62,9 @@ class RoomRegistry(Generic[M]):
         self.auto_create = auto_create
         self._rooms: dict[str, Room[M]] = {}
         self._memberships: dict[M, set[str]] = {}
+        # Called after every membership change: (member, room, joined). Sync; must not raise
+        # (presence follows membership through this: trio_rt/_presence.py).
+        self.observers: list[Callable[[M, str, bool], None]] = []
 
     # -- rooms ---------------------------------------------------------------------------------
     def create(
@@ -109,6 +112,8 @@ class RoomRegistry(Generic[M]):
             return set()
         for member in room.members:
             self._forget(member, name)
+            for observe in self.observers:
+                observe(member, name, False)
         return room.members
 
     @property
@@ -138,6 +143,8 @@ class RoomRegistry(Generic[M]):
         first = not room.members
         room.members.add(member)
         self._memberships.setdefault(member, set()).add(name)
+        for observe in self.observers:
+            observe(member, name, True)
         return JoinResult(joined=True, first_member=first)
 
     def leave(self, member: M, name: str) -> LeaveResult:
@@ -151,6 +158,8 @@ class RoomRegistry(Generic[M]):
         removed = last and not room.persistent and not room.private
         if removed:
             del self._rooms[name]
+        for observe in self.observers:
+            observe(member, name, False)
         return LeaveResult(left=True, last_member=last, removed=removed)
 
     def leave_all(self, member: M) -> list[tuple[str, LeaveResult]]:

@@ -30,6 +30,7 @@ from ._errors import QueueFull
 from ._fatal import default_is_fatal
 from ._options import ClientOptions
 from ._positions import Position
+from ._queries import PRESENCE_REPLIES, PRESENCE_STATS_REPLIES
 from ._state import ClientCore
 from ._supervisor import Supervisor
 from ._sync import Inbox, Signal, raise_single, wait_for
@@ -436,6 +437,31 @@ class WebSocketClient:
             await trio.lowlevel.checkpoint()
             return
         await wait_for(done)
+
+    # -- presence -----------------------------------------------------------------------------
+    async def presence(self, room: str) -> Message:
+        """Who is in `room`, across servers: the server's ``presence`` reply, ``{"room",
+        "members": [{"user_id", "connections", "info"}], "users", "connections",
+        "version"}`` (docs/presence.md). The client must be in the room (or hold a
+        ``presence`` grant). Raises :class:`ServerError` (``not_in_room``, ``too_large`` with
+        the counts in ``reply``, ``unknown_type`` when the server has no presence) and
+        :class:`ClientClosed`. Asked again on the next connection if this one ends first."""
+        return await self._query("presence", room, PRESENCE_REPLIES)
+
+    async def presence_stats(self, room: str) -> Message:
+        """How many are in `room`, across servers: ``{"room", "users", "connections",
+        "version"}``. Raises as :meth:`presence`. Join/leave events of rooms that have them
+        arrive as ``presence_diff`` messages (:meth:`receive`)."""
+        return await self._query("presence_stats", room, PRESENCE_STATS_REPLIES)
+
+    async def _query(self, mtype: str, room: str, replies: frozenset[str]) -> Message:
+        if not isinstance(room, str) or not room:
+            raise ValueError("room must be a non-empty string")
+        self._raise_if_closing()
+        query = self._core.query({"type": mtype, "room": room}, replies)
+        await wait_for(query.done)
+        assert query.reply is not None
+        return query.reply
 
     # -- positions and subscriptions ------------------------------------------------------------
     def position(self, room: str) -> Position | None:

@@ -30,10 +30,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._buffers import DATA, JOIN, LEAVE, SUBSCRIBE, UNSUBSCRIBE, ClientOutbox, Item
+from ._buffers import DATA, JOIN, LEAVE, QUERY, SUBSCRIBE, UNSUBSCRIBE, ClientOutbox, Item
 from ._completion import Completion
 from ._errors import ClientError, ServerError
 from ._positions import Position, StreamPositions, is_position
+from ._queries import Query
 from ._types import ClientStats, Message
 from ._wire import (
     JOIN_REPLIES,
@@ -92,6 +93,7 @@ class ConnectionBook:
     failed_rooms: list[tuple[str, ServerError]] = field(default_factory=list)  # rejoins refused
     token_expires_at: float | None = None  # `exp` of the token this connection runs on
     refresh_ids: set[str] = field(default_factory=set)  # in-band refreshes awaiting a reply
+    queries: dict[str, Query] = field(default_factory=dict)  # request id -> query sent
 
     @property
     def restoring(self) -> bool:
@@ -118,6 +120,7 @@ class ClientCore:
         self._recovery_failed: list[tuple[str, str]] = []  # (room, reason): events to emit
         self.refetch_limit = REFETCH_LIMIT
         self._request_ids = 0
+        self._queries: set[Query] = set()  # not answered yet (failed at close)
 
     # -- what the app sees ------------------------------------------------------------------
     @property
@@ -192,6 +195,15 @@ class ClientCore:
             self.outbox.put(Item(UNSUBSCRIBE, room=sid))
             self._changed()
 
+    def query(self, message: Message, replies: frozenset[str]) -> Query:
+        """Queue a one-shot request; its `done` settles with the reply (see `Query`)."""
+        query = Query(message, replies)
+        self._queries.add(query)
+        query.done.add_done_callback(lambda: self._queries.discard(query))
+        self.outbox.put(Item(QUERY, waiter=query.done, query=query))
+        self._changed()
+        return query
+
     def next_request_id(self) -> str:
         self._request_ids += 1
         return request_id(self._request_ids)
@@ -233,6 +245,10 @@ class ClientCore:
             if request.kind == LEAVE and request.waiter is not None:
                 request.waiter.succeed()  # the room was left with the connection
         book.pending.clear()
+        for query in book.queries.values():  # unanswered: asked again on the next connection
+            if not query.done.done:
+                self.outbox.put(Item(QUERY, waiter=query.done, query=query))
+        book.queries.clear()
         self.outbox.connection_ended()
         self._changed()
 
@@ -245,6 +261,8 @@ class ClientCore:
         self._rooms.clear()
         for sub in self._subscriptions.values():
             sub.live.fail(make_error)
+        for query in list(self._queries):
+            query.done.fail(make_error)
         self._changed()
 
     def take_recovery_failures(self) -> list[tuple[str, str]]:
@@ -266,6 +284,14 @@ class ClientCore:
         """The frame for an outbox item on this connection, or None if there is nothing to do."""
         if item.kind == DATA:
             return item.text
+        if item.kind == QUERY:
+            query = item.query
+            assert query is not None
+            if query.done.done:
+                return None
+            rid = self.next_request_id()
+            book.queries[rid] = query
+            return encode({**query.message, "id": rid})
         room = item.room
         if item.kind == JOIN:
             if self._rooms.get(room) is not item.waiter:
@@ -480,6 +506,15 @@ class ClientCore:
             if mtype == "error":
                 log.warning("in-band token refresh refused: %s", message.get("message"))
                 book.token_expires_at = None  # the reconnect after 4004 takes a fresh token
+            return True
+        query = book.queries.get(rid) if rid is not None else None
+        if rid is not None and query is not None and mtype in query.replies:
+            del book.queries[rid]
+            query.reply = message
+            if mtype == "error":
+                query.done.fail(lambda: ServerError(message, room=message.get("room")))
+            else:
+                query.done.succeed()
             return True
         if rid is not None and mtype in JOIN_REPLIES and rid in book.pending:
             self._on_room_reply(book, message, rid)

@@ -740,6 +740,24 @@ export class TrioRtClient {
     return reply;
   }
 
+  // -- presence (docs/presence.md) --------------------------------------------------------------
+  /**
+   * Who is in `room`, across servers: resolves with `{type:"presence", room, members:
+   * [{user_id, connections, info}], users, connections, version}`. Rejects with ServerError
+   * (`not_in_room`, `too_large` with the counts, `unknown_type` without presence on the server).
+   * Join/leave events of rooms that have them arrive as "message" events of type
+   * `presence_diff` ({room, joins:[{user_id, info, version}], leaves:[{user_id, version}],
+   * version} or {room, resync: true, version}).
+   */
+  presence(room) {
+    return this.request({ type: "presence", room });
+  }
+
+  /** How many are in `room`: resolves with `{type:"presence_stats", room, users, connections, version}`. */
+  presenceStats(room) {
+    return this.request({ type: "presence_stats", room });
+  }
+
   // -- table subscriptions --------------------------------------------------------------------
   /**
    * Subscribe to changes of `table` matching `filters`; resolves with a Subscription whose
@@ -916,6 +934,8 @@ const REPLY_TYPES = Object.freeze({
   refresh: ["refreshed"],
   ping: ["pong"],
   kick: ["kicked"],
+  presence: ["presence"],
+  presence_stats: ["presence_stats"],
 });
 
 function subscriptionKey(table, filters) {
