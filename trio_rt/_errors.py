@@ -77,6 +77,9 @@ class ErrorCode(StrEnum):
     NOT_PERMITTED = "not_permitted"
     RATE_LIMITED = "rate_limited"  # carries `retry_after` (seconds)
     LIMIT_EXCEEDED = "limit_exceeded"  # a per-connection cap (rooms, subscriptions)
+    # Not done now, may be later: resend the same request (a `publish` with the same id is
+    # stored at most once); carries `retry_after` (seconds) when the server has a hint.
+    UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
