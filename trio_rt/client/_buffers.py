@@ -24,6 +24,7 @@ __all__ = [
     "DATA",
     "JOIN",
     "LEAVE",
+    "PUBLISH",
     "SUBSCRIBE",
     "UNSUBSCRIBE",
     "ClientOutbox",
@@ -36,6 +37,7 @@ JOIN: Final = "join"
 LEAVE: Final = "leave"
 SUBSCRIBE: Final = "subscribe"  # `room` holds the subscription's client-side key
 UNSUBSCRIBE: Final = "unsubscribe"  # `room` holds the server's subscription id
+PUBLISH: Final = "publish"  # an acknowledged publish: `room` holds its id, `text` its frame
 
 
 @dataclass(eq=False, slots=True)
