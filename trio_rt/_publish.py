@@ -94,7 +94,8 @@ class Publisher:
     asked after the server's own rule (the room's ``broadcast`` permission, private rooms:
     `WebSocketManager.authorize`) and, with `require_membership` (the default), membership
     of the room. `message_type` is the client message type handled (``publish``; an app that
-    already uses that type for its own handler picks another). `acks` counts the outcomes.
+    already uses that type for its own handler picks another; None: no client message, only
+    `publish` calls, as the HTTP server API makes). `acks` counts the outcomes.
     """
 
     def __init__(
@@ -107,7 +108,7 @@ class Publisher:
         pending_wait: float = 10.0,
         allow: AllowPublish | None = None,
         require_membership: bool = True,
-        message_type: str = "publish",
+        message_type: str | None = "publish",
     ) -> None:
         require(
             number_problem("window", window),
@@ -126,7 +127,8 @@ class Publisher:
         self.acks: dict[AckOutcome, int] = dict.fromkeys(AckOutcome, 0)
         # The dispatch checks the room field (a valid name the sender may `broadcast` to)
         # before `_on_publish` runs; the rate limits apply as to any message type.
-        manager.on_message(message_type, room_field="room")(self._on_publish)
+        if message_type is not None:  # None: publishes from the server side only (HTTP API)
+            manager.on_message(message_type, room_field="room")(self._on_publish)
 
     # -- the client message ---------------------------------------------------------------------
     async def _on_publish(self, conn: Connection, message: dict[str, Any]) -> None:
