@@ -125,7 +125,13 @@ def test_the_redis_subpackage_exports_what_trio_rt_exports() -> None:
     import trio_rt.redis
 
     lazy_redis = {name for name, (module, _) in trio_rt._LAZY.items() if module == ".redis"}
-    assert lazy_redis == {"RedisBroker", "RedisRateLimiter", "RedisSequencer", "ServerRegistry"}
+    assert lazy_redis == {
+        "RedisBroker",
+        "RedisIdempotencyStore",
+        "RedisRateLimiter",
+        "RedisSequencer",
+        "ServerRegistry",
+    }
     errors = {"RedisError", "RedisReplyError", "RedisTimeout", "RedisUnavailable"}
     assert set(trio_rt.redis.__all__) == lazy_redis | {"RedisBrokerStats"} | errors
     for name in lazy_redis:

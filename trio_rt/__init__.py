@@ -16,6 +16,7 @@ imports Redis support then. Without its extra such a name raises ImportError nam
 from importlib import import_module as _import_module
 from typing import TYPE_CHECKING
 
+from ._acks import AckResult, IdempotencyStore, MemoryIdempotencyStore
 from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._cli import serve_until_signalled
 from ._connection import Connection, ConnectionState, Request
@@ -30,10 +31,12 @@ from ._options import ServerOptions, ServerOptionsDict
 from ._outbox import SlowConsumerPolicy
 from ._permissions import MemoryPermissionStore, PermissionStore
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
+from ._publish import Publisher, PublishRefused
 from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
+from ._server_api import APICall, APIKey, ServerAPI
 from ._stats import ServerStats
 from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
 from ._watch_positions import MemoryWatchPositions, WatchPositions
@@ -57,6 +60,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "CassandraPermissionStore": (".cassandra", "cassandra"),
     # The Redis edge: trio_rt.redis (a subpackage that names its extra when it is missing).
     "RedisBroker": (".redis", "redis"),
+    "RedisIdempotencyStore": (".redis", "redis"),
     "RedisRateLimiter": (".redis", "redis"),
     "RedisSequencer": (".redis", "redis"),
     "ServerRegistry": (".redis", "redis"),
@@ -75,9 +79,18 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     from ._changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
     from ._metrics import WebSocketMetrics
     from .cassandra import CassandraPermissionStore
-    from .redis import RedisBroker, RedisRateLimiter, RedisSequencer, ServerRegistry
+    from .redis import (
+        RedisBroker,
+        RedisIdempotencyStore,
+        RedisRateLimiter,
+        RedisSequencer,
+        ServerRegistry,
+    )
 
 __all__ = [
+    "APICall",
+    "APIKey",
+    "AckResult",
     "Broker",
     "BrokerUnavailable",
     "CloseCode",
@@ -86,15 +99,19 @@ __all__ = [
     "Decision",
     "ErrorCode",
     "HttpResponse",
+    "IdempotencyStore",
     "LocalRateLimiter",
     "MemoryBroker",
     "MemoryHub",
+    "MemoryIdempotencyStore",
     "MemoryPermissionStore",
     "MemorySequencer",
     "MemoryStreamStore",
     "MemoryWatchPositions",
     "PermissionStore",
     "ProtocolError",
+    "PublishRefused",
+    "Publisher",
     "Rate",
     "RateLimiter",
     "Reject",
@@ -105,6 +122,7 @@ __all__ = [
     "RoomSettings",
     "RoomStore",
     "Sequencer",
+    "ServerAPI",
     "ServerOptions",
     "ServerOptionsDict",
     "ServerStats",
@@ -132,6 +150,7 @@ if TYPE_CHECKING:
         "JWKSKeySource",
         "JWTAuthenticator",
         "RedisBroker",
+        "RedisIdempotencyStore",
         "RedisRateLimiter",
         "RedisSequencer",
         "ServerRegistry",
