@@ -17,10 +17,12 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._errors import TrioRTError
+
 __all__ = ["HttpError", "HttpRequest", "RequestReader", "json_body", "render_response"]
 
 
-class HttpError(Exception):
+class HttpError(TrioRTError):
     """A request that cannot be served: its `status`, error `code` and `message` (sent to
     the client), and response `headers`. `close`: the connection cannot be reused after it."""
 
