@@ -465,9 +465,10 @@ class ServerAPI:
                 return  # idle, or too slow to send a request
             keep_alive = request.keep_alive
             response = await self.respond(request, keep_alive)
-            await stream.send_all(response)
-            if not keep_alive:
-                return
+            with trio.move_on_after(self.idle_timeout) as sending:
+                await stream.send_all(response)
+            if sending.cancelled_caught or not keep_alive:
+                return  # a client that does not read its response is dropped
 
     async def respond(self, request: HttpRequest, keep_alive: bool = False) -> bytes:
         """The response to one request (never raises for what a client sent)."""
