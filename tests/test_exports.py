@@ -127,6 +127,7 @@ def test_the_redis_subpackage_exports_what_trio_rt_exports() -> None:
     lazy_redis = {name for name, (module, _) in trio_rt._LAZY.items() if module == ".redis"}
     assert lazy_redis == {
         "RedisBroker",
+        "RedisIdempotencyStore",
         "RedisPresence",
         "RedisRateLimiter",
         "RedisSequencer",

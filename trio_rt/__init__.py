@@ -16,6 +16,7 @@ imports Redis support then. Without its extra such a name raises ImportError nam
 from importlib import import_module as _import_module
 from typing import TYPE_CHECKING
 
+from ._acks import AckResult, IdempotencyStore, MemoryIdempotencyStore
 from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._cli import serve_until_signalled
 from ._connection import Connection, ConnectionState, Request
@@ -38,10 +39,12 @@ from ._presence import (
     PresenceStats,
 )
 from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
+from ._publish import Publisher, PublishRefused
 from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
+from ._server_api import APICall, APIKey, ServerAPI
 from ._stats import ServerStats
 from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
 from ._watch_positions import MemoryWatchPositions, WatchPositions
@@ -65,6 +68,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "CassandraPermissionStore": (".cassandra", "cassandra"),
     # The Redis edge: trio_rt.redis (a subpackage that names its extra when it is missing).
     "RedisBroker": (".redis", "redis"),
+    "RedisIdempotencyStore": (".redis", "redis"),
     "RedisPresence": (".redis", "redis"),
     "RedisRateLimiter": (".redis", "redis"),
     "RedisSequencer": (".redis", "redis"),
@@ -86,6 +90,7 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     from .cassandra import CassandraPermissionStore
     from .redis import (
         RedisBroker,
+        RedisIdempotencyStore,
         RedisPresence,
         RedisRateLimiter,
         RedisSequencer,
@@ -93,6 +98,9 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
     )
 
 __all__ = [
+    "APICall",
+    "APIKey",
+    "AckResult",
     "Broker",
     "BrokerUnavailable",
     "CloseCode",
@@ -101,9 +109,11 @@ __all__ = [
     "Decision",
     "ErrorCode",
     "HttpResponse",
+    "IdempotencyStore",
     "LocalRateLimiter",
     "MemoryBroker",
     "MemoryHub",
+    "MemoryIdempotencyStore",
     "MemoryPermissionStore",
     "MemoryPresence",
     "MemorySequencer",
@@ -116,6 +126,8 @@ __all__ = [
     "PresenceService",
     "PresenceStats",
     "ProtocolError",
+    "PublishRefused",
+    "Publisher",
     "Rate",
     "RateLimiter",
     "Reject",
@@ -126,6 +138,7 @@ __all__ = [
     "RoomSettings",
     "RoomStore",
     "Sequencer",
+    "ServerAPI",
     "ServerOptions",
     "ServerOptionsDict",
     "ServerStats",
@@ -153,6 +166,7 @@ if TYPE_CHECKING:
         "JWKSKeySource",
         "JWTAuthenticator",
         "RedisBroker",
+        "RedisIdempotencyStore",
         "RedisPresence",
         "RedisRateLimiter",
         "RedisSequencer",

@@ -34,7 +34,12 @@ class BrokerUnavailable(TrioRTError):
 
     This server's own subscribers got it already; other servers may or may not have (the
     broker went away mid-publish). The caller should treat the message as refused.
+
+    `stored_at` is set by `broadcast_to_room` in a room with history: the position the message
+    was stored at ("refused but stored"; None otherwise).
     """
+
+    stored_at: object | None = None  # a StreamPosition (typed loosely: no import cycle)
 
 
 class Broker(abc.ABC):

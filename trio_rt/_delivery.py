@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._broker import Broker
+from ._broker import Broker, BrokerUnavailable
 from ._connection import Connection
 from ._direct_stream import FlushQueue
 from ._envelope import (
@@ -157,7 +157,11 @@ class Delivery:
             offset=position.offset,
             epoch=position.epoch,
         )
-        await self.broker.publish(self.channels.room(room), encode_envelope(env))
+        try:
+            await self.broker.publish(self.channels.room(room), encode_envelope(env))
+        except BrokerUnavailable as exc:
+            exc.stored_at = position  # "refused but stored": acks need the position
+            raise
         return position
 
     async def publish_kick(self, room: str, payload: bytes, user_id: str) -> None:

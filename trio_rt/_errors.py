@@ -10,8 +10,10 @@ TrioRTError                     the base (trio_rt)
 ├── ProtocolError               a client message is refused: the client gets an "error"
 │   │                           reply with its code, message and the request's id;
 │   │                           the connection stays open (trio_rt)
-│   └── RoomError               a room rule refused it: room_full, not_permitted,
-│                               not_in_room (trio_rt)
+│   ├── RoomError               a room rule refused it: room_full, not_permitted,
+│   │                           not_in_room (trio_rt)
+│   └── PublishRefused          a `publish` was not done: refused, or unavailable
+│                               (resend with the same id) (trio_rt)
 ├── AuthError                   a token is missing, malformed or invalid; reason is safe
 │                               to show (trio_rt, with the "auth" extra)
 ├── BrokerUnavailable           Broker.publish could not reach the other servers in
@@ -24,6 +26,9 @@ TrioRTError                     the base (trio_rt)
 │                               MOVED...)
 ├── Reject                      raised by a connection handler: refuse the WebSocket
 │                               upgrade with an HTTP status (trio_rt)
+├── HttpError                   a server API request refused with an HTTP status and
+│                               error code (trio_rt._http_parse; answered, never raised
+│                               to the app)
 ├── CassandraError              a Cassandra request failed (trio_rt.cassandra)
 │   ├── CassandraUnavailable    transient: retrying later may succeed
 │   │   └── CassandraTimeout
@@ -77,6 +82,9 @@ class ErrorCode(StrEnum):
     NOT_PERMITTED = "not_permitted"
     RATE_LIMITED = "rate_limited"  # carries `retry_after` (seconds)
     LIMIT_EXCEEDED = "limit_exceeded"  # a per-connection cap (rooms, subscriptions)
+    # Not done now, may be later: resend the same request (a `publish` with the same id is
+    # stored at most once); carries `retry_after` (seconds) when the server has a hint.
+    UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
 
 

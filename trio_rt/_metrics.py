@@ -277,10 +277,24 @@ class WebSocketMetrics:
             buckets=RECIPIENT_BUCKETS,
         ).labels(sid)
         self._handler_children: dict[str, Any] = {}
+        self._publishers: list[Any] = []  # Publisher: `acks` by outcome
+        self._server_apis: list[Any] = []  # ServerAPI: `calls` by (call, outcome)
         self.registry.register(_ManagerCollector(self))
         if route is not None:
             manager.route(route)(self._http_handler)
         manager.attach_instruments(self)
+
+    def observe_publisher(self, publisher: Any) -> None:
+        """Export a `Publisher`'s acks by outcome (``trio_rt_publish_acks``)."""
+        if publisher not in self._publishers:
+            self._publishers.append(publisher)
+
+    def observe_server_api(self, api: Any) -> None:
+        """Export a `ServerAPI`'s calls by call and outcome (``trio_rt_api_calls``), and its
+        publisher's acks."""
+        if api not in self._server_apis:
+            self._server_apis.append(api)
+        self.observe_publisher(api.publisher)
 
     # -- instrumentation points (called by the manager) --------------------------------------
     def handler_finished(self, type: str, seconds: float) -> None:
@@ -602,6 +616,34 @@ class _ManagerCollector(Collector):
         for reason, n in sorted(s.handshakes_rejected.items()):
             handshakes.add_metric([sid, "rejected", reason], n)
         yield handshakes
+        if m._publishers:
+            # Bounded labels: AckOutcome is a closed set.
+            acks = CounterMetricFamily(
+                "trio_rt_publish_acks",
+                "Acknowledged publishes by outcome: acked, duplicate (a resend answered with "
+                "the first ack), refused, failed (nothing stored), unconfirmed (stored, the "
+                "broker did not confirm), in_progress.",
+                labels=["server_id", "outcome"],
+            )
+            totals: dict[str, int] = {}
+            for publisher in m._publishers:
+                for outcome, n in publisher.acks.items():
+                    totals[str(outcome)] = totals.get(str(outcome), 0) + n
+            for outcome, n in sorted(totals.items()):
+                acks.add_metric([sid, outcome], n)
+            yield acks
+        if m._server_apis:
+            # Bounded labels: the API's call names (or "other") and its error codes.
+            calls = CounterMetricFamily(
+                "trio_rt_api_calls",
+                "Server API requests by call ('other': no such call) and outcome ('ok' or "
+                "the error code).",
+                labels=["server_id", "call", "outcome"],
+            )
+            for api in m._server_apis:
+                for (call, outcome), n in sorted(api.calls.items()):
+                    calls.add_metric([sid, call, outcome], n)
+            yield calls
         broker_stats = getattr(m.manager.broker, "stats", None)
         if broker_stats is not None:
             for field in ("published", "received", "dropped_while_down", "reconnects"):

@@ -27,6 +27,7 @@ __all__ = [
     "DATA",
     "JOIN",
     "LEAVE",
+    "PUBLISH",
     "QUERY",
     "SUBSCRIBE",
     "UNSUBSCRIBE",
@@ -40,6 +41,7 @@ JOIN: Final = "join"
 LEAVE: Final = "leave"
 SUBSCRIBE: Final = "subscribe"  # `room` holds the subscription's client-side key
 UNSUBSCRIBE: Final = "unsubscribe"  # `room` holds the server's subscription id
+PUBLISH: Final = "publish"  # an acknowledged publish: `room` holds its id, `text` its frame
 QUERY: Final = "query"  # a one-shot request (`query`), resent on the next connection
 
 
