@@ -17,7 +17,15 @@ import jwt
 import pytest
 import trio
 
-from trio_rt import Connection, MemoryBroker, MemoryHub, Rate, RoomHistory, WebSocketManager
+from trio_rt import (
+    Connection,
+    MemoryBroker,
+    MemoryHub,
+    PresenceService,
+    Rate,
+    RoomHistory,
+    WebSocketManager,
+)
 from trio_rt._auth import TokenVerifier
 from trio_rt._http_parse import HttpError, RequestReader, render_response
 from trio_rt._server_api import OPENAPI_PATH, APIKey, ServerAPI
@@ -144,7 +152,8 @@ async def test_the_openapi_document_describes_exactly_the_routes_served() -> Non
         assert doc["openapi"] == "3.1.0"
         assert set(doc["paths"]) == {*api.routes, OPENAPI_PATH}
         assert set(api.routes) == {
-            f"/api/{c}" for c in ("publish", "broadcast", "disconnect", "kick", "history")
+            f"/api/{c}"
+            for c in ("publish", "broadcast", "disconnect", "kick", "presence", "history")
         }
         for path, operations in doc["paths"].items():
             (method,) = operations
@@ -318,3 +327,37 @@ async def test_the_listener_stops_with_the_manager() -> None:
     assert api.address is None
     with pytest.raises(OSError):
         await trio.to_thread.run_sync(lambda: _call(url + OPENAPI_PATH, method="GET"))
+
+
+async def test_presence_lists_the_members_or_only_counts_above_max_members() -> None:
+    manager = identified()
+    api = make_api(manager)
+    async with manager:
+        status, _, reply = await call(api, "/api/presence", {"room": "r"})
+        assert status == 404 and reply["error"]["code"] == "no_presence"  # no PresenceService
+    manager = identified()
+    PresenceService(manager, max_members=2)
+    api = make_api(manager)
+    async with (
+        manager,
+        client(manager, "/?user=ann") as ann,
+        client(manager, "/?user=ann") as ann2,
+        client(manager, "/?user=bob") as bob,
+    ):
+        await join(ann, "r")
+        await join(ann2, "r")
+        status, _, reply = await call(api, "/api/presence", {"room": "r"}, key=PUBLISH_ONLY.secret)
+        assert status == 403  # the presence scope is needed
+        status, _, reply = await call(api, "/api/presence", {"room": "r"})
+        assert status == 200 and reply["too_large"] is False
+        assert (reply["room"], reply["users"], reply["connections"]) == ("r", 1, 2)
+        assert reply["members"] == [{"user_id": "ann", "connections": 2, "info": None}]
+        await join(bob, "r")
+        extra = client(manager, "/?user=cy")
+        async with extra as cy:
+            await join(cy, "r")
+            status, _, reply = await call(api, "/api/presence", {"room": "r"})
+            assert status == 200 and reply["too_large"] is True and reply["members"] is None
+            assert (reply["users"], reply["connections"]) == (3, 4)
+        status, _, reply = await call(api, "/api/presence", {"room": "bad room"})
+        assert status == 400 and reply["error"]["code"] == "invalid_field"

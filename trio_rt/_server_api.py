@@ -285,6 +285,42 @@ class ServerAPI:
                 {"type": "object", "properties": {"room": {}, "user_id": {}}},
             ),
             APICall(
+                "presence",
+                "presence",
+                self._presence,
+                "Who is in a room, across servers (docs/presence.md): the counts, and the "
+                "members unless the room has more users than the server's max_members "
+                "(then members is null and too_large true). 404 without presence.",
+                {"type": "object", "properties": {"room": ROOM_SCHEMA}, "required": ["room"]},
+                {
+                    "type": "object",
+                    "properties": {
+                        "room": {"type": "string"},
+                        "users": {"type": "integer"},
+                        "connections": {"type": "integer"},
+                        "version": {"type": "integer"},
+                        "too_large": {"type": "boolean"},
+                        "members": {
+                            "oneOf": [
+                                {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "user_id": {"type": ["string", "null"]},
+                                            "connections": {"type": "integer"},
+                                            "info": {"type": ["object", "null"]},
+                                        },
+                                    },
+                                },
+                                {"type": "null"},
+                            ]
+                        },
+                    },
+                    "required": ["room", "users", "connections", "version", "members"],
+                },
+            ),
+            APICall(
                 "history",
                 "history",
                 self._history,
@@ -356,6 +392,20 @@ class ServerAPI:
             raise _field_error("'reason' must be a string")
         await self.manager.kick(room, user_id, by=None, reason=reason)
         return {"room": room, "user_id": user_id}
+
+    async def _presence(self, caller: Caller, body: dict[str, Any], request: HttpRequest) -> Any:
+        room = _room(body)
+        presence = self.manager.presence
+        if presence is None or not presence.enabled(room):
+            raise _fail(404, "no_presence", f"room {room!r} has no presence")
+        result = await presence.members(room)
+        members = None if result.members is None else [m.to_json() for m in result.members]
+        return {
+            "room": room,
+            **result.stats.to_json(),
+            "too_large": members is None,
+            "members": members,
+        }
 
     async def _history(self, caller: Caller, body: dict[str, Any], request: HttpRequest) -> Any:
         room = _room(body)
