@@ -12,7 +12,7 @@ from websockets.frames import Frame, Opcode
 from websockets.trio.client import connect
 
 from trio_rt import Connection
-from trio_rt._assembler import LightAssembler
+from trio_rt._transport.assembler import LightAssembler
 
 from .conftest import client, wait_until
 

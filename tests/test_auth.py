@@ -18,8 +18,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.trio.client import connect
 
 from trio_rt import Connection, WebSocketManager
-from trio_rt._auth import AuthError, Claims, JWTAuthenticator, TokenVerifier, extract_token
-from trio_rt._connection import Request, _Headers
+from trio_rt._engine.auth import AuthError, Claims, JWTAuthenticator, TokenVerifier, extract_token
+from trio_rt._engine.connection import Request, _Headers
 
 from .conftest import client
 

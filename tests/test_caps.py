@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trio_rt._caps import ConnectionCaps
+from trio_rt._core.caps import ConnectionCaps
 
 
 def test_counts_against_limits_and_releases_once() -> None:

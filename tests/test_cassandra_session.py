@@ -114,7 +114,7 @@ async def test_keyspace_name_is_validated(session: CassandraSession, name: str) 
 async def test_replication_factor_is_validated(session: CassandraSession) -> None:
     with pytest.raises(ValueError):
         await session.create_keyspace("trt_ok", replication_factor=0)
-    # A wrong type is a ValueError like every constructor check (trio_rt/_checks.py).
+    # A wrong type is a ValueError like every constructor check (trio_rt/_core/checks.py).
     with pytest.raises(ValueError, match="replication_factor must be a positive integer"):
         await session.create_keyspace("trt_ok", replication_factor="1")  # type: ignore[arg-type]
 

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from trio_rt import ChangePublisher, RedisBroker, RedisSequencer, WebSocketManager
-from trio_rt._changes import ChangeEvent, ChangeStreamManager
+from trio_rt._engine.changes import ChangeEvent, ChangeStreamManager
 from trio_rt.cassandra import CassandraSession, Database
 from trio_rt.testing.services import CassandraEndpoint
 

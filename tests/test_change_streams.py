@@ -19,9 +19,9 @@ import pytest
 import trio
 
 from trio_rt import Connection, WebSocketManager
-from trio_rt._changes import ChangeEvent, ChangeLog, ChangeStreamManager
-from trio_rt._protocol import StreamPosition
-from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamStore
+from trio_rt._core.protocol import StreamPosition
+from trio_rt._engine.changes import ChangeEvent, ChangeLog, ChangeStreamManager
+from trio_rt._engine.streams import MemorySequencer, MemoryStreamStore, StreamStore
 from trio_rt.cassandra import CassandraSession, CassandraUnavailable, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
 from trio_rt.redis import RedisSequencer

@@ -1,4 +1,4 @@
-"""One check for counts and durations (trio_rt/_checks.py), one wording, used everywhere."""
+"""One check for counts and durations (trio_rt/_core/checks.py), one wording, used everywhere."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ from typing import Any
 import pytest
 
 from trio_rt import MemoryStreamStore, Rate, RoomHistory
-from trio_rt._checks import (
+from trio_rt._core.checks import (
     int_problem,
     number_problem,
     require,
     require_positive_ints,
     require_positive_numbers,
 )
-from trio_rt._heartbeat import HeartbeatSchedule
-from trio_rt._options import require_positive_ints as options_require_positive_ints
-from trio_rt._outbox import Outbox
-from trio_rt._rendezvous import rendezvous_owner
-from trio_rt._reorder import OffsetRanges
-from trio_rt._rooms import RoomRegistry
+from trio_rt._core.heartbeat import HeartbeatSchedule
+from trio_rt._core.options import require_positive_ints as options_require_positive_ints
+from trio_rt._core.outbox import Outbox
+from trio_rt._core.rendezvous import rendezvous_owner
+from trio_rt._core.reorder import OffsetRanges
+from trio_rt._core.rooms import RoomRegistry
 
 PACKAGE = Path(__file__).resolve().parent.parent / "trio_rt"
 
@@ -108,11 +108,11 @@ def test_weights_and_room_sizes_share_the_check() -> None:
 
 
 # Where a hand-written positivity check may stay, and why. Remove a line once its file uses
-# trio_rt/_checks.py (the names are files under trio_rt/).
+# trio_rt/_core/checks.py (the names are files under trio_rt/).
 ALLOWED = {
     # mirror upstream contracts and their wording (trio's receive_some, websockets' Assembler)
-    "_direct_stream.py": "trio's Stream.receive_some contract, checked per call",
-    "_assembler.py": "a copy of websockets' Assembler",
+    "_transport/direct_stream.py": "trio's Stream.receive_some contract, checked per call",
+    "_transport/assembler.py": "a copy of websockets' Assembler",
 }
 _HAND_ROLLED = re.compile(r"positive|non-negative|>= ?[01]\b|> ?0\b|at least 1\b")
 
@@ -121,11 +121,11 @@ def test_no_module_hand_rolls_a_positivity_check() -> None:
     found: list[str] = []
     for path in sorted(PACKAGE.rglob("*.py")):
         name = path.relative_to(PACKAGE).as_posix()
-        if name == "_checks.py" or name in ALLOWED:
+        if name == "_core/checks.py" or name in ALLOWED:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
                 text = ast.unparse(node.exc.args[0])
                 if _HAND_ROLLED.search(text):
                     found.append(f"{name}:{node.lineno}: {text}")
-    assert not found, "use trio_rt/_checks.py:\n" + "\n".join(found)
+    assert not found, "use trio_rt/_core/checks.py:\n" + "\n".join(found)

@@ -15,8 +15,8 @@ from websockets.extensions.permessage_deflate import (
 )
 from websockets.frames import Frame, Opcode
 
-from trio_rt._connection import shared_deflate_key
-from trio_rt._outbox import OutboundMessage
+from trio_rt._core.outbox import OutboundMessage
+from trio_rt._engine.connection import shared_deflate_key
 
 from .conftest import client, wait_until
 
@@ -44,7 +44,7 @@ def test_shared_frame_is_what_websockets_would_send() -> None:
 async def test_a_broadcast_is_compressed_once_for_clients_without_takeover(
     make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trio_rt._outbox as outbox_module
+    import trio_rt._core.outbox as outbox_module
 
     calls = {"n": 0}
     real = zlib.compressobj

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from trio_rt import Connection
-from trio_rt._direct_stream import CORK_MAX_BYTES, DirectStream, FlushQueue
+from trio_rt._transport.direct_stream import CORK_MAX_BYTES, DirectStream, FlushQueue
 
 from .conftest import client
 

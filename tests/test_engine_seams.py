@@ -26,8 +26,8 @@ from trio_rt import (
     ServerOptions,
     WebSocketManager,
 )
-from trio_rt._outbox import OutboundMessage
-from trio_rt._protocol import ClientMessage, ErrorCode, Ping, encode, reply
+from trio_rt._core.outbox import OutboundMessage
+from trio_rt._core.protocol import ClientMessage, ErrorCode, Ping, encode, reply
 
 from .conftest import client, wait_until
 

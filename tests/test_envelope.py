@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_rt._envelope import (
+from trio_rt._core.envelope import (
     KIND_KICK,
     Envelope,
     decode_envelope,

@@ -1,5 +1,6 @@
-"""trio_rt's exceptions are one tree under TrioRTError, drawn in trio_rt/_errors.py's docstring;
-RoomError is a ProtocolError, so the server answers both in one branch."""
+"""trio_rt's exceptions are one tree under TrioRTError, drawn in
+trio_rt/_core/errors.py's docstring; RoomError is a ProtocolError, so the server answers both in
+one branch."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pkgutil
 import pytest
 
 import trio_rt
-from trio_rt import ErrorCode, ProtocolError, RoomError, TrioRTError, _errors
-from trio_rt._rooms import RoomRegistry
+from trio_rt import ErrorCode, ProtocolError, RoomError, TrioRTError
+from trio_rt._core import errors as _errors
+from trio_rt._core.rooms import RoomRegistry
 
 
 def _public_exceptions() -> dict[str, type[BaseException]]:
@@ -41,7 +43,7 @@ def test_the_walk_finds_the_known_exceptions() -> None:
 
 
 def _drawn_tree() -> dict[str, str]:
-    """The tree in trio_rt/_errors.py's docstring as {class: parent}: each ``── Name`` line
+    """The tree in trio_rt/_core/errors.py's docstring as {class: parent}: each ``── Name`` line
     sits under the nearest line above it that starts further left."""
     doc = _errors.__doc__
     assert doc is not None
@@ -64,7 +66,7 @@ def test_every_exception_is_a_trio_rt_error_and_in_the_drawn_tree(name: str) -> 
     cls = EXCEPTIONS[name]
     assert issubclass(cls, TrioRTError), f"{cls.__module__}.{name} is not a TrioRTError"
     assert name in {*_drawn_tree(), "TrioRTError"}, (
-        f"{name} is missing from the tree in trio_rt/_errors.py"
+        f"{name} is missing from the tree in trio_rt/_core/errors.py"
     )
 
 
@@ -92,9 +94,9 @@ def test_a_room_error_is_a_protocol_error_of_the_same_shape() -> None:
 
 
 def test_public_names_stay_where_they_were() -> None:
-    from trio_rt._protocol import ErrorCode as ProtocolsErrorCode
-    from trio_rt._protocol import ProtocolError as ProtocolsProtocolError
-    from trio_rt._rooms import RoomError as RoomsRoomError
+    from trio_rt._core.protocol import ErrorCode as ProtocolsErrorCode
+    from trio_rt._core.protocol import ProtocolError as ProtocolsProtocolError
+    from trio_rt._core.rooms import RoomError as RoomsRoomError
 
     assert ProtocolsErrorCode is ErrorCode
     assert ProtocolsProtocolError is ProtocolError is trio_rt.ProtocolError

@@ -1,4 +1,5 @@
-"""Subscription filters (trio_rt._filters): parsing, errors, matching; Hypothesis properties."""
+"""Subscription filters (trio_rt._core.filters): parsing, errors, matching; Hypothesis
+properties."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_rt._filters import MAX_FILTER_COLUMNS, MAX_IN_VALUES, Clause, parse_filters
-from trio_rt._protocol import ErrorCode, ProtocolError
+from trio_rt._core.filters import MAX_FILTER_COLUMNS, MAX_IN_VALUES, Clause, parse_filters
+from trio_rt._core.protocol import ErrorCode, ProtocolError
 from trio_rt.cassandra import Table
 
 POSTS = Table(

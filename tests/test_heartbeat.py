@@ -10,7 +10,7 @@ import trio
 from websockets.trio.client import connect
 
 from trio_rt import Connection
-from trio_rt._heartbeat import HeartbeatSchedule
+from trio_rt._core.heartbeat import HeartbeatSchedule
 
 from .conftest import client, wait_until
 

@@ -9,10 +9,10 @@ import pytest
 import trio
 
 from trio_rt import WebSocketManager
-from trio_rt._envelope import Envelope, encode_envelope
-from trio_rt._history import RoomHistory
-from trio_rt._protocol import encode
-from trio_rt._streams import MemorySequencer, MemoryStreamStore, StreamPosition
+from trio_rt._core.envelope import Envelope, encode_envelope
+from trio_rt._core.protocol import encode
+from trio_rt._engine.history import RoomHistory
+from trio_rt._engine.streams import MemorySequencer, MemoryStreamStore, StreamPosition
 
 from .conftest import client, two_servers, wait_until
 

@@ -19,8 +19,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import connect
 
 from trio_rt import Connection, ErrorCode, WebSocketManager
-from trio_rt._protocol import BUILTIN_TYPES, ProtocolError, encode, parse
-from trio_rt._ratelimit import Rate, take
+from trio_rt._core.protocol import BUILTIN_TYPES, ProtocolError, encode, parse
+from trio_rt._core.ratelimit import Rate, take
 
 from .conftest import Client, client, count_tasks, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from trio_rt import HttpResponse, WebSocketManager
-from trio_rt._auth import AuthError, JWKSKeySource, JWTAuthenticator, TokenVerifier
+from trio_rt._engine.auth import AuthError, JWKSKeySource, JWTAuthenticator, TokenVerifier
 
 from .conftest import client
 

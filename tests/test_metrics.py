@@ -20,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.trio.client import connect
 
 from trio_rt import Connection, Reject, WebSocketManager
-from trio_rt._metrics import CAMEL_CASE_NAMES, SlidingWindowRate, WebSocketMetrics
+from trio_rt._engine.metrics import CAMEL_CASE_NAMES, SlidingWindowRate, WebSocketMetrics
 
 from .conftest import client, wait_until
 
@@ -152,7 +152,7 @@ async def test_get_stats_rates_with_injected_clock(
     with pytest.warns(DeprecationWarning, match="camel_case"):
         assert stats.to_dict(seed_names=True) == camel
     with pytest.warns(DeprecationWarning, match="CAMEL_CASE_NAMES"):
-        from trio_rt._metrics import SEED_NAMES
+        from trio_rt._engine.metrics import SEED_NAMES
     assert SEED_NAMES is CAMEL_CASE_NAMES
     metrics.close()
     assert manager.instruments is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_rt._outbox import Offer, OutboundMessage, Outbox, SlowConsumerPolicy
+from trio_rt._core.outbox import Offer, OutboundMessage, Outbox, SlowConsumerPolicy
 
 
 def msg(n: int = 10) -> OutboundMessage:

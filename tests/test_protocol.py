@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from trio_rt._protocol import (
+from trio_rt._core.protocol import (
     BUILTIN_COMMANDS,
     BUILTIN_TYPES,
     MAX_ROOM_NAME_LENGTH,

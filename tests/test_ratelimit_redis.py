@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from trio_rt import Connection, WebSocketManager
-from trio_rt._ratelimit import Rate
+from trio_rt._core.ratelimit import Rate
 from trio_rt.redis import RedisRateLimiter
 from trio_rt.redis._client import RedisClient
 

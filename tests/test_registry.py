@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_rt._rendezvous import rendezvous_owner
+from trio_rt._core.rendezvous import rendezvous_owner
 from trio_rt.redis import ServerRegistry
 
 from .conftest import free_port, redis_on

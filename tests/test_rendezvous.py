@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_rt._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
+from trio_rt._core.rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 
 SERVERS = [f"server-{i}" for i in range(5)]
 KEYS = [f"user:{i}" for i in range(10_000)]
@@ -46,7 +46,7 @@ def test_known_values_are_stable() -> None:
 def test_same_answer_in_another_process() -> None:
     # Python's hash() is randomized per process; ours must not be.
     code = (
-        "from trio_rt._rendezvous import rendezvous_rank;"
+        "from trio_rt._core.rendezvous import rendezvous_rank;"
         "print(','.join(rendezvous_rank('alice', ['a', 'b', 'c', 'd'])))"
     )
     out = subprocess.run(

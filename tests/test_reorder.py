@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_rt._reorder import OffsetRanges, ReorderBuffer, StoreRead
+from trio_rt._core.reorder import OffsetRanges, ReorderBuffer, StoreRead
 
 E = "e1"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_rt._reorder import ReorderBuffer
-from trio_rt._replay_gate import ReplayGate
+from trio_rt._core.reorder import ReorderBuffer
+from trio_rt._core.replay_gate import ReplayGate
 
 
 def test_replayed_offsets_past_the_tail_go_out_in_order_and_are_not_sent_twice() -> None:

@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from trio_rt import BrokerUnavailable, MemoryBroker, RoomHistory, WebSocketManager
-from trio_rt._envelope import Envelope, encode_envelope
-from trio_rt._protocol import encode
-from trio_rt._streams import (
+from trio_rt._core.envelope import Envelope, encode_envelope
+from trio_rt._core.protocol import encode
+from trio_rt._engine.streams import (
     Allocation,
     MemorySequencer,
     MemoryStreamStore,

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from trio_rt import RedisBroker, RoomHistory, WebSocketManager
-from trio_rt._streams import StreamPosition, recover
+from trio_rt._engine.streams import StreamPosition, recover
 from trio_rt.redis import RedisSequencer, RedisUnavailable
 
 from .conftest import Client, client, free_port, redis_on, wait_until
@@ -237,7 +237,7 @@ async def test_recovery_from_positions_never_written_on_cassandra(
 ) -> None:
     """A failed write, and the sequencer's reseed gap, leave offsets that were handed out
     (room_joined positions) but never written: recovery from them is not `retention`."""
-    from trio_rt._streams import Allocation
+    from trio_rt._engine.streams import Allocation
     from trio_rt.cassandra import CassandraStreamStore
 
     store = CassandraStreamStore(session, keyspace)
@@ -267,7 +267,7 @@ async def test_the_sequencer_refuses_while_redis_is_down_and_never_repeats_a_pos
     """While Redis is down `next` raises (the sender is refused); after Redis restarted empty
     it continues the epoch past the store's head by `reseed_gap`, beyond the positions still
     being written, and concurrent allocations stay unique."""
-    from trio_rt._streams import MemoryStreamStore
+    from trio_rt._engine.streams import MemoryStreamStore
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_rt._protocol import ErrorCode
-from trio_rt._rooms import RoomError, RoomRegistry
+from trio_rt._core.protocol import ErrorCode
+from trio_rt._core.rooms import RoomError, RoomRegistry
 
 
 def test_join_is_idempotent_and_reports_first_member() -> None:

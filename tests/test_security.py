@@ -17,9 +17,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 
 from trio_rt import CloseCode, Connection, WebSocketManager
-from trio_rt._auth import JWTAuthenticator, TokenVerifier
-from trio_rt._permissions import MemoryPermissionStore, PermissionStore, candidates
-from trio_rt._ratelimit import Decision, LocalRateLimiter, Rate, bucket_key, take
+from trio_rt._core.ratelimit import Decision, LocalRateLimiter, Rate, bucket_key, take
+from trio_rt._engine.auth import JWTAuthenticator, TokenVerifier
+from trio_rt._engine.permissions import MemoryPermissionStore, PermissionStore, candidates
 
 from .conftest import Client, client, count_tasks, wait_until
 

@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 
 from trio_rt import CloseCode, Connection, ProtocolError, Reject, WebSocketManager
-from trio_rt._protocol import ErrorCode
+from trio_rt._core.protocol import ErrorCode
 
 from .conftest import client, count_tasks, wait_until
 
@@ -468,8 +468,8 @@ async def test_handshake_timeout_drops_slow_handshakes(make_manager: Any) -> Non
 async def test_a_broadcast_is_serialized_and_framed_once(
     make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trio_rt._delivery as delivery_module
-    import trio_rt._outbox as outbox_module
+    import trio_rt._core.outbox as outbox_module
+    import trio_rt._engine.delivery as delivery_module
 
     calls = {"encode": 0, "frame": 0}
     real_encode, real_frame = delivery_module.encode, outbox_module.encode_text_frame

@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_rt._streams import StreamCursor, StreamEntry, StreamPosition
+from trio_rt._engine.streams import StreamCursor, StreamEntry, StreamPosition
 
 
 def entry(offset: int, epoch: str = "e") -> StreamEntry:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_rt._protocol import ProtocolError, StreamPosition, parse_position
-from trio_rt._streams import (
+from trio_rt._core.protocol import ProtocolError, StreamPosition, parse_position
+from trio_rt._engine.streams import (
     Allocation,
     MemorySequencer,
     MemoryStreamStore,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from trio_rt._timers import Timers
+from trio_rt._engine.timers import Timers
 
 
 async def test_keys_fire_once_in_deadline_order(autojump_clock: trio.testing.MockClock) -> None:

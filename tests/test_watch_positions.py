@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from trio_rt import MemoryWatchPositions, WatchPositions, WebSocketManager
-from trio_rt._changes import ChangeEvent, ChangeStreamManager
-from trio_rt._protocol import StreamPosition
+from trio_rt._core.protocol import StreamPosition
+from trio_rt._engine.changes import ChangeEvent, ChangeStreamManager
 from trio_rt.cassandra import (
     CassandraSession,
     CassandraWatchPositions,

@@ -1,10 +1,10 @@
 """trio_rt leans on websockets internals: this fails loudly when they change.
 
-`trio_rt/_ws_connection.py` mirrors websockets 17.x's `ServerConnection.handshake` and
-extends a few of its methods; `_connection.py` writes under websockets' send lock and frames
-through its sans-IO protocol; `_assembler.py` replaces its Trio `Assembler`; `_outbox.py`
-compresses frames as its permessage-deflate does. pyproject.toml pins websockets to the range
-tested (``>=17.0,<18``). When a new websockets is tried:
+`trio_rt/_transport/ws_connection.py` mirrors websockets 17.x's `ServerConnection.handshake`
+and extends a few of its methods; `_engine/connection.py` writes under websockets' send lock and
+frames through its sans-IO protocol; `_transport/assembler.py` replaces its Trio `Assembler`;
+`_core/outbox.py` compresses frames as its permessage-deflate does. pyproject.toml pins
+websockets to the range tested (``>=17.0,<18``). When a new websockets is tried:
 
 1. `test_the_mirrored_upstream_code_is_unchanged` names each upstream function or class
    whose code changed (docstrings, comments and formatting are ignored) and what to re-check
@@ -85,8 +85,8 @@ MIRRORED: dict[str, tuple[str, str]] = {
 
 # Undocumented attributes of websockets objects trio_rt uses: object -> names (and where).
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    # _ws_connection.py (handshake, close_stream, process_event, __init__); _connection.py
-    # (send_lock, stream: the writer and direct writes).
+    # _transport/ws_connection.py (handshake, close_stream, process_event, __init__);
+    # _engine/connection.py (send_lock, stream: the writer and direct writes).
     "connection": (
         "request_rcvd",
         "recv_messages",

@@ -1,4 +1,4 @@
-"""`CassandraPermissionStore`: the `PermissionStore` seam (trio_rt/_permissions.py) with the
+"""`CassandraPermissionStore`: the `PermissionStore` seam (trio_rt/_engine/permissions.py) with the
 grants in a Cassandra table, through `CassandraSession`.
 
 The wildcard rules are the seam's (``*`` users, ``<kind>:*`` and ``*`` resources, the ``*``
@@ -12,8 +12,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from .._checks import int_problem, number_problem, require
-from .._permissions import ANY, candidates, check_grant
+from .._core.checks import int_problem, number_problem, require
+from .._engine.permissions import ANY, candidates, check_grant
 from ._session import CassandraSession
 
 __all__ = ["CassandraPermissionStore"]
