@@ -15,7 +15,9 @@ import trio
 import trio.testing
 
 from trio_rt import Connection
-from trio_rt._transport.direct_stream import CORK_MAX_BYTES, DirectStream, FlushQueue
+from trio_rt._engine.flush import FlushQueue
+from trio_rt._engine.sockets import DirectWrites
+from trio_rt._transport.direct_stream import CORK_MAX_BYTES, DirectStream
 
 from .conftest import client
 
@@ -36,6 +38,17 @@ def received(peer: socket.socket) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+async def test_the_engine_sees_direct_writes_through_its_seam() -> None:
+    # Connection checks `isinstance(ws.stream, DirectWrites)` once when it opens: a
+    # DirectStream that stopped matching the engine's protocol would silently lose direct
+    # writes (every send through the writer task).
+    stream, peer = stream_pair()
+    with peer:
+        assert isinstance(stream, DirectWrites)
+        assert not isinstance(stream.inner, DirectWrites)  # plain trio stream: the writer
+        await stream.aclose()
 
 
 async def test_corked_frames_wait_for_the_flush_and_go_out_in_order() -> None:

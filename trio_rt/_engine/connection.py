@@ -27,7 +27,8 @@ from .._core.heartbeat import Beat, HeartbeatSchedule
 from .._core.options import ServerOptions
 from .._core.outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from .._core.protocol import CloseCode, encode
-from .._transport.direct_stream import DirectStream, FlushQueue
+from .flush import FlushQueue
+from .sockets import DirectWrites
 
 __all__ = ["Connection", "ConnectionHost", "ConnectionState", "Request"]
 
@@ -201,7 +202,7 @@ class Connection:
         self._writer_exited: trio.Event | None = None  # created by whoever waits for it
         self._torn_write = False  # a write was cancelled midway: the stream is unusable
         # Set once open when the stream can be written synchronously (plain TCP).
-        self._direct: DirectStream | None = None
+        self._direct: DirectWrites | None = None
         self._framed_here = False  # extensions (deflate): frames are built per connection
         self._deflate_key: DeflateKey | None = None  # deflate without context: shared frames
         self._in_flight = False  # the writer holds a batch it has not finished writing
@@ -379,7 +380,7 @@ class Connection:
                 self._nursery = nursery
                 self._status = ConnectionState.OPEN
                 ws = self._ws
-                if isinstance(ws.stream, DirectStream):
+                if isinstance(ws.stream, DirectWrites):  # plain TCP (_transport/direct_stream.py)
                     self._direct = ws.stream
                 self._deflate_key = shared_deflate_key(ws.protocol.extensions)
                 self._framed_here = bool(ws.protocol.extensions) and self._deflate_key is None
@@ -430,7 +431,7 @@ class Connection:
             await dispatch(self, frame)
 
     # -- writing ----------------------------------------------------------------------------------
-    def _can_write_now(self, direct: DirectStream) -> bool:
+    def _can_write_now(self, direct: DirectWrites) -> bool:
         """True when bytes may go to the socket right now, without waiting: nothing is being
         written or waits to be (by the writer, websockets or the kernel), the connection is
         open and the outbox takes messages."""

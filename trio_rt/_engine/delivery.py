@@ -46,9 +46,9 @@ from .._core.outbox import OutboundMessage
 from .._core.protocol import StreamPosition, encode
 from .._core.rooms import LeaveResult, RoomRegistry
 from .._core.stats import Instruments, ServerStats
-from .._transport.direct_stream import FlushQueue
 from .broker import Broker
 from .connection import Connection
+from .flush import FlushQueue
 from .room_order import RoomOrdering
 
 if TYPE_CHECKING:

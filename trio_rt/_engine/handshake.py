@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response
@@ -31,9 +31,9 @@ from websockets.typing import Subprotocol
 from .._core.caps import ConnectionCaps
 from .._core.options import ServerOptions
 from .._core.stats import ServerStats
-from .._transport.ws_connection import _ServerConnection
 from .connection import Connection
 from .http import HttpResponse, HttpRoutes, Reject, is_websocket_upgrade, to_ws_response
+from .sockets import HostedSocket
 
 __all__ = ["ConnectionHandler", "HandshakeAdmission"]
 
@@ -104,7 +104,8 @@ class HandshakeAdmission:
         if limit is not None and len(self._connections) >= limit:
             stats.rejected("server_full")
             return _refusal(503, "server full", **{"Retry-After": "5"})
-        assert isinstance(ws, _ServerConnection)
+        # The transport's connection class carries the Connection (_engine/sockets.py).
+        hosted = cast(HostedSocket, ws)
         conn = self._new_connection(ws)
         ip = conn.request.remote_address[0] if conn.request.remote_address else None
         caps = self.caps
@@ -112,7 +113,7 @@ class HandshakeAdmission:
             stats.rejected("ip_limit")
             return _refusal(429, "too many connections from this address", **{"Retry-After": "5"})
         self._connections[conn.id] = conn
-        ws.trio_rt_conn = conn
+        hosted.trio_rt_conn = conn
         caps.count_ip(conn.id, ip)
         try:
             for handler in self.handlers:
@@ -122,13 +123,13 @@ class HandshakeAdmission:
             caps.count_user(conn.id, conn.user_id)
         except Reject as r:
             self._forget(conn)
-            ws.trio_rt_conn = None
+            hosted.trio_rt_conn = None
             stats.rejected(f"http_{r.status}")
             return _refusal(r.status, r.reason, **r.headers)
         except Exception:
             log.exception("connection handler failed; answering 500")
             self._forget(conn)
-            ws.trio_rt_conn = None
+            hosted.trio_rt_conn = None
             stats.rejected("handler_error")
             return _refusal(500, "internal server error")
         return None

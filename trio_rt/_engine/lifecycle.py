@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import trio
 from websockets.trio.server import ServerConnection
@@ -26,11 +26,11 @@ from .._core.options import ServerOptions
 from .._core.outbox import OutboundMessage
 from .._core.protocol import encode
 from .._core.stats import ServerStats
-from .._transport.direct_stream import FlushQueue
-from .._transport.ws_connection import _ServerConnection
 from .admission import MessageAdmission
 from .connection import Connection
+from .flush import FlushQueue
 from .room_service import RoomService
+from .sockets import HostedSocket
 from .tokens import TokenExpiry
 
 __all__ = ["ConnectionLifecycle", "DisconnectHandler", "EngineHost"]
@@ -84,8 +84,9 @@ class ConnectionLifecycle:
 
     async def handle(self, ws: ServerConnection) -> None:
         """websockets' connection handler: serve an upgraded connection until it ends."""
-        assert isinstance(ws, _ServerConnection) and ws.trio_rt_conn is not None
-        conn = ws.trio_rt_conn
+        hosted = cast(HostedSocket, ws)  # the transport's connection class (_engine/sockets.py)
+        conn = hosted.trio_rt_conn
+        assert conn is not None  # set by the handshake that let it upgrade
         self.host.stats.connections_opened += 1
         try:
             self._tokens.schedule(conn)
@@ -94,7 +95,7 @@ class ConnectionLifecycle:
         finally:
             with trio.CancelScope(shield=True):
                 await self.finish(conn, True)
-            ws.trio_rt_conn = None  # no cycle ws <-> conn: refcounting frees both (GC work)
+            hosted.trio_rt_conn = None  # no cycle ws <-> conn: refcounting frees both (GC work)
 
     def _welcome_message(self, conn: Connection) -> OutboundMessage | None:
         welcome = self._welcome(conn)

@@ -45,7 +45,6 @@ from .._core.protocol import (
 from .._core.ratelimit import RateLimiter
 from .._core.rooms import Room, RoomRegistry
 from .._core.stats import ChangeStreamStats, Instruments, ServerStats
-from .._transport.direct_stream import FlushQueue
 from .._transport.ws_connection import start_websockets_server
 from .admission import MessageAdmission
 from .broker import Broker, MemoryBroker
@@ -58,6 +57,7 @@ from .dispatch import (
     MessageHandler,
     check_coroutine,
 )
+from .flush import FlushQueue
 from .gc_freeze import run_gc_freezer
 from .handshake import ConnectionHandler, HandshakeAdmission
 from .heartbeat_driver import HeartbeatDriver

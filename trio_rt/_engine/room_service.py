@@ -40,9 +40,9 @@ from .._core.protocol import (
     validate_room_name,
 )
 from .._core.rooms import Room, RoomError, RoomRegistry
-from .._transport.direct_stream import FlushQueue
 from .connection import Connection
 from .delivery import Delivery
+from .flush import FlushQueue
 from .permissions import PermissionStore
 from .room_store import RoomSettings, RoomStore
 from .streams import Recovery

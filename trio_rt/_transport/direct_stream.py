@@ -3,26 +3,25 @@
 Fan-out cost is dominated by awaits and system calls per delivery (docs/performance.md). When
 a connection is idle — nothing queued, no write in progress — a send does not wake a writer
 task: in a quiet server it is written at once with one non-blocking send; during a burst it
-is *corked* here, and the manager's `FlushQueue` task writes everything a connection corked
-over a few scheduler passes with one send. A burst thus costs one system call per connection
-per flush instead of one per message, and an isolated message no extra latency. What the
-kernel does not take is kept here and written before anything else, by whichever task writes
-next (our writer, or websockets sending a pong or a close frame), so frames never interleave.
+is *corked* here, and the engine's `FlushQueue` task (`_engine/flush.py`) writes everything
+a connection corked over a few scheduler passes with one send. A burst thus costs one system
+call per connection per flush instead of one per message, and an isolated message no extra
+latency. What the kernel does not take is kept here and written before anything else, by
+whichever task writes next (our writer, or websockets sending a pong or a close frame), so
+frames never interleave.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import Generic, Protocol, TypeVar
 
 import trio
 
-__all__ = ["CORK_MAX_BYTES", "DirectStream", "FlushQueue"]
+__all__ = ["CORK_MAX_BYTES", "DirectStream"]
 
 DEFAULT_RECEIVE_SIZE = 65536  # as trio.SocketStream
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}  # as trio: the socket was closed under us
-F = TypeVar("F", bound="Flushable")
 # A connection's corked bytes are written at once past this size: memory stays bounded, and
 # a client that does not read ends up with a full socket and the outbox's bounds.
 CORK_MAX_BYTES = 64 * 1024
@@ -168,71 +167,3 @@ class DirectStream(trio.abc.HalfCloseableStream):
         self._pending = b""
         self._corked = None
         await self.inner.aclose()
-
-
-class Flushable(Protocol):
-    def flush_corked(self) -> None: ...
-
-
-class FlushQueue(Generic[F]):
-    """Decides when sends are corked, and flushes the connections that corked frames.
-
-    Quiet: a send or a fan-out writes at once (`begin` returns False) and opens a *window*.
-    Any send or fan-out while the window is open is corked (`DirectStream.cork`) and the
-    connection `add`-ed here. The `run` task lets the scheduler make `PASSES` more passes,
-    then calls each added connection's ``flush_corked()`` in order: every frame corked
-    meanwhile goes out in one write per connection. If it flushed something, a burst is under
-    way: the window stays open and the cycle repeats; otherwise it closes. So an isolated
-    message costs no extra latency, and under load each connection gets one system call per
-    cycle instead of one per message (docs/performance.md).
-
-    `begin` and `add` are sync and never wait. The queue is bounded by the number of
-    connections: a connection is added only when its first frame is corked, and every flush
-    empties the queue. `run` lives in the manager's nursery; once it is cancelled `running` is
-    False and nothing is corked any more (what was corked is written then).
-    """
-
-    PASSES = 2  # scheduler passes a window lasts: more batches more, and delays more
-
-    def __init__(self) -> None:
-        self._items: list[F] = []
-        self._lot = trio.lowlevel.ParkingLot()
-        self._open = False
-        self.running = False
-
-    def begin(self) -> bool:
-        """Call once per send or fan-out, before it. True: cork its frames (and `add` the
-        connections that had nothing corked yet); False: write them now."""
-        if self._open:
-            return True
-        if self.running:
-            self._open = True
-            self._lot.unpark()
-        return False
-
-    def add(self, item: F) -> None:
-        self._items.append(item)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.running = True
-        task_status.started()
-        try:
-            while True:
-                if not self._open:
-                    await self._lot.park()
-                for _ in range(self.PASSES):
-                    await trio.lowlevel.checkpoint()
-                if self._items:
-                    self._flush_all()
-                else:
-                    self._open = False
-        finally:
-            self.running = False
-            self._open = False
-            self._flush_all()
-
-    def _flush_all(self) -> None:
-        # A function of its own: no local keeps a closed connection alive while run() waits.
-        items, self._items = self._items, []
-        for item in items:
-            item.flush_corked()
