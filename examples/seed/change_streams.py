@@ -4,8 +4,8 @@ Writes made through `Database` are captured with their position in the same logg
 `ChangeStreamManager.watch` hands every change to a server-side callback, and clients
 subscribe to tables themselves with the built-in ``subscribe`` message (filters, permission
 check, recovery). `posts` is defined with ``capture_full_rows=True``, so an insert, an update
-and a delete all reach the post's category room. Run by tests/test_examples.py and
-tests/test_change_streams.py against the test Cassandra.
+and a delete all reach the post's category room. Run by tests/integration/test_examples.py and
+tests/engine/test_change_streams.py against the test Cassandra.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Server options, validated once at construction so a bad value fails before anything listens.
 
-Two views of the same options, kept equal by tests/test_options.py:
+Two views of the same options, kept equal by tests/core/test_options.py:
 
 - `ServerOptions`, a frozen dataclass: what the server reads (``manager.options``), an object
   a caller can build once, check, and pass around.
@@ -226,7 +226,7 @@ class ServerOptionsDict(TypedDict, total=False):
 
     For ``WebSocketManager(**options: Unpack[ServerOptionsDict])`` and for option mappings a
     caller builds and passes on (``options: ServerOptionsDict = {"port": 0}``). The meaning and
-    default of each option are on `ServerOptions`; tests/test_options.py keeps the two equal.
+    default of each option are on `ServerOptions`; tests/core/test_options.py keeps the two equal.
     """
 
     host: str

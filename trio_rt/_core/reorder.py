@@ -41,7 +41,7 @@ An offset at or below the ceiling that the upstream will not hand out is passed 
 went out before, or never will); a hole above the ceiling is the upstream's own: the buffer
 waits for the upstream to fill it or move past it, without a deadline of its own.
 
-`tests/test_reorder.py` checks it without sockets (unit and property tests).
+`tests/core/test_reorder.py` checks it without sockets (unit and property tests).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ an offset whose write is still in flight (a hole). The one rule, for rooms and t
 The gate is `open` once the replay is merged, nothing waits in it and it caught up with the
 upstream's position: from there the upstream's items can go out directly (the gate is
 dropped). Items are opaque (`T`); `None` stands for an offset that does not match a
-subscription's filter: it moves the gate on but sends nothing. `tests/test_replay_gate.py`
+subscription's filter: it moves the gate on but sends nothing. `tests/core/test_replay_gate.py`
 checks the rule with property tests over random interleavings, for a tail and for a room.
 """
 

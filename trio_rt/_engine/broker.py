@@ -40,7 +40,8 @@ class BrokerUnavailable(TrioRTError):
 class Broker(abc.ABC):
     """Publish/subscribe on named channels.
 
-    Contract (the same tests run against every implementation, tests/test_broker_contract.py):
+    Contract (the same tests run against every implementation,
+    tests/engine/test_broker_contract.py):
 
     - ``run(deliver)`` runs the broker's I/O until cancelled; ``task_status.started()`` is called
       once the broker can publish and subscribe. All its tasks live inside ``run``.

@@ -7,7 +7,7 @@ However it ends (closed, reset, timed out, slow consumer, shutdown, or a handsha
 completed) `finish` runs once: `forget` unregisters it everywhere (token timer, rate-limit
 refusals, caps, every room: broker channels nobody local needs are unsubscribed), then, for a
 connection the connection handlers accepted, the disconnect handlers, each bounded by
-`close_timeout`. tests/test_lifecycle.py checks that nothing is left behind.
+`close_timeout`. tests/engine/test_lifecycle.py checks that nothing is left behind.
 """
 
 from __future__ import annotations

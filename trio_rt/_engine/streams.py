@@ -75,7 +75,7 @@ class StreamEntry:
 class StreamStore(abc.ABC):
     """Keeps stream entries for a retention period.
 
-    Contract (``test_store_contract`` in tests/test_change_streams.py runs it against every
+    Contract (``test_store_contract`` in tests/engine/test_change_streams.py runs it against every
     implementation):
 
     - ``append(stream, allocation, payload)`` stores one entry at the allocated position.

@@ -21,7 +21,7 @@ __all__ = ["MemoryWatchPositions", "WatchPositions"]
 class WatchPositions(abc.ABC):
     """Named watchers' positions, by name.
 
-    Contract (tests/test_watch_positions.py runs it against every implementation):
+    Contract (tests/engine/test_watch_positions.py runs it against every implementation):
 
     - ``load(name)`` returns the position last saved under `name`, or None when none was.
     - ``save(name, position)`` replaces what was saved under `name` (the epoch with the

@@ -16,7 +16,7 @@ set by the handshake part) and `trio_rt_host` (a `HandshakeHost`, set on the cla
 one server by `start_websockets_server`).
 
 It mirrors websockets 17.x's `ServerConnection.handshake` and relies on attributes websockets
-does not document; tests/test_websockets_internals.py lists them and fails when the mirrored
+does not document; tests/engine/test_websockets_internals.py lists them and fails when the mirrored
 upstream code changes (pyproject.toml pins websockets to the tested range).
 """
 
