@@ -11,6 +11,9 @@ Three parts:
 - Serving: ``/metrics`` on the manager's own port (a route, no task), and on request a small
   HTTP/1.1 listener of its own (`export_to_prometheus`), run by `WebSocketMetrics.run`.
 
+`SlidingWindowRate` is in `_core/rates.py`, the collector and the exporter's HTTP in
+`metrics_prometheus.py`; every public name is importable from here.
+
 Every task lives in `run` (``async with WebSocketMetrics(manager) as metrics:`` or
 ``await nursery.start(metrics.run)``): nothing starts behind the caller's back.
 Requires the ``metrics`` extra (prometheus-client; psutil is used for RSS when installed).
@@ -20,23 +23,22 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
 
-from .._core.checks import require_positive_ints, require_positive_numbers
+from .._core.checks import require_positive_numbers
+from .._core.rates import SlidingWindowRate
 from .http import HttpResponse
+from .metrics_prometheus import ExporterHandler, ManagerCollector, check_endpoint
 
 if TYPE_CHECKING:
     from websockets.http11 import Request as WsRequest
@@ -67,71 +69,6 @@ LATENCY_BUCKETS = (
     10.0,
 )
 RECIPIENT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-MAX_REQUEST_BYTES = 8192  # the exporter's request line and headers
-REQUEST_TIMEOUT = 5.0  # to receive a whole request
-RESPONSE_TIMEOUT = 10.0  # to send a whole response
-LINGER_TIMEOUT = 1.0  # after the response, to let the client close first
-LINGER_BYTES = 65536  # unread request bytes drained before closing
-
-
-# -- sans-IO: rates over a sliding window ---------------------------------------------------------
-class SlidingWindowRate:
-    """Events per second over the last `window` seconds, at one-second resolution.
-
-    Feed it a counter's running total with `observe_total(total, now)` (the first call sets
-    the baseline: what happened before is not counted; a total that goes down is a counter
-    reset and counts from zero), or increments with `add(count, now)`. `rate(now)` divides the
-    events of the buckets still in the window by the time they cover (at most `window`, at
-    least one second, never more than the time since the first observation). `now` is any
-    monotonic clock in seconds; the class never reads a clock itself.
-    """
-
-    def __init__(self, window: int = 10) -> None:
-        require_positive_ints(window=window)  # whole seconds
-        self.window = window
-        self._seconds: list[int | None] = [None] * window
-        self._counts: list[int] = [0] * window
-        self._last_total: int | None = None
-        self._started: float | None = None
-
-    def observe_total(self, total: int, now: float) -> None:
-        if self._last_total is None:
-            self._last_total = total
-            if self._started is None:
-                self._started = now
-            return
-        delta = total - self._last_total
-        self._last_total = total
-        self.add(total if delta < 0 else delta, now)
-
-    def add(self, count: int, now: float) -> None:
-        if self._started is None:
-            self._started = now
-        if count <= 0:
-            return
-        second = math.floor(now)
-        i = second % self.window
-        if self._seconds[i] != second:
-            self._seconds[i] = second
-            self._counts[i] = 0
-        self._counts[i] += count
-
-    def total(self, now: float) -> int:
-        """Events in the buckets still inside the window at `now`."""
-        current = math.floor(now)
-        oldest = current - self.window + 1
-        return sum(
-            c
-            for s, c in zip(self._seconds, self._counts, strict=True)
-            if s is not None and oldest <= s <= current
-        )
-
-    def rate(self, now: float) -> float:
-        if self._started is None:
-            return 0.0
-        covered = (self.window - 1) + (now - math.floor(now))  # oldest bucket's start to now
-        span = max(1.0, min(covered, now - self._started))
-        return self.total(now) / span
 
 
 # -- the snapshot ---------------------------------------------------------------------------------
@@ -234,7 +171,7 @@ class WebSocketMetrics:
     ) -> None:
         require_positive_numbers(sample_interval=sample_interval)
         if route is not None:
-            _check_endpoint(route)
+            check_endpoint(route)
         if manager.instruments is not None:
             raise RuntimeError("this manager already has a WebSocketMetrics")
         self.manager = manager
@@ -273,7 +210,7 @@ class WebSocketMetrics:
             buckets=RECIPIENT_BUCKETS,
         ).labels(sid)
         self._handler_children: dict[str, Any] = {}
-        self.registry.register(_ManagerCollector(self))
+        self.registry.register(ManagerCollector(self))
         if route is not None:
             manager.route(route)(self._http_handler)
         manager.attach_instruments(self)
@@ -365,7 +302,7 @@ class WebSocketMetrics:
         picks a free port: see `prometheus_address(endpoint)`. Use ``host="0.0.0.0"`` for
         a Prometheus on another machine. Raises ValueError on a bad endpoint or port.
         """
-        _check_endpoint(endpoint)
+        check_endpoint(endpoint)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError("port must be an integer in 0..65535")
         if not host:
@@ -396,7 +333,7 @@ class WebSocketMetrics:
         HTTP/1.1, GET only, one response per connection, requests up to 8 KiB, 5 s to send
         the request and 10 s to read the response. Reports the bound (host, port).
         """
-        _check_endpoint(endpoint)
+        check_endpoint(endpoint)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError("port must be an integer in 0..65535")
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -405,7 +342,7 @@ class WebSocketMetrics:
         self._addresses[endpoint] = address
         try:
             async with trio.open_nursery() as nursery:
-                handler = _ExporterHandler(self, endpoint)
+                handler = ExporterHandler(self, endpoint)
                 await nursery.start(trio.serve_listeners, handler, listeners)
                 log.info("metrics exporter on http://%s:%d%s", *address, endpoint)
                 task_status.started(address)
@@ -453,228 +390,7 @@ class WebSocketMetrics:
         self.manager.detach_instruments(self)
 
 
-# -- the collector: live state at scrape time -----------------------------------------------------
-class _ManagerCollector(Collector):
-    def __init__(self, metrics: WebSocketMetrics) -> None:
-        self._metrics = metrics
-
-    def describe(self) -> list[Metric]:
-        return []  # no description: collected only on scrape, never at registration
-
-    def collect(self) -> Iterator[Metric]:
-        m = self._metrics
-        st = m.get_stats()
-        sid = st.server_id
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=["server_id"])
-            g.add_metric([sid], value)
-            return g
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            c = CounterMetricFamily(name, doc, labels=["server_id"])
-            c.add_metric([sid], value)
-            return c
-
-        yield gauge(
-            "trio_rt_connections",
-            "Open connections (including handshakes in progress).",
-            st.active_connections,
-        )
-        yield gauge("trio_rt_rooms", "Rooms on this server.", st.total_rooms)
-        yield gauge(
-            "trio_rt_room_memberships", "(connection, room) memberships.", st.room_memberships
-        )
-        yield gauge(
-            "trio_rt_broker_subscriptions",
-            "Broker channels subscribed to.",
-            st.broker_subscriptions,
-        )
-        yield gauge(
-            "trio_rt_table_subscriptions",
-            "Client subscriptions to table changes.",
-            st.table_subscriptions,
-        )
-        if st.memory_usage_mb is not None:
-            yield gauge(
-                "trio_rt_process_resident_memory_bytes",
-                "Resident set size.",
-                st.memory_usage_mb * 2**20,
-            )
-        yield gauge(
-            "trio_rt_uptime_seconds", "Seconds since the manager was created.", st.uptime_seconds
-        )
-        rate = GaugeMetricFamily(
-            "trio_rt_messages_per_second",
-            "Messages per second over the sliding window, by direction (in: from clients).",
-            labels=["server_id", "direction"],
-        )
-        rate.add_metric([sid, "in"], st.messages_per_second_in)
-        rate.add_metric([sid, "out"], st.messages_per_second_out)
-        yield rate
-        yield gauge(
-            "trio_rt_outbox_depth_max",
-            "Messages queued for the most backed-up client.",
-            st.outbox_depth_max,
-        )
-        yield gauge(
-            "trio_rt_outbox_depth", "Messages queued for all clients.", st.outbox_depth_total
-        )
-        yield gauge("trio_rt_outbox_bytes", "Bytes queued for all clients.", st.outbox_bytes_total)
-        yield gauge(
-            "trio_rt_broker_backlog",
-            "Messages waiting in the broker's own queues.",
-            st.broker_backlog,
-        )
-        if st.change_stream_lag_seconds is not None:
-            yield gauge(
-                "trio_rt_change_stream_lag_seconds",
-                "Change feed lag.",
-                st.change_stream_lag_seconds,
-            )
-
-        s = m.manager.stats
-        yield counter("trio_rt_messages_received", "Messages received from clients.", s.messages_in)
-        yield counter("trio_rt_messages_sent", "Messages written to clients.", s.messages_out)
-        yield counter("trio_rt_broadcasts", "Broadcasts published by this server.", s.broadcasts)
-        yield counter(
-            "trio_rt_deliveries", "Broadcast copies queued for local clients.", s.deliveries
-        )
-        yield counter("trio_rt_connections_opened", "Connections upgraded.", s.connections_opened)
-        yield counter(
-            "trio_rt_connections_closed",
-            "Connections ended (including failed handshakes that had been registered).",
-            s.connections_closed,
-        )
-        yield counter(
-            "trio_rt_slow_consumer_disconnects",
-            "Clients closed with 4000 because their outbox overflowed.",
-            s.slow_consumers,
-        )
-        yield counter(
-            "trio_rt_dropped_messages", "Messages dropped by drop_* policies.", s.dropped_messages
-        )
-        yield counter(
-            "trio_rt_heartbeat_timeouts", "Clients closed with 4001.", s.heartbeat_timeouts
-        )
-        yield counter(
-            "trio_rt_rate_limited_messages",
-            "Client messages refused by the rate limits.",
-            s.rate_limited,
-        )
-        yield counter(
-            "trio_rt_tokens_expired", "Clients closed with 4004 (token expired).", s.tokens_expired
-        )
-        yield counter(
-            "trio_rt_room_offsets_skipped",
-            "Room offsets given up on after reorder_window (RoomHistory).",
-            s.reorder_skipped,
-        )
-        yield counter(
-            "trio_rt_room_messages_late",
-            "Room messages delivered after a greater offset (their hole was skipped).",
-            s.reorder_late,
-        )
-        errors = CounterMetricFamily(
-            "trio_rt_errors",
-            "Errors by kind: handler (app handler raised), protocol (bad client input), "
-            "broker (broker I/O errors).",
-            labels=["server_id", "kind"],
-        )
-        errors.add_metric([sid, "handler"], s.handler_errors)
-        errors.add_metric([sid, "protocol"], s.protocol_errors)
-        errors.add_metric([sid, "broker"], st.broker_errors)
-        yield errors
-        handshakes = CounterMetricFamily(
-            "trio_rt_handshakes",
-            "WebSocket handshakes by outcome (accepted, rejected) and reason.",
-            labels=["server_id", "outcome", "reason"],
-        )
-        handshakes.add_metric([sid, "accepted", "ok"], s.connections_opened)
-        for reason, n in sorted(s.handshakes_rejected.items()):
-            handshakes.add_metric([sid, "rejected", reason], n)
-        yield handshakes
-        broker_stats = getattr(m.manager.broker, "stats", None)
-        if broker_stats is not None:
-            for field in ("published", "received", "dropped_while_down", "reconnects"):
-                value = getattr(broker_stats, field, None)
-                if isinstance(value, int):
-                    yield counter(f"trio_rt_broker_{field}", f"Broker: {field}.", value)
-
-
-# -- the exporter's HTTP ---------------------------------------------------------------------------
-class _ExporterHandler:
-    """One request, one response, then close. GET only; bounded size and time."""
-
-    def __init__(self, metrics: WebSocketMetrics, endpoint: str) -> None:
-        self._metrics = metrics
-        self._endpoint = endpoint
-
-    async def __call__(self, stream: trio.SocketStream) -> None:
-        try:
-            async with stream:
-                status, body, ctype = await self._respond(stream)
-                head = (
-                    f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n"
-                    "Cache-Control: no-store\r\n"
-                )
-                if status.startswith("405"):
-                    head += "Allow: GET\r\n"
-                with trio.move_on_after(RESPONSE_TIMEOUT):
-                    await stream.send_all(head.encode() + b"\r\n" + body)
-                    # Lingering close: closing with unread input would reset the connection
-                    # and could destroy the response before the client has read it.
-                    await stream.send_eof()
-                with trio.move_on_after(LINGER_TIMEOUT):
-                    drained = 0
-                    while drained < LINGER_BYTES:
-                        chunk = await stream.receive_some(16384)
-                        if not chunk:
-                            break
-                        drained += len(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the scraper went away
-        except Exception:
-            log.exception("metrics exporter failed to answer")
-
-    async def _respond(self, stream: trio.SocketStream) -> tuple[str, bytes, str]:
-        text = "text/plain; charset=utf-8"
-        buf = bytearray()
-        with trio.move_on_after(REQUEST_TIMEOUT):
-            while b"\r\n\r\n" not in buf:
-                if len(buf) > MAX_REQUEST_BYTES:
-                    return "431 Request Header Fields Too Large", b"request too large\n", text
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    break
-                buf += chunk
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_REQUEST_BYTES:
-                return "431 Request Header Fields Too Large", b"request too large\n", text
-            return "408 Request Timeout", b"incomplete request\n", text
-        if end > MAX_REQUEST_BYTES:
-            return "431 Request Header Fields Too Large", b"request too large\n", text
-        parts = bytes(buf[:end]).split(b"\r\n", 1)[0].split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return "400 Bad Request", b"bad request\n", text
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if target != self._endpoint.encode():
-            return "404 Not Found", b"not found\n", text
-        if method != b"GET":
-            return "405 Method Not Allowed", b"method not allowed\n", text
-        return "200 OK", self._metrics.exposition(), CONTENT_TYPE_LATEST
-
-
 # -- helpers --------------------------------------------------------------------------------------
-def _check_endpoint(endpoint: str) -> None:
-    if not isinstance(endpoint, str) or not endpoint.startswith("/"):
-        raise ValueError("a metrics endpoint is a path starting with '/'")
-    if any(c in endpoint for c in " ?#\r\n"):
-        raise ValueError("a metrics endpoint is a plain path (no spaces, query or fragment)")
-
-
 def _psutil_process() -> Any:
     try:
         psutil = importlib.import_module("psutil")  # optional; no stubs needed
