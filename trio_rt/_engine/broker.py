@@ -103,7 +103,10 @@ class Broker(abc.ABC):
 
 
 class MemoryHub:
-    """Connects the MemoryBrokers of one process, as Redis connects servers."""
+    """Connects the MemoryBrokers of one process, as Redis connects servers.
+
+    Its underscore methods, and `MemoryBroker._receive`, are the two classes' private
+    protocol: called by each other only, in this module (nothing for apps to call)."""
 
     def __init__(self) -> None:
         self._subscribers: dict[str, set[MemoryBroker]] = {}
