@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trio_rt_examples.seed.change_streams import posts
+from trio_rt_examples.capabilities.change_streams import posts
 
 from trio_rt.cassandra import CassandraSession
 

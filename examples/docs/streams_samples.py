@@ -3,7 +3,7 @@ a real Cassandra: room history and persistent rooms in Cassandra, and change str
 
 from __future__ import annotations
 
-from trio_rt_examples.seed.change_streams import may_read, posts
+from trio_rt_examples.capabilities.change_streams import may_read, posts
 
 from trio_rt import (
     ChangeStreamManager,

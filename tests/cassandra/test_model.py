@@ -758,7 +758,7 @@ async def test_capture_full_rows_covers_deletes_and_partial_inserts_and_reads_on
 
 
 async def test_seed_chat_history(session: CassandraSession, keyspace: str) -> None:
-    from trio_rt_examples.seed.chat_history import ChatMessage
+    from trio_rt_examples.capabilities.chat_history import ChatMessage
 
     with trio.fail_after(GUARD):
         db = Database(session, keyspace)

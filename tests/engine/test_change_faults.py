@@ -281,8 +281,8 @@ async def test_the_publisher_sample_reaches_a_server_s_watcher(
 ) -> None:
     import uuid
 
+    from trio_rt_examples.capabilities.change_streams import posts as seed_posts
     from trio_rt_examples.docs import change_samples
-    from trio_rt_examples.seed.change_streams import posts as seed_posts
 
     from trio_rt.cassandra import create_schema
 

@@ -789,7 +789,7 @@ async def test_seed_example_routes_inserts_updates_and_deletes_by_category(
     # changed columns, a delete the key), and a filter on an unchanged column missed them.
     import uuid
 
-    from trio_rt_examples.seed import change_streams
+    from trio_rt_examples.capabilities import change_streams
 
     manager, _, db = await change_streams.build(session, keyspace)
     table = change_streams.posts

@@ -1,4 +1,4 @@
-"""Every example runs here: README's sample, examples/chat.py and examples/seed/*."""
+"""Every example runs here: README's sample, examples/chat.py and examples/capabilities/*."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from trio_rt_examples import chat, web_ui
-from trio_rt_examples.seed import (
+from trio_rt_examples.capabilities import (
     broadcasting,
     connection_management,
     message_handling,
@@ -247,7 +247,7 @@ async def test_seed_room_management() -> None:
 
 
 async def test_seed_error_handling_server_and_reconnecting_client() -> None:
-    from trio_rt_examples.seed import error_handling
+    from trio_rt_examples.capabilities import error_handling
 
     manager = error_handling.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
     async with trio.open_nursery() as nursery:
@@ -275,7 +275,7 @@ async def test_seed_error_handling_server_and_reconnecting_client() -> None:
 
 
 async def test_seed_scalability(redis_url: str) -> None:
-    from trio_rt_examples.seed import scalability
+    from trio_rt_examples.capabilities import scalability
 
     apps = [
         scalability.build_app(redis_url, host="127.0.0.1", port=0, heartbeat_interval=None)
@@ -302,7 +302,7 @@ async def test_seed_scalability(redis_url: str) -> None:
 async def test_seed_change_streams(session: Any, keyspace: str) -> None:
     import uuid
 
-    from trio_rt_examples.seed import change_streams
+    from trio_rt_examples.capabilities import change_streams
 
     manager, _, db = await change_streams.build(session, keyspace)
     async with manager, client(manager, "/?user=ann") as ann, client(manager) as anonymous:
@@ -441,7 +441,7 @@ async def test_seed_authentication_and_authorization() -> None:
     import time
 
     import jwt
-    from trio_rt_examples.seed import authentication
+    from trio_rt_examples.capabilities import authentication
 
     secret = "s" * 32
     manager = await authentication.build_app(
@@ -484,14 +484,14 @@ async def test_seed_authentication_and_authorization() -> None:
 
 
 async def test_seed_performance_monitoring(caplog: pytest.LogCaptureFixture) -> None:
-    from trio_rt_examples.seed import monitoring
+    from trio_rt_examples.capabilities import monitoring
 
     from .test_browser_client import http_get
 
     manager, metrics = monitoring.build_app(
         host="127.0.0.1", port=0, heartbeat_interval=None, prometheus_port=0, interval=3600
     )
-    with caplog.at_level(logging.INFO, logger="examples.seed.monitoring"):
+    with caplog.at_level(logging.INFO, logger="examples.capabilities.monitoring"):
         async with manager, metrics, client(manager) as c:
             await c.request({"type": "join_room", "room": "r"})
             lines = monitoring.stats_lines(metrics)
@@ -510,7 +510,9 @@ async def test_seed_performance_monitoring(caplog: pytest.LogCaptureFixture) -> 
             assert b"trio_rt_connections" in scraped
             status, _, body = await http_get(manager, "/metrics")
             assert status == 200 and b"trio_rt_" in body
-    reports = [r.getMessage() for r in caplog.records if r.name == "examples.seed.monitoring"]
+    reports = [
+        r.getMessage() for r in caplog.records if r.name == "examples.capabilities.monitoring"
+    ]
     assert reports and reports[0].startswith("WebSocket Stats: Active connections: 0")
 
 
@@ -531,17 +533,17 @@ SEED_SECTIONS = [
 
 
 def test_seed_readme_maps_every_section_to_a_module_that_a_test_runs() -> None:
-    seed = ROOT / "examples" / "seed"
+    seed = ROOT / "examples" / "capabilities"
     readme = (seed / "README.md").read_text()
     rows = re.findall(r"^\| ([^|]+?) \| \[`(\w+\.py)`\]", readme, re.M)
     mapped = {section: module for section, module in rows}
     tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
     for section in SEED_SECTIONS:
-        assert section in mapped, f"examples/seed/README.md has no row for {section!r}"
+        assert section in mapped, f"examples/capabilities/README.md has no row for {section!r}"
         module = seed / mapped[section]
         assert module.is_file(), module
         assert f'Seed section "{section}"' in module.read_text().split('"""')[1], module
         assert re.search(rf"\b{module.stem}\b", tests), f"no test runs {module.name}"
-    # every module of examples/seed/ is in the table
+    # every module of examples/capabilities/ is in the table
     listed = set(mapped.values())
     assert {p.name for p in seed.glob("*.py") if p.name != "__init__.py"} == listed

@@ -70,7 +70,7 @@ def test_the_wheel_and_sdist_build_without_warnings_and_ship_their_files(tmp_pat
         "trio_rt_examples/web/app.js",
         "trio_rt_examples/web/style.css",
         "trio_rt_examples/chat.py",
-        "trio_rt_examples/seed/README.md",
+        "trio_rt_examples/capabilities/README.md",
     ]:
         assert expected in names, expected
     check = subprocess.run(

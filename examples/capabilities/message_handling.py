@@ -5,7 +5,7 @@ built-in parser has already checked that the frame is a JSON object with a strin
 unknown types get an ``unknown_type`` error. A handler raises ``ProtocolError`` to answer with an
 ``error`` reply; any other exception is logged and answered with ``internal_error``.
 Table subscriptions (the seed's ``subscribe``) are a built-in message: see
-examples/seed/change_streams.py.
+examples/capabilities/change_streams.py.
 """
 
 from __future__ import annotations

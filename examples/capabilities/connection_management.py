@@ -11,10 +11,10 @@ import logging
 
 from trio_rt import Connection, Reject, WebSocketManager
 
-log = logging.getLogger("examples.seed.connection_management")
+log = logging.getLogger("examples.capabilities.connection_management")
 
 # Stands in for the seed's authenticateUser(); authentication.py verifies real JWTs
-# (examples/seed/README.md maps every seed section to its module; docs/security.md).
+# (examples/capabilities/README.md maps every seed section to its module; docs/security.md).
 TOKENS = {"token-ann": "ann", "token-bob": "bob"}
 
 

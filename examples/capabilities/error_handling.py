@@ -15,7 +15,7 @@ from typing import Any
 from trio_rt import Connection, WebSocketManager
 from trio_rt.client import WebSocketClient
 
-log = logging.getLogger("examples.seed.error_handling")
+log = logging.getLogger("examples.capabilities.error_handling")
 
 
 def build_app(**options: object) -> WebSocketManager:

@@ -20,7 +20,7 @@ import trio
 
 from trio_rt import WebSocketManager, WebSocketMetrics
 
-log = logging.getLogger("examples.seed.monitoring")
+log = logging.getLogger("examples.capabilities.monitoring")
 
 
 def stats_lines(metrics: WebSocketMetrics) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from trio_rt import RedisBroker, ServerRegistry, WebSocketManager
 
-log = logging.getLogger("examples.seed.scalability")
+log = logging.getLogger("examples.capabilities.scalability")
 
 
 def build_app(redis_url: str, **options: Any) -> WebSocketManager:
