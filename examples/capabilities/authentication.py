@@ -1,16 +1,16 @@
-"""Seed section "Authentication and Authorization", in trio_rt.
+"""Capability section "Authentication and Authorization", in trio_rt.
 
-- The seed's ``authenticateUser(authHeader)`` (``jwt.verify(token, JWT_SECRET)``, then
-  ``decoded.userId``) is a `JWTAuthenticator`: it reads ``Authorization: Bearer <token>`` (or the
-  ``bearer.<token>`` subprotocol entry browsers use) during the handshake, verifies it with a
+- The TypeScript original's ``authenticateUser(authHeader)`` (``jwt.verify(token, JWT_SECRET)``,
+  then ``decoded.userId``) is a `JWTAuthenticator`: it reads ``Authorization: Bearer <token>`` (or
+  the ``bearer.<token>`` subprotocol entry browsers use) during the handshake, verifies it with a
   `TokenVerifier`, sets ``conn.user_id`` from the claim and refuses the upgrade with HTTP 401
   otherwise. No connection exists for an unauthenticated client.
-- ``hasPermission(userId, resource, action)`` over the seed's ``UserPermission`` table is a
-  `PermissionStore` behind ``manager.authorize`` (`MemoryPermissionStore` here;
+- ``hasPermission(userId, resource, action)`` over the TypeScript original's ``UserPermission``
+  table is a `PermissionStore` behind ``manager.authorize`` (`MemoryPermissionStore` here;
   `CassandraPermissionStore` keeps the same grants in Cassandra). trio_rt asks it itself before
   a client joins a private room or broadcasts with ``room_field``; the app asks it for the rest.
-- The seed's per-user rate limiter (100 messages per minute, a Map of counters) is built in:
-  ``rate_limit=100, rate_limit_period=60`` (the defaults) give each user one token bucket
+- The TypeScript original's per-user rate limiter (100 messages per minute, a Map of counters) is
+  built in: ``rate_limit=100, rate_limit_period=60`` (the defaults) give each user one token bucket
   shared by all their connections; a refused message gets ``rate_limited`` with
   ``retry_after``. `RedisRateLimiter` shares the buckets between servers.
 
@@ -33,7 +33,7 @@ from trio_rt import (
 
 
 def permissions() -> MemoryPermissionStore:
-    """The seed's UserPermission rows: (user, resource, actions)."""
+    """The TypeScript original's UserPermission rows: (user, resource, actions)."""
     store = MemoryPermissionStore()
     store.grant("ann", "room:staff", "join", "broadcast")
     store.grant("ann", "table:payroll", "read")
@@ -42,11 +42,13 @@ def permissions() -> MemoryPermissionStore:
 
 
 async def build_app(jwt_secret: str, **options: Any) -> WebSocketManager:
-    options.setdefault("rate_limit", 100)  # messages per user per minute (the seed's numbers)
+    options.setdefault(
+        "rate_limit", 100
+    )  # messages per user per minute (the TypeScript original's numbers)
     options.setdefault("rate_limit_period", 60.0)
     ws_manager = WebSocketManager(permissions=permissions(), **options)
 
-    # JWT-based authentication: the seed's tokens carry the user in `userId`.
+    # JWT-based authentication: the TypeScript original's tokens carry the user in `userId`.
     verifier = TokenVerifier(jwt_secret, ("HS256",), user_claim="userId", required_claims=("exp",))
     ws_manager.on_connection(JWTAuthenticator(verifier))
 

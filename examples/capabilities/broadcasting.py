@@ -1,4 +1,4 @@
-"""Seed section "Real-time Data Broadcasting", in trio_rt.
+"""Capability section "Real-time Data Broadcasting", in trio_rt.
 
 Each broadcast is serialized once; a member of several target rooms receives it once.
 """

@@ -1,4 +1,4 @@
-"""Seed section "Database Change Notifications", in trio_rt (needs Cassandra).
+"""Capability section "Database Change Notifications", in trio_rt (needs Cassandra).
 
 Writes made through `Database` are captured with their position in the same logged batch;
 `ChangeStreamManager.watch` hands every change to a server-side callback, and clients
@@ -32,7 +32,8 @@ user_notifications = Table(
 
 
 async def may_read(conn: Connection, table: str, action: str) -> bool:
-    """The seed's hasPermission(user, table, 'read'): here, signed-in users read posts."""
+    """The TypeScript original's hasPermission(user, table, 'read'): here, signed-in users read
+    posts."""
     return conn.user_id is not None and table == "posts" and action == "read"
 
 

@@ -1,4 +1,5 @@
-"""Seed section "Message Handling" (``ChatMessage.create``), on trio_rt's Cassandra model layer.
+"""Capability section "Message Handling" (``ChatMessage.create``), on trio_rt's Cassandra model
+layer.
 
 Chat messages go to a ``chat_messages`` table partitioned by (room, day): one partition per
 room per UTC day keeps partitions bounded however long a room lives. Rows are clustered by a
@@ -30,7 +31,7 @@ __all__ = ["ChatMessage"]
 
 
 class ChatMessage:
-    """The ``chat_messages`` table and the two operations the seed needs."""
+    """The ``chat_messages`` table and the two operations the TypeScript original needs."""
 
     table = Table(
         "chat_messages",

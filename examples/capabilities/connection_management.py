@@ -1,8 +1,8 @@
-"""Seed section "Connection Management", in trio_rt.
+"""Capability section "Connection Management", in trio_rt.
 
 The connection handler runs during the handshake: it can refuse the upgrade (HTTP 401 here),
-set ``conn.user_id`` (the seed's ``ws.userId``), join the user's personal room and queue a
-message. The disconnect handler always runs, with the close code.
+set ``conn.user_id`` (the TypeScript original's ``ws.userId``), join the user's personal room and
+queue a message. The disconnect handler always runs, with the close code.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from trio_rt import Connection, Reject, WebSocketManager
 
 log = logging.getLogger("examples.capabilities.connection_management")
 
-# Stands in for the seed's authenticateUser(); authentication.py verifies real JWTs
-# (examples/capabilities/README.md maps every seed section to its module; docs/security.md).
+# Stands in for the TypeScript original's authenticateUser(); authentication.py verifies real JWTs
+# (examples/capabilities/README.md maps every section of the capability list to its module;
+# docs/security.md).
 TOKENS = {"token-ann": "ann", "token-bob": "bob"}
 
 

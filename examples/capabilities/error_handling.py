@@ -1,10 +1,10 @@
-"""Seed section "Error Handling and Reconnection", in trio_rt.
+"""Capability section "Error Handling and Reconnection", in trio_rt.
 
 Server side: an exception in a handler is logged with its traceback, the error handlers run,
 the client gets ``{"type": "error", "code": "internal_error", ...}`` and stays connected.
 Client side: ``trio_rt.client.WebSocketClient`` reconnects with exponential backoff and jitter
-(the seed's 1 s * 2^attempt, at most 5 attempts), queues what is sent while offline and rejoins
-its rooms.
+(the TypeScript original's 1 s * 2^attempt, at most 5 attempts), queues what is sent while offline
+and rejoins its rooms.
 """
 
 from __future__ import annotations

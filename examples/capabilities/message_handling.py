@@ -1,10 +1,10 @@
-"""Seed section "Message Handling", in trio_rt.
+"""Capability section "Message Handling", in trio_rt.
 
 Instead of one ``on('message')`` with a ``switch``, each message type gets its own handler; the
 built-in parser has already checked that the frame is a JSON object with a string ``type``, and
 unknown types get an ``unknown_type`` error. A handler raises ``ProtocolError`` to answer with an
 ``error`` reply; any other exception is logged and answered with ``internal_error``.
-Table subscriptions (the seed's ``subscribe``) are a built-in message: see
+Table subscriptions (the TypeScript original's ``subscribe``) are a built-in message: see
 examples/capabilities/change_streams.py.
 """
 
@@ -14,8 +14,9 @@ from typing import Any
 
 from trio_rt import Connection, ErrorCode, MemoryPermissionStore, ProtocolError, WebSocketManager
 
-# The seed's hasPermission(): a PermissionStore behind manager.authorize (docs/security.md).
-# CassandraPermissionStore keeps the same grants in the seed's UserPermission table.
+# The TypeScript original's hasPermission(): a PermissionStore behind manager.authorize
+# (docs/security.md). CassandraPermissionStore keeps the same grants in the TypeScript original's
+# UserPermission table.
 PERMISSIONS = MemoryPermissionStore()
 PERMISSIONS.grant("ann", "table:posts", "read")
 PERMISSIONS.grant("*", "room:*", "broadcast")

@@ -1,11 +1,11 @@
-"""Seed section "Performance Monitoring", in trio_rt.
+"""Capability section "Performance Monitoring", in trio_rt.
 
 ``new WebSocketMetrics(wsManager)`` is `WebSocketMetrics(manager)`: ``get_stats()`` returns the
-seed's numbers (active connections, messages per second, rooms, memory in MB) and more;
-``exportToPrometheus({endpoint: '/ws-metrics', port: 9092})`` is
+TypeScript original's numbers (active connections, messages per second, rooms, memory in MB) and
+more; ``exportToPrometheus({endpoint: '/ws-metrics', port: 9092})`` is
 ``export_to_prometheus(endpoint="/ws-metrics", port=9092)``, a Prometheus exporter on its own
-port (the manager's port also answers ``GET /metrics``). The seed's ``setInterval`` becomes a
-task in the manager's nursery (`add_service`): it lives and dies with the server.
+port (the manager's port also answers ``GET /metrics``). The TypeScript original's ``setInterval``
+becomes a task in the manager's nursery (`add_service`): it lives and dies with the server.
 
 Needs the `metrics` extra (prometheus-client): ``pip install 'trio_rt[metrics]'``.
 docs/operations.md has the metric names, the Grafana dashboard and the alerts.
@@ -24,7 +24,7 @@ log = logging.getLogger("examples.capabilities.monitoring")
 
 
 def stats_lines(metrics: WebSocketMetrics) -> list[str]:
-    """The seed's four lines about the server, from `get_stats()`."""
+    """The TypeScript original's four lines about the server, from `get_stats()`."""
     stats = metrics.get_stats()
     memory = "?" if stats.memory_usage_mb is None else f"{stats.memory_usage_mb:.0f}"
     return [

@@ -1,4 +1,4 @@
-"""Seed section "Room Management", in trio_rt.
+"""Capability section "Room Management", in trio_rt.
 
 ``join_room`` / ``leave_room`` are built into the protocol (replies ``room_joined`` /
 ``room_left``, errors ``room_full`` / ``not_permitted``), so no message handler is needed for

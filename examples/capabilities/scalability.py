@@ -1,10 +1,10 @@
-"""Seed section "Scalability and Load Balancing", in trio_rt.
+"""Capability section "Scalability and Load Balancing", in trio_rt.
 
 - ``scaling: {type: 'redis'}`` becomes ``broker=RedisBroker(url)``: broadcasts reach every room
   member on every server, so a client may connect to any server; stickiness is optional.
-- The seed's ``StickySessionManager`` with ``hashFunction: userId % 3`` becomes rendezvous
-  hashing over the *live* servers of a ``ServerRegistry`` (heartbeats in Redis): when a server
-  joins or leaves, only the users it owned move.
+- The TypeScript original's ``StickySessionManager`` with ``hashFunction: userId % 3`` becomes
+  rendezvous hashing over the *live* servers of a ``ServerRegistry`` (heartbeats in Redis): when a
+  server joins or leaves, only the users it owned move.
 - ``on('cross_server_message')`` exists as is: servers message each other with
   ``send_to_servers``; room broadcasts need no relay (the broker already crosses servers).
 """
@@ -35,6 +35,6 @@ def build_app(redis_url: str, **options: Any) -> WebSocketManager:
 
 
 def sticky_registry(redis_url: str, manager: WebSocketManager, address: str) -> ServerRegistry:
-    """The seed's StickySessionManager: `await registry.owner(user_id)` is the server for a
-    user, among the servers alive right now."""
+    """The TypeScript original's StickySessionManager: `await registry.owner(user_id)` is the server
+    for a user, among the servers alive right now."""
     return ServerRegistry(redis_url, manager.server_id, address)

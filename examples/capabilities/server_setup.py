@@ -1,8 +1,9 @@
-"""Seed section "WebSocket Server Setup", in trio_rt.
+"""Capability section "WebSocket Server Setup", in trio_rt.
 
-The seed's ``new WebSocketManager(client, {port, maxConnections, heartbeatInterval, compression})``
-followed by ``await wsManager.start()`` becomes a manager served inside ``async with``: the server
-runs while the block runs, and stops gracefully (close 1001 to every client) when it ends.
+The TypeScript original's ``new WebSocketManager(client, {port, maxConnections, heartbeatInterval,
+compression})`` followed by ``await wsManager.start()`` becomes a manager served inside ``async
+with``: the server runs while the block runs, and stops gracefully (close 1001 to every client) when
+it ends.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def build_app(port: int = 3001, **options: object) -> WebSocketManager:
     return WebSocketManager(
         port=port,
         max_connections=10_000,
-        heartbeat_interval=30.0,  # seconds (the seed's 30000 ms)
+        heartbeat_interval=30.0,  # seconds (the TypeScript original's 30000 ms)
         compression=True,  # permessage-deflate
         **options,  # type: ignore[arg-type]
     )

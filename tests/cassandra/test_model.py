@@ -754,10 +754,10 @@ async def test_capture_full_rows_covers_deletes_and_partial_inserts_and_reads_on
         assert session.stats.requests == requests + 1
 
 
-# -- the seed example ---------------------------------------------------------------------
+# -- the capability example ---------------------------------------------------------------------
 
 
-async def test_seed_chat_history(session: CassandraSession, keyspace: str) -> None:
+async def test_capability_chat_history(session: CassandraSession, keyspace: str) -> None:
     from trio_rt_examples.capabilities.chat_history import ChatMessage
 
     with trio.fail_after(GUARD):

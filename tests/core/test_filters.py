@@ -41,7 +41,7 @@ def parse(raw: object) -> Any:
     return parse_filters(raw, POSTS, request_id=7)
 
 
-def test_seed_shaped_filter() -> None:
+def test_capability_shaped_filter() -> None:
     f = parse({"author": "ann", "score": {"gte": 10}, "tag": {"in": ["a", "b"]}})
     assert f.clauses == (
         Clause("author", "eq", "ann"),

@@ -281,12 +281,12 @@ async def test_the_publisher_sample_reaches_a_server_s_watcher(
 ) -> None:
     import uuid
 
-    from trio_rt_examples.capabilities.change_streams import posts as seed_posts
+    from trio_rt_examples.capabilities.change_streams import posts as capability_posts
     from trio_rt_examples.docs import change_samples
 
     from trio_rt.cassandra import create_schema
 
-    await create_schema(session, keyspace, parts=["streams", "watchers"], tables=[seed_posts])
+    await create_schema(session, keyspace, parts=["streams", "watchers"], tables=[capability_posts])
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     seen: list[ChangeEvent] = []
@@ -299,7 +299,7 @@ async def test_the_publisher_sample_reaches_a_server_s_watcher(
     with redis_on(port), trio.fail_after(GUARD):
         changes = server(Database(session, keyspace), url, "trio_rt", poll_interval=600.0)
         async with changes.manager:
-            await changes.watch(seed_posts, callback=record)
+            await changes.watch(capability_posts, callback=record)
             await change_samples.write_posts(session, keyspace, url, rows)
             await wait_until(lambda: len(seen) == 3, GUARD)
     assert [e.data["title"] for e in seen] == ["t0", "t1", "t2"]

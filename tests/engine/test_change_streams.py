@@ -781,8 +781,8 @@ async def test_persistent_rooms_and_their_history_survive_a_restart(
             assert [m["n"] for m in page["messages"]] == [0, 1, 2, 3]
 
 
-# -- whole rows: the seed example routes updates and deletes too --------------------------------
-async def test_seed_example_routes_inserts_updates_and_deletes_by_category(
+# -- whole rows: the capability example routes updates and deletes too ------------------------
+async def test_capability_example_routes_inserts_updates_and_deletes_by_category(
     session: CassandraSession, keyspace: str
 ) -> None:
     # Issue 14: only inserts reached the category room (an update carried the key and the

@@ -273,7 +273,7 @@ async def test_handler_exception_is_logged_replied_and_survived(
         assert (await c.request({"type": "ping"}))["type"] == "pong"
 
 
-async def test_fallback_handler_and_seed_style_registration(make_manager: Any) -> None:
+async def test_fallback_handler_and_event_style_registration(make_manager: Any) -> None:
     manager = make_manager()
     got: list[dict[str, Any]] = []
 

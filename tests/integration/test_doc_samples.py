@@ -116,7 +116,7 @@ async def test_server_handlers_each_run_as_documented() -> None:
                 ("error", "ann", "RuntimeError('boom')"),
             ]
         await wait_until(lambda: len(log) == 7)
-        kinds = ("disconnect", "disconnect (seed spelling)")
+        kinds = ("disconnect", "disconnect (event spelling)")
         assert sorted(log[3:]) == sorted((k, u, 1000) for k in kinds for u in ("ann", "bob"))
 
 

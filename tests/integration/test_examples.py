@@ -138,7 +138,7 @@ async def test_chat_example_validates_its_input() -> None:
         assert info.value.response.status_code == 400
 
 
-async def test_seed_server_setup() -> None:
+async def test_capability_server_setup() -> None:
     async with trio.open_nursery() as nursery:
         manager: WebSocketManager = await nursery.start(server_setup.main, 0)
         assert manager.options.max_connections == 10_000
@@ -148,7 +148,7 @@ async def test_seed_server_setup() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_seed_connection_management() -> None:
+async def test_capability_connection_management() -> None:
     manager = connection_management.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
     async with manager:
         for headers, status in [({}, 401), ({"Authorization": "Bearer nope"}, 401)]:
@@ -163,7 +163,7 @@ async def test_seed_connection_management() -> None:
         await wait_until(lambda: not manager.rooms)
 
 
-async def test_seed_broadcasting() -> None:
+async def test_capability_broadcasting() -> None:
     manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
     async with (
         manager,
@@ -184,7 +184,7 @@ async def test_seed_broadcasting() -> None:
             assert await c.request({"type": "ping"}) == {"type": "pong"}
 
 
-async def test_seed_message_handling() -> None:
+async def test_capability_message_handling() -> None:
     manager = message_handling.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
     async with (
         manager,
@@ -218,7 +218,7 @@ async def test_seed_message_handling() -> None:
         assert reply["code"] == "invalid_field" and "table" in reply["message"]
 
 
-async def test_seed_room_management() -> None:
+async def test_capability_room_management() -> None:
     manager = await room_management.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
     room = manager.get_room("chat:general")
     assert room is not None and room.max_users == 100 and room.persistent
@@ -246,7 +246,7 @@ async def test_seed_room_management() -> None:
         assert "chat:general" in manager.rooms  # persistent: kept while empty
 
 
-async def test_seed_error_handling_server_and_reconnecting_client() -> None:
+async def test_capability_error_handling_server_and_reconnecting_client() -> None:
     from trio_rt_examples.capabilities import error_handling
 
     manager = error_handling.build_app(host="127.0.0.1", port=0, heartbeat_interval=None)
@@ -274,7 +274,7 @@ async def test_seed_error_handling_server_and_reconnecting_client() -> None:
             again.stop()
 
 
-async def test_seed_scalability(redis_url: str) -> None:
+async def test_capability_scalability(redis_url: str) -> None:
     from trio_rt_examples.capabilities import scalability
 
     apps = [
@@ -299,7 +299,7 @@ async def test_seed_scalability(redis_url: str) -> None:
             assert await b.recv() == {"type": "announcement", "text": "maintenance"}
 
 
-async def test_seed_change_streams(session: Any, keyspace: str) -> None:
+async def test_capability_change_streams(session: Any, keyspace: str) -> None:
     import uuid
 
     from trio_rt_examples.capabilities import change_streams
@@ -437,7 +437,7 @@ async def test_demo_posts_board_on_cassandra(
         assert update["event"]["data"]["author"] == "ann"
 
 
-async def test_seed_authentication_and_authorization() -> None:
+async def test_capability_authentication_and_authorization() -> None:
     import time
 
     import jwt
@@ -483,7 +483,7 @@ async def test_seed_authentication_and_authorization() -> None:
             assert refused["code"] == "rate_limited" and refused["retry_after"] > 0
 
 
-async def test_seed_performance_monitoring(caplog: pytest.LogCaptureFixture) -> None:
+async def test_capability_performance_monitoring(caplog: pytest.LogCaptureFixture) -> None:
     from trio_rt_examples.capabilities import monitoring
 
     from .test_browser_client import http_get
@@ -518,7 +518,7 @@ async def test_seed_performance_monitoring(caplog: pytest.LogCaptureFixture) -> 
 
 # The sections of the capability list trio_rt started from (shared notes:
 # seed/websocket-integration.md), less its overview.
-SEED_SECTIONS = [
+CAPABILITY_SECTIONS = [
     "WebSocket Server Setup",
     "Connection Management",
     "Real-time Data Broadcasting",
@@ -532,18 +532,18 @@ SEED_SECTIONS = [
 ]
 
 
-def test_seed_readme_maps_every_section_to_a_module_that_a_test_runs() -> None:
-    seed = ROOT / "examples" / "capabilities"
-    readme = (seed / "README.md").read_text()
+def test_capability_readme_maps_every_section_to_a_module_that_a_test_runs() -> None:
+    capabilities = ROOT / "examples" / "capabilities"
+    readme = (capabilities / "README.md").read_text()
     rows = re.findall(r"^\| ([^|]+?) \| \[`(\w+\.py)`\]", readme, re.M)
     mapped = {section: module for section, module in rows}
     tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
-    for section in SEED_SECTIONS:
+    for section in CAPABILITY_SECTIONS:
         assert section in mapped, f"examples/capabilities/README.md has no row for {section!r}"
-        module = seed / mapped[section]
+        module = capabilities / mapped[section]
         assert module.is_file(), module
-        assert f'Seed section "{section}"' in module.read_text().split('"""')[1], module
+        assert f'Capability section "{section}"' in module.read_text().split('"""')[1], module
         assert re.search(rf"\b{module.stem}\b", tests), f"no test runs {module.name}"
     # every module of examples/capabilities/ is in the table
     listed = set(mapped.values())
-    assert {p.name for p in seed.glob("*.py") if p.name != "__init__.py"} == listed
+    assert {p.name for p in capabilities.glob("*.py") if p.name != "__init__.py"} == listed

@@ -22,7 +22,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
 
 class CassandraPermissionStore:
-    """Grants in a Cassandra table (the seed's ``UserPermission``: user -> resource -> actions).
+    """Grants in a Cassandra table (the TypeScript original's ``UserPermission``: user -> resource
+    -> actions).
 
     Schema (created by `create_table`)::
 
