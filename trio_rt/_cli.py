@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from ._manager import WebSocketManager
+from ._engine.manager import WebSocketManager
 
 log = logging.getLogger("trio_rt.cli")
 

@@ -1,5 +1,5 @@
 // Unit tests of the browser client's logic: `node --test tests/js/` (run by
-// tests/test_browser_client.py). No sockets: a FakeWebSocket and manual timers drive the client.
+// tests/integration/test_browser_client.py). No sockets: a FakeWebSocket and manual timers drive the client.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 

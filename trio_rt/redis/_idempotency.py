@@ -1,7 +1,7 @@
 """RedisIdempotencyStore: the outcomes of acknowledged publishes, shared by every server.
 
-The `trio_rt._acks.IdempotencyStore` contract on Redis: one string key per (user, publish id)
-holding the record of `trio_rt._acks.encode_record` (``p:<token>`` while an attempt is in
+The `trio_rt._core.acks.IdempotencyStore` contract on Redis: one string key per (user, publish id)
+holding the record of `trio_rt._core.acks.encode_record` (``p:<token>`` while an attempt is in
 flight, ``d:<json>`` once stored) with a TTL (``PX``), so records of a dead server or of an
 old window expire by themselves. `claim` is ``SET NX`` and a ``GET`` in one Lua script (Redis
 7.0 has no ``SET NX GET``); `complete` and `release` compare the claim's token first, in a
@@ -15,7 +15,7 @@ give up exactly once silently.
 
 from __future__ import annotations
 
-from .._acks import AckResult, Done, Pending, Record, decode_record, encode_record
+from .._core.acks import AckResult, Done, Pending, Record, decode_record, encode_record
 from ._client import RedisClient, RedisClusterClient
 from ._resp import Script
 
@@ -55,7 +55,7 @@ class RedisIdempotencyStore:
     """Idempotency records in Redis:
     ``Publisher(manager, idempotency=RedisIdempotencyStore(url))``.
 
-    Keys are ``<prefix>`` + `trio_rt._acks.idempotency_key`. With `cluster=True`, `url`
+    Keys are ``<prefix>`` + `trio_rt._core.acks.idempotency_key`. With `cluster=True`, `url`
     names any node of a Redis Cluster (each record is one key). `socket_timeout` bounds
     connecting and each reply. `aclose` closes the connections (a later call reopens them).
     """

@@ -1,4 +1,4 @@
-"""RedisPresence: the `PresenceManager` seam (trio_rt/_presence.py) on Redis, shared by every
+"""RedisPresence: the `PresenceManager` seam (trio_rt/_engine/presence.py) on Redis, shared by every
 server (docs/presence.md).
 
 Storage, per room, five keys with one hash tag (one slot: a Redis Cluster runs each script on
@@ -13,7 +13,7 @@ the shard that owns the room), ``{<prefix>:<room>}`` then:
 Every call is one Lua script that takes the time from Redis (``TIME``: servers with skewed
 clocks agree on what expired), first prunes the entries whose deadline passed (a dead
 server's) and then reads or writes: the same steps as `apply_sync` / `prune_expired` in
-trio_rt/_presence_rules.py (the memory store), and the same contract tests. Counts are O(1)
+trio_rt/_core/presence_rules.py (the memory store), and the same contract tests. Counts are O(1)
 (``HLEN`` of ``:u``, ``conns``); the member list is O(entries) and read only up to the
 caller's limit. When the room empties its keys are deleted but ``:m`` (the version) is kept
 for a day, so versions keep growing for clients that remember one.
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._presence_rules import (
+from .._core.presence_rules import (
     PresenceResult,
     PresenceStats,
     PresenceTransition,
