@@ -165,6 +165,7 @@ class WebSocketStats:
     handler_errors: int
     protocol_errors: int
     handshakes_rejected: Mapping[str, int]
+    worker: int | None = None  # the worker number under `trio-rt serve --workers N`
 
     def to_dict(
         self, *, camel_case: bool = False, seed_names: bool | None = None
@@ -346,6 +347,7 @@ class WebSocketMetrics:
             handler_errors=s.handler_errors,
             protocol_errors=s.protocol_errors,
             handshakes_rejected=dict(s.handshakes_rejected),
+            worker=m.options.worker_id,
         )
 
     # -- Prometheus ----------------------------------------------------------------------------
@@ -476,6 +478,14 @@ class _ManagerCollector(Collector):
             c.add_metric([sid], value)
             return c
 
+        if st.worker is not None:  # which worker of `trio-rt serve --workers N` answered
+            info = GaugeMetricFamily(
+                "trio_rt_worker_info",
+                "This process's worker number under trio-rt serve --workers N (always 1).",
+                labels=["server_id", "worker"],
+            )
+            info.add_metric([sid, str(st.worker)], 1)
+            yield info
         yield gauge(
             "trio_rt_connections",
             "Open connections (including handshakes in progress).",
