@@ -159,6 +159,14 @@ def test_memory_backends_are_not_shareable() -> None:
     assert problem is not None and "RedisSequencer" in problem
 
 
+def test_the_deployment_sample_is_a_worker_ready_factory() -> None:
+    from trio_rt_examples.docs import deployment_samples
+
+    manager = deployment_samples.build_app(host="127.0.0.1", port=0, reuse_port=True, worker_id=2)
+    assert manager.server_id == "web-1-w2" and manager.options.reuse_port
+    assert shareable_problem(manager) is None
+
+
 # -- the command line -----------------------------------------------------------------------------
 async def run_cli(
     *args: str, env: dict[str, str] | None = None
