@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -215,6 +216,27 @@ async def test_an_unknown_app_is_refused_once() -> None:
     assert result.returncode == 1
     err = result.stderr.decode()
     assert "has no attribute 'nosuch'" in err and err.count("started (pid") == 1, err
+
+
+async def test_a_port_held_without_reuse_port_is_refused_once(redis_url: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with trio.fail_after(60):
+            result = await run_cli(
+                "serve",
+                "tests.workers_app:build_app",
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+                env={"WORKERS_TEST_REDIS_URL": redis_url},
+            )
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Address already in use" in err, err
+    assert "configuration error" in err and err.count("started (pid") == 1, err
 
 
 async def test_a_worker_that_keeps_failing_to_start_makes_the_supervisor_give_up() -> None:

@@ -155,12 +155,31 @@ def _serve_one_worker(
             return EX_CONFIG
         try:
             await serve_worker(manager)
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-                o = manager.options
-                print(f"trio-rt: cannot listen on {o.host}:{o.port}: {exc}", file=sys.stderr)
-                return EX_CONFIG
-            raise
+        except Exception as exc:
+            bind_error = _bind_error(exc)
+            if bind_error is None:
+                raise
+            o = manager.options
+            print(f"trio-rt: cannot listen on {o.host}:{o.port}: {bind_error}", file=sys.stderr)
+            return EX_CONFIG
         return 0
 
     return trio.run(run)
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The OSError that says the address cannot be bound (taken, not ours, not here), also
+    inside the exception groups of the server's nurseries; None for anything else."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _bind_error(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.EADDRINUSE,
+        errno.EACCES,
+        errno.EADDRNOTAVAIL,
+    ):
+        return exc
+    return None

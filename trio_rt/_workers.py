@@ -525,11 +525,15 @@ class Supervisor:
 
     def _on_line(self, slot: _Slot, proc: trio.Process, line: bytes) -> None:
         text = line.decode(errors="replace")
-        if not text.startswith(READY):
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+        try:
+            info = json.loads(text[len(READY) :]) if text.startswith(READY) else None
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):  # the app's own output: passed on
+            with contextlib.suppress(OSError):  # nobody reads our stdout any more
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
             return
-        info = json.loads(text[len(READY) :])
         server_id = str(info.get("server_id"))
         for other in self.slots:
             if other is not slot and other.server_id == server_id:
