@@ -288,7 +288,11 @@ def alive(pid: int) -> bool:
 
 @asynccontextmanager
 async def supervisor(
-    redis_url: str, tmp_path: Path, *args: str, workers: int = 2
+    redis_url: str,
+    tmp_path: Path,
+    *args: str,
+    workers: int = 2,
+    app: str = "tests.workers_app:build_app",
 ) -> AsyncIterator[Supervised]:
     """``trio-rt serve tests.workers_app:build_app --workers N --port 0``; yields once it said
     every worker listens. Whatever is left is killed on the way out (workers included)."""
@@ -299,7 +303,7 @@ async def supervisor(
         "WORKERS_TEST_PREFIX": f"workers{uuid.uuid4().hex[:10]}",
         "PYTHONPATH": str(ROOT),
     }
-    argv = [sys.executable, "-m", "trio_rt", "serve", "tests.workers_app:build_app"]
+    argv = [sys.executable, "-m", "trio_rt", "serve", app]
     argv += ["--workers", str(workers), "--host", "127.0.0.1", "--port", "0", *args]
     with open(log, "wb") as err:  # noqa: ASYNC230 - a local file, before anything runs
         proc = await trio.lowlevel.open_process(
@@ -492,3 +496,37 @@ async def test_no_worker_outlives_a_supervisor_killed_with_sigkill(
         await closed_with_1001(clients)
         await wait_until(lambda: not any(alive(pid) for pid in pids.values()), 30)
         assert sup.text().count("supervisor gone: shutting down gracefully") == 2
+
+
+@pytest.mark.slow
+async def test_a_second_signal_kills_workers_that_do_not_end(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with supervisor(redis_url, tmp_path, app="tests.workers_app:build_stuck_app") as sup:
+        pids = sup.pids()
+        sup.proc.send_signal(signal.SIGTERM)
+        # Both workers began their shutdown (and will not finish it): now force.
+        await wait_until(lambda: sup.text().count("shutting down gracefully") == 2, 30)
+        sup.proc.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            assert await sup.proc.wait() == 1
+        assert not any(alive(pid) for pid in pids.values())
+        text = sup.text()
+        assert text.count("SIGINT again: killing worker") == 2, text
+        assert "2 worker(s) did not end in time and were killed" in text
+
+
+@pytest.mark.slow
+async def test_the_drain_deadline_kills_workers_that_do_not_end(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with supervisor(
+        redis_url, tmp_path, "--drain-timeout", "1", app="tests.workers_app:build_stuck_app"
+    ) as sup:
+        pids = sup.pids()
+        sup.proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await sup.proc.wait() == 1
+        assert not any(alive(pid) for pid in pids.values())
+        text = sup.text()
+        assert text.count("still running 1 s after the drain began: killing worker") == 2, text

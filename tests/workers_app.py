@@ -6,14 +6,12 @@
   ``{"type": "published", "n": N}``. The welcome's ``server_id`` ends in ``-w<worker>``.
 - ``build_memory_app``: the same on a `MemoryBroker` (refused with several workers).
 - ``build_crashing_app``: raises while it is built (a worker that cannot start).
-- ``build_crashing_app_once``: raises the first time in each worker slot
-  (``$WORKERS_TEST_MARKS``: a directory of marker files), then builds `build_app`.
+- ``build_stuck_app``: `build_app` whose shutdown never ends (a service that will not stop).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from trio_rt import Connection, MemoryBroker, WebSocketManager
@@ -50,10 +48,20 @@ def build_crashing_app(**options: Any) -> WebSocketManager:
     raise RuntimeError("this app cannot start")
 
 
-def build_crashing_app_once(**options: Any) -> WebSocketManager:
-    marks = Path(os.environ["WORKERS_TEST_MARKS"])
-    mark = marks / f"worker-{os.environ['TRIO_RT_WORKER_ID']}"
-    if not mark.exists():
-        mark.touch()
-        raise RuntimeError("the first start of each worker fails")
-    return build_app(**options)
+def build_stuck_app(**options: Any) -> WebSocketManager:
+    """`build_app` with a service whose end takes 10 minutes (a shutdown that hangs): a worker
+    that does not end after SIGTERM."""
+    import trio
+
+    manager = build_app(**options)
+
+    async def stuck(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(600)
+
+    manager.add_service(stuck)
+    return manager
