@@ -56,8 +56,11 @@ if TYPE_CHECKING:
     from ._manager import WebSocketManager
 
 __all__ = [
+    "DEFAULT_MAX_START_FAILURES",
     "EX_CONFIG",
     "READY",
+    "WORKERS_ENV",
+    "WORKER_ID_ENV",
     "GiveUp",
     "Restart",
     "RestartHistory",
@@ -68,6 +71,8 @@ __all__ = [
     "parse_workers",
     "serve_worker",
     "shareable_problem",
+    "supervisor_problem",
+    "worker_options",
 ]
 
 log = logging.getLogger("trio_rt.workers")
@@ -458,6 +463,8 @@ class Supervisor:
             slot.proc = proc
             started = trio.current_time()
             log.info("worker %d started (pid %d)", slot.index, proc.pid)
+            if self.draining:  # the drain began while it was being started: it missed it
+                proc.send_signal(signal.SIGTERM)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read_output, slot, proc)
