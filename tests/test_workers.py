@@ -530,3 +530,21 @@ async def test_the_drain_deadline_kills_workers_that_do_not_end(
         assert not any(alive(pid) for pid in pids.values())
         text = sup.text()
         assert text.count("still running 1 s after the drain began: killing worker") == 2, text
+
+
+@pytest.mark.slow
+async def test_the_cluster_benchmark_measures_two_workers(redis_url: str, tmp_path: Path) -> None:
+    """``benchmarks.fanout_cluster``'s ``2 workers+redis`` set-up completes a tiny run and
+    reports per worker (the table in docs/performance.md comes from it)."""
+    out = tmp_path / "bench.json"
+    # 16 clients: the kernel leaves one worker without any once in 2^15 runs
+    argv = [sys.executable, "-m", "benchmarks.fanout_cluster", "--clients", "16"]
+    argv += ["--messages", "20", "--runs", "1", "--setups", "2 workers+redis"]
+    argv += ["--modes", "burst", "--wait-idle", "0", "--redis-url", redis_url, "--json", str(out)]
+    with trio.fail_after(180):
+        result = await trio.run_process(argv, cwd=ROOT, capture_stdout=True, capture_stderr=True)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["completed"] and run["deliveries"] == 16 * 20
+    assert sorted(run["workers"]) == [0, 1] and sum(run["clients_per_port"]) == 16
+    assert len(run["server_cpu_s"]) == 2 and len(run["latency_p99_us_per_port"]) == 2
