@@ -548,3 +548,18 @@ async def test_the_cluster_benchmark_measures_two_workers(redis_url: str, tmp_pa
     assert run["completed"] and run["deliveries"] == 16 * 20
     assert sorted(run["workers"]) == [0, 1] and sum(run["clients_per_port"]) == 16
     assert len(run["server_cpu_s"]) == 2 and len(run["latency_p99_us_per_port"]) == 2
+
+
+@pytest.mark.slow
+async def test_an_orphaned_worker_whose_shutdown_hangs_exits_anyway(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with supervisor(redis_url, tmp_path, app="tests.workers_app:build_stuck_app") as sup:
+        pids = sup.pids()
+        sup.proc.kill()
+        with trio.fail_after(10):
+            await sup.proc.wait()
+        # shutdown_timeout 5 s + close_timeout 5 s + 5 s; the guard is only a deadlock guard
+        await wait_until(lambda: not any(alive(pid) for pid in pids.values()), 60)
+        text = sup.text()
+        assert text.count("supervisor gone and the shutdown still not over after 15 s") == 2

@@ -82,6 +82,7 @@ READY = "trio_rt worker ready "  # + JSON: the line a worker prints once it list
 WORKER_ID_ENV = "TRIO_RT_WORKER_ID"  # 0..N-1, in each worker's environment
 WORKERS_ENV = "TRIO_RT_WORKERS"  # N
 DEFAULT_MAX_START_FAILURES = 5
+ORPHAN_MARGIN = 5.0  # seconds past shutdown + close timeouts before an orphan exits anyway
 
 
 # -- option values ------------------------------------------------------------------------------
@@ -244,12 +245,25 @@ async def _watch_lifeline(fd: int, on_eof: Any) -> None:
     on_eof()
 
 
+async def _exit_unless_ended(manager: WebSocketManager) -> None:
+    """Nobody will kill an orphaned worker whose shutdown does not end (an app's task that
+    ignores cancellation): end the process once the shutdown had its time and more."""
+    o = manager.options
+    grace = o.shutdown_timeout + o.close_timeout + ORPHAN_MARGIN
+    await trio.sleep(grace)
+    log.error("supervisor gone and the shutdown still not over after %.0f s: exiting", grace)
+    logging.shutdown()
+    os._exit(1)
+
+
 async def serve_worker(manager: WebSocketManager, *, lifeline_fd: int | None = 0) -> None:
     """Serve `manager` as a supervised worker until SIGTERM/SIGINT or the supervisor's end.
 
     Prints `READY` + JSON (``worker``, ``server_id``, ``host``, ``port``, ``pid``) once
     listening. The first signal, or end-of-file on `lifeline_fd` (the supervisor died), starts
-    a graceful shutdown (clients get 1001); a second signal cancels what is left of it.
+    a graceful shutdown (clients get 1001); a second signal cancels what is left of it. An
+    orphan (the supervisor died) whose shutdown has not ended ``shutdown_timeout +
+    close_timeout + ORPHAN_MARGIN`` seconds later exits the process (status 1).
     Returns once `serve` has returned; errors of `serve` propagate. Main thread only.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -285,8 +299,13 @@ async def serve_worker(manager: WebSocketManager, *, lifeline_fd: int | None = 0
                 "pid": os.getpid(),
             }
             print(READY + json.dumps(ready), flush=True)
+
+            def orphaned() -> None:
+                stop("supervisor gone")
+                nursery.start_soon(_exit_unless_ended, manager)
+
             if lifeline_fd is not None:
-                nursery.start_soon(_watch_lifeline, lifeline_fd, lambda: stop("supervisor gone"))
+                nursery.start_soon(_watch_lifeline, lifeline_fd, orphaned)
             async for signum in signals:
                 stop(signal.Signals(signum).name)
 
