@@ -239,6 +239,24 @@ async def test_a_port_held_without_reuse_port_is_refused_once(redis_url: str) ->
     assert "configuration error" in err and err.count("started (pid") == 1, err
 
 
+async def test_workers_sharing_one_server_id_are_refused(redis_url: str) -> None:
+    # The factory drops its options (the command still makes each worker listen with
+    # SO_REUSEPORT on the same port), and its fixed server_id would be the same in both.
+    with trio.fail_after(60):
+        result = await run_cli(
+            "serve",
+            "tests.workers_app:build_app_dropping_options",
+            "--workers",
+            "2",
+            "--port",
+            "0",
+            env={"WORKERS_TEST_REDIS_URL": redis_url},
+        )
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert "workers 0 and 1 have the same server_id 'same'" in err, err
+
+
 async def test_a_worker_that_keeps_failing_to_start_makes_the_supervisor_give_up() -> None:
     with trio.fail_after(60):
         result = await run_cli(

@@ -6,6 +6,7 @@
   ``{"type": "published", "n": N}``. The welcome's ``server_id`` ends in ``-w<worker>``.
 - ``build_memory_app``: the same on a `MemoryBroker` (refused with several workers).
 - ``build_crashing_app``: raises while it is built (a worker that cannot start).
+- ``build_app_dropping_options``: names its server and ignores the command's options.
 - ``build_stuck_app``: `build_app` whose shutdown never ends (a service that will not stop).
 """
 
@@ -65,3 +66,16 @@ def build_stuck_app(**options: Any) -> WebSocketManager:
 
     manager.add_service(stuck)
     return manager
+
+
+def build_app_dropping_options(**options: Any) -> WebSocketManager:
+    """A factory that names its server and does not pass the command's options on: the
+    workers would share one server_id (the supervisor refuses that)."""
+    from trio_rt.redis import RedisBroker
+
+    return WebSocketManager(
+        broker=RedisBroker(os.environ["WORKERS_TEST_REDIS_URL"]),
+        server_id="same",
+        heartbeat_interval=None,
+        shutdown_timeout=5.0,
+    )
