@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ._cli_workers import add_worker_arguments, serve_workers
-from ._manager import WebSocketManager
+from ._engine.manager import WebSocketManager
 from ._workers import WORKER_ID_ENV
 
 log = logging.getLogger("trio_rt.cli")

@@ -31,7 +31,7 @@ from ._workers import (
 )
 
 if TYPE_CHECKING:
-    from ._manager import WebSocketManager
+    from ._engine.manager import WebSocketManager
 
 LoadApp = Callable[..., Awaitable["WebSocketManager"]]
 

@@ -2,7 +2,7 @@
 
 One **supervisor** process (this module's `Supervisor`, a Trio program that serves nothing
 itself) runs N **workers**, each a ``python -m trio_rt serve app:attr --supervised`` process
-serving the same app on the same host:port with ``SO_REUSEPORT`` (``_reuseport.py``): the
+serving the same app on the same host:port with ``SO_REUSEPORT`` (``_transport/reuseport.py``): the
 kernel spreads new connections over them. The workers share rooms, history, rate limits and
 the server registry only through the app's shared backends (``RedisBroker``,
 ``RedisSequencer``, Cassandra stores, ``RedisRateLimiter``), exactly as separate machines
@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._reuseport import reuse_port_problem
+from ._transport.reuseport import reuse_port_problem
 
 if TYPE_CHECKING:
-    from ._manager import WebSocketManager
+    from ._engine.manager import WebSocketManager
 
 __all__ = [
     "DEFAULT_MAX_START_FAILURES",
@@ -199,7 +199,7 @@ def shareable_problem(manager: WebSocketManager) -> str | None:
     """Why `manager` cannot run as one of several workers (its state would stay in one
     process), or None. Checked: the broker spans processes (``Broker.spans_processes``, as
     ``RedisBroker``); a ``RoomHistory`` does not number or keep its messages in memory."""
-    from ._streams import MemorySequencer, MemoryStreamStore
+    from ._engine.streams import MemorySequencer, MemoryStreamStore
 
     if not getattr(manager.broker, "spans_processes", False):
         return (

@@ -1,4 +1,5 @@
-"""The samples of docs/deployment.md, run by tests/test_doc_samples.py against a real Redis."""
+"""The samples of docs/deployment.md, run by tests/integration/test_doc_samples.py against a real
+Redis."""
 
 from __future__ import annotations
 
