@@ -859,7 +859,20 @@ class Record:
             problems.append("the run did not settle (clients not connected or still busy)")
         if not self.totals.clean:
             problems.append("acknowledged messages were lost, duplicated or out of order")
+        sent = self.acknowledged + self.refused + self.unanswered
+        if self.acknowledged < MIN_ACKNOWLEDGED_SHARE * max(sent, 1):
+            # Nothing (or little) acknowledged proves nothing about delivery: a scenario
+            # whose writers all timed out would otherwise pass with 0 of 0 delivered.
+            problems.append(
+                f"only {self.acknowledged} of {sent} sends were acknowledged (fewer than "
+                f"{MIN_ACKNOWLEDGED_SHARE:.0%}): the run did not exercise delivery"
+            )
         assert not problems, f"{line}\n" + "\n".join(problems) + f"\nrecord: {path}"
+
+
+# A run must get at least this share of its sends acknowledged to say anything (Redis down
+# 8 s gets ~60 %).
+MIN_ACKNOWLEDGED_SHARE = 1 / 3
 
 
 def dump_deliveries(
