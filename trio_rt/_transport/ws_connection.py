@@ -36,6 +36,7 @@ from websockets.http11 import SERVER, Response
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
+from websockets.trio.connection import Connection as WsConnection
 from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
@@ -188,8 +189,9 @@ class _ServerConnection(ServerConnection):
             vars(self.protocol).pop("select_subprotocol", None)
             conn = self.trio_rt_conn
             if self.protocol.state is OPEN:
-                # Nobody reads the response after the handshake; its headers are ~1 KiB a
-                # connection (the request stays: conn.request.headers is a view of it).
+                # Nobody reads the request or the response after the handshake; their headers
+                # are ~1 KiB a connection each (conn.request keeps a compact copy).
+                self.request = None
                 self.response = None
             elif conn is not None:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
@@ -222,8 +224,13 @@ class _ServerConnection(ServerConnection):
     def process_event(self, event: Any) -> None:
         # Pongs answer the manager's heartbeat pings (sent without websockets' ping(), which
         # keeps an Event per ping); websockets ignores pongs it did not ask for.
-        if isinstance(event, Frame) and event.opcode is Opcode.PONG:
-            conn = self.trio_rt_conn
-            if conn is not None:
-                conn.heartbeat_pong(bytes(event.data))
-        super().process_event(event)
+        if isinstance(event, Frame):
+            if event.opcode is Opcode.PONG:
+                conn = self.trio_rt_conn
+                if conn is not None:
+                    conn.heartbeat_pong(bytes(event.data))
+            # Frames skip ServerConnection.process_event: it tells the request from frames by
+            # `self.request is None`, and the request is dropped once open (see handshake).
+            WsConnection.process_event(self, event)
+        else:
+            super().process_event(event)
