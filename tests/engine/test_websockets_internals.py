@@ -99,6 +99,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "close_stream",
         "server",
         "logger",
+        "nursery",  # _connection.run starts the writer and the closing task in it
     ),
     # _ws_connection.handshake (server.closing); _handshake.process_request (logger).
     "server": ("closing",),

@@ -190,8 +190,12 @@ class _ServerConnection(ServerConnection):
             conn = self.trio_rt_conn
             if self.protocol.state is OPEN:
                 # Nobody reads the request or the response after the handshake; their headers
-                # are ~1 KiB a connection each (conn.request keeps a compact copy).
-                self.request = None
+                # are ~1 KiB a connection each (conn.request keeps a compact copy). The
+                # request's headers are emptied too: websockets' parser generator keeps the
+                # request in a local for the connection's life.
+                if self.request is not None:
+                    self.request.headers.clear()
+                    self.request = None
                 self.response = None
             elif conn is not None:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
