@@ -124,8 +124,9 @@ _REQUEST_RECEIVED.set()
 
 
 class _LazyLock:
-    """websockets' `send_lock` as it uses it (`async with`, `locked()`): a `trio.Lock` made on
-    first use, same semantics."""
+    """websockets' `send_lock` as it uses it (`async with`, `locked()`): a `trio.Lock` that
+    exists only while held (websockets' reader takes it after every read, mostly to write
+    nothing), same semantics: released with a waiter, it is handed over and kept."""
 
     __slots__ = ("_lock",)
 
@@ -142,8 +143,11 @@ class _LazyLock:
         await lock.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._lock is not None
-        self._lock.release()
+        lock = self._lock
+        assert lock is not None
+        lock.release()
+        if not lock.locked():  # no waiter took it over: nobody holds a reference to it
+            self._lock = None
 
 
 class _ServerConnection(ServerConnection):
@@ -167,7 +171,7 @@ class _ServerConnection(ServerConnection):
         super().__init__(nursery, stream, protocol, server, **kwargs)
         # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
         # connection: _transport/assembler.py); only over the implementation it was written against.
-        # The send lock is built on first use: an idle connection never takes it (~340 bytes).
+        # The send lock exists only while held: an idle connection keeps none (~340 bytes).
         self.send_lock = _LazyLock()  # type: ignore[assignment]
         assembler = self.recv_messages
         if type(assembler) is Assembler:
