@@ -248,6 +248,8 @@ ENGINE_TO_TRANSPORT = {
     # WebSocketManager.serve starts websockets' server with trio_rt's connection class: the
     # one place the engine must name the transport (what the server is built from).
     ("trio_rt._engine.manager", "trio_rt._transport.ws_connection"),
+    # ... and, with reuse_port (workers), opens the SO_REUSEPORT listeners it serves on.
+    ("trio_rt._engine.manager", "trio_rt._transport.reuseport"),
 }
 # What ring 1 may never import, directly or through another module of the package: the I/O
 # libraries and the standard library's I/O modules. Anything else outside the standard

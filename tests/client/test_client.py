@@ -1274,6 +1274,8 @@ async def test_replayed_changes_carry_the_subscription_key(scripted: ScriptedCha
             scripted.replay = [2, 3, 4]  # 2 overlaps what the client received
             await scripted.drop_all()
             await wait_until(lambda: log.count("connected") == 2)
+            # "connected" is logged before the renewal reaches the server: wait for it there
+            await wait_until(lambda: [r["type"] for r in scripted.requests].count("subscribe") == 2)
             renewal = scripted.requests[-1]
             assert renewal["type"] == "subscribe" and renewal["since"]["offset"] == 2
             got = [await client.receive() for _ in range(2)]

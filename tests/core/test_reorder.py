@@ -292,3 +292,101 @@ def test_whatever_the_arrival_order_and_limit_each_message_comes_out_once(
     out.extend(b.release(100.0))
     out.extend(answer(b, range(1, 30), 100.0))
     assert sorted(out) == list(range(1, 30))
+
+
+# -- writes still landing (write_timeout) -------------------------------------------------------
+def test_a_hole_still_being_written_is_read_again_and_comes_out_in_order() -> None:
+    """Offset 2 was allocated before 3, but its store write lands after 3 was published and
+    after the first read of the hole: with `write_timeout` the hole is read again every
+    `window` instead of being skipped, and 2 comes out before 3 (not late)."""
+    b = ReorderBuffer[int](0.2, 100, write_timeout=2.0)
+    b.start(E, 0, 0.0)
+    assert b.feed(E, 1, 1, 0.0) == [1]
+    assert b.feed(E, 3, 3, 0.0) == []
+    assert b.release(0.2) == []
+    (read,) = b.take_reads()
+    assert b.healed(read, [(3, 3)], 0.25, covered=3) == []  # 2: not in the store yet
+    assert b.skipped == 0 and b.holding and b.deadline() == 0.45
+    assert b.release(0.3) == [] and b.take_reads() == []  # not before the retry
+    assert b.release(0.45) == []
+    (again,) = b.take_reads()
+    assert (again.after, again.upto) == (1, 3)
+    assert b.healed(again, [(2, 2), (3, 3)], 0.5, covered=3) == [2, 3]
+    assert b.late == 0 and b.skipped == 0 and not b.holding
+
+
+def test_a_hole_not_written_within_write_timeout_is_skipped_then_comes_out_late() -> None:
+    b = ReorderBuffer[int](0.2, 100, write_timeout=1.0)
+    b.start(E, 0, 0.0)
+    b.feed(E, 1, 1, 0.0)
+    b.feed(E, 3, 3, 0.0)
+    b.feed(E, 4, 4, 0.1)
+    now, out, reads = 0.2, [], 0
+    while b.holding:
+        out.extend(b.release(now))
+        for read in b.take_reads():
+            reads += 1
+            out.extend(b.healed(read, [], now, covered=read.upto))
+        now = round(now + 0.05, 2)
+    assert out == [3, 4] and b.skipped == 1 and list(b.missing) == [(2, 2)]
+    assert now >= 1.0 and reads >= 4  # read again every window until the oldest waited 1 s
+    assert b.feed(E, 2, 2, now) == [2] and b.late == 1  # a write slower than that: late, once
+
+
+def test_without_write_timeout_one_read_decides() -> None:
+    b = ReorderBuffer[int](0.2, 100)
+    b.start(E, 0, 0.0)
+    b.feed(E, 1, 1, 0.0)
+    b.feed(E, 3, 3, 0.0)
+    b.release(0.2)
+    (read,) = b.take_reads()
+    assert b.healed(read, [(3, 3)], 0.25, covered=3) == [3] and b.skipped == 1
+
+
+def test_above_limit_a_hole_still_being_written_is_skipped_at_once() -> None:
+    b = ReorderBuffer[int](0.2, 2, write_timeout=2.0)
+    b.start(E, 0, 0.0)
+    b.feed(E, 2, 2, 0.0)
+    b.feed(E, 3, 3, 0.0)
+    assert b.release(0.2) == []
+    (read,) = b.take_reads()
+    assert b.healed(read, [(2, 2), (3, 3)], 0.3, covered=3) == []
+    assert b.feed(E, 4, 4, 0.3) == [2, 3, 4] and b.skipped == 1  # 3 held > limit 2
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 30), st.data())
+def test_writes_landing_within_write_timeout_come_out_in_order_never_late(
+    n: int, data: st.DataObject
+) -> None:
+    """Every offset 1..n is written; each write lands at its own time (under `write_timeout`
+    after the allocation of the next ones) and is published when it lands, so publishes
+    arrive out of offset order and a hole's first store reads may miss it. Reading the hole
+    again until `write_timeout`, the members get every offset once, in order, none late."""
+    lands = {
+        o: data.draw(st.sampled_from([0.0, 0.1, 0.3, 0.7, 1.2, 1.9]), label=f"land {o}")
+        for o in range(1, n + 1)
+    }
+    b = ReorderBuffer[int](0.2, 1000, write_timeout=2.0)
+    b.start(E, 0, 0.0)
+    arrivals = sorted(range(1, n + 1), key=lambda o: (lands[o], o))
+    out: list[int] = []
+    now = 0.0
+    step = 0.05
+    pending = list(arrivals)
+    while pending or b.holding:
+        while pending and lands[pending[0]] <= now:
+            o = pending.pop(0)
+            out.extend(b.feed(E, o, o, now))
+        out.extend(b.release(now))
+        for read in b.take_reads():
+            found = [
+                (o, o)
+                for o in range(read.after + 1, read.upto + 1)
+                if o in lands and lands[o] <= now
+            ]
+            out.extend(b.healed(read, found, now, read.upto))
+        now = round(now + step, 2)
+        assert now < 30
+    assert out == list(range(1, n + 1))
+    assert b.late == 0 and b.skipped == 0

@@ -22,7 +22,7 @@ from trio_rt._engine.streams import (
     recover,
 )
 
-from ..conftest import Client, client
+from ..conftest import Client, client, wait_until
 
 
 async def inject(manager: WebSocketManager, room: str, position: StreamPosition, n: Any) -> None:
@@ -184,7 +184,9 @@ async def test_offsets_never_written_are_skipped_as_one_range_with_one_read(
     make_manager: Any,
 ) -> None:
     store = CountingStore()
-    history = RoomHistory(store, reorder_window=0.05)
+    # write_timeout at most reorder_window: one read decides (the default reads again until
+    # write_timeout, see test_a_slow_store_write_is_read_again_and_delivered_in_order)
+    history = RoomHistory(store, reorder_window=0.05, write_timeout=0.05)
     async with make_manager(history=history) as manager, client(manager) as a:
         await a.request({"type": "join_room", "room": "r"})
         first = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
@@ -652,3 +654,34 @@ async def test_a_new_epoch_during_the_replay_ends_the_recovery(make_manager: Any
             assert ack["type"] == "room_joined" and ack["recovered"] is False
             assert ack["reason"] == "epoch_changed"
             assert manager._delivery.order.gates == {}
+
+
+async def test_a_slow_store_write_is_read_again_and_delivered_in_order(make_manager: Any) -> None:
+    """The fault suite's late delivery (a loaded store: 2's write lands after 3 was published
+    and after the first read of the hole). With `write_timeout` the server reads the hole
+    again every `reorder_window` instead of skipping it: 2 comes out before 3, not late."""
+    store = HeldStore()
+    history = RoomHistory(store, reorder_window=0.05, write_timeout=30.0)
+    async with (
+        make_manager(history=history) as manager,
+        client(manager) as a,
+        trio.open_nursery() as nursery,
+    ):
+        await a.request({"type": "join_room", "room": "r"})
+        assert await manager.broadcast_to_room("r", {"type": "chat", "n": 1}) is not None
+        assert await received(a, 1) == [1]
+        nursery.start_soon(manager.broadcast_to_room, "r", {"type": "chat", "n": 2, "slow": True})
+        await store.entered.wait()  # 2 is allocated; its write is held
+        reads = store.reads
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 3})
+        await wait_until(lambda: store.reads >= reads + 3)  # read three times, 2 not there
+        store.release.set()  # 2 lands, and is published
+        assert await received(a, 2) == [2, 3]
+        assert manager.stats.reorder_skipped == 0 and manager.stats.reorder_late == 0
+        await quiet(a)
+
+
+def test_write_timeout_is_validated() -> None:
+    for bad in (-1, "2", float("nan"), True):
+        with pytest.raises(ValueError, match="write_timeout"):
+            RoomHistory(write_timeout=bad)

@@ -222,4 +222,4 @@ def test_a_before_tree_server_runs_that_trees_trio_rt(tmp_path: Path) -> None:
         timeout=60,
     )
     assert missing.returncode != 0
-    assert "No module named trio_rt._engine.manager" in missing.stderr
+    assert "No module named 'trio_rt._engine'" in missing.stderr

@@ -96,6 +96,13 @@ class ServerOptions:
     # time a full collection first (see docs/server.md and docs/performance.md).
     gc_freeze_interval: float | None = None
     serve_client_js: bool = True  # GET /trio_rt.js: the browser client (docs/browser.md)
+    # -- several worker processes on one port (`trio-rt serve --workers N`, docs/deployment.md) --
+    # Bind with SO_REUSEPORT (Linux), so that several processes listen on one host:port and the
+    # kernel spreads new connections over them. Set by `trio-rt serve --workers N`.
+    reuse_port: bool = False
+    # This process's worker number (0..N-1) under `trio-rt serve --workers N`; None: not a
+    # worker. Shown by /health and /metrics, and appended to server_id ("<id>-w<n>").
+    worker_id: int | None = None
 
     def __post_init__(self) -> None:
         errors: list[str | None] = []  # every problem, reported at once (None: a check passed)
@@ -201,6 +208,14 @@ class ServerOptions:
             )
         if not isinstance(self.serve_client_js, bool):
             errors.append(f"serve_client_js must be True or False, not {self.serve_client_js!r}")
+        if not isinstance(self.reuse_port, bool):
+            errors.append(f"reuse_port must be True or False, not {self.reuse_port!r}")
+        if self.worker_id is not None and (
+            isinstance(self.worker_id, bool)
+            or not isinstance(self.worker_id, int)
+            or self.worker_id < 0
+        ):
+            errors.append(f"worker_id must be None or an integer >= 0, not {self.worker_id!r}")
         found = [e for e in errors if e is not None]
         if found:
             raise ValueError("invalid WebSocketManager options: " + "; ".join(found))
@@ -261,3 +276,5 @@ class ServerOptionsDict(TypedDict, total=False):
     allow_missing_origin: bool
     gc_freeze_interval: float | None
     serve_client_js: bool
+    reuse_port: bool
+    worker_id: int | None

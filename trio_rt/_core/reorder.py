@@ -17,7 +17,11 @@ local members what comes out:
   fills or until the oldest held message has waited `window` seconds. Then the buffer asks
   for a store read of the missing offsets (`take_reads`, answered with `healed`): what the
   store has comes out in order, and what it does not have (never written: a refused write,
-  or the sequencer's reseed gap) is skipped as whole ranges at once. Only when the store
+  or the sequencer's reseed gap) is skipped as whole ranges at once. With a `write_timeout`
+  longer than `window`, an offset the store does not have *yet* may still be being written (a
+  slow store write: its message was allocated before the held one): the buffer reads the store
+  again every `window` and skips the hole only once the oldest held message has waited
+  `write_timeout` (what the store has meanwhile comes out in order). Only when the store
   cannot answer (`unhealed`) is a hole skipped unread; those ranges are reported
   (`take_gaps`) so that the members can be told;
 - **bounded**: with more than `limit` messages held, the hole below them is skipped at once
@@ -158,9 +162,18 @@ class ReorderBuffer(Generic[T]):
     nothing at or below the ceiling will come). Both None: no upstream (a room's own buffer).
     """
 
-    def __init__(self, window: float, limit: int, *, max_gaps: int = MAX_GAPS) -> None:
+    def __init__(
+        self,
+        window: float,
+        limit: int,
+        *,
+        max_gaps: int = MAX_GAPS,
+        write_timeout: float | None = None,
+    ) -> None:
         self.window = window
         self.limit = limit
+        # How long a hole may still be being written (None: `window`, one read decides).
+        self.write_timeout = window if write_timeout is None else max(window, write_timeout)
         self.started = False
         self.epoch: str | None = None
         self.done = 0  # every offset <= done was handed out, skipped, or before the start
@@ -179,6 +192,9 @@ class ReorderBuffer(Generic[T]):
         self._gaps: list[tuple[int, int]] = []  # skipped without the store's answer
         self.ceiling: int | None = None  # behind an upstream: its position
         self.upstream: Callable[[int], int] | None = None  # its next offset that may come
+        # (done, when): the hole above `done` was read and may still be being written: the
+        # next read is not before `when` (`write_timeout`).
+        self._retry: tuple[int, float] | None = None
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -214,6 +230,9 @@ class ReorderBuffer(Generic[T]):
         if self.ceiling is not None and self.done >= self.ceiling:
             return None  # the next offset is the upstream's to hand out (or to give up on)
         for _, arrival in self._held.values():  # dicts keep insertion (= arrival) order
+            retry = self._retry
+            if retry is not None and retry[0] == self.done:
+                return max(arrival + self.window, retry[1])
             return arrival + self.window
         return None
 
@@ -388,8 +407,31 @@ class ReorderBuffer(Generic[T]):
             else:
                 self.duplicates += 1
         if read.blocking:
-            out.extend(self._settle(min(covered, read.upto)))
+            out.extend(self._release_run())
+            if self._still_writing(now) and len(self._held) <= self.limit:
+                # A hole the store does not have yet: read again after `window`.
+                self._retry = (self.done, now + self.window)
+            else:
+                out.extend(self._settle(min(covered, read.upto)))
         out.extend(self.release(now))
+        return out
+
+    def _still_writing(self, now: float) -> bool:
+        """True while a hole's offsets may still be being written: something is held behind
+        it and the oldest held message has waited less than `write_timeout`."""
+        if self.write_timeout <= self.window:
+            return False
+        for _, arrival in self._held.values():  # the oldest first
+            return now < arrival + self.write_timeout
+        return False
+
+    def _release_run(self) -> list[T]:
+        """The held items right after `done`, in order (no hole crossed)."""
+        out: list[T] = []
+        held = self._held
+        while (entry := held.pop(self.done + 1, None)) is not None:
+            out.append(entry[0])
+            self.done += 1
         return out
 
     def unhealed(self, read: StoreRead, now: float) -> list[T]:

@@ -52,6 +52,13 @@ class RoomHistory:
     offset landed first); 0 delivers everything at once, in arrival order.
     `reorder_limit`: the most messages held per room; one more and the hole is skipped (and
     read from the store afterwards: what is found is delivered late).
+    `write_timeout`: how long (seconds) a hole the store does not have yet may still be being
+    written (its message was allocated before the held one, and its store write is slow): the
+    server reads the store again every `reorder_window` and skips the hole only once the
+    oldest held message has waited this long. A write slower than that is delivered late (out
+    of order, once). Holes that are never written (a sender killed mid-write, a failed write)
+    hold the room's messages this long. At most `reorder_window` has the old behaviour (one
+    read decides).
     `heal_timeout`: how long (seconds) a server keeps trying to read a hole, or what it missed
     during a broker break, from the store; then the hole is skipped and the room's members get
     a ``room_gap`` message (docs/protocol.md).
@@ -68,6 +75,7 @@ class RoomHistory:
         reorder_window: float = 0.2,
         reorder_limit: int = 1000,
         heal_timeout: float = 5.0,
+        write_timeout: float = 2.0,
     ) -> None:
         require(
             int_problem("recovery_limit", recovery_limit),
@@ -75,6 +83,7 @@ class RoomHistory:
             int_problem("reorder_limit", reorder_limit),
             number_problem("reorder_window", reorder_window, at_least=0),  # 0: arrival order
             number_problem("heal_timeout", heal_timeout),
+            number_problem("write_timeout", write_timeout, at_least=0),
         )
         self.store = store if store is not None else MemoryStreamStore()
         self.sequencer = sequencer if sequencer is not None else MemorySequencer()
@@ -85,6 +94,7 @@ class RoomHistory:
         self.reorder_window = float(reorder_window)
         self.reorder_limit = reorder_limit
         self.heal_timeout = float(heal_timeout)
+        self.write_timeout = float(write_timeout)
 
     def services(self) -> list[Callable[..., Awaitable[None]]]:
         """Tasks to run in the manager's nursery (a Redis sequencer's connection)."""

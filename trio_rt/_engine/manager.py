@@ -45,6 +45,7 @@ from .._core.protocol import (
 from .._core.ratelimit import RateLimiter
 from .._core.rooms import Room, RoomRegistry
 from .._core.stats import ChangeStreamStats, Instruments, ServerStats
+from .._transport.reuseport import open_reuseport_listeners
 from .._transport.ws_connection import start_websockets_server
 from .admission import MessageAdmission
 from .broker import Broker, MemoryBroker
@@ -140,6 +141,8 @@ class WebSocketManager:
             raise TypeError(f"options must be a ServerOptions, not {type(options).__name__}")
         self.options = o = options
         self.server_id: str = o.server_id or uuid.uuid4().hex[:12]
+        if o.worker_id is not None:  # one name per worker process, even when the app set one
+            self.server_id = f"{self.server_id}-w{o.worker_id}"
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.history = history
         self.room_store = room_store
@@ -472,7 +475,10 @@ class WebSocketManager:
                     await nursery.start(self._heartbeats.run)
                 if o.gc_freeze_interval is not None:
                     nursery.start_soon(run_gc_freezer, o.gc_freeze_interval)
-                listeners = await trio.open_tcp_listeners(o.port, host=o.host)
+                if o.reuse_port:  # several worker processes on one port (_workers.py)
+                    listeners = await open_reuseport_listeners(o.port, host=o.host)
+                else:
+                    listeners = await trio.open_tcp_listeners(o.port, host=o.host)
                 sockname = listeners[0].socket.getsockname()
                 self._address = (str(sockname[0]), int(sockname[1]))
                 server = await start_websockets_server(
@@ -505,6 +511,7 @@ class WebSocketManager:
             {
                 "status": "shutting_down" if closing else "ok",
                 "server_id": self.server_id,
+                "worker": self.options.worker_id,
                 "connections": len(self._connections),
                 "rooms": len(self._rooms.registry.rooms),
                 "uptime_s": round(time.time() - self._stats.started_at, 3),

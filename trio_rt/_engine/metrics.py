@@ -102,6 +102,7 @@ class WebSocketStats:
     handler_errors: int
     protocol_errors: int
     handshakes_rejected: Mapping[str, int]
+    worker: int | None = None  # the worker number under `trio-rt serve --workers N`
     # This server's presence summed over rooms (PresenceService.totals): None without presence.
     presence: Mapping[str, int] | None = None
 
@@ -301,6 +302,7 @@ class WebSocketMetrics:
             handler_errors=s.handler_errors,
             protocol_errors=s.protocol_errors,
             handshakes_rejected=dict(s.handshakes_rejected),
+            worker=m.options.worker_id,
             presence=m.presence.totals() if m.presence is not None else None,
         )
 

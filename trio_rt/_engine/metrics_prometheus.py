@@ -52,6 +52,14 @@ class ManagerCollector(Collector):
             c.add_metric([sid], value)
             return c
 
+        if st.worker is not None:  # which worker of `trio-rt serve --workers N` answered
+            info = GaugeMetricFamily(
+                "trio_rt_worker_info",
+                "This process's worker number under trio-rt serve --workers N (always 1).",
+                labels=["server_id", "worker"],
+            )
+            info.add_metric([sid, str(st.worker)], 1)
+            yield info
         yield gauge(
             "trio_rt_connections",
             "Open connections (including handshakes in progress).",

@@ -146,7 +146,8 @@ class RoomOrdering:
         h = self._history
         window = h.reorder_window if h is not None else 0.0
         limit = h.reorder_limit if h is not None else 1000
-        return ReorderBuffer[Envelope](window, limit)
+        write_timeout = h.write_timeout if h is not None else None
+        return ReorderBuffer[Envelope](window, limit, write_timeout=write_timeout)
 
     def open(self, room: str) -> None:
         if room not in self.buffers:

@@ -48,6 +48,7 @@ import trio
 from .._core.acks import api_idempotency_key
 from .._core.checks import int_problem, number_problem, require
 from .._core.http_parse import HttpError, HttpRequest, RequestReader, json_body, render_response
+from .._core.openapi import idempotency_key_parameter, openapi_document
 from .._core.protocol import (
     MAX_HISTORY_LIMIT,
     CloseCode,
@@ -69,7 +70,6 @@ log = logging.getLogger("trio_rt.api")
 OPENAPI_PATH = "/api/openapi.json"
 MAX_IDEMPOTENCY_KEY = 128
 MAX_REASON = 123  # a close frame's reason is at most 123 bytes
-ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "429", "503")
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,89 +595,11 @@ class ServerAPI:
     # -- OpenAPI ----------------------------------------------------------------------------
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document of the calls served (built from the route table)."""
-        error = {
-            "description": "an error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
-        paths: dict[str, Any] = {
-            OPENAPI_PATH: {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document.",
-                    "security": [],
-                    "responses": {"200": {"description": "the OpenAPI document"}},
-                }
-            }
-        }
-        for path, call in sorted(self.routes.items()):
-            paths[path] = {
-                "post": {
-                    "operationId": call.name,
-                    "summary": call.summary,
-                    "description": f"Needs the `{call.scope}` scope.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": call.request}},
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "done",
-                            "content": {"application/json": {"schema": call.response}},
-                        },
-                        **{
-                            status: error
-                            for status in (
-                                "400",
-                                "401",
-                                "403",
-                                "404",
-                                "409",
-                                "413",
-                                "415",
-                                "429",
-                                "503",
-                            )
-                        },
-                    },
-                }
-            }
-            if call.name == "publish":
-                paths[path]["post"]["parameters"] = [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
-                    }
-                ]
-        return {
-            "openapi": "3.1.0",
-            "info": {"title": "trio_rt server API", "version": "1"},
-            "paths": paths,
-            "security": [{"bearer": []}, {"apiKey": []}],
-            "components": {
-                "securitySchemes": {
-                    "bearer": {"type": "http", "scheme": "bearer"},
-                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                },
-                "schemas": {
-                    "Error": {
-                        "type": "object",
-                        "properties": {
-                            "error": {
-                                "type": "object",
-                                "properties": {
-                                    "code": {"type": "string"},
-                                    "message": {"type": "string"},
-                                },
-                                "required": ["code", "message"],
-                            }
-                        },
-                        "required": ["error"],
-                    }
-                },
-            },
-        }
+        return openapi_document(
+            OPENAPI_PATH,
+            sorted(self.routes.items()),
+            headers={"publish": [idempotency_key_parameter(MAX_IDEMPOTENCY_KEY)]},
+        )
 
 
 def _unauthorized(message: str) -> HttpError:
