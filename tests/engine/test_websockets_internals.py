@@ -41,7 +41,8 @@ MIRRORED: dict[str, tuple[str, str]] = {
     "websockets.trio.server.ServerConnection.process_event": (
         "d126553c3501058d",
         "_ServerConnection.process_event: pongs reach the heartbeat first; request_rcvd is set "
-        "here upstream",
+        "here upstream; frames go to Connection.process_event directly (the handshake sets "
+        "request back to None once open, and upstream tells the request from frames by it)",
     ),
     "websockets.trio.server.serve": (
         "66f903e6d7310198",
@@ -98,6 +99,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "close_stream",
         "server",
         "logger",
+        "nursery",  # _connection.run starts the writer and the closing task in it
     ),
     # _ws_connection.handshake (server.closing); _handshake.process_request (logger).
     "server": ("closing",),

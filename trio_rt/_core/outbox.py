@@ -120,10 +120,15 @@ class Outbox:
         max_bytes: int = 4 * 1024 * 1024,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT,
     ) -> None:
-        require_positive_ints(max_messages=max_messages, max_bytes=max_bytes)
+        # One outbox per connection: the common case (ints >= 1, already checked by
+        # ServerOptions) skips building the checker's keyword dict and generator.
+        if not (
+            type(max_messages) is int and type(max_bytes) is int and max_messages >= 1 <= max_bytes
+        ):
+            require_positive_ints(max_messages=max_messages, max_bytes=max_bytes)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self.policy = SlowConsumerPolicy(policy)
+        self.policy = policy if type(policy) is SlowConsumerPolicy else SlowConsumerPolicy(policy)
         # A list, not a deque: an empty deque costs ~770 bytes a connection, a list ~60, and
         # take_all hands the whole list over without copying.
         self._queue: list[OutboundMessage] = []

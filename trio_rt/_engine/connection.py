@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -129,22 +129,29 @@ class Request:
 
 
 class _Headers(Mapping[str, str]):
-    """A read-only, case-insensitive view of the handshake headers."""
+    """The handshake headers, read-only, looked up case-insensitively; a repeated header's
+    values joined with ", ". A copy, not a view of websockets' request: that one (its header
+    list, a dict of lists, both spellings of every name) is dropped once the connection is
+    open, ~1.5 KiB a connection (docs/performance.md)."""
+
+    __slots__ = ("_h",)
 
     def __init__(self, headers: Any) -> None:
-        self._h = headers
+        h: dict[str, str] = {}
+        for name, value in headers.raw_items():
+            key = name.lower()
+            before = h.get(key)
+            h[key] = value if before is None else f"{before}, {value}"
+        self._h = h
 
     def __getitem__(self, key: str) -> str:
-        values = self._h.get_all(key)
-        if not values:
-            raise KeyError(key)
-        return ", ".join(values)
+        return self._h[key.lower()]
 
     def __iter__(self) -> Any:
-        return iter(dict.fromkeys(k.lower() for k in self._h))
+        return iter(self._h)
 
     def __len__(self) -> int:
-        return len(set(k.lower() for k in self._h))
+        return len(self._h)
 
 
 def shared_deflate_key(extensions: Sequence[Extension]) -> DeflateKey | None:
@@ -157,6 +164,18 @@ def shared_deflate_key(extensions: Sequence[Extension]) -> DeflateKey | None:
     if not isinstance(ext, PerMessageDeflate) or not ext.local_no_context_takeover:
         return None
     return ext.local_max_window_bits, tuple(sorted(ext.compress_settings.items()))
+
+
+_DIRECT_TYPES: dict[type, bool] = {}
+
+
+def _direct_writes(stream: object) -> TypeGuard[DirectWrites]:
+    """`isinstance(stream, DirectWrites)`, answered once per type: a runtime protocol check
+    was ~2 % of a connection's setup CPU."""
+    known = _DIRECT_TYPES.get(type(stream))
+    if known is None:
+        known = _DIRECT_TYPES[type(stream)] = isinstance(stream, DirectWrites)
+    return known
 
 
 class Connection:
@@ -175,8 +194,9 @@ class Connection:
     task. When the outbox is full the manager's slow-consumer policy applies.
 
     Tasks: the reader runs in the handler task websockets gives the connection. The writer is
-    started (in the connection's nursery) only when something has to wait: a full socket
-    buffer, a write in progress, a TLS stream; it returns once everything is written. The
+    started (in websockets' nursery for the connection; `run` cancels and awaits it) only
+    when something has to wait: a full socket buffer, a write in progress, a TLS stream; it
+    returns once everything is written. The
     heartbeat is the server's, one schedule for every connection (`_core/heartbeat.py`).
 
     `status` is where the connection is in its life (`ConnectionState`). The methods under
@@ -197,9 +217,13 @@ class Connection:
         self._status = ConnectionState.CONNECTING
         o = host.options
         self._outbox = Outbox(o.outbox_size, o.outbox_max_bytes, o.slow_consumer_policy)
+        # websockets' nursery for this connection while `run` takes tasks (the writer, the
+        # closing task); `run` cancels and waits for them, so none outlives it.
         self._nursery: trio.Nursery | None = None
         self._writer_scope: trio.CancelScope | None = None  # set while a writer task runs
         self._writer_exited: trio.Event | None = None  # created by whoever waits for it
+        self._closer_scope: trio.CancelScope | None = None  # set while a closing task runs
+        self._closer_exited: trio.Event | None = None  # created by `run` if it must wait
         self._torn_write = False  # a write was cancelled midway: the stream is unusable
         # Set once open when the stream can be written synchronously (plain TCP).
         self._direct: DirectWrites | None = None
@@ -369,37 +393,80 @@ class Connection:
     # -- engine side: called by the server's parts, not by applications ----------------------
     async def run(self, welcome: OutboundMessage | None = None) -> None:
         """Serve the connection once the upgrade is done, until it ends (OPEN to CLOSED).
-        `welcome` goes out first, before what the connection handlers queued. Owns its
-        reader and, when one is needed, its writer and closing tasks; puts the connection on
-        the heartbeat schedule. Runs in the task websockets gives the connection."""
+        `welcome` goes out first, before what the connection handlers queued. Reads in the
+        calling task (the one websockets gives the connection); its writer and closing tasks,
+        when needed, run in websockets' nursery for the connection (`ws.nursery`), and are
+        cancelled and awaited before this returns: none outlives it. Puts the connection on
+        the heartbeat schedule.
+
+        No nursery of its own: an idle connection would keep one (~1 KiB) for tasks it
+        rarely has (docs/performance.md)."""
         if welcome is not None:
             self._outbox.push_front(welcome)
             del welcome  # this frame lives as long as the connection: keep no reference
+        ws = self._ws
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._status = ConnectionState.OPEN
-                ws = self._ws
-                if isinstance(ws.stream, DirectWrites):  # plain TCP (_transport/direct_stream.py)
-                    self._direct = ws.stream
-                self._deflate_key = shared_deflate_key(ws.protocol.extensions)
-                self._framed_here = bool(ws.protocol.extensions) and self._deflate_key is None
-                self._beat = self._host.heartbeat_add(self)
-                if self._close_code is not None:  # closed during the handshake
-                    self._start_close()
-                elif self._outbox:  # the welcome, and what the connection handler queued
-                    self._flush_now()
+            self._nursery = ws.nursery
+            self._status = ConnectionState.OPEN
+            if _direct_writes(ws.stream):  # plain TCP (_transport/direct_stream.py)
+                self._direct = ws.stream
+            self._deflate_key = shared_deflate_key(ws.protocol.extensions)
+            self._framed_here = bool(ws.protocol.extensions) and self._deflate_key is None
+            self._beat = self._host.heartbeat_add(self)
+            if self._close_code is not None:  # closed during the handshake
+                self._start_close()
+            elif self._outbox:  # the welcome, and what the connection handler queued
+                self._flush_now()
+            # The reader, inline: one coroutine frame less per idle connection.
+            dispatch = self._host.dispatch
+            while True:
                 try:
-                    await self._reader()
-                finally:
-                    # The nursery takes no new task from here on: closing is under way.
-                    self._nursery = None
-                    if self._status is ConnectionState.OPEN:
-                        self._status = ConnectionState.CLOSING
-                    nursery.cancel_scope.cancel()
+                    frame = await ws.recv()
+                except ConnectionClosed:
+                    break
+                self.messages_in += 1
+                await dispatch(self, frame)
         finally:
+            # No new task from here on: closing is under way.
+            self._nursery = None
+            if self._status is ConnectionState.OPEN:
+                self._status = ConnectionState.CLOSING
+            with trio.CancelScope(shield=True):
+                await self._stop_tasks()
             self._stop_heartbeat()
             self.mark_closed()
+
+    def _spawn_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Start the closing task (at most one per connection: only OPEN -> CLOSING does)."""
+        assert self._nursery is not None and self._closer_scope is None
+        self._closer_scope = trio.CancelScope()
+        self._nursery.start_soon(self._closer, closer, self._closer_scope)
+
+    async def _closer(self, closer: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                await closer()
+        except Exception:
+            # In websockets' nursery an error would end the connection unlogged: log it here,
+            # and the connection still ends (the stream is closed, the reader sees it).
+            log.exception("closing %r failed", self)
+            await trio.aclose_forcefully(self._ws.stream)
+        finally:
+            self._closer_scope = None
+            if self._closer_exited is not None:
+                self._closer_exited.set()
+                self._closer_exited = None
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the writer and the closing task, if running, and wait until both are gone."""
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        if self._closer_scope is not None:
+            self._closer_scope.cancel()
+            if self._closer_exited is None:
+                self._closer_exited = trio.Event()
+            await self._closer_exited.wait()
+        await self._wait_writer()
 
     def mark_closed(self) -> None:
         """The connection is over (its `run` ended, or it never opened): CLOSED, its outbox
@@ -418,17 +485,6 @@ class Connection:
         if proto.close_sent is not None:
             return proto.close_sent.code
         return CloseCode.ABNORMAL
-
-    async def _reader(self) -> None:
-        ws = self._ws
-        dispatch = self._host.dispatch
-        while True:
-            try:
-                frame = await ws.recv()
-            except ConnectionClosed:
-                return
-            self.messages_in += 1
-            await dispatch(self, frame)
 
     # -- writing ----------------------------------------------------------------------------------
     def _can_write_now(self, direct: DirectWrites) -> bool:
@@ -530,6 +586,11 @@ class Connection:
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             # The peer is gone; the reader sees it too and ends the connection.
             await trio.aclose_forcefully(ws.stream)
+        except Exception:
+            # Not in `run`'s nursery (it has none): log what would otherwise end the
+            # connection unlogged; the reader sees the closed stream and ends it.
+            log.exception("writing to %r failed", self)
+            await trio.aclose_forcefully(ws.stream)
         finally:
             self._writer_scope = None
             if self._writer_exited is not None:
@@ -585,11 +646,11 @@ class Connection:
         self._status = ConnectionState.CLOSING
         self._stop_heartbeat()  # the closing handshake, bounded by close_timeout, decides now
         if self._outbox.aborted:
-            self._nursery.start_soon(self._abort_close)
+            self._spawn_closer(self._abort_close)
         else:
             self._outbox.seal()
             self._uncork()
-            self._nursery.start_soon(self._graceful_close)
+            self._spawn_closer(self._graceful_close)
 
     async def _graceful_close(self) -> None:
         # A writer empties the sealed outbox and returns; then the close frame goes out.
@@ -620,7 +681,7 @@ class Connection:
         if self._status is ConnectionState.OPEN:
             assert self._nursery is not None
             self._status = ConnectionState.CLOSING
-            self._nursery.start_soon(self._abort_close)
+            self._spawn_closer(self._abort_close)
 
     async def _abort_close(self) -> None:
         # A short grace period to get the close code out while the socket still takes it.

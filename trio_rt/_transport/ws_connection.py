@@ -36,6 +36,7 @@ from websockets.http11 import SERVER, Response
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
+from websockets.trio.connection import Connection as WsConnection
 from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
@@ -118,6 +119,37 @@ def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:
     ]
 
 
+_REQUEST_RECEIVED = trio.Event()  # `request_rcvd` of every open connection: set for good
+_REQUEST_RECEIVED.set()
+
+
+class _LazyLock:
+    """websockets' `send_lock` as it uses it (`async with`, `locked()`): a `trio.Lock` that
+    exists only while held (websockets' reader takes it after every read, mostly to write
+    nothing), same semantics: released with a waiter, it is handed over and kept."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock: trio.Lock | None = None
+
+    def locked(self) -> bool:
+        return self._lock is not None and self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = trio.Lock()
+        await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock = self._lock
+        assert lock is not None
+        lock.release()
+        if not lock.locked():  # no waiter took it over: nobody holds a reference to it
+            self._lock = None
+
+
 class _ServerConnection(ServerConnection):
     """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
 
@@ -139,6 +171,8 @@ class _ServerConnection(ServerConnection):
         super().__init__(nursery, stream, protocol, server, **kwargs)
         # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
         # connection: _transport/assembler.py); only over the implementation it was written against.
+        # The send lock exists only while held: an idle connection keeps none (~340 bytes).
+        self.send_lock = _LazyLock()  # type: ignore[assignment]
         assembler = self.recv_messages
         if type(assembler) is Assembler:
             self.recv_messages = LightAssembler(  # type: ignore[assignment]
@@ -179,8 +213,23 @@ class _ServerConnection(ServerConnection):
                     HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
                 )
             if self.state is CONNECTING:
-                async with self.send_context(expected_state=CONNECTING):
+                stream = self.stream
+                if (
+                    self.response.status_code == HTTPStatus.SWITCHING_PROTOCOLS
+                    and isinstance(stream, DirectStream)
+                    and stream.idle
+                    and not self.send_lock.locked()
+                ):
+                    # The upgrade, written with one non-blocking send: websockets'
+                    # send_context (a lock, a context manager, trio's send_all) was ~10 % of
+                    # a handshake's CPU. A socket broken meanwhile is the reader's to see.
                     self.protocol.send_response(self.response)
+                    if stream.send_now(b"".join(self.protocol.data_to_send())) and stream.pending:
+                        async with self.send_lock:  # what the kernel did not take, first
+                            await stream.send_all(b"")
+                else:
+                    async with self.send_context(expected_state=CONNECTING):
+                        self.protocol.send_response(self.response)
         finally:
             # The handshake is over: drop websockets' select_subprotocol closure, a reference
             # cycle (protocol -> closure -> connection -> protocol) that would leave every
@@ -188,9 +237,16 @@ class _ServerConnection(ServerConnection):
             vars(self.protocol).pop("select_subprotocol", None)
             conn = self.trio_rt_conn
             if self.protocol.state is OPEN:
-                # Nobody reads the response after the handshake; its headers are ~1 KiB a
-                # connection (the request stays: conn.request.headers is a view of it).
+                # Nobody reads the request or the response after the handshake; their headers
+                # are ~1 KiB a connection each (conn.request keeps a compact copy). The
+                # request's headers are emptied too: websockets' parser generator keeps the
+                # request in a local for the connection's life.
+                if self.request is not None:
+                    self.request.headers.clear()
+                    self.request = None
                 self.response = None
+                # Set for good: a shared set Event instead of this one (~280 bytes).
+                self.request_rcvd = _REQUEST_RECEIVED
             elif conn is not None:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
                 with trio.CancelScope(shield=True):
@@ -222,8 +278,13 @@ class _ServerConnection(ServerConnection):
     def process_event(self, event: Any) -> None:
         # Pongs answer the manager's heartbeat pings (sent without websockets' ping(), which
         # keeps an Event per ping); websockets ignores pongs it did not ask for.
-        if isinstance(event, Frame) and event.opcode is Opcode.PONG:
-            conn = self.trio_rt_conn
-            if conn is not None:
-                conn.heartbeat_pong(bytes(event.data))
-        super().process_event(event)
+        if isinstance(event, Frame):
+            if event.opcode is Opcode.PONG:
+                conn = self.trio_rt_conn
+                if conn is not None:
+                    conn.heartbeat_pong(bytes(event.data))
+            # Frames skip ServerConnection.process_event: it tells the request from frames by
+            # `self.request is None`, and the request is dropped once open (see handshake).
+            WsConnection.process_event(self, event)
+        else:
+            super().process_event(event)
