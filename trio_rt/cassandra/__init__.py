@@ -26,6 +26,7 @@ except ModuleNotFoundError as exc:
     raise _missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
 
 from ._capture import CapturedWrite, Change, ChangeCapture
+from ._cdc import CdcClaims, CdcSource, OutboxClaims
 from ._database import Database
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
 from ._permissions import CassandraPermissionStore
@@ -49,10 +50,13 @@ __all__ = [
     "CassandraTimeout",
     "CassandraUnavailable",
     "CassandraWatchPositions",
+    "CdcClaims",
+    "CdcSource",
     "Change",
     "ChangeCapture",
     "Column",
     "Database",
+    "OutboxClaims",
     "Page",
     "Params",
     "Row",

@@ -1,0 +1,454 @@
+"""Cassandra's own CDC as a change source: changes from the CDC agents into the streams.
+
+`CdcSource` connects to the CDC agent beside each node (``trio_rt.cdc``; docs/cdc.md) and
+stores every change of the tables it is given in the stream ``table:<name>``, the same
+stream the outbox (`ChangeLog`) writes: positions from the same `Sequencer`, entries in the
+same `CassandraStreamStore`, payloads in the same JSON shape. Watchers, subscriptions,
+filters and ``since`` recovery read them unchanged.
+
+Per agent batch, in the agent's (commit-log) order:
+
+1. each change becomes a stream entry: operation, key and data as the table's JSON values,
+   plus ``source``, ``ts`` (the write timestamp), ``ttl`` and, for a range deletion, its
+   bounds; for a ``capture_full_rows`` table the row is read first (one read per change)
+   and the change carries it merged with what was written;
+2. each change is *claimed* by its `change_id` (table, kind, write timestamp, key) with a
+   lightweight transaction in ``trio_rt_cdc_claims``: with several replicas, every replica's
+   agent reports the same mutation, and the first claim wins; the others are duplicates.
+   A claim is owned by the node whose agent reported it: a consumer that stops between claim
+   and store leaves the claim without a position, and the same node's changes (re-sent from
+   its checkpoint) complete it. Writes through the outbox are claimed by the outbox
+   (`OutboxClaims`) before they are written, so CDC skips them;
+3. positions are allocated in order, and each entry is written in one logged batch with its
+   claim's position (so "claimed and stored" is one fact);
+4. `notify(stream, offset)` wakes the tails, then the batch is acknowledged to the agent,
+   which only then moves its durable checkpoint.
+
+A failure (Cassandra unreachable, a bad message) drops the connection: the agent sends the
+unacknowledged batches again to the next connection, and the claims make that idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .._checks import require_positive_ints, require_positive_numbers
+from .._streams import Allocation, Sequencer
+from ..cdc._wire import (
+    AgentBatch,
+    AgentHello,
+    AgentRefused,
+    AgentStats,
+    CdcChange,
+    LineReader,
+    WireError,
+    change_id,
+    encode_ack,
+    parse_message,
+)
+from ._capture import CapturedWrite, Change, ChangeCapture
+from ._database import Database
+from ._session import CassandraSession, Params
+from ._streams import CassandraStreamStore
+from ._table import Table
+
+__all__ = ["CdcClaims", "CdcSource", "OutboxClaims"]
+
+log = logging.getLogger("trio_rt.cdc")
+
+#: The owner a claim made by the outbox carries.
+OUTBOX = "outbox"
+
+
+def _stream(table: str) -> str:
+    return f"table:{table}"
+
+
+class CdcClaims:
+    """Who recorded each change: ``trio_rt_cdc_claims`` in `keyspace`, one row per change id
+    (``owner``: the node whose agent reported it, or ``outbox``; ``pos``/``epoch`` once its
+    entry is written), kept for `retention` seconds (the stream store's, by default)."""
+
+    def __init__(self, session: CassandraSession, keyspace: str, *, retention: float) -> None:
+        require_positive_numbers(retention=retention)
+        self.session = session
+        self.keyspace = keyspace
+        self.retention = int(retention)
+        table = f"{keyspace}.trio_rt_cdc_claims"
+        self._claim = (
+            f"INSERT INTO {table} (stream, change, owner) VALUES (?, ?, ?) "
+            f"IF NOT EXISTS USING TTL {self.retention}"
+        )
+        self._record = (
+            f"UPDATE {table} USING TTL {self.retention} SET pos = ?, epoch = ? "
+            "WHERE stream = ? AND change = ?"
+        )
+        self._outbox = (
+            f"INSERT INTO {table} (stream, change, owner, pos, epoch) VALUES (?, ?, ?, ?, ?) "
+            f"USING TTL {self.retention}"
+        )
+
+    async def create_schema(self) -> None:
+        await self.session.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.keyspace}.trio_rt_cdc_claims ("
+            "stream text, change text, owner text, pos bigint, epoch text, "
+            "PRIMARY KEY ((stream, change)))"
+        )
+
+    async def claim(self, stream: str, change: str, owner: str) -> bool:
+        """True when `owner` is to store this change: it claimed it now, or claimed it before
+        and did not store it (a re-send after a failure). False: a duplicate."""
+        rows = await self.session.execute(self._claim, (stream, change, owner))
+        row = rows[0] if rows else {}
+        if row.get("[applied]", True):
+            return True
+        return row.get("owner") == owner and row.get("pos") is None
+
+    def record(self, stream: str, change: str, allocation: Allocation) -> tuple[str, Params]:
+        """The statement, for the entry's batch, that marks the claim as stored."""
+        pos = allocation.position
+        return self._record, (pos.offset, pos.epoch, stream, change)
+
+    async def claim_outbox(self, stream: str, change: str, allocation: Allocation) -> None:
+        """Mark a change the outbox is about to write (before its batch is sent, so that the
+        agents' claims see it)."""
+        pos = allocation.position
+        await self.session.execute(self._outbox, (stream, change, OUTBOX, pos.offset, pos.epoch))
+
+
+@dataclass
+class _Item:
+    change: CdcChange
+    table: Table
+    stream: str
+    id: str
+    key: dict[str, Any]
+    data: dict[str, Any]
+    extra: dict[str, Any]
+    operation: str
+    owned: bool = False
+    allocation: Allocation | None = None
+
+
+class CdcSource:
+    """Changes from the CDC agents (``agents``: ``"host:port"`` of each node's agent) into
+    the streams ``table:<name>`` of `store`, at positions from `sequencer`.
+
+    Only the `tables` given (their definitions) in `keyspace` are recorded; changes to other
+    tables are acknowledged and counted as ``ignored``. A column the definition lacks is
+    left out of the change (counted). `notify(stream, offset)` is called after each batch is
+    stored (a `ChangeStreamManager` passes what wakes its tails and nudges the other
+    servers). `owner` names the node in claims (default: what the agent says in its hello).
+
+    Run it with ``await nursery.start(source.run)``: one task per agent, reconnecting with a
+    growing pause (`reconnect_delay` up to 5 s) while the agent is not there; `run` returns
+    only when cancelled. The sequencer's own I/O (``RedisSequencer.run``) must be running.
+    Call `create_schema()` once (the claims table; idempotent).
+    """
+
+    def __init__(
+        self,
+        session: CassandraSession,
+        keyspace: str,
+        *,
+        agents: Sequence[str],
+        tables: Iterable[Table],
+        store: CassandraStreamStore,
+        sequencer: Sequencer,
+        claims: CdcClaims | None = None,
+        notify: Callable[[str, int], None] | None = None,
+        concurrency: int = 32,
+        reconnect_delay: float = 0.2,
+    ) -> None:
+        require_positive_ints(concurrency=concurrency)
+        require_positive_numbers(reconnect_delay=reconnect_delay)
+        self.session = session
+        self.keyspace = keyspace
+        self.agents = [_address(a) for a in agents]
+        self.tables = {t.name: t for t in tables}
+        self.store = store
+        self.sequencer = sequencer
+        if sequencer.store is None:
+            sequencer.attach(store)
+        self.claims = (
+            claims
+            if claims is not None
+            else CdcClaims(session, keyspace, retention=store.retention)
+        )
+        self.notify = notify
+        self.db = Database(session, keyspace)
+        self._limit = trio.CapacityLimiter(concurrency)
+        self.reconnect_delay = float(reconnect_delay)
+        self.stats: dict[str, int] = {
+            "batches": 0,
+            "changes": 0,
+            "stored": 0,
+            "duplicates": 0,
+            "ignored": 0,
+            "unknown_columns": 0,
+            "bad_changes": 0,
+            "row_reads": 0,
+            "connection_errors": 0,
+        }
+        #: The last stats message of each agent ("host:port" -> AgentStats).
+        self.agent_stats: dict[str, AgentStats] = {}
+        #: Seconds from the write timestamp to the entry stored, of the last change stored.
+        self.lag = 0.0
+        self._connected: dict[str, trio.Event] = {}
+
+    @property
+    def cdc_tables(self) -> frozenset[str]:
+        """The tables this source records (what `OutboxClaims` claims for)."""
+        return frozenset(self.tables)
+
+    async def create_schema(self) -> None:
+        await self.claims.create_schema()
+
+    def alerting(self) -> list[str]:
+        """The agents whose ``cdc_raw`` is past their alert threshold."""
+        return [name for name, stats in self.agent_stats.items() if stats.alert]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow every agent until cancelled (started at once; connecting happens after)."""
+        async with trio.open_nursery() as nursery:
+            for host, port in self.agents:
+                nursery.start_soon(self._follow, host, port)
+            task_status.started()
+
+    async def wait_connected(self, agent: str | None = None) -> None:
+        """Until the agent (by default every agent) has greeted this source once."""
+        names = [f"{h}:{p}" for h, p in self.agents] if agent is None else [agent]
+        for name in names:
+            await self._connected.setdefault(name, trio.Event()).wait()
+
+    async def _follow(self, host: str, port: int) -> None:
+        name = f"{host}:{port}"
+        pause = self.reconnect_delay
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                log.debug("CDC agent %s not reachable (%r)", name, exc)
+                await trio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            try:
+                async with stream:
+                    await self._session(name, stream)
+                    pause = self.reconnect_delay
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.info("connection to CDC agent %s ended (%r)", name, exc)
+            except Exception:
+                self.stats["connection_errors"] += 1
+                log.exception(
+                    "CDC from %s failed; reconnecting (unacknowledged changes come again)", name
+                )
+            await trio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _session(self, name: str, stream: trio.SocketStream) -> None:
+        lines = LineReader()
+        node: str | None = None
+        while True:
+            data = await stream.receive_some(1 << 16)
+            if not data:
+                log.info("CDC agent %s closed the connection", name)
+                return
+            for line in lines.feed(data):
+                message = parse_message(line)
+                if isinstance(message, AgentBatch):
+                    if node is None:
+                        raise WireError("a batch before the hello")
+                    await self._ingest(node, message)
+                    await stream.send_all(encode_ack(message.seq))
+                elif isinstance(message, AgentStats):
+                    self.agent_stats[name] = message
+                elif isinstance(message, AgentHello):
+                    node = message.node
+                    log.info(
+                        "CDC agent %s (node %s, Cassandra %s) connected",
+                        name,
+                        node,
+                        message.cassandra,
+                    )
+                    self._connected.setdefault(name, trio.Event()).set()
+                elif isinstance(message, AgentRefused):
+                    log.warning("CDC agent %s refused this consumer: %s", name, message.message)
+                    return
+
+    # -- one batch --------------------------------------------------------------------------
+    async def _ingest(self, node: str, batch: AgentBatch) -> None:
+        self.stats["batches"] += 1
+        items: list[_Item] = []
+        for change in batch.changes:
+            self.stats["changes"] += 1
+            table = self.tables.get(change.table)
+            if change.keyspace != self.keyspace or table is None:
+                self.stats["ignored"] += 1
+                continue
+            try:
+                items.append(self._item(table, change))
+            except (TypeError, ValueError) as exc:
+                self.stats["bad_changes"] += 1
+                log.warning(
+                    "a CDC change to %s does not fit its definition (%s): skipped", table.name, exc
+                )
+        if not items:
+            await trio.lowlevel.checkpoint()
+            return
+
+        async def claim(item: _Item) -> None:
+            async with self._limit:
+                item.owned = await self.claims.claim(item.stream, item.id, node)
+                if item.owned and item.table.capture_full_rows and item.operation != "delete":
+                    await self._full_row(item)
+
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                nursery.start_soon(claim, item)
+        owned = [item for item in items if item.owned]
+        self.stats["duplicates"] += len(items) - len(owned)
+        for item in owned:  # in commit-log order
+            item.allocation = await self.sequencer.next(item.stream)
+
+        async def store(item: _Item) -> None:
+            allocation = item.allocation
+            assert allocation is not None
+            payload = json.dumps(
+                {"operation": item.operation, "key": item.key, "data": item.data, **item.extra},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            statements = self.store.append_statements(item.stream, allocation, payload)
+            statements.append(self.claims.record(item.stream, item.id, allocation))
+            async with self._limit:
+                await self.session.execute_batch(statements, timestamp=allocation.timestamp)
+
+        async with trio.open_nursery() as nursery:
+            for item in owned:
+                nursery.start_soon(store, item)
+        latest: dict[str, int] = {}
+        for item in owned:
+            assert item.allocation is not None
+            latest[item.stream] = max(latest.get(item.stream, 0), item.allocation.position.offset)
+        self.stats["stored"] += len(owned)
+        if owned:
+            self.lag = max(0.0, time.time() - owned[-1].change.ts / 1e6)
+        if self.notify is not None:
+            for stream, offset in latest.items():
+                self.notify(stream, offset)
+
+    def _values(self, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+        """JSON values from the agent, checked against the definition, as the table's JSON
+        (what the outbox stores); columns the definition lacks are left out."""
+        known = {}
+        for column, value in values.items():
+            if column not in table.columns:
+                self.stats["unknown_columns"] += 1
+                continue
+            known[column] = table.from_json(column, value)
+        return table.to_json(known)
+
+    def _item(self, table: Table, change: CdcChange) -> _Item:
+        key = self._values(table, change.key)
+        extra: dict[str, Any] = {"source": "cdc", "ts": change.ts}
+        if change.ttl is not None:
+            extra["ttl"] = change.ttl
+        bounds: dict[str, Any] | None = None
+        if change.op == "range_delete" and change.range is not None:
+            bounds = change.range
+            start, end = bounds.get("start", {}), bounds.get("end", {})
+            if (
+                start.get("values") == end.get("values")
+                and start.get("inclusive")
+                and end.get("inclusive")
+            ):
+                # A deletion by a clustering prefix (``WHERE pk = ? AND ck1 = ?``): the
+                # prefix is part of the key.
+                key.update(self._values(table, start.get("values") or {}))
+            extra["range"] = bounds
+        if change.op == "partition_delete":
+            extra["scope"] = "partition"
+        elif change.op == "range_delete":
+            extra["scope"] = "range"
+        elif change.static:
+            extra["scope"] = "static"
+        if change.op in ("insert", "update"):
+            operation = change.op
+            data = {**key, **self._values(table, change.cells)}
+            if change.partial:
+                extra["partial"] = sorted(change.partial)
+        else:
+            operation = "delete"
+            data = dict(key)
+        stream = _stream(table.name)
+        ident = change_id(change.keyspace, change.table, change.kind, change.ts, key, bounds)
+        return _Item(change, table, stream, ident, key, data, extra, operation)
+
+    async def _full_row(self, item: _Item) -> None:
+        """`capture_full_rows`: the row as read now, with what the change wrote on top."""
+        table = item.table
+        if len(item.data) == len(table.columns) and "partial" not in item.extra:
+            return  # the change wrote every column
+        self.stats["row_reads"] += 1
+        try:
+            python_key = {c: table.from_json(c, v) for c, v in item.key.items()}
+            row = await self.db.get(table, python_key)
+        except ValueError:
+            return  # a static row or a prefix: no single row to read
+        if row is None:
+            return
+        current = table.to_json({k: v for k, v in row.items() if k in table.columns})
+        written = {k: v for k, v in item.data.items() if k not in item.extra.get("partial", ())}
+        item.data = {**current, **written}
+
+
+def _address(agent: str) -> tuple[str, int]:
+    host, sep, port = agent.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"an agent address is 'host:port', got {agent!r}")
+    return host, int(port)
+
+
+class OutboxClaims:
+    """A `ChangeCapture` around the outbox's (`ChangeLog`) for a table captured by both the
+    outbox and CDC: before a write to one of `cdc_tables` is sent, its change id is claimed
+    for the outbox (one plain write), so the CDC agents' reports of the same write are
+    duplicates. Writes to other tables pass through unchanged.
+
+    ``db.capture = OutboxClaims(changes.changelog, source.claims, source.cdc_tables)``; every
+    process that writes to such a table through `Database` with a capture needs it (a
+    publisher without it would deliver those writes twice: once from its entry, once from
+    CDC).
+    """
+
+    def __init__(self, inner: ChangeCapture, claims: CdcClaims, cdc_tables: Iterable[str]) -> None:
+        self.inner = inner
+        self.claims = claims
+        self.cdc_tables = frozenset(cdc_tables)
+
+    async def prepare(self, change: Change) -> CapturedWrite:
+        write = await self.inner.prepare(change)
+        if change.table in self.cdc_tables and isinstance(write.token, Allocation):
+            table = change.definition
+            if table is None:
+                raise ValueError(f"a change to {change.table!r} without its table definition")
+            kind = "delete" if change.operation == "delete" else "write"
+            ident = change_id(
+                self.claims.keyspace, change.table, kind, write.timestamp, table.to_json(change.key)
+            )
+            await self.claims.claim_outbox(_stream(change.table), ident, write.token)
+        return write
+
+    def committed(self, change: Change, write: CapturedWrite) -> None:
+        self.inner.committed(change, write)
+
+    def failed(self, change: Change, write: CapturedWrite, exc: BaseException) -> None:
+        self.inner.failed(change, write, exc)
