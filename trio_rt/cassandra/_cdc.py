@@ -266,7 +266,7 @@ class CdcSource:
                 if isinstance(message, AgentBatch):
                     if node is None:
                         raise WireError("a batch before the hello")
-                    await self._ingest(node, message)
+                    await self.ingest(node, message)
                     await stream.send_all(encode_ack(message.seq))
                 elif isinstance(message, AgentStats):
                     self.agent_stats[name] = message
@@ -284,7 +284,10 @@ class CdcSource:
                     return
 
     # -- one batch --------------------------------------------------------------------------
-    async def _ingest(self, node: str, batch: AgentBatch) -> None:
+    async def ingest(self, node: str, batch: AgentBatch) -> None:
+        """Store the changes of one agent batch (claims, positions, entries), then notify;
+        returns once all of it is stored (then the batch may be acknowledged). Raises what
+        the session raises: nothing is acknowledged then, the agent sends it again."""
         self.stats["batches"] += 1
         items: list[_Item] = []
         for change in batch.changes:

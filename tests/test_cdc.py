@@ -1,0 +1,456 @@
+"""Cassandra's own CDC as a change source, on a real node started WITH CDC (the shared test
+node is not): the agent beside it (trio_rt/cdc/agent), `CdcSource` storing its changes in the
+streams, writes made by another process with plain cassandra-driver (tests/cdc_writer.py).
+
+The node runs with 1 MiB commit-log segments and ``cdc_total_space: 8MiB``, so segments fill,
+complete and must be deleted all the time, and a consumer that stops consuming blocks writes
+within seconds. The node restart test runs last in this module (it stops and starts the
+agent).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trio_rt import MemorySequencer
+from trio_rt._streams import StreamEntry
+from trio_rt.cassandra import (
+    CassandraSession,
+    CassandraStreamStore,
+    CdcSource,
+    Database,
+    OutboxClaims,
+    Table,
+)
+from trio_rt.cdc import AgentBatch, CdcAgent, CdcChange
+from trio_rt.testing.services import CassandraServer, ServiceError
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SEGMENT_SIZE = 1 << 20
+CDC_TOTAL_SPACE = 8 << 20
+
+
+@pytest.fixture(scope="module")
+def cdc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CassandraServer]:
+    try:
+        node = CassandraServer.start(
+            tmp_path_factory.mktemp("cdc"),
+            die_with_parent=True,
+            cdc_agent=True,
+            cdc_agent_options={"poll-ms": "5"},
+            extra_yaml="commitlog_segment_size: 1MiB\ncdc_total_space: 8MiB\n",
+        )
+    except ServiceError as exc:
+        pytest.fail(f"could not start a CDC node: {exc}")
+    yield node
+    node.stop()
+
+
+def agent(node: CassandraServer) -> CdcAgent:
+    assert node.cdc_agent is not None
+    return node.cdc_agent
+
+
+@pytest.fixture
+async def cdc_session(cdc_node: CassandraServer) -> AsyncIterator[CassandraSession]:
+    async with CassandraSession.connect([cdc_node.host], port=cdc_node.port) as session:
+        yield session
+
+
+def posts(*, full_rows: bool = False) -> Table:
+    return Table(
+        "posts",
+        {"id": "int", "author": "text", "title": "text", "score": "int", "tags": "set<text>"},
+        partition_key="id",
+        capture_full_rows=full_rows,
+    )
+
+
+def load_table() -> Table:
+    return Table("load", {"id": "int", "body": "text"}, partition_key="id")
+
+
+async def create(session: CassandraSession, keyspace: str, table: Table) -> None:
+    columns = ", ".join(f"{c.name} {c.cql_type}" for c in table.columns.values())
+    await session.execute(
+        f"CREATE TABLE {keyspace}.{table.name} ({columns}, PRIMARY KEY ({table.partition_key[0]}))"
+        " WITH cdc = true"
+    )
+
+
+@pytest.fixture
+async def keyspace(cdc_session: CassandraSession, cdc_node: CassandraServer) -> AsyncIterator[str]:
+    name = "cdc_" + uuid.uuid4().hex[:10]
+    await cdc_session.create_keyspace(name)
+    store = CassandraStreamStore(cdc_session, name)
+    await store.create_schema()
+    await CdcSource(
+        cdc_session, name, agents=[], tables=[], store=store, sequencer=MemorySequencer()
+    ).create_schema()
+    yield name
+    await cdc_session.drop_keyspace(name)
+
+
+def source(
+    session: CassandraSession, keyspace: str, node: CassandraServer, *tables: Table
+) -> CdcSource:
+    return CdcSource(
+        session,
+        keyspace,
+        agents=[f"{agent(node).host}:{agent(node).port}"],
+        tables=tables,
+        store=CassandraStreamStore(session, keyspace),
+        sequencer=MemorySequencer(),
+    )
+
+
+async def write(node: CassandraServer, keyspace: str, *statements: str) -> None:
+    """Runs the statements in another process (plain cassandra-driver), one after the other."""
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "tests.cdc_writer",
+            f"{node.host}:{node.port}",
+            keyspace,
+            "statements",
+        ],
+        stdin="\n".join(statements).encode(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+
+async def entries(store: CassandraStreamStore, table: str, count: int) -> list[StreamEntry]:
+    """The first entries of ``table:<table>`` once there are at least `count` of them."""
+    stream = f"table:{table}"
+    with trio.fail_after(120):  # a deadlock guard, not a timing assertion
+        while True:
+            head = await store.head(stream)
+            if head is not None and head.position.offset >= count:
+                found = await store.read(stream, head.position.epoch, 0, 100_000)
+                if len(found) >= count:
+                    return found
+            await trio.sleep(0.05)
+
+
+def events(found: list[StreamEntry]) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(e.payload) for e in found]
+
+
+async def test_writes_from_another_process_reach_the_stream_once_in_order(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    await cdc_session.execute(f"CREATE TABLE {keyspace}.other (id int PRIMARY KEY, v text)")
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await write(
+            cdc_node,
+            keyspace,
+            "INSERT INTO posts (id, author, title, score) VALUES (1, 'ann', 'one', 1)",
+            "UPDATE posts SET title = 'uno', tags = tags + {'a'} WHERE id = 1",
+            "INSERT INTO posts (id, author, title, score) VALUES (2, 'bob', 'two', 2) USING TTL 3600",
+            "DELETE FROM posts WHERE id = 1",
+            "INSERT INTO other (id, v) VALUES (1, 'not captured')",
+            "BEGIN BATCH "
+            "INSERT INTO posts (id, author, title, score) VALUES (3, 'cy', 'three', 3); "
+            "INSERT INTO posts (id, author, title, score) VALUES (4, 'di', 'four', 4); "
+            "APPLY BATCH",
+            "UPDATE posts SET score = 5 WHERE id = 2",
+        )
+        found = events(await entries(cdc.store, "posts", 7))
+        await trio.sleep(0.5)  # nothing more may come
+        assert len(events(await entries(cdc.store, "posts", 7))) == 7
+        nursery.cancel_scope.cancel()
+    head = [(e["operation"], e["key"], e["data"]) for e in found]
+    assert head[:4] == [
+        ("insert", {"id": 1}, {"id": 1, "author": "ann", "title": "one", "score": 1}),
+        ("update", {"id": 1}, {"id": 1, "title": "uno"}),
+        ("insert", {"id": 2}, {"id": 2, "author": "bob", "title": "two", "score": 2}),
+        ("delete", {"id": 1}, {"id": 1}),
+    ]
+    assert found[1]["partial"] == ["tags"]  # the set changed element by element
+    assert found[2]["ttl"] == 3600 and found[0].get("ttl") is None
+    assert all(e["source"] == "cdc" and isinstance(e["ts"], int) for e in found)
+    # A batch's partitions are separate mutations: both come, in the commit log's order.
+    assert sorted(e["key"]["id"] for e in found[4:6]) == [3, 4]
+    assert head[6] == ("update", {"id": 2}, {"id": 2, "score": 5})
+    assert cdc.stats["ignored"] == 0  # `other` has no cdc: the agent does not even send it
+
+
+async def test_full_rows_are_read_for_updates_of_a_capture_full_rows_table(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    table = posts(full_rows=True)
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await write(
+            cdc_node,
+            keyspace,
+            "INSERT INTO posts (id, author, title, score, tags) VALUES (1, 'ann', 'one', 1, {'x'})",
+            "UPDATE posts SET title = 'uno', tags = tags + {'y'} WHERE id = 1",
+        )
+        found = events(await entries(cdc.store, "posts", 2))
+        nursery.cancel_scope.cancel()
+    assert found[1]["operation"] == "update"
+    # Read after the write: the whole row, the partially updated set included.
+    assert found[1]["data"] == {
+        "id": 1,
+        "author": "ann",
+        "title": "uno",
+        "score": 1,
+        "tags": ["x", "y"],
+    }
+    assert cdc.stats["row_reads"] == 1  # the insert wrote every column: no read
+
+
+def a_batch(keyspace: str, seq: int, *ids: int) -> AgentBatch:
+    changes = [
+        CdcChange(keyspace, "posts", "insert", {"id": i}, 1_000_000 + i, {"title": f"t{i}"})
+        for i in ids
+    ]
+    return AgentBatch(seq, 1, 100 * seq, changes)
+
+
+async def test_a_batch_sent_again_or_by_another_replica_is_stored_once(
+    cdc_session: CassandraSession, keyspace: str
+) -> None:
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session, keyspace, agents=[], tables=[table], store=store, sequencer=MemorySequencer()
+    )
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))  # after an agent restart
+    await cdc.ingest("node-b", a_batch(keyspace, 7, 2, 3, 4))  # another replica
+    found = events(await entries(store, "posts", 4))
+    assert [e["key"]["id"] for e in found] == [1, 2, 3, 4]
+    assert cdc.stats["stored"] == 4 and cdc.stats["duplicates"] == 5
+
+
+async def test_a_claimed_change_that_was_not_stored_is_stored_when_sent_again(
+    cdc_session: CassandraSession, keyspace: str
+) -> None:
+    """A consumer stopped between the claim and the write: the same node's re-send stores it
+    (the claim is the node's and has no position); another node's copy does not."""
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session, keyspace, agents=[], tables=[table], store=store, sequencer=MemorySequencer()
+    )
+    from trio_rt.cdc._wire import change_id
+
+    ident = change_id(keyspace, "posts", "write", 1_000_001, {"id": 1})
+    assert await cdc.claims.claim("table:posts", ident, "node-a")
+    await cdc.ingest("node-b", a_batch(keyspace, 1, 1))
+    assert cdc.stats["stored"] == 0
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1))
+    assert [e["key"]["id"] for e in events(await entries(store, "posts", 1))] == [1]
+
+
+async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    from trio_rt import ChangeLog
+
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    db = Database(cdc_session, keyspace)
+    db.capture = OutboxClaims(ChangeLog(cdc.store, cdc.sequencer), cdc.claims, cdc.cdc_tables)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await db.insert(table, {"id": 1, "author": "ann", "title": "outbox", "score": 1})
+        await write(cdc_node, keyspace, "INSERT INTO posts (id, title) VALUES (2, 'cqlsh')")
+        found = events(await entries(cdc.store, "posts", 2))
+        await trio.sleep(0.5)
+        assert len(events(await entries(cdc.store, "posts", 2))) == 2
+        nursery.cancel_scope.cancel()
+    assert [(e["key"]["id"], e.get("source")) for e in found] == [(1, None), (2, "cdc")]
+    assert cdc.stats["duplicates"] == 1  # CDC saw the outbox's write, claimed already
+
+
+async def load(node: CassandraServer, keyspace: str, count: int, rate: float, size: int) -> str:
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "tests.cdc_writer",
+            f"{node.host}:{node.port}",
+            keyspace,
+            "load",
+            "--count",
+            str(count),
+            "--rate",
+            str(rate),
+            "--size",
+            str(size),
+        ],  # fmt: skip
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return result.stdout.decode().strip()
+
+
+def assert_each_once_in_order(found: list[dict[str, Any]], count: int) -> None:
+    ids = [e["key"]["id"] for e in found]
+    assert len(ids) == len(set(ids)), "a change was stored twice"
+    assert ids == list(range(count))
+
+
+async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    killed = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await cdc.wait_connected()
+
+        async def killer() -> None:
+            for _ in range(2):
+                # Wait for changes to flow, then kill the agent in the middle of them.
+                stored = cdc.stats["stored"]
+                while cdc.stats["stored"] < stored + 50:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                killed.append(agent(cdc_node).kill())
+                await trio.to_thread.run_sync(agent(cdc_node).wait_ready)
+
+        nursery.start_soon(killer)
+        assert await load(cdc_node, keyspace, 600, 150, 50) == "done 600 failed 0"
+        found = events(await entries(cdc.store, "load", 600))
+        await trio.sleep(0.5)
+        found = events(await entries(cdc.store, "load", 600))
+        nursery.cancel_scope.cancel()
+    assert len(killed) == 2 and all(killed)
+    assert len(found) == 600
+    assert_each_once_in_order(found, 600)
+
+
+async def test_cdc_raw_stays_bounded_under_a_sustained_write_load(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """16 MiB through a node whose cdc_raw may hold 8 MiB: without the agent deleting what
+    was consumed, writes to the table would be rejected half way (see the next test)."""
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    cdc_raw = cdc_node.dir / "cdc_raw"
+    largest = 0
+    count, size = 8000, 2000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await cdc.wait_connected()
+
+        async def watch() -> None:
+            nonlocal largest
+            while True:
+                used = sum(p.stat().st_size for p in cdc_raw.iterdir() if p.exists())
+                largest = max(largest, used)
+                await trio.sleep(0.1)
+
+        nursery.start_soon(watch)
+        assert await load(cdc_node, keyspace, count, 400, size) == f"done {count} failed 0"
+        found = events(await entries(cdc.store, "load", count))
+        nursery.cancel_scope.cancel()
+    assert_each_once_in_order(found, count)
+    assert count * size > 2 * CDC_TOTAL_SPACE
+    assert largest <= CDC_TOTAL_SPACE + 2 * SEGMENT_SIZE
+
+
+async def test_without_a_consumer_cdc_raw_fills_and_writes_are_rejected_then_resume(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """What the deletion guards against (and the alert warns about): nobody consumes, the
+    segments stay, Cassandra rejects writes to CDC tables; a consumer makes room again."""
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    outcome = await load(cdc_node, keyspace, 6000, 2000, 2000)
+    assert outcome.startswith("done 6000 failed ") and outcome != "done 6000 failed 0"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await cdc.wait_connected()
+        with trio.fail_after(60):
+            while not cdc.alerting():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        failed = int(outcome.rsplit(" ", 1)[1])
+        await entries(cdc.store, "load", 6000 - failed)
+        # Room again: the next writes are accepted.
+        await write(cdc_node, keyspace, "INSERT INTO load (id, body) VALUES (100000, 'after')")
+        with trio.fail_after(60):
+            while cdc.alerting():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_of_the_node_loses_and_repeats_nothing(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """Changes written while the agent is down, the node killed with SIGKILL (it replays its
+    commit log) and restarted, more changes: each reaches the stream once, in order."""
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    old = agent(cdc_node)
+    await trio.to_thread.run_sync(old.wait_ready)
+    old.stop()
+    statements = [f"INSERT INTO load (id, body) VALUES ({i}, 'b')" for i in range(40)]
+    await write(cdc_node, keyspace, *statements[:20])
+    await trio.sleep(0.2)  # past the 2 ms commit-log sync
+    await trio.to_thread.run_sync(lambda: cdc_node.restart(kill=True))
+    await write(cdc_node, keyspace, *statements[20:])
+    lib = Path(old.argv[old.argv.index("-cp") + 1].split(":")[1].rstrip("*"))
+    cdc_node.cdc_agent = await trio.to_thread.run_sync(
+        lambda: CdcAgent.start(
+            lib,
+            cdc_node.dir / "cassandra.yaml",
+            old.state_dir,
+            port=old.port,
+            options={"poll-ms": "5"},
+        )
+    )
+    async with CassandraSession.connect([cdc_node.host], port=cdc_node.port) as session:
+        cdc = source(session, keyspace, cdc_node, table)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cdc.run)
+            found = events(await entries(cdc.store, "load", 40))
+            await trio.sleep(0.5)
+            found = events(await entries(cdc.store, "load", 40))
+            nursery.cancel_scope.cancel()
+    assert_each_once_in_order(found, 40)
+
+
+def test_the_agent_jar_is_built_for_the_node_version() -> None:
+    import zipfile
+
+    from trio_rt.cdc import ensure_agent_jar
+
+    jar = ensure_agent_jar()
+    assert "trio_rt/cdc/agent/Agent.class" in zipfile.ZipFile(jar).namelist()
+    assert (jar.parent / "logback.xml").is_file()
