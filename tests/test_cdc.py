@@ -166,7 +166,8 @@ async def test_writes_from_another_process_reach_the_stream_once_in_order(
             keyspace,
             "INSERT INTO posts (id, author, title, score) VALUES (1, 'ann', 'one', 1)",
             "UPDATE posts SET title = 'uno', tags = tags + {'a'} WHERE id = 1",
-            "INSERT INTO posts (id, author, title, score) VALUES (2, 'bob', 'two', 2) USING TTL 3600",
+            "INSERT INTO posts (id, author, title, score) VALUES (2, 'bob', 'two', 2) "
+            "USING TTL 3600",
             "DELETE FROM posts WHERE id = 1",
             "INSERT INTO other (id, v) VALUES (1, 'not captured')",
             "BEGIN BATCH "
@@ -292,25 +293,11 @@ async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
 
 
 async def load(node: CassandraServer, keyspace: str, count: int, rate: float, size: int) -> str:
+    endpoint = f"{node.host}:{node.port}"
+    argv = [sys.executable, "-m", "tests.cdc_writer", endpoint, keyspace, "load"]
+    argv += ["--count", str(count), "--rate", str(rate), "--size", str(size)]
     result = await trio.run_process(
-        [
-            sys.executable,
-            "-m",
-            "tests.cdc_writer",
-            f"{node.host}:{node.port}",
-            keyspace,
-            "load",
-            "--count",
-            str(count),
-            "--rate",
-            str(rate),
-            "--size",
-            str(size),
-        ],  # fmt: skip
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        cwd=ROOT,
+        argv, capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     return result.stdout.decode().strip()

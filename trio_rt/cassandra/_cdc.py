@@ -47,6 +47,7 @@ from ..cdc._wire import (
     AgentRefused,
     AgentStats,
     CdcChange,
+    ChangeKind,
     LineReader,
     WireError,
     change_id,
@@ -383,6 +384,7 @@ class CdcSource:
             extra["scope"] = "range"
         elif change.static:
             extra["scope"] = "static"
+        operation: str
         if change.op in ("insert", "update"):
             operation = change.op
             data = {**key, **self._values(table, change.cells)}
@@ -443,7 +445,7 @@ class OutboxClaims:
             table = change.definition
             if table is None:
                 raise ValueError(f"a change to {change.table!r} without its table definition")
-            kind = "delete" if change.operation == "delete" else "write"
+            kind: ChangeKind = "delete" if change.operation == "delete" else "write"
             ident = change_id(
                 self.claims.keyspace, change.table, kind, write.timestamp, table.to_json(change.key)
             )
