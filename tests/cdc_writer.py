@@ -5,7 +5,8 @@ line, from stdin and runs them one after the other (each waits for the previous 
 prints ``ok N`` after statement N.
 
 ``python -m tests.cdc_writer HOST:PORT KEYSPACE load --count N --rate R --size S [--start K]``
-inserts rows ``K .. K+N-1`` of S bytes into ``load``, R per second, up to 16 at a time; it
+inserts rows ``K .. K+N-1`` of S bytes into ``load``, R per second, up to 16 at a time
+(``--concurrency``; 1: each write waits for the previous one); it
 prints ``done N failed F``.
 """
 
@@ -49,7 +50,7 @@ def load(session, keyspace: str, args: argparse.Namespace) -> None:  # type: ign
         if pause > 0:
             time.sleep(pause)
         futures.append(session.execute_async(insert, (args.start + n, body)))
-        while len(futures) >= 16:
+        while len(futures) >= args.concurrency:
             try:
                 futures.pop(0).result()
             except Exception as exc:  # a rejected write (cdc_raw full) is what this counts
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     cluster, session = connect(args.endpoint)
     try:
