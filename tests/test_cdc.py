@@ -48,7 +48,12 @@ def cdc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CassandraServ
             die_with_parent=True,
             cdc_agent=True,
             cdc_agent_options={"poll-ms": "5"},
-            extra_yaml="commitlog_segment_size: 1MiB\ncdc_total_space: 8MiB\n",
+            extra_yaml=(
+                "commitlog_segment_size: 1MiB\ncdc_total_space: 8MiB\n"
+                # Cassandra counts a segment against cdc_total_space until its memtables are
+                # flushed, whatever cdc_raw holds: flush early so that 8 MiB is about cdc_raw.
+                "commitlog_total_space: 4MiB\n"
+            ),
         )
     except ServiceError as exc:
         pytest.fail(f"could not start a CDC node: {exc}")
