@@ -368,7 +368,7 @@ async def test_cdc_raw_stays_bounded_under_a_sustained_write_load(
     cdc_raw = cdc_node.dir / "cdc_raw"
     largest = 0
     seen: set[str] = set()
-    count, size = 8000, 1000
+    count, size = 3000, 3000  # ~20 MiB of commit log (the entries repeat the rows)
     async with trio.open_nursery() as nursery:
         await nursery.start(cdc.run)
         await cdc.wait_connected()
@@ -386,7 +386,8 @@ async def test_cdc_raw_stays_bounded_under_a_sustained_write_load(
                 await trio.sleep(0.1)
 
         nursery.start_soon(watch)
-        outcome = await load(cdc_node, keyspace, count, 250, size, concurrency=16)
+        # 100/s: what the consumer sustains on these machines (docs/cdc.md "What it costs").
+        outcome = await load(cdc_node, keyspace, count, 100, size, concurrency=16)
         assert outcome == f"done {count} failed 0"
         found = events(await entries(cdc.store, "load", count))
         nursery.cancel_scope.cancel()
