@@ -209,6 +209,7 @@ class CdcAgent:
         port: int | None = None,
         options: dict[str, str] | None = None,
         timeout: float = AGENT_START_TIMEOUT,
+        die_with_parent: bool = False,
     ) -> CdcAgent:
         java_home = find_java17()
         jar = ensure_agent_jar(version, java_home=java_home)
@@ -225,7 +226,9 @@ class CdcAgent:
         )
         (state_dir / "agent-command.txt").write_text(shlex.join(argv) + "\n")
         agent = cls(argv, HOST, port, state_dir)
-        agent._launch()
+        # Only the first run can ask for it: restarts come from the supervisor thread, and
+        # Linux ties the parent-death signal to the thread that started the process.
+        agent._launch(die_with_parent)
         agent._thread = threading.Thread(target=agent._supervise, name="cdc-agent", daemon=True)
         agent._thread.start()
         try:
@@ -246,10 +249,15 @@ class CdcAgent:
         except OSError:
             return 0
 
-    def _launch(self) -> None:
+    def _launch(self, die_with_parent: bool = False) -> None:
         with self._lock:
             self._starts_seen = self._ready_count()
-            self.proc = spawn(self.argv, log_path=self.log_path, cwd=self.state_dir)
+            self.proc = spawn(
+                self.argv,
+                log_path=self.log_path,
+                cwd=self.state_dir,
+                die_with_parent=die_with_parent,
+            )
 
     def wait_ready(self, timeout: float = AGENT_START_TIMEOUT) -> None:
         """Until the running agent listens (its schema loaded); `ServiceError` after

@@ -632,10 +632,16 @@ public final class Agent
             Sections sections = Sections.from(new Handler(), descriptor, reader, marker);
             Iterator<CommitLogSegmentReader.SyncSegment> it = sections.iterator();
             boolean ended = false;
+            boolean exhausted = false;
             // Never ask for a sync marker at or past the durable offset: the next sync may be
             // writing it (and a bad marker would make Cassandra's iterator retry forever).
-            while (marker < durable && it.hasNext())
+            while (marker < durable)
             {
+                if (!it.hasNext())
+                {
+                    exhausted = true;  // no section after this one
+                    break;
+                }
                 CommitLogSegmentReader.SyncSegment section = it.next();
                 if (section.fileEndPosition > durable)
                     break;  // not synced yet
@@ -655,7 +661,10 @@ public final class Agent
                     break;
                 }
             }
-            boolean done = segment.completed && (ended || marker >= durable);
+            // A completed segment is done at its end-of-segment marker, at its durable
+            // offset, or where its sections end (after a crash the node replays the segment
+            // and marks it COMPLETED with the file's whole length as durable offset).
+            boolean done = segment.completed && (ended || exhausted || marker >= durable);
             return new Cursor(segment.id, plain ? marker : -1, position, done);
         }
     }

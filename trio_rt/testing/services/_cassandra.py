@@ -468,6 +468,7 @@ class CassandraServer(Service):
                     sdir / "cdc_agent",
                     version=version,
                     options=cdc_agent_options,
+                    die_with_parent=die_with_parent,
                 )
             except BaseException:
                 server.stop(remove_dir=False)
