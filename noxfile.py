@@ -35,9 +35,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Fan-out benchmark against websockets' asyncio broadcast() (docs/performance.md)."""
+    """One table, trio_rt against websockets, python-socketio, Node's ws and Go's
+    gorilla/websocket (`python -m benchmarks.table`; Node and Go peers are built into a cache
+    first). `nox -s bench -- --quick` for a smoke run; docs/performance.md."""
     session.install("--only-binary", "cassandra-driver", "-e", ".[dev,bench]")
-    session.run("python", "-m", "benchmarks.fanout", *session.posargs)
+    session.run("python", "-m", "benchmarks.table", *session.posargs)
 
 
 @nox.session

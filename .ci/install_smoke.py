@@ -76,7 +76,7 @@ def drive(workdir: Path) -> None:
         raise SystemExit("install smoke: pip warned:\n" + "\n".join(warnings))
     names = run([str(python), "-m", "pip", "list", "--format=json"]).stdout
     present = {p["name"].lower().replace("_", "-") for p in json.loads(names)}
-    extras = {"redis", "trio-asyncio", "cassandra-driver", "pyjwt", "prometheus-client"}
+    extras = {"hiredis", "redis", "trio-asyncio", "cassandra-driver", "pyjwt", "prometheus-client"}
     if present & extras:
         raise SystemExit(f"install smoke: a core install brought extras: {present & extras}")
     step(f"installed the wheel without extras in a fresh venv ({len(present)} packages)")

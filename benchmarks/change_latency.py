@@ -39,7 +39,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-import trio_asyncio
 from websockets.trio.client import connect
 
 from trio_rt import ChangeStreamManager, RedisBroker, RedisSequencer, WebSocketManager
@@ -137,7 +136,6 @@ async def measure(args: argparse.Namespace, cassandra: str, redis_url: str) -> d
                 write_ms.append((time.perf_counter() - t0) * 1000)
             results["write"] = summary(write_ms)
             async with (
-                trio_asyncio.open_loop(),
                 server(session, keyspace, redis_url, poll=5.0) as (manager, changes, db),
             ):
                 await changes.create_schema()
@@ -227,7 +225,6 @@ async def writer_role(args: argparse.Namespace) -> None:
     endpoint = parse_cassandra_endpoint(args.cassandra)
     async with (
         CassandraSession.connect([endpoint.host], port=endpoint.port) as session,
-        trio_asyncio.open_loop(),
         server(session, args.keyspace, args.redis, poll=5.0) as (_, _, db),
     ):
         await paced_writes(db, 10**6, args.count, args.rate, args.operation)

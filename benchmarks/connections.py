@@ -20,6 +20,11 @@ a fresh server and generator:
    welcome, send a close frame, wait for the server to close the TCP connection. Handshakes/s =
    completed cycles / duration.
 
+The memory phases also record the server's CPU per connection opened (handshake + welcome,
+``server_cpu_us_per_open``). Kinds: the ``conn_*`` servers, ``socketio`` (python-socketio; its
+clients speak Engine.IO/Socket.IO: ``--protocol sio`` below), and the Node and Go peers
+(``node_ws``, ``go_gorilla``: ``benchmarks.peers``, built by their launchers).
+
 Run: ``python -m benchmarks.connections [--connections 10000] [--runs 1]
 [--servers trio_rt,baseline] [--json out.json]``. The first kind is the numerator of every
 ratio. Results go to ``benchmarks/results/connections-<UTC time>.json`` (gitignored).
@@ -36,6 +41,8 @@ import signal
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,11 @@ SERVERS: dict[str, str] = {
     "baseline": "benchmarks.servers.conn_baseline",
     # not a contender: websockets' Trio server without trio_rt (what trio_rt adds to it)
     "websockets_trio": "benchmarks.servers.conn_websockets_trio",
+    # python-socketio on aiohttp (clients: --protocol sio)
+    "socketio": "benchmarks.servers.peer_socketio",
+    # peers in other languages, built into a cache by their launchers (benchmarks.peers)
+    "node_ws": "benchmarks.servers.node_ws",
+    "go_gorilla": "benchmarks.servers.go_gorilla",
 }
 
 
@@ -68,11 +80,14 @@ SERVER_ARGS: dict[str, list[str]] = {
     "trio_rt+gcfreeze": ["--gc-freeze", "10"],
     "trio_rt+nocontext": ["--no-context-takeover"],
 }
+# the load generator's options per kind (the default speaks plain WebSocket at "/")
+LOADGEN_ARGS: dict[str, list[str]] = {"socketio": ["--protocol", "sio"]}
 
 
 # -- load generator (runs in its own process: ``--loadgen``) ------------------------------------
 
 MASK = b"\x37\xfa\x21\x3d"
+SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 CLOSE_1000 = bytes([0x88, 0x82]) + MASK + bytes([0x03 ^ MASK[0], 0xE8 ^ MASK[1]])
 
 
@@ -95,9 +110,25 @@ class Stats:
 
 
 class Client(asyncio.Protocol):
-    """One WebSocket client: handshake, welcome, pongs; nothing else."""
+    """One WebSocket client: handshake, welcome, pongs; nothing else.
 
-    __slots__ = ("buf", "closing", "done", "last_ping", "open", "stats", "transport", "welcome")
+    With ``sio`` set (``--protocol sio``) it speaks Engine.IO 4 / Socket.IO 5: the Engine.IO
+    open packet is answered with ``40`` (connect to the namespace "/"), the namespace's
+    ``40{...}`` counts as the welcome, and an Engine.IO ping ``2`` is answered with ``3``;
+    compressed frames (permessage-deflate with context takeover) are inflated to read them."""
+
+    __slots__ = (
+        "buf",
+        "closing",
+        "done",
+        "inflater",
+        "last_ping",
+        "open",
+        "stats",
+        "transport",
+        "welcome",
+    )
+    sio = False
 
     def __init__(self, stats: Stats, welcome: asyncio.Future[None], track_done: bool) -> None:
         self.stats = stats
@@ -110,6 +141,7 @@ class Client(asyncio.Protocol):
         )
         self.closing = False
         self.last_ping = 0.0
+        self.inflater: Any = None  # a zlib decompressobj, for compressed Socket.IO frames
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -128,7 +160,8 @@ class Client(asyncio.Protocol):
             self.stats.opened += 1
             buf = buf[end + 4 :]
         while len(buf) >= 2:
-            opcode = buf[0] & 0x0F
+            buf_first = buf[0]
+            opcode = buf_first & 0x0F
             length = buf[1] & 0x7F
             start = 2
             if length == 126:
@@ -159,11 +192,33 @@ class Client(asyncio.Protocol):
                     self.closing = True
                     assert self.transport is not None
                     self.transport.write(masked(0x8, payload[:2]))
+            elif self.sio and opcode == 0x1:
+                if buf_first & 0x40:  # RSV1: compressed
+                    if self.inflater is None:
+                        self.inflater = zlib.decompressobj(-15)
+                    payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+                self._sio_packet(payload)
             elif opcode in (0x1, 0x2, 0x0) and self.welcome is not None:
                 if not self.welcome.done():
                     self.welcome.set_result(None)
                 self.welcome = None
         self.buf = buf
+
+    def _sio_packet(self, payload: bytes) -> None:
+        assert self.transport is not None
+        if payload == b"2":  # Engine.IO ping (the server's heartbeat)
+            now = time.monotonic()
+            if self.last_ping:
+                self.stats.ping_intervals.append(now - self.last_ping)
+            self.last_ping = now
+            self.transport.write(masked(0x1, b"3"))
+            self.stats.pongs += 1
+        elif payload.startswith(b"40") and self.welcome is not None:
+            if not self.welcome.done():
+                self.welcome.set_result(None)
+            self.welcome = None
+        elif payload.startswith(b"0") and self.welcome is not None:  # Engine.IO open
+            self.transport.write(masked(0x1, b"40"))
 
     def close(self) -> None:
         """Start the closing handshake; the server closes the TCP connection."""
@@ -187,16 +242,17 @@ class Client(asyncio.Protocol):
 
 
 class LoadGen:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, path: str = "/") -> None:
         self.host = host
         self.port = port
+        self.path = path
         self.stats = Stats()
         self.clients: list[Client] = []
 
     def request(self, deflate: bool) -> bytes:
         ext = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
         return (
-            f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             f"Sec-WebSocket-Version: 13\r\n{ext if deflate else ''}\r\n"
         ).encode()
@@ -288,8 +344,9 @@ def percentiles(samples: list[float]) -> dict[str, float | int | None]:
     }
 
 
-async def loadgen_main(host: str, port: int) -> None:
-    gen = LoadGen(host, port)
+async def loadgen_main(host: str, port: int, protocol: str = "ws") -> None:
+    Client.sio = protocol == "sio"
+    gen = LoadGen(host, port, SIO_PATH if Client.sio else "/")
     print("READY", flush=True)
     while True:
         line = await asyncio.to_thread(sys.stdin.readline)
@@ -312,12 +369,13 @@ async def loadgen_main(host: str, port: int) -> None:
 # -- harness ------------------------------------------------------------------------------------
 
 
-def start_loadgen(server: Proc, host: str) -> Proc:
+def start_loadgen(server: Proc, host: str, extra: Sequence[str] = ()) -> Proc:
     """Waits for `server`'s ``READY <port>``, then starts this module's load generator
-    (``--loadgen``) against that port; returns it once it is ready (stopped if it fails)."""
+    (``--loadgen``, with `extra` options such as ``--protocol sio``) against that port;
+    returns it once it is ready (stopped if it fails)."""
     port = int(server.out.wait_for("READY", 60).split()[1])
     gen = Proc(
-        ["-m", "benchmarks.connections", "--loadgen", "--host", host, "--port", str(port)],
+        ["-m", "benchmarks.connections", "--loadgen", "--host", host, "--port", str(port), *extra],
         "loadgen",
     )
     try:
@@ -383,7 +441,7 @@ def one_phase(kind: str, phase: str, args: argparse.Namespace) -> dict[str, Any]
     gen: Proc | None = None
     result: dict[str, Any] = {"kind": kind, "phase": phase, "busy_cores_before": idle_busy}
     try:
-        gen = start_loadgen(server, args.host)
+        gen = start_loadgen(server, args.host, LOADGEN_ARGS.get(kind, ()))
         n = args.connections
         if phase == "churn":
             cpu0, busy0 = cpu_seconds(server.ps), machine_busy_seconds()
@@ -407,8 +465,15 @@ def one_phase(kind: str, phase: str, args: argparse.Namespace) -> dict[str, Any]
             before = server_state(server)
             rss0 = rss(server.ps)
             sampler = RssSampler(server.ps)
+            cpu0 = cpu_seconds(server.ps)
             opened = gen.ask(f"OPEN {n} {args.batch} {int(deflate)}", "OPENED", 600)
-            result.update(open_seconds=opened["seconds"], open_failed=opened["failed"])
+            open_cpu = cpu_seconds(server.ps) - cpu0
+            result.update(
+                open_seconds=opened["seconds"],
+                open_failed=opened["failed"],
+                # handshake + welcome, N at a time in batches of --batch
+                server_cpu_us_per_open=open_cpu / max(opened["ok"], 1) * 1e6,
+            )
             if phase == "hold":
                 s0 = gen.ask("STATUS", "STATUS", 30)
                 gen.ask("INTERVALS", "INTERVALS", 30)  # forget the opening's intervals
@@ -577,7 +642,8 @@ def print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
     print(" holding N with heartbeat 5 s; hs/s: handshakes/s; us/hs: server CPU per handshake)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
+    """The command line; `one_phase` takes what it parses (``benchmarks.table`` builds one)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=1)
@@ -597,11 +663,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--protocol", choices=["ws", "sio"], default="ws", help=argparse.SUPPRESS)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     raise_fd_limit()
     if args.loadgen:
-        asyncio.run(loadgen_main(args.host, args.port))
+        asyncio.run(loadgen_main(args.host, args.port, args.protocol))
         return 0
 
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
@@ -628,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     write_results(
         "connections",
         started,
-        {k: v for k, v in vars(args).items() if k not in ("loadgen", "port", "json")},
+        {k: v for k, v in vars(args).items() if k not in ("loadgen", "port", "protocol", "json")},
         {"summary": summary, "runs": runs},
         args.json,
     )

@@ -14,7 +14,9 @@ For each run and each server kind (alternating, so machine noise hits every kind
 Measured: deliveries/s = deliveries / (time from the generator sending ``bench_start`` to the
 last delivery); latency per delivery = time of receipt at the client - ``t`` (CLOCK_MONOTONIC
 is system-wide on Linux, so it compares across processes); server CPU (user + system) per
-delivery; the generator's CPU as a fraction of the wall time (its headroom).
+delivery; the generator's CPU as a fraction of the wall time (its headroom); and connection
+setup: the server's CPU from ``READY`` to ``JOINED`` (+0.5 s) per client (handshake, welcome,
+``join_room``/``room_joined``).
 
 Run: ``python -m benchmarks.fanout --clients 200 --messages 2000 --runs 5 [--size 70]
 [--servers trio_rt,baseline] [--json out.json]``. The first kind in ``--servers`` is the
@@ -49,6 +51,9 @@ SERVERS: dict[str, str] = {
     "baseline": "benchmarks.servers.baseline_websockets",
     # not a contender: checks the generator's headroom (see its docstring)
     "raw": "benchmarks.servers.raw_calibration",
+    # peers in other languages, built into a cache by their launchers (benchmarks.peers)
+    "node_ws": "benchmarks.servers.node_ws",
+    "go_gorilla": "benchmarks.servers.go_gorilla",
 }
 
 
@@ -153,6 +158,7 @@ def one_run(
         server_out = LineReader(server.stdout, f"{label or kind} server")
         port = int(server_out.wait_for("READY", 60).split()[1])
         server_ps = psutil.Process(server.pid)
+        server_cpu_ready = cpu_seconds(server_ps)
 
         generator = subprocess.Popen(
             [
@@ -183,6 +189,8 @@ def one_run(
         time.sleep(0.5)  # let the join traffic settle
 
         server_cpu_before = cpu_seconds(server_ps)
+        # connection setup: handshake, welcome, join_room and room_joined of every client
+        setup_cpu = server_cpu_before - server_cpu_ready
         server_sys_before = server_ps.cpu_times().system
         busy_before = machine_busy_seconds()
         wall_before = time.monotonic()
@@ -208,6 +216,9 @@ def one_run(
         server_system_s=server_sys,  # the kernel's share: sends, wake-ups
         server_cpu_fraction=server_cpu / wall,
         server_cpu_us_per_delivery=server_cpu / deliveries * 1e6 if deliveries else None,
+        setup_cpu_s=setup_cpu,
+        # psutil's CPU times tick every 10 ms: at 200 clients, +-0.05 ms per connection
+        setup_cpu_us_per_connection=setup_cpu / clients * 1e6,
         machine_busy_cores=busy / wall,
         # CPU used by everything else on the machine during the window (noise), in cores
         other_busy_cores=max(0.0, busy - server_cpu - result["loadgen_cpu_s"]) / wall,

@@ -302,10 +302,13 @@ async def run(
     *,
     client_class: type[Client] = Client,
     join_room: Callable[[Client], Awaitable[None]] = join,
+    rate: float = 0.0,
 ) -> tuple[dict[str, Any], list[Client]]:
     """The whole protocol with the harness (module docstring), client ``i`` on
-    ``ports[i % len(ports)]`` (client 0, on ``ports[0]``, sends ``bench_start``). Returns the
-    ``RESULT`` dict and the clients, closed, whose ``received`` counts stay."""
+    ``ports[i % len(ports)]`` (client 0, on ``ports[0]``, sends ``bench_start``; a port may
+    appear several times to put more clients on it). `rate` > 0: ``bench_start`` asks for that
+    many broadcasts per second (absolute schedule) instead of a burst. Returns the ``RESULT``
+    dict and the clients, closed, whose ``received`` counts stay."""
     stats = Stats(clients, messages)
     conns: list[Client] = []
     batch = 50  # connect in batches: stay below the server's listen backlog
@@ -328,7 +331,10 @@ async def run(
     stats.running = True
     cpu_before = cpu_seconds()
     start_ns = time.monotonic_ns()
-    conns[0].send_json({"type": "bench_start", "count": messages, "size": size})
+    start: dict[str, Any] = {"type": "bench_start", "count": messages, "size": size}
+    if rate > 0:
+        start["rate"] = rate
+    conns[0].send_json(start)
     completed = True
     last_count, last_change = -1, time.monotonic()
     while not stats.done.done():
@@ -351,6 +357,7 @@ async def run(
     stats.running = False
     deliveries = stats.deliveries()
     lat = sorted(v for a in stats.latencies_by_port.values() for v in a)
+    ports = list(dict.fromkeys(ports))  # each port once, in order
     by_port = [sorted(stats.latencies_by_port.get(port, ())) for port in ports]
     for c in conns:  # close handshake, so the server logs no errors
         c.send(0x8, (1000).to_bytes(2, "big"))

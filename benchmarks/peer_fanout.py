@@ -7,7 +7,9 @@ One room of N clients (default 1,000), M broadcasts, kinds alternating run by ru
 * ``baseline``: ``benchmarks.servers.baseline_websockets`` (websockets asyncio ``broadcast()``);
 * ``socketio``: ``benchmarks.servers.peer_socketio`` (python-socketio ``AsyncServer`` on
   aiohttp, ``await sio.emit("bench", data, room="bench")`` per broadcast); its clients speak
-  Engine.IO 4 / Socket.IO 5 over WebSocket (``benchmarks.peer_loadgen --protocol sio``).
+  Engine.IO 4 / Socket.IO 5 over WebSocket (``benchmarks.peer_loadgen --protocol sio``);
+* ``node_ws``, ``go_gorilla``: Node's ``ws`` and Go's gorilla/websocket (``benchmarks.peers``,
+  built into a cache by their launchers; not in the default ``--servers``).
 
 Run: ``python -m benchmarks.peer_fanout --clients 1000 --messages 400 --runs 3
 [--servers trio_rt,baseline,socketio] [--json out.json]``. Needs ``python-socketio`` and
@@ -26,6 +28,8 @@ KINDS = {
     "trio_rt": Kind("trio_rt", "benchmarks.servers.trio_rt_server"),
     "baseline": Kind("baseline", "benchmarks.servers.baseline_websockets"),
     "socketio": Kind("socketio", "benchmarks.servers.peer_socketio", (), ("--protocol", "sio")),
+    "node_ws": Kind("node_ws", "benchmarks.servers.node_ws"),
+    "go_gorilla": Kind("go_gorilla", "benchmarks.servers.go_gorilla"),
 }
 
 

@@ -48,6 +48,23 @@ def one_run(
     )
 
 
+def describe_run(r: dict[str, Any]) -> str:
+    """One fan-out run's numbers on one line (the progress line of every peer benchmark)."""
+    return (
+        f"{r['deliveries_per_s']:>10,.0f} dlv/s"
+        f"  p50 {r['latency_p50_us'] / 1e3:7.2f} ms"
+        f"  p99 {r['latency_p99_us'] / 1e3:7.2f} ms"
+        f"  server {r['server_cpu_us_per_delivery'] or float('nan'):6.2f} us/dlv"
+        f" ({r['server_cpu_fraction']:.2f} core)  gen {r['loadgen_cpu_fraction']:.2f}"
+        f"  other {r['other_busy_cores']:.2f}"
+        f"  {r['deliveries_per_read'] or float('nan'):.2f} dlv/read"
+        f"  drain {r['drain_ms'] or float('nan'):.1f} ms"
+        f"  setup {r['setup_cpu_us_per_connection'] / 1e3:.2f} ms/conn"
+        + ("" if r["completed"] else f"  INCOMPLETE {r['deliveries']}")
+        + ("  NOISY" if r["noisy"] else "")
+    )
+
+
 def run_all(
     kinds: list[Kind],
     *,
@@ -66,19 +83,7 @@ def run_all(
             r = one_run(kind, host, clients, messages, size, max_other, wait_idle)
             r.update(label=kind.label, run=run)
             results.append(r)
-            print(
-                f"run {run + 1}/{runs} {kind.label:<16} {r['deliveries_per_s']:>10,.0f} dlv/s"
-                f"  p50 {r['latency_p50_us'] / 1e3:7.2f} ms"
-                f"  p99 {r['latency_p99_us'] / 1e3:7.2f} ms"
-                f"  server {r['server_cpu_us_per_delivery'] or float('nan'):6.2f} us/dlv"
-                f" ({r['server_cpu_fraction']:.2f} core)  gen {r['loadgen_cpu_fraction']:.2f}"
-                f"  other {r['other_busy_cores']:.2f}"
-                f"  {r['deliveries_per_read'] or float('nan'):.2f} dlv/read"
-                f"  drain {r['drain_ms'] or float('nan'):.1f} ms"
-                + ("" if r["completed"] else f"  INCOMPLETE {r['deliveries']}")
-                + ("  NOISY" if r["noisy"] else ""),
-                flush=True,
-            )
+            print(f"run {run + 1}/{runs} {kind.label:<16} {describe_run(r)}", flush=True)
             for error in r["errors"]:
                 print(f"    error: {error}", file=sys.stderr)
     labels = [k.label for k in kinds]

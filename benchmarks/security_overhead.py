@@ -18,7 +18,6 @@ import timeit
 from typing import Any
 
 import trio
-import trio_asyncio
 from websockets.trio.client import connect
 
 from trio_rt import LocalRateLimiter, Rate, WebSocketManager
@@ -63,14 +62,13 @@ async def dispatch(messages: int, runs: int, redis_url: str | None) -> dict[str,
 
         modes["redis_limiter"] = {"rate_limit": 10**9, "redis": redis_url}
     results: dict[str, list[float]] = {m: [] for m in modes}
-    async with trio_asyncio.open_loop():
-        for _ in range(runs):
-            for mode, kwargs in modes.items():
-                kwargs = dict(kwargs)
-                url = kwargs.pop("redis", None)
-                if url:
-                    kwargs["rate_limiter"] = RedisRateLimiter(url, prefix="bench:rl:")
-                results[mode].append(await pings_per_second(messages, **kwargs))
+    for _ in range(runs):
+        for mode, kwargs in modes.items():
+            kwargs = dict(kwargs)
+            url = kwargs.pop("redis", None)
+            if url:
+                kwargs["rate_limiter"] = RedisRateLimiter(url, prefix="bench:rl:")
+            results[mode].append(await pings_per_second(messages, **kwargs))
     medians = {m: statistics.median(v) for m, v in results.items()}
     return {"msgs_per_s": medians, "runs": results}
 

@@ -84,11 +84,8 @@ async def client(
 async def two_servers(
     m1: WebSocketManager, m2: WebSocketManager
 ) -> AsyncIterator[tuple[Client, Client]]:
-    """Serve two managers in one process, with one client on each. Redis-backed managers in
-    one process share one trio-asyncio loop, opened here."""
-    import trio_asyncio
-
-    async with trio_asyncio.open_loop(), m1, m2, client(m1) as a, client(m2) as b:
+    """Serve two managers in one process, with one client on each."""
+    async with m1, m2, client(m1) as a, client(m2) as b:
         yield a, b
 
 

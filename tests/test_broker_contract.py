@@ -27,13 +27,9 @@ async def memory_brokers() -> AsyncIterator[MakeBroker]:
 
 @asynccontextmanager
 async def redis_brokers(url: str) -> AsyncIterator[MakeBroker]:
-    import trio_asyncio
-
     from trio_rt import RedisBroker
 
-    # Several brokers in one process share one trio-asyncio loop (trio_rt/redis/_aio.py).
-    async with trio_asyncio.open_loop():
-        yield lambda: RedisBroker(url)
+    yield lambda: RedisBroker(url)
 
 
 @pytest.fixture(params=["memory", "redis"])

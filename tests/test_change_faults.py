@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 import trio
-import trio_asyncio
 
 from trio_rt import ChangePublisher, RedisBroker, RedisSequencer, WebSocketManager
 from trio_rt._changes import ChangeEvent, ChangeStreamManager
@@ -63,7 +62,7 @@ async def test_redis_restarted_empty_costs_one_hole_timeout_not_one_per_reseeded
         changes = server(db, url, "r" + keyspace, tables=[posts()], hole_timeout=1.0)
         await changes.create_schema()
         manager = changes.manager
-        async with trio_asyncio.open_loop(), manager, client(manager) as c:
+        async with manager, client(manager) as c:
             await changes.watch(posts(), callback=record, name="indexer")
             sub = await c.request(
                 {"type": "subscribe", "table": "posts", "filters": {"score": {"gte": 0}}}
@@ -115,24 +114,23 @@ async def test_a_named_watcher_is_exactly_once_across_a_restart_while_a_publishe
         await trio.run_process([sys.executable, *argv, "--count", str(count)])
 
     with redis_on(port), trio.fail_after(GUARD):
-        async with trio_asyncio.open_loop():
-            changes = server(db, url, namespace, poll_interval=600.0)
-            await changes.create_schema()
-            async with changes.manager:
-                watch = await changes.watch(posts(), callback=record, name="indexer")
-                assert watch.ready.is_set() and watch.position is not None
-                for key in range(3):
-                    await db.insert(posts(), {"id": key, "author": "a", "title": "t", "score": 0})
-                await wait_until(lambda: len(seen) == 3, GUARD)
-            await writer(3, 4)  # while no server runs
-            db.capture = None  # the restarted server installs its own capture
-            changes = server(db, url, namespace, poll_interval=600.0)
-            async with changes.manager:
-                watch = await changes.watch(posts(), callback=record, name="indexer")
-                await wait_until(lambda: len(seen) == 7, GUARD)  # resumed: 3..6
-                await writer(7, 3)  # woken by the publisher's nudges, not by a poll
-                await wait_until(lambda: len(seen) == 10, GUARD)
-                assert watch.position is not None and watch.position.offset == 10
+        changes = server(db, url, namespace, poll_interval=600.0)
+        await changes.create_schema()
+        async with changes.manager:
+            watch = await changes.watch(posts(), callback=record, name="indexer")
+            assert watch.ready.is_set() and watch.position is not None
+            for key in range(3):
+                await db.insert(posts(), {"id": key, "author": "a", "title": "t", "score": 0})
+            await wait_until(lambda: len(seen) == 3, GUARD)
+        await writer(3, 4)  # while no server runs
+        db.capture = None  # the restarted server installs its own capture
+        changes = server(db, url, namespace, poll_interval=600.0)
+        async with changes.manager:
+            watch = await changes.watch(posts(), callback=record, name="indexer")
+            await wait_until(lambda: len(seen) == 7, GUARD)  # resumed: 3..6
+            await writer(7, 3)  # woken by the publisher's nudges, not by a poll
+            await wait_until(lambda: len(seen) == 10, GUARD)
+            assert watch.position is not None and watch.position.offset == 10
     assert [e.data["id"] for e in seen] == list(range(10))
     assert [e.position.offset for e in seen] == list(range(1, 11))
 
@@ -148,32 +146,27 @@ async def test_change_publisher_in_process_installs_the_capture_and_nudges(
         seen.append(event)
         await trio.lowlevel.checkpoint()
 
-    async with trio_asyncio.open_loop():
-        changes = server(
-            await make_db(session, keyspace), redis_url, namespace, poll_interval=600.0
+    changes = server(await make_db(session, keyspace), redis_url, namespace, poll_interval=600.0)
+    await changes.create_schema()
+    async with changes.manager:
+        await changes.watch(posts(), callback=record)
+        publisher = ChangePublisher(
+            db,
+            broker=RedisBroker(redis_url),
+            sequencer=RedisSequencer(redis_url, namespace=namespace),
         )
-        await changes.create_schema()
-        async with changes.manager:
-            await changes.watch(posts(), callback=record)
-            publisher = ChangePublisher(
-                db,
-                broker=RedisBroker(redis_url),
-                sequencer=RedisSequencer(redis_url, namespace=namespace),
-            )
-            assert db.capture is publisher.changelog
-            try:
-                ChangePublisher(db, broker=RedisBroker(redis_url), sequencer=publisher.sequencer)
-            except ValueError as exc:
-                assert "capture" in str(exc)
-            else:
-                raise AssertionError("a second capture on one Database was accepted")
-            with trio.fail_after(GUARD):
-                async with publisher:
-                    for key in range(3):
-                        await db.insert(
-                            posts(), {"id": key, "author": "a", "title": "t", "score": 0}
-                        )
-                await wait_until(lambda: len(seen) == 3, GUARD)
+        assert db.capture is publisher.changelog
+        try:
+            ChangePublisher(db, broker=RedisBroker(redis_url), sequencer=publisher.sequencer)
+        except ValueError as exc:
+            assert "capture" in str(exc)
+        else:
+            raise AssertionError("a second capture on one Database was accepted")
+        with trio.fail_after(GUARD):
+            async with publisher:
+                for key in range(3):
+                    await db.insert(posts(), {"id": key, "author": "a", "title": "t", "score": 0})
+            await wait_until(lambda: len(seen) == 3, GUARD)
     assert [e.data["id"] for e in seen] == [0, 1, 2]
 
 
@@ -209,74 +202,71 @@ async def test_two_servers_one_stopped_renewed_filtered_subscriptions_lose_and_r
             and ("author" not in f or author == f["author"])
         }
 
-    async with trio_asyncio.open_loop():
-        a = server(await make_db(session, keyspace), redis_url, namespace, tables=[posts()])
-        b = server(await make_db(session, keyspace), redis_url, namespace, tables=[posts()])
-        await a.create_schema()
-        writer_db = Database(session, keyspace)
-        publisher = ChangePublisher(
-            writer_db,
-            broker=RedisBroker(redis_url),
-            sequencer=RedisSequencer(redis_url, namespace=namespace),
-        )
-        received: list[list[tuple[int, int]]] = [[] for _ in filters]
-        renewals: list[dict[str, Any]] = []
-        subscribed = trio.Semaphore(0)
-        a_stopped = trio.Event()
+    a = server(await make_db(session, keyspace), redis_url, namespace, tables=[posts()])
+    b = server(await make_db(session, keyspace), redis_url, namespace, tables=[posts()])
+    await a.create_schema()
+    writer_db = Database(session, keyspace)
+    publisher = ChangePublisher(
+        writer_db,
+        broker=RedisBroker(redis_url),
+        sequencer=RedisSequencer(redis_url, namespace=namespace),
+    )
+    received: list[list[tuple[int, int]]] = [[] for _ in filters]
+    renewals: list[dict[str, Any]] = []
+    subscribed = trio.Semaphore(0)
+    a_stopped = trio.Event()
 
-        async def subscriber(n: int) -> None:
-            position: dict[str, Any] | None = None
-            expected = wanted(filters[n])
-            for manager in (a.manager, b.manager):
-                try:
-                    async with connect(manager.url, ping_interval=None) as ws:
-                        await ws.recv()  # welcome
-                        request: dict[str, Any] = {"type": "subscribe", "table": "posts"}
-                        request["filters"] = filters[n]
-                        if position is not None:
-                            request["since"] = position
-                        await ws.send(json.dumps(request))
-                        while {key for _, key in received[n]} != expected:
-                            message = json.loads(await ws.recv())
-                            if message["type"] == "subscribed":
-                                if position is not None:
-                                    renewals.append(message)
-                                else:
-                                    subscribed.release()
-                                position = message["position"]
+    async def subscriber(n: int) -> None:
+        position: dict[str, Any] | None = None
+        expected = wanted(filters[n])
+        for manager in (a.manager, b.manager):
+            try:
+                async with connect(manager.url, ping_interval=None) as ws:
+                    await ws.recv()  # welcome
+                    request: dict[str, Any] = {"type": "subscribe", "table": "posts"}
+                    request["filters"] = filters[n]
+                    if position is not None:
+                        request["since"] = position
+                    await ws.send(json.dumps(request))
+                    while {key for _, key in received[n]} != expected:
+                        message = json.loads(await ws.recv())
+                        if message["type"] == "subscribed":
+                            if position is not None:
+                                renewals.append(message)
                             else:
-                                assert message["type"] == "data_update", message
-                                event = message["event"]
-                                received[n].append(
-                                    (event["position"]["offset"], event["data"]["id"])
-                                )
-                                position = event["position"]
-                        return
-                except ConnectionClosed:
-                    assert manager is a.manager  # only A goes away
-                    await a_stopped.wait()
+                                subscribed.release()
+                            position = message["position"]
+                        else:
+                            assert message["type"] == "data_update", message
+                            event = message["event"]
+                            received[n].append((event["position"]["offset"], event["data"]["id"]))
+                            position = event["position"]
+                    return
+            except ConnectionClosed:
+                assert manager is a.manager  # only A goes away
+                await a_stopped.wait()
 
-        async def write(w: int) -> None:
-            for i in range(per_writer):
-                await writer_db.insert(
-                    posts(), {"id": w * 1000 + i, "author": f"w{w}", "title": "t", "score": i % 10}
-                )
-                await trio.sleep(0.005)
+    async def write(w: int) -> None:
+        for i in range(per_writer):
+            await writer_db.insert(
+                posts(), {"id": w * 1000 + i, "author": f"w{w}", "title": "t", "score": i % 10}
+            )
+            await trio.sleep(0.005)
 
-        with trio.fail_after(GUARD):
-            async with b.manager, publisher, trio.open_nursery() as nursery:
-                await nursery.start(a.manager.serve)
-                for n in range(len(filters)):
-                    nursery.start_soon(subscriber, n)
-                for _ in filters:
-                    await subscribed.acquire()
-                async with trio.open_nursery() as writing:
-                    for w in range(writers):
-                        writing.start_soon(write, w)
-                    await wait_until(lambda: len(received[2]) >= len(rows) // 3, GUARD)
-                    a.manager.stop()  # graceful, as on SIGTERM
-                    await wait_until(lambda: a.manager._address is None, GUARD)
-                    a_stopped.set()
+    with trio.fail_after(GUARD):
+        async with b.manager, publisher, trio.open_nursery() as nursery:
+            await nursery.start(a.manager.serve)
+            for n in range(len(filters)):
+                nursery.start_soon(subscriber, n)
+            for _ in filters:
+                await subscribed.acquire()
+            async with trio.open_nursery() as writing:
+                for w in range(writers):
+                    writing.start_soon(write, w)
+                await wait_until(lambda: len(received[2]) >= len(rows) // 3, GUARD)
+                a.manager.stop()  # graceful, as on SIGTERM
+                await wait_until(lambda: a.manager._address is None, GUARD)
+                a_stopped.set()
     for n, f in enumerate(filters):
         offsets = [o for o, _ in received[n]]
         keys = [k for _, k in received[n]]
@@ -307,10 +297,9 @@ async def test_the_publisher_sample_reaches_a_server_s_watcher(
 
     rows = [{"id": uuid.uuid4(), "category": "news", "title": f"t{i}"} for i in range(3)]
     with redis_on(port), trio.fail_after(GUARD):
-        async with trio_asyncio.open_loop():
-            changes = server(Database(session, keyspace), url, "trio_rt", poll_interval=600.0)
-            async with changes.manager:
-                await changes.watch(seed_posts, callback=record)
-                await change_samples.write_posts(session, keyspace, url, rows)
-                await wait_until(lambda: len(seen) == 3, GUARD)
+        changes = server(Database(session, keyspace), url, "trio_rt", poll_interval=600.0)
+        async with changes.manager:
+            await changes.watch(seed_posts, callback=record)
+            await change_samples.write_posts(session, keyspace, url, rows)
+            await wait_until(lambda: len(seen) == 3, GUARD)
     assert [e.data["title"] for e in seen] == ["t0", "t1", "t2"]

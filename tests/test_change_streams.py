@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 
 from trio_rt import Connection, WebSocketManager
 from trio_rt._changes import ChangeEvent, ChangeLog, ChangeStreamManager
@@ -125,55 +124,54 @@ async def test_watchers_on_two_servers_see_every_change_once_in_order(
 
     table = posts()
     writers, per_writer = 8, 25
-    async with trio_asyncio.open_loop():
-        managers, streams, recorders = [], [], []
-        for _ in range(2):
-            db = await make_db(session, keyspace)
-            manager = WebSocketManager(
-                host="127.0.0.1", port=0, heartbeat_interval=None, broker=RedisBroker(redis_url)
-            )
-            changes = ChangeStreamManager(
-                db,
-                manager,
-                sequencer=RedisSequencer(redis_url, namespace="t" + keyspace),
-                poll_interval=5.0,  # long: nudges through Redis must do the waking
-            )
-            await changes.create_schema()
-            managers.append(manager)
-            streams.append(changes)
-        async with managers[0], managers[1]:
-            for changes in streams:
-                recorder = Recorder()
-                recorders.append(recorder)
-                await changes.watch(table, callback=recorder)
+    managers, streams, recorders = [], [], []
+    for _ in range(2):
+        db = await make_db(session, keyspace)
+        manager = WebSocketManager(
+            host="127.0.0.1", port=0, heartbeat_interval=None, broker=RedisBroker(redis_url)
+        )
+        changes = ChangeStreamManager(
+            db,
+            manager,
+            sequencer=RedisSequencer(redis_url, namespace="t" + keyspace),
+            poll_interval=5.0,  # long: nudges through Redis must do the waking
+        )
+        await changes.create_schema()
+        managers.append(manager)
+        streams.append(changes)
+    async with managers[0], managers[1]:
+        for changes in streams:
+            recorder = Recorder()
+            recorders.append(recorder)
+            await changes.watch(table, callback=recorder)
 
-            async def writer(w: int) -> None:
-                db = streams[w % 2].db
-                for i in range(per_writer):
-                    key = w * 1000 + i
-                    await db.insert(table, {"id": key, "author": f"w{w}", "title": "t", "score": i})
-                    if i % 5 == 0:
-                        await db.update(table, {"id": key}, {"score": -1})
+        async def writer(w: int) -> None:
+            db = streams[w % 2].db
+            for i in range(per_writer):
+                key = w * 1000 + i
+                await db.insert(table, {"id": key, "author": f"w{w}", "title": "t", "score": i})
+                if i % 5 == 0:
+                    await db.update(table, {"id": key}, {"score": -1})
 
-            with trio.fail_after(GUARD):
-                async with trio.open_nursery() as nursery:
-                    for w in range(writers):
-                        nursery.start_soon(writer, w)
-                total = writers * per_writer + writers * (per_writer // 5)
-                for recorder in recorders:
-                    await wait_until(lambda r=recorder: len(r.events) >= total, GUARD)  # type: ignore[misc]
-                await trio.sleep(0.2)  # a late duplicate would show up here
+        with trio.fail_after(GUARD):
+            async with trio.open_nursery() as nursery:
+                for w in range(writers):
+                    nursery.start_soon(writer, w)
+            total = writers * per_writer + writers * (per_writer // 5)
             for recorder in recorders:
-                assert recorder.offsets == list(range(1, total + 1))
-            # Both servers saw the same changes at the same positions.
-            assert [e.to_json() for e in recorders[0].events] == [
-                e.to_json() for e in recorders[1].events
-            ]
-            # Per key, updates come after their insert.
-            first_op: dict[Any, str] = {}
-            for e in recorders[0].events:
-                first_op.setdefault(e.key["id"], e.operation)
-            assert set(first_op.values()) == {"insert"}
+                await wait_until(lambda r=recorder: len(r.events) >= total, GUARD)  # type: ignore[misc]
+            await trio.sleep(0.2)  # a late duplicate would show up here
+        for recorder in recorders:
+            assert recorder.offsets == list(range(1, total + 1))
+        # Both servers saw the same changes at the same positions.
+        assert [e.to_json() for e in recorders[0].events] == [
+            e.to_json() for e in recorders[1].events
+        ]
+        # Per key, updates come after their insert.
+        first_op: dict[Any, str] = {}
+        for e in recorders[0].events:
+            first_op.setdefault(e.key["id"], e.operation)
+        assert set(first_op.values()) == {"insert"}
 
 
 async def test_a_named_watcher_resumes_after_a_restart_without_loss_or_repeat(
@@ -377,30 +375,29 @@ async def test_a_writer_killed_between_write_and_notification(
     table = posts()
     db = await make_db(session, keyspace)
     namespace = "k" + keyspace
-    async with trio_asyncio.open_loop():
-        manager = WebSocketManager(
-            host="127.0.0.1", port=0, heartbeat_interval=None, broker=RedisBroker(redis_url)
-        )
-        changes = ChangeStreamManager(
-            db,
-            manager,
-            sequencer=RedisSequencer(redis_url, namespace=namespace),
-            poll_interval=0.2,
-        )
-        await changes.create_schema()
-        recorder = Recorder()
-        async with manager:
-            await changes.watch(table, callback=recorder)
-            await db.insert(table, {"id": 1, "author": "a", "title": "t", "score": 0})
-            endpoint = f"{cassandra_endpoint.host}:{cassandra_endpoint.port}"
-            argv = ["-m", "tests.change_writer", endpoint, redis_url, keyspace, namespace, "2"]
-            result = await trio.run_process([sys.executable, *argv], check=False)
-            assert result.returncode == 17  # it died right after its batch committed
-            # No nudge will come: this server's poll finds the change.
-            with trio.fail_after(GUARD):
-                await wait_until(lambda: len(recorder.events) == 2, GUARD)
-            await db.insert(table, {"id": 3, "author": "a", "title": "t", "score": 0})
-            await wait_until(lambda: len(recorder.events) == 3, GUARD)
+    manager = WebSocketManager(
+        host="127.0.0.1", port=0, heartbeat_interval=None, broker=RedisBroker(redis_url)
+    )
+    changes = ChangeStreamManager(
+        db,
+        manager,
+        sequencer=RedisSequencer(redis_url, namespace=namespace),
+        poll_interval=0.2,
+    )
+    await changes.create_schema()
+    recorder = Recorder()
+    async with manager:
+        await changes.watch(table, callback=recorder)
+        await db.insert(table, {"id": 1, "author": "a", "title": "t", "score": 0})
+        endpoint = f"{cassandra_endpoint.host}:{cassandra_endpoint.port}"
+        argv = ["-m", "tests.change_writer", endpoint, redis_url, keyspace, namespace, "2"]
+        result = await trio.run_process([sys.executable, *argv], check=False)
+        assert result.returncode == 17  # it died right after its batch committed
+        # No nudge will come: this server's poll finds the change.
+        with trio.fail_after(GUARD):
+            await wait_until(lambda: len(recorder.events) == 2, GUARD)
+        await db.insert(table, {"id": 3, "author": "a", "title": "t", "score": 0})
+        await wait_until(lambda: len(recorder.events) == 3, GUARD)
     assert [e.data["id"] for e in recorder.events] == [1, 2, 3]
     assert recorder.offsets == [1, 2, 3]
 

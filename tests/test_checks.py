@@ -113,8 +113,6 @@ ALLOWED = {
     # mirror upstream contracts and their wording (trio's receive_some, websockets' Assembler)
     "_direct_stream.py": "trio's Stream.receive_some contract, checked per call",
     "_assembler.py": "a copy of websockets' Assembler",
-    # files other branches of issue 13 move or split at the same time as this one
-    "client.py": "the client split (branch clientsplit)",
 }
 _HAND_ROLLED = re.compile(r"positive|non-negative|>= ?[01]\b|> ?0\b|at least 1\b")
 

@@ -1,5 +1,7 @@
-"""trio_rt.client.WebSocketClient: pure tests of the backoff and queue policies, then integration
-tests against the real WebSocketManager, including a server stopped and restarted mid-stream.
+"""trio_rt.client.WebSocketClient: its options and queue policies without sockets, then
+integration tests against the real WebSocketManager, including a server stopped and restarted
+mid-stream. The sans-IO parts (backoff, error classification, the duplicate rule, the core's
+bookkeeping) have their unit tests in tests/client/.
 
 No assertion depends on timing: waits are on events or state, and `fail_after` only guards
 against deadlocks.
@@ -10,7 +12,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 import random
 import socket
 import ssl
@@ -22,10 +23,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, InvalidURI
-from websockets.frames import Close
-from websockets.http11 import Response
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.trio.server import serve as ws_serve
 
 from trio_rt import (
@@ -36,21 +34,17 @@ from trio_rt import (
     StreamEntry,
     WebSocketManager,
 )
-from trio_rt import client as client_module
 from trio_rt.client import (
-    Backoff,
     ClientClosed,
     ClientError,
     ClientEvent,
     ClientState,
     ConnectInfo,
-    HeartbeatTimeout,
     ProtocolViolation,
     QueueFull,
     ReceiveOverflow,
     ServerError,
     WebSocketClient,
-    default_is_fatal,
 )
 
 GUARD = 20.0  # seconds: deadlock protection only
@@ -205,117 +199,7 @@ def tasks_of_this_test() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# pure: backoff arithmetic
-
-
-def test_backoff_base_schedule_doubles_up_to_max_delay() -> None:
-    backoff = Backoff(initial_delay=0.5, max_delay=20.0, jitter=0)
-    assert [backoff.base_delay(n) for n in range(9)] == [
-        0.5,
-        1.0,
-        2.0,
-        4.0,
-        8.0,
-        16.0,
-        20.0,
-        20.0,
-        20.0,
-    ]
-    rng = random.Random(1)
-    assert list(itertools.islice(backoff.delays(rng), 7)) == [0.5, 1, 2, 4, 8, 16, 20]
-
-
-def test_backoff_jitter_is_bounded_and_reproducible() -> None:
-    backoff = Backoff(initial_delay=1.0, max_delay=8.0, jitter=0.5)
-    first = list(itertools.islice(backoff.delays(random.Random(42)), 50))
-    again = list(itertools.islice(backoff.delays(random.Random(42)), 50))
-    assert first == again
-    for n, delay in enumerate(first):
-        base = backoff.base_delay(n)
-        assert base * 0.5 < delay <= base
-    assert len(set(first[10:])) > 1  # jitter actually varies the capped delays
-
-
-def test_backoff_full_jitter_and_custom_multiplier() -> None:
-    backoff = Backoff(initial_delay=0.1, max_delay=100.0, multiplier=3.0, jitter=1.0)
-    assert [round(backoff.base_delay(n), 6) for n in range(4)] == [0.1, 0.3, 0.9, 2.7]
-    rng = random.Random(7)
-    for n in range(20):
-        assert 0 <= backoff.delay(n, rng) <= backoff.base_delay(n)
-
-
-def test_backoff_never_overflows_for_forever_reconnecting_clients() -> None:
-    backoff = Backoff(initial_delay=0.5, max_delay=20.0)
-    assert backoff.base_delay(10**6) == 20.0
-    assert backoff.delay(10**6, random.Random(0)) <= 20.0
-    assert Backoff(initial_delay=0, max_delay=5).base_delay(5000) == 0
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"initial_delay": -1},
-        {"initial_delay": 2, "max_delay": 1},
-        {"max_delay": float("inf")},
-        {"multiplier": 0.5},
-        {"jitter": 1.5},
-        {"jitter": -0.1},
-    ],
-)
-def test_backoff_rejects_invalid_settings(options: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
-        Backoff(**options)
-    with pytest.raises(ValueError):
-        Backoff().base_delay(-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# pure: error classification
-
-
-def closed(code: int | None) -> ConnectionClosed:
-    return ConnectionClosed(Close(code, "") if code is not None else None, None)
-
-
-def status(code: int) -> InvalidStatus:
-    return InvalidStatus(Response(code, "x", Headers(), b""))
-
-
-@pytest.mark.parametrize(
-    ("error", "fatal"),
-    [
-        (closed(4003), True),
-        (closed(1008), True),
-        (closed(1002), True),
-        (closed(1000), False),
-        (closed(1001), False),
-        (closed(1011), False),
-        (closed(4000), False),
-        (closed(4001), False),
-        (closed(None), False),  # dropped without a close frame (1006)
-        (status(401), True),
-        (status(403), True),
-        (status(404), True),
-        (status(503), False),
-        (status(429), False),
-        (status(500), False),
-        (ConnectionRefusedError(), False),
-        (TimeoutError(), False),
-        (ProtocolViolation("not a welcome"), True),
-        (ValueError("bug in a headers provider"), True),
-        (HeartbeatTimeout("no pong"), False),
-        (ReceiveOverflow("the app is behind"), False),
-    ],
-)
-def test_default_is_fatal(error: BaseException, fatal: bool) -> None:
-    assert default_is_fatal(error) is fatal
-
-
-def test_handshake_cut_short_by_the_server_is_transient() -> None:
-    error = InvalidMessage("did not receive a valid HTTP response")
-    error.__cause__ = EOFError("connection closed while reading HTTP status line")
-    assert default_is_fatal(error) is False
-    assert default_is_fatal(InvalidMessage("garbage")) is True
+# options (the sans-IO parts are tested in tests/client/)
 
 
 def test_client_validates_its_options() -> None:
@@ -343,31 +227,6 @@ def test_client_validates_its_options() -> None:
         WebSocketClient("ws://127.0.0.1:1/", ping_interval=0)
     with pytest.raises(ValueError):
         WebSocketClient("ws://127.0.0.1:1/", ping_timeout=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# pure: the duplicate rule (received offsets per stream epoch)
-
-
-def test_seen_offsets_count_only_what_was_received(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No floor from a join position: an offset below everything received, never received
-    itself (late: still being written when the client joined), is new."""
-    seen = client_module._SeenOffsets("e")
-    assert seen.add(7) and seen.add(9)
-    assert not seen.add(9)  # received: a duplicate
-    assert seen.add(3)  # below every received offset, never received: late, delivered
-    assert seen.add(8) and not seen.add(8) and not seen.add(3)
-    assert seen.floor == -math.inf
-
-
-def test_seen_offsets_window_overflow_sets_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "RECENT_OFFSETS", 3)
-    seen = client_module._SeenOffsets("e")
-    assert all(seen.add(o) for o in (10, 12, 11))
-    assert seen.floor == -math.inf and seen.add(5)  # the window overflows: 5 is forgotten
-    assert seen.floor == 5 and not seen.add(5) and not seen.add(4)
-    assert seen.add(13) and seen.floor == 10  # the smallest remembered leaves the window
-    assert not seen.add(10) and not seen.add(11) and seen.add(14)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1276,6 +1135,27 @@ async def test_a_room_gap_is_reported_and_unknown_messages_reach_the_app_untouch
             assert client.position("r") == first.to_json()
 
 
+async def test_an_id_of_any_json_type_is_an_ordinary_message_field(serve: StartServer) -> None:
+    """Only a string `id` can answer one of the client's requests; an application message may
+    carry an `id` of any JSON type. (An object or array `id` once raised TypeError in the
+    reader, which closed the client as if the server had been fatal.)"""
+    manager = make_manager()
+
+    @manager.on_message("tagged")
+    async def tagged(conn: Connection, message: dict[str, Any]) -> None:
+        await conn.send({"type": "tagged", "id": message["tag"], "room": "r"})
+
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            await client.join_room("r")
+            for tag in ({"n": 1}, [1, 2], 7, None, "trio_rt.client:1"):
+                await client.send({"type": "tagged", "tag": tag})
+                assert await client.receive() == {"type": "tagged", "id": tag, "room": "r"}
+            assert client.state is ClientState.CONNECTED
+            assert client.stats.connections == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # table subscriptions, against a scripted server (the wire protocol of docs/protocol.md, with
 # the order of replies under the test's control; tests/test_change_streams.py runs the client
@@ -1339,7 +1219,7 @@ class ScriptedChanges:
         rid = message.get("id")
         if message["type"] == "unsubscribe":
             self.subscriptions.pop(message["subscription"], None)
-            await ws.send(json.dumps({"type": "unsubscribed", "id": rid, **message}))
+            await ws.send(json.dumps({**message, "type": "unsubscribed", "id": rid}))
             return
         if message["type"] != "subscribe":
             return
@@ -1490,3 +1370,52 @@ async def test_changes_of_a_subscription_the_client_did_not_make_reach_the_app_u
             assert foreign["subscription"] == "not-yours" and "key" not in foreign
             await scripted.push("posts", 1)
             assert (await client.receive())["key"] == key
+
+
+async def test_a_room_message_with_an_id_field_goes_through_the_duplicate_rule(
+    serve: StartServer,
+) -> None:
+    """An application's room message may carry a field named `id`: it is a room message (its
+    offset is tracked, a repeat is a duplicate), not a reply (before the fix every message
+    with an `id` bypassed the duplicate rule)."""
+    manager = make_manager(history=RoomHistory())
+    server = await serve(manager)
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(server.url, **fast()) as client:
+            await client.join_room("r")
+            first = await manager.broadcast_to_room("r", {"type": "m", "n": 1, "id": 7})
+            assert first is not None
+            got = await client.receive()
+            assert got["n"] == 1 and got["id"] == 7
+            (conn,) = manager.connections.values()
+            again = {**positioned(1, first.offset, first.epoch), "id": 7}
+            await conn.send(again)  # the server repeats itself: a duplicate
+            await conn.send({**positioned(2, first.offset + 1, first.epoch), "id": "x"})
+            await conn.send({"type": "marker"})
+            assert (await client.receive())["n"] == 2
+            assert (await client.receive())["type"] == "marker"
+            assert client.stats.duplicates == 1
+            assert client.position("r") == {"offset": first.offset + 1, "epoch": first.epoch}
+
+
+async def test_a_message_carrying_a_pending_request_id_is_not_its_reply(
+    scripted: ScriptedChanges,
+) -> None:
+    """A message is a reply only if its `id` is a request this client has pending AND its
+    type is a reply type: a `note` that carries the id of a subscribe in flight reaches the
+    app untouched, and the subscription still goes live with its real reply."""
+    scripted.hold = trio.Event()
+    with trio.fail_after(GUARD):
+        async with WebSocketClient(scripted.url, **fast()) as client:
+            key = client.subscribe_nowait("posts")
+            await wait_until(lambda: any(r["type"] == "subscribe" for r in scripted.requests))
+            rid = scripted.requests[-1]["id"]
+            (ws,) = scripted.connections
+            await ws.send(json.dumps({"type": "note", "id": rid}))
+            note = await client.receive()
+            assert note == {"type": "note", "id": rid}  # no `key`: not the subscribe's reply
+            scripted.hold.set()
+            await wait_until(lambda: bool(scripted.subscriptions))
+            await scripted.push("posts", 1)
+            update = await client.receive()
+            assert update["type"] == "data_update" and update["key"] == key

@@ -115,3 +115,26 @@ async def test_compression_context_takeover_off_shares_frames_with_every_client(
         await c.request({"type": "join_room", "room": "z"})
         await manager.broadcast_to_room("z", {"type": "m", "x": "é" * 300})
         assert await c.recv() == {"type": "m", "x": "é" * 300}
+
+
+@pytest.mark.parametrize("compression", [True, False], ids=["deflate", "plain"])
+async def test_sends_after_the_peer_is_gone_are_dropped_not_raised(
+    make_manager: Any, compression: bool
+) -> None:
+    """A burst is under way (this connection's frames are corked for the next flush) when
+    websockets' reader sees the peer's TCP connection end. The next send of the burst is
+    dropped, without framing it: before the fix, with deflate and context takeover, it was
+    compressed by websockets' closed protocol, which raised InvalidState into the sender's
+    handler (and without deflate its frame was corked for a dead socket)."""
+    manager = make_manager(compression=compression)
+    async with manager, client(manager) as c:  # websockets' default offer: context takeover
+        await c.request({"type": "join_room", "room": "z"})
+        (conn,) = manager.connections.values()
+        assert conn._framed_here is compression  # framed per connection, in send order
+        assert conn.send_encoded(OutboundMessage(b'{"n":1}'), cork=True)  # corked
+        conn._ws.protocol.receive_eof()  # what websockets' reader does at the peer's EOF
+        assert conn.send_encoded(OutboundMessage(b'{"n":2}'), cork=True) is False
+        assert conn.send_encoded(OutboundMessage(b'{"n":3}')) is False
+        await conn.send({"n": 4})  # dropped silently
+        await manager.broadcast_to_room("z", {"n": 5})
+        assert conn.closed  # takes no more messages (the sender's loop can stop on it)

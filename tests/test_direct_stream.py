@@ -41,7 +41,9 @@ def received(peer: socket.socket) -> bytes:
 async def test_corked_frames_wait_for_the_flush_and_go_out_in_order() -> None:
     stream, peer = stream_pair()
     with peer:
-        assert stream.cork(b"one,") is True  # the first: the caller must arrange a flush
+        assert not stream.corking
+        assert stream.cork(b"one,") is False  # under CORK_MAX_BYTES: wait for the flush
+        assert stream.corking  # the caller arranges a flush
         assert stream.cork(b"two,") is False
         assert received(peer) == b""
         assert stream.flush()
@@ -72,7 +74,7 @@ async def test_what_the_kernel_does_not_take_stays_pending_in_order() -> None:
     with peer:
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         big = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffers hold
-        stream.cork(big)
+        assert stream.cork(big) is True  # past CORK_MAX_BYTES: the caller flushes now
         stream.cork(b"tail")
         assert stream.flush()
         assert stream.pending > 0  # written partly; the rest waits for a writer
@@ -106,7 +108,7 @@ class Item:
         self.log = log
         self.name = name
 
-    def _flush_corked(self) -> None:
+    def flush_corked(self) -> None:
         self.log.append(self.name)
 
 
@@ -152,14 +154,14 @@ async def test_a_burst_of_broadcasts_arrives_whole_and_in_order(
     make_manager: Any, monkeypatch: pytest.MonkeyPatch, pad: int
 ) -> None:
     flushes = 0
-    original = Connection._flush_corked
+    original = Connection.flush_corked
 
     def counting(self: Connection) -> None:
         nonlocal flushes
         flushes += 1
         original(self)
 
-    monkeypatch.setattr(Connection, "_flush_corked", counting)
+    monkeypatch.setattr(Connection, "flush_corked", counting)
     manager = make_manager(rate_limit=None)
     async with manager, client(manager) as a, client(manager) as b, client(manager) as c:
         for cl in (a, b, c):

@@ -175,9 +175,7 @@ async def test_rooms_cross_server_messages_reach_the_other_servers_only() -> Non
 
 
 async def _two_servers_share_a_room(m1: WebSocketManager, m2: WebSocketManager) -> None:
-    import trio_asyncio
-
-    async with trio_asyncio.open_loop(), m1, m2, client(m1) as a, client(m2) as b:
+    async with m1, m2, client(m1) as a, client(m2) as b:
         for c in (a, b):
             await c.request({"type": "join_room", "room": "lobby"})
         await m1.broadcast_to_room("lobby", {"type": "hello"})
@@ -375,10 +373,8 @@ async def test_operations_metrics_and_the_prometheus_files(
 
 # -- docs/deployment.md --------------------------------------------------------------------------
 async def test_deployment_servers_share_rooms_through_redis(redis_url: str) -> None:
-    import trio_asyncio
-
     web = [deployment_samples.web_server(f"web-{i}", 0, redis_url) for i in (1, 2, 3)]
-    async with trio_asyncio.open_loop(), web[0], web[1], web[2]:
+    async with web[0], web[1], web[2]:
         for i, server in enumerate(web, 1):
             status, _, body = await http_get(server, "/health")
             assert status == 200 and json.loads(body)["server_id"] == f"web-{i}"

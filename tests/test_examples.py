@@ -275,14 +275,13 @@ async def test_seed_error_handling_server_and_reconnecting_client() -> None:
 
 
 async def test_seed_scalability(redis_url: str) -> None:
-    import trio_asyncio
     from trio_rt_examples.seed import scalability
 
     apps = [
         scalability.build_app(redis_url, host="127.0.0.1", port=0, heartbeat_interval=None)
         for _ in range(2)
     ]
-    async with trio_asyncio.open_loop(), apps[0], apps[1]:
+    async with apps[0], apps[1]:
         async with (
             scalability.sticky_registry(redis_url, apps[0], apps[0].url) as r0,
             scalability.sticky_registry(redis_url, apps[1], apps[1].url) as r1,

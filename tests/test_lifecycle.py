@@ -125,10 +125,10 @@ async def test_a_thousand_clients_dropped_every_way_leave_nothing(make_manager: 
         await wait_until(lambda: not manager.connections, limit=30)
         await wait_until(lambda: count_tasks() == idle_tasks, limit=30)
         assert not manager.rooms
-        assert manager._rooms.member_count() == 0
+        assert manager._rooms.registry.member_count() == 0
         # only the all-clients and the servers channels stay subscribed
-        assert manager.broker.channels == {manager._all_channel, manager._servers_channel}
-        assert not manager._pending_subscriptions
+        assert manager.broker.channels == {manager._channels.all, manager._channels.servers}
+        assert not manager._rooms.pending_subscriptions
         # every connection that was accepted got its disconnect handler, exactly once
         assert disconnects == opened
         assert manager.stats.connections_opened >= 600
@@ -291,3 +291,24 @@ async def test_closed_connections_are_freed_without_the_cyclic_gc(
             await wait_until(lambda: all(r() is None for r in refs))
         finally:
             gc.enable()
+
+
+async def test_an_open_connection_keeps_nothing_of_its_welcome(make_manager: Any) -> None:
+    """The tasks that serve a connection live as long as it: none keeps the welcome (the
+    app's dict, its encoded message) once it is queued (memory per idle connection)."""
+
+    class Welcome(dict[str, Any]):
+        pass  # a dict that can be weakly referenced
+
+    welcomes: list[weakref.ref[Welcome]] = []
+
+    def welcome(conn: Connection) -> dict[str, Any]:
+        message = Welcome(type="welcome", connection_id=conn.id)
+        welcomes.append(weakref.ref(message))
+        return message
+
+    manager = make_manager(welcome=welcome)
+    async with manager, client(manager) as c:
+        assert (await c.request({"type": "ping"}))["type"] == "pong"  # open, served
+        assert len(welcomes) == 1
+        assert welcomes[0]() is None  # freed by reference counting, no collection needed

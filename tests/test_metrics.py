@@ -20,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.trio.client import connect
 
 from trio_rt import Connection, Reject, WebSocketManager
-from trio_rt._metrics import SEED_NAMES, SlidingWindowRate, WebSocketMetrics
+from trio_rt._metrics import CAMEL_CASE_NAMES, SlidingWindowRate, WebSocketMetrics
 
 from .conftest import client, wait_until
 
@@ -143,13 +143,19 @@ async def test_get_stats_rates_with_injected_clock(
     stats = metrics.get_stats()
     assert stats.messages_per_second_in == 0.0 and stats.messages_per_second_out == 0.0
     assert stats.messages_in_total == 300 and stats.messages_out_total == 600
-    seed = stats.to_dict(seed_names=True)
-    assert set(SEED_NAMES.values()) <= set(seed)
-    assert seed["activeConnections"] == 0 and seed["totalRooms"] == 0
-    assert seed["memoryUsage"] is not None and seed["memoryUsage"] > 1.0  # MB, not bytes
+    camel = stats.to_dict(camel_case=True)
+    assert set(CAMEL_CASE_NAMES.values()) <= set(camel)
+    assert camel["activeConnections"] == 0 and camel["totalRooms"] == 0
+    assert camel["memoryUsage"] is not None and camel["memoryUsage"] > 1.0  # MB, not bytes
     assert stats.to_dict()["handshakes_rejected"] == {}
+    # The old names still work, with a DeprecationWarning.
+    with pytest.warns(DeprecationWarning, match="camel_case"):
+        assert stats.to_dict(seed_names=True) == camel
+    with pytest.warns(DeprecationWarning, match="CAMEL_CASE_NAMES"):
+        from trio_rt._metrics import SEED_NAMES
+    assert SEED_NAMES is CAMEL_CASE_NAMES
     metrics.close()
-    assert manager._instruments is None
+    assert manager.instruments is None
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -161,7 +167,7 @@ def test_bad_config(make_manager: Callable[..., WebSocketManager]) -> None:
         WebSocketMetrics(manager, sample_interval=0)
     with pytest.raises(ValueError):
         WebSocketMetrics(manager, window=0)
-    assert manager._instruments is None  # failed constructions leave nothing behind
+    assert manager.instruments is None  # failed constructions leave nothing behind
     metrics = WebSocketMetrics(manager)
     with pytest.raises(RuntimeError):
         WebSocketMetrics(manager, route=None)  # one per manager

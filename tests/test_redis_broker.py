@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 
 from trio_rt import BrokerUnavailable, Connection, RedisBroker, WebSocketManager
 
@@ -37,7 +36,6 @@ async def test_redis_restart_local_delivery_continues_then_cluster_delivery_resu
         b1 = m1.broker
         assert isinstance(b1, RedisBroker)
         async with (
-            trio_asyncio.open_loop(),  # two Redis-backed managers in one process share a loop
             m1,
             m2,
             client(m1) as a,
@@ -89,11 +87,11 @@ async def test_unsubscribed_when_last_local_member_leaves(redis_url: str) -> Non
         broker = manager.broker
         async with client(manager) as a:
             await a.request({"type": "join_room", "room": "lonely"})
-            assert manager._room_channel("lonely") in broker.channels
+            assert manager._channels.room("lonely") in broker.channels
             await a.request({"type": "leave_room", "room": "lonely"})
-            assert manager._room_channel("lonely") not in broker.channels
+            assert manager._channels.room("lonely") not in broker.channels
         await wait_until(
-            lambda: broker.channels == {manager._all_channel, manager._servers_channel}
+            lambda: broker.channels == {manager._channels.all, manager._channels.servers}
         )
         await wait_until(lambda: broker.backlog == 0)  # nothing left queued either way
 
@@ -145,7 +143,7 @@ class Inbox:
 
 @asynccontextmanager
 async def running(*brokers_and_inboxes: tuple[RedisBroker, Inbox]) -> AsyncIterator[None]:
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
         for broker, inbox in brokers_and_inboxes:
             await nursery.start(broker.run, inbox)
         yield
@@ -282,3 +280,56 @@ async def test_on_resubscribed_fires_once_subscriptions_are_back_in_effect() -> 
                 await wait_until(lambda: len(b_in.items) >= calls[0] + 2)
                 assert b_in.items[-2:] == [("ch", b"right after"), ("other", b"and here")]
                 assert b.stats.resubscribed == 1 and b.stats.reconnects >= 1
+
+
+# -- the hot path runs on Trio's own scheduling (issue 16) ---------------------------------------
+class Passes:
+    """Counts Trio scheduler passes: one task that checkpoints in a loop advances once a pass."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def run(self) -> None:
+        while True:
+            await trio.lowlevel.checkpoint()
+            self.count += 1
+
+
+def burn(seconds: float) -> None:
+    end = trio.current_time() + seconds
+    while trio.current_time() < end:
+        pass
+
+
+async def test_a_publish_leaves_and_is_confirmed_while_the_server_is_busy(redis_url: str) -> None:
+    """Twenty busy tasks (0.3 ms of CPU between checkpoints) keep the server's scheduler
+    full: a publish and its confirmation take a handful of scheduler passes, and the other
+    server gets the message meanwhile. (Through the trio-asyncio bridge each step of redis-py
+    waited for one asyncio callback per pass: dozens of passes per publish, and Redis got
+    nothing while the server was busy.)"""
+    a, b = fast(redis_url), fast(redis_url)
+    b_in = Inbox()
+    passes = Passes()
+    stop = trio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            burn(0.0003)
+            await trio.lowlevel.checkpoint()
+
+    async with running((a, Inbox()), (b, b_in)), trio.open_nursery() as nursery:
+        await b.subscribe("busy")
+        await until_crossing(a, b_in, "busy")
+        nursery.start_soon(passes.run)
+        for _ in range(20):
+            nursery.start_soon(busy)
+        await trio.sleep(0.05)  # the busy tasks are running
+        costs = []
+        for i in range(10):
+            start = passes.count
+            await a.publish("busy", b"busy %d" % i)
+            costs.append(passes.count - start)
+        await wait_until(lambda: (("busy", b"busy 9")) in b_in.items)
+        stop.set()
+        nursery.cancel_scope.cancel()
+    assert max(costs) <= 8, costs

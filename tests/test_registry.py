@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 
 from trio_rt._rendezvous import rendezvous_owner
 from trio_rt.redis import ServerRegistry
@@ -39,8 +38,8 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], limit: float = 10
 
 @asynccontextmanager
 async def fleet(registries: list[ServerRegistry]) -> AsyncIterator[trio.Nursery]:
-    """Run the registries in one nursery under one shared trio-asyncio loop."""
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+    """Run the registries in one nursery."""
+    async with trio.open_nursery() as nursery:
         for registry in registries:
             await nursery.start(registry.run)
         try:
@@ -134,7 +133,7 @@ async def test_body_exception_propagates_unwrapped(redis_url: str) -> None:
 async def test_cancellation_deregisters(redis_url: str) -> None:
     ns = namespace()
     a, b = make(redis_url, ns, 1), make(redis_url, ns, 2)
-    async with trio_asyncio.open_loop(), trio.open_nursery() as outer:
+    async with trio.open_nursery() as outer:
         await outer.start(a.run)
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as inner:

@@ -30,7 +30,7 @@ async def inject(manager: WebSocketManager, room: str, position: StreamPosition,
     would (without storing it)."""
     payload = encode({"type": "chat", "n": n, "room": room, "position": position.to_json()})
     env = Envelope(payload, rooms=(room,), offset=position.offset, epoch=position.epoch)
-    await manager.broker.publish(manager._room_channel(room), encode_envelope(env))
+    await manager.broker.publish(manager._channels.room(room), encode_envelope(env))
 
 
 async def store_only(history: RoomHistory, room: str, n: Any) -> Allocation:
@@ -50,6 +50,17 @@ async def received(c: Client, count: int) -> list[Any]:
         if msg["type"] == "chat":
             out.append(msg["n"])
     return out
+
+
+async def rejoined(c: Client, since: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Rejoin room r from `since`: the `n` of the chat messages before the `room_joined`
+    reply, and the reply."""
+    await c.send({"type": "join_room", "room": "r", "since": since})
+    got: list[Any] = []
+    while (msg := await c.recv())["type"] != "room_joined":
+        if msg["type"] == "chat":
+            got.append(msg["n"])
+    return got, msg
 
 
 async def quiet(c: Client) -> None:
@@ -232,7 +243,7 @@ async def test_a_live_message_still_being_written_during_the_replay_is_not_dropp
     make_manager: Any,
 ) -> None:
     """B recovers from 1. The store read sees 2 and 4; 3 is still being written, and is
-    published while the read runs: B gets it too (after 4: late, not lost)."""
+    published while the read runs: B gets it too, in its place (the replayed 4 waits for it)."""
 
     class Store(MemoryStreamStore):
         def __init__(self) -> None:
@@ -284,10 +295,10 @@ async def test_a_live_message_still_being_written_during_the_replay_is_not_dropp
         store.gate.set()  # 3 is stored and published while B's read is under way
         await sent.wait()
         store.read_done.set()
-        got = await received(b, 3)
-        assert sorted(got) == [2, 3, 4] and got[:2] == [2, 4]  # replayed 2, 4; then live 3
+        assert await received(b, 3) == [2, 3, 4]  # replayed 2 and 4, live 3, merged in order
         ack = await b.recv()
         assert ack["type"] == "room_joined" and ack["recovered"] is True
+        assert ack["position"]["offset"] == 4
         await quiet(b)
         assert await received(a, 4) == [1, 2, 3, 4]
 
@@ -417,7 +428,7 @@ async def test_a_replayed_message_whose_publish_arrives_later_is_not_sent_again(
             await manager.broadcast_to_room("r", {"type": "chat", "n": 2})
             assert await received(b, 1) == [2]  # and not 1 again
             assert await received(a, 1) == [2]
-            assert manager._order.replayed == {}
+            assert manager._delivery.order.replayed == {}
 
 
 async def test_a_recovery_reaching_before_the_rooms_start_gets_a_write_still_in_flight(
@@ -451,7 +462,8 @@ async def test_a_recovery_reaching_before_the_rooms_start_gets_a_write_still_in_
             assert joined["position"]["offset"] == 2
             await b.send({"type": "join_room", "room": "r", "since": one.to_json()})
             ack = await b.recv()
-            assert ack["recovered"] is True and ack["position"]["offset"] == 2
+            # Everything up to 1 went out; 2 is still to come (its write is in flight).
+            assert ack["recovered"] is True and ack["position"]["offset"] == 1
             store.gate.set()
             assert await received(b, 1) == [2]
             await manager.broadcast_to_room("r", {"type": "chat", "n": 3})
@@ -459,3 +471,184 @@ async def test_a_recovery_reaching_before_the_rooms_start_gets_a_write_still_in_
             assert await received(a, 1) == [3]
             await quiet(a)
             await quiet(b)
+
+
+# -- a recovering member: replay and live merged in offset order (the recovery gate) -------------
+class HeldStore(CountingStore):
+    """A store whose append of a message marked ``"slow": true`` waits for `release` (its
+    write is in flight); reads given `upto` (the heal reads, not a recovery's) fail while
+    `fail_heals` is set."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entered = trio.Event()
+        self.release = trio.Event()
+        self.fail_heals = False
+
+    async def append(self, stream: str, allocation: Allocation, payload: str) -> None:
+        if '"slow":true' in payload:
+            self.entered.set()
+            await self.release.wait()
+        await super().append(stream, allocation, payload)
+
+    async def read(
+        self, stream: str, epoch: str, after: int, limit: int, *, upto: int | None = None
+    ) -> list[StreamEntry]:
+        if self.fail_heals and upto is not None:
+            self.reads += 1
+            await trio.lowlevel.checkpoint()
+            raise ConnectionError("store unreachable")
+        return await super().read(stream, epoch, after, limit, upto=upto)
+
+
+async def test_a_write_in_flight_that_the_room_skipped_reaches_a_recovering_member_in_order(
+    make_manager: Any,
+) -> None:
+    """The fault suite's SIGTERM finding (r22 got 125, then 124). 2 is being written; 3 and 4
+    are stored and published, and this server's order already passed 2 (skipped: a greater
+    offset could not wait). B recovers from 1 meanwhile: its replay reads 3 and 4, not 2.
+    When 2 lands, B gets 2, 3, 4 in order, each once (A, connected all along, gets 2 late)."""
+    store = HeldStore()
+    history = RoomHistory(store, reorder_window=30.0, reorder_limit=1)
+    async with (
+        make_manager(history=history) as manager,
+        client(manager) as a,
+        client(manager) as b,
+        trio.open_nursery() as nursery,
+    ):
+        await a.request({"type": "join_room", "room": "r"})
+        one = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert one is not None and await received(a, 1) == [1]
+        nursery.start_soon(manager.broadcast_to_room, "r", {"type": "chat", "n": 2, "slow": True})
+        await store.entered.wait()  # 2 is allocated; its write is held
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 3})
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
+        assert await received(a, 2) == [3, 4]  # two held > reorder_limit: 2 was skipped
+        got, ack = await rejoined(b, one.to_json())  # the replay read 3 and 4, not 2
+        assert ack["recovered"] is True
+        store.release.set()  # 2 lands
+        got += await received(b, 3 - len(got))
+        assert got == [2, 3, 4]
+        assert ack["position"]["offset"] == 1  # 3 and 4 waited for 2
+        assert await received(a, 1) == [2]  # late, for the member that was there
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 5})
+        assert await received(b, 1) == [5]
+        await quiet(b)
+        assert manager._delivery.order.gates == {} and manager._delivery.order.replayed == {}
+
+
+async def test_a_room_started_by_the_recovering_join_keeps_its_write_in_flight_in_order(
+    make_manager: Any,
+) -> None:
+    """Nobody is in the room on this server. 2 is being written, 3 is stored. B recovers from
+    1: the room's order starts with this join (at 3, the sequencer's position), the replay
+    reads 3 only. When 2 lands B gets 2 then 3."""
+    store = HeldStore()
+    history = RoomHistory(store, reorder_window=30.0)
+    async with (
+        make_manager(history=history) as manager,
+        client(manager) as b,
+        trio.open_nursery() as nursery,
+    ):
+        one = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert one is not None
+        nursery.start_soon(manager.broadcast_to_room, "r", {"type": "chat", "n": 2, "slow": True})
+        await store.entered.wait()
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 3})
+        got, ack = await rejoined(b, one.to_json())  # the replay read 3, not 2
+        assert ack["recovered"] is True
+        store.release.set()  # 2 lands
+        got += await received(b, 2 - len(got))
+        assert got == [2, 3]
+        assert ack["position"]["offset"] == 1
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
+        assert await received(b, 1) == [4]
+        await quiet(b)
+
+
+async def test_a_hole_in_the_replay_that_is_never_written_is_read_and_skipped(
+    make_manager: Any,
+) -> None:
+    """2 was allocated and its write failed (never stored). A recovering member's replay has
+    3 but not 2: after the reorder window the gate reads the store for 2, finds nothing and
+    goes on (one bounded wait, no notice: nothing was lost)."""
+    store = HeldStore()
+    history = RoomHistory(store, reorder_window=0.01)
+    async with make_manager(history=history) as manager, client(manager) as b:
+        one = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert one is not None
+        await history.sequencer.next(history.stream("r"))  # 2: its write failed
+        await store_only(history, "r", 3)
+        reads = store.reads
+        await b.send({"type": "join_room", "room": "r", "since": one.to_json()})
+        got = [await b.recv() for _ in range(2)]
+        assert got[0]["type"] == "room_joined" and got[0]["recovered"] is True
+        assert got[1]["n"] == 3
+        assert store.reads > reads + 1  # the replay, then the gate's read of 2
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
+        assert await received(b, 1) == [4]
+        await quiet(b)
+        assert manager._delivery.order.gates == {}
+
+
+async def test_a_hole_in_the_replay_the_store_cannot_read_is_told_to_that_member_only(
+    make_manager: Any,
+) -> None:
+    store = HeldStore()
+    history = RoomHistory(store, reorder_window=0.01, heal_timeout=0.05)
+    async with make_manager(history=history) as manager, client(manager) as a:
+        one = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert one is not None
+        await history.sequencer.next(history.stream("r"))  # 2: in flight, or failed
+        joined = await a.request({"type": "join_room", "room": "r"})
+        assert joined["position"]["offset"] == 2
+        await manager.broadcast_to_room("r", {"type": "chat", "n": 3})
+        assert await received(a, 1) == [3]
+        store.fail_heals = True
+        async with client(manager) as b:
+            await b.send({"type": "join_room", "room": "r", "since": one.to_json()})
+            ack = await b.recv()
+            assert ack["type"] == "room_joined" and ack["recovered"] is True
+            gap = await b.recv()
+            assert gap["type"] == "room_gap" and gap["reason"] == "unavailable"
+            assert gap["after"]["offset"] == 1 and gap["before"]["offset"] == 3
+            assert await received(b, 1) == [3]
+            store.fail_heals = False
+            await manager.broadcast_to_room("r", {"type": "chat", "n": 4})
+            assert await received(b, 1) == [4]
+            assert await received(a, 1) == [4]  # no notice for A: it missed nothing
+            await quiet(a)
+
+
+async def test_a_new_epoch_during_the_replay_ends_the_recovery(make_manager: Any) -> None:
+    class Store(MemoryStreamStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reading = trio.Event()
+            self.proceed = trio.Event()
+
+        async def read(
+            self, stream: str, epoch: str, after: int, limit: int, *, upto: int | None = None
+        ) -> list[StreamEntry]:
+            entries = await super().read(stream, epoch, after, limit, upto=upto)
+            self.reading.set()
+            await self.proceed.wait()
+            return entries
+
+    store = Store()
+    history = RoomHistory(store, reorder_window=30.0)
+    async with make_manager(history=history) as manager, client(manager) as a:
+        await a.request({"type": "join_room", "room": "r"})
+        one = await manager.broadcast_to_room("r", {"type": "chat", "n": 1})
+        assert one is not None and await received(a, 1) == [1]
+        await store_only(history, "r", 2)
+        async with client(manager) as b:
+            await b.send({"type": "join_room", "room": "r", "since": one.to_json()})
+            await store.reading.wait()  # the replay read 2; a new epoch begins meanwhile
+            await inject(manager, "r", StreamPosition(1, "new"), "new")
+            assert await received(b, 1) == ["new"]  # the gate ended: live at once
+            store.proceed.set()
+            ack = await b.recv()
+            assert ack["type"] == "room_joined" and ack["recovered"] is False
+            assert ack["reason"] == "epoch_changed"
+            assert manager._delivery.order.gates == {}

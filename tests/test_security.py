@@ -485,7 +485,7 @@ async def test_expiry_entries_of_closed_connections_do_not_pile_up(
             async with client(manager, **bearer(token(lifetime=3600))):
                 pass
             await stays.request({"type": "ping"})
-        timers = manager._expiry_timers
+        timers = manager._tokens.timers
         assert timers.heap_size <= 2 * len(manager.connections) + 64 + 1
         # the live connection's entry survived every compaction
         await wait_until(lambda: len(manager.connections) == 1)
@@ -530,7 +530,7 @@ async def test_per_ip_and_per_user_caps_answer_429(make_manager: MakeManager) ->
         await wait_until(lambda: not manager.connections)
         async with client(manager):
             pass
-        await wait_until(lambda: manager._caps.open_for(ip="127.0.0.1") == 0)
+        await wait_until(lambda: manager._handshake.caps.open_for(ip="127.0.0.1") == 0)
     manager = make_manager(max_connections_per_user=1)
     as_user(manager)
     async with manager:
@@ -541,9 +541,10 @@ async def test_per_ip_and_per_user_caps_answer_429(make_manager: MakeManager) ->
             async with client(manager):  # anonymous: not capped per user
                 pass
         await wait_until(lambda: not manager.connections)
-        assert manager._caps.open_for(user="ann") == manager._caps.open_for(user="bob") == 0
+        caps = manager._handshake.caps
+        assert caps.open_for(user="ann") == caps.open_for(user="bob") == 0
         async with client(manager, "/?user=ann"):
-            assert manager._caps.open_for(user="ann") == 1
+            assert manager._handshake.caps.open_for(user="ann") == 1
 
 
 def test_new_options_are_validated(make_manager: MakeManager) -> None:
@@ -639,10 +640,10 @@ async def test_client_refreshes_in_band_before_expiry(make_manager: MakeManager)
 
 
 def test_token_exp_is_read_without_verification() -> None:
-    from trio_rt.client import _token_exp
+    from trio_rt.client._wire import token_exp
 
-    assert _token_exp(jwt.encode({"exp": 123}, "k" * 32, algorithm="HS256")) == 123.0
-    assert _token_exp(jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")) is None
-    assert _token_exp("not-a-jwt") is None
-    assert _token_exp("a.!!!.c") is None
-    assert _token_exp(None) is None
+    assert token_exp(jwt.encode({"exp": 123}, "k" * 32, algorithm="HS256")) == 123.0
+    assert token_exp(jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")) is None
+    assert token_exp("not-a-jwt") is None
+    assert token_exp("a.!!!.c") is None
+    assert token_exp(None) is None

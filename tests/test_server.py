@@ -468,11 +468,11 @@ async def test_handshake_timeout_drops_slow_handshakes(make_manager: Any) -> Non
 async def test_a_broadcast_is_serialized_and_framed_once(
     make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trio_rt._manager as manager_module
+    import trio_rt._delivery as delivery_module
     import trio_rt._outbox as outbox_module
 
     calls = {"encode": 0, "frame": 0}
-    real_encode, real_frame = manager_module.encode, outbox_module.encode_text_frame
+    real_encode, real_frame = delivery_module.encode, outbox_module.encode_text_frame
 
     def counting_encode(data: dict[str, Any]) -> bytes:
         calls["encode"] += 1
@@ -496,7 +496,7 @@ async def test_a_broadcast_is_serialized_and_framed_once(
             for _ in range(20):
                 nursery.start_soon(join)
             await wait_until(lambda: len(manager.members_of("many")) == 20)
-            monkeypatch.setattr(manager_module, "encode", counting_encode)
+            monkeypatch.setattr(delivery_module, "encode", counting_encode)
             monkeypatch.setattr(outbox_module, "encode_text_frame", counting_frame)
             await manager.broadcast_to_room("many", {"type": "m", "x": 1})
             for c in clients:

@@ -4,27 +4,28 @@ The public surface is re-exported here; modules starting with ``_`` are private.
 
 The core (``pip install trio_rt``: trio and websockets only) is imported at once. Names that
 need an extra are imported on first use, from one table (`_LAZY`): ``trio_rt.RedisBroker``
-imports Redis support then (importing trio_asyncio patches asyncio globally, so never before
-it is needed). Without its extra such a name raises ImportError naming it::
+imports Redis support then. Without its extra such a name raises ImportError naming it::
 
     ImportError: trio_rt.RedisBroker needs the 'redis' extra: pip install 'trio_rt[redis]'
-    (No module named 'redis')
+    (No module named 'hiredis')
 
 ``__all__`` lists the core names and the lazy names whose extra is installed, so
 ``from trio_rt import *`` works with any set of extras.
 """
 
 from importlib import import_module as _import_module
-from importlib.util import find_spec as _find_spec
 from typing import TYPE_CHECKING
 
 from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._cli import serve_until_signalled
-from ._connection import Connection, Request
+from ._connection import Connection, ConnectionState, Request
 from ._errors import TrioRTError
+from ._extras import EXTRAS as _EXTRAS
+from ._extras import extra_installed as _extra_installed
+from ._extras import missing_extra_error as _missing_extra_error
 from ._history import RoomHistory
 from ._http import HttpResponse, Reject
-from ._manager import ServerStats, WebSocketManager
+from ._manager import WebSocketManager
 from ._options import ServerOptions, ServerOptionsDict
 from ._outbox import SlowConsumerPolicy
 from ._permissions import MemoryPermissionStore, PermissionStore
@@ -33,18 +34,11 @@ from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
 from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
 from ._room_store import RoomSettings, RoomStore
 from ._rooms import Room, RoomError
+from ._stats import ServerStats
 from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
 from ._watch_positions import MemoryWatchPositions, WatchPositions
 
 __version__ = "0.1.0"
-
-# The extras of pyproject.toml and the top-level modules each one brings (what must import).
-_EXTRAS: dict[str, tuple[str, ...]] = {
-    "redis": ("redis", "trio_asyncio"),
-    "cassandra": ("cassandra",),
-    "auth": ("jwt", "cryptography"),
-    "metrics": ("prometheus_client",),
-}
 
 # The names imported on first use: name -> (the module that defines or re-exports it, the
 # extra it needs).
@@ -88,6 +82,7 @@ __all__ = [
     "BrokerUnavailable",
     "CloseCode",
     "Connection",
+    "ConnectionState",
     "Decision",
     "ErrorCode",
     "HttpResponse",
@@ -144,17 +139,6 @@ if TYPE_CHECKING:
         "WebSocketMetrics",
         "extract_token",
     ]
-
-
-def _extra_installed(extra: str) -> bool:
-    """True when the modules of `extra` (a key of `_EXTRAS`) can be imported; imports nothing."""
-    return all(_find_spec(module) is not None for module in _EXTRAS[extra])
-
-
-def _missing_extra_error(what: str, extra: str, cause: BaseException | None = None) -> ImportError:
-    """The ImportError for `what` when `extra` is not installed: it says what to install."""
-    detail = f" ({cause})" if cause is not None else ""
-    return ImportError(f"{what} needs the {extra!r} extra: pip install 'trio_rt[{extra}]'{detail}")
 
 
 if not TYPE_CHECKING:  # at run time: only what will import, so `import *` always works

@@ -86,5 +86,5 @@ class MessageAdmission:
             )
         )
         if refusals >= self.max_refusals:
-            conn._close_soon(CloseCode.RATE_LIMITED, "rate limit exceeded")
+            conn.close_soon(CloseCode.RATE_LIMITED, "rate limit exceeded")
         return False

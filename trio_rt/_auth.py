@@ -391,6 +391,8 @@ def _public_jwk(entry: object) -> jwt.PyJWK | None:
 def _jwk_fits(key: jwt.PyJWK, alg: str) -> bool:
     if alg not in _JWK_FAMILIES.get(str(key.key_type), frozenset()):
         return False
+    # pyjwt: PyJWK has no public API for the JWK's own "alg" member (`algorithm_name` falls
+    # back to a default for the key type); read the parsed JWK it keeps.
     declared = key._jwk_data.get("alg")
     if declared is not None and declared != alg:
         return False

@@ -62,6 +62,10 @@ class Broker(abc.ABC):
       never calls them.
     """
 
+    spans_processes: bool = False
+    """True for a broker that connects several processes (`RedisBroker`): components warn
+    when such a broker is paired with per-process state (a memory sequencer or store)."""
+
     def on_resubscribed(self, callback: Resubscribed) -> None:
         """Register `callback`, called after each break in the subscriptions, once they are
         back (see the contract)."""

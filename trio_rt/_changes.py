@@ -48,7 +48,6 @@ import trio
 from ._broker import Broker
 from ._checks import require_positive_ints, require_positive_numbers
 from ._filters import RowFilter, parse_filters
-from ._manager import WebSocketManager
 from ._outbox import OutboundMessage
 from ._protocol import ErrorCode, ProtocolError, StreamPosition, Subscribe, Unsubscribe, encode
 from ._protocol import reply as protocol_reply
@@ -67,6 +66,7 @@ from ._watch_positions import WatchPositions
 
 if TYPE_CHECKING:
     from ._connection import Connection
+    from ._manager import WebSocketManager
     from .cassandra import CapturedWrite, Change, Database, Table
     from .cassandra._streams import CassandraStreamStore
 
@@ -266,9 +266,11 @@ class ChangePublisher:
         """Run the broker, the sequencer and the nudge publisher until cancelled."""
         runner = getattr(self.sequencer, "run", None)
         async with contextlib.AsyncExitStack() as stack:
-            if getattr(self.broker, "needs_asyncio", False) or runner is not None:
-                # Only here: it needs the redis extra, and importing trio_asyncio patches
-                # asyncio for the whole process.
+            if getattr(self.broker, "needs_asyncio", False) or getattr(
+                self.sequencer, "needs_asyncio", False
+            ):
+                # Only for a component that says it needs one (trio_rt's Redis components no
+                # longer do): importing trio_asyncio patches asyncio for the whole process.
                 from .redis._aio import ensure_loop
 
                 await stack.enter_async_context(ensure_loop())  # one loop for both
@@ -363,13 +365,15 @@ class ChangeStreamManager:
     `ChangeStreamManager(db, manager, store=..., sequencer=...)` installs its `ChangeLog` as
     the database's capture (unless it has one), adds the built-in ``subscribe`` /
     ``unsubscribe`` messages to `manager` and runs its tasks in the manager's nursery (it
-    starts with the manager, or at once if the manager is serving).
+    starts with the manager, or at once if the manager is serving). It uses the manager's
+    public seams only: `add_command`, `listen` / `stop_listening` (the nudge channel),
+    `begin_fan_out`, `add_service`, `on_disconnect`, `attach_change_streams` (for metrics).
 
     `tables` lists the tables clients may subscribe to (also: `expose`). `has_permission`
     (``(conn, table, "read") -> bool``, sync or async) runs before a subscription exists;
-    by default the manager's `authorize(conn, "table:<name>", "read")` when it has one, else
-    every table in `tables` is readable. A denied or unknown table gets the same
-    ``not_permitted`` answer.
+    by default the manager's `authorize(conn, "table:<name>", "read")` (without a
+    `PermissionStore`: every table in `tables` is readable). A denied or unknown table gets
+    the same ``not_permitted`` answer.
 
     `store` defaults to a `CassandraStreamStore` in the database's keyspace (create the
     tables first: `create_schema()`, `trio_rt.cassandra.create_schema` or
@@ -439,9 +443,9 @@ class ChangeStreamManager:
             "read_errors": 0,
         }
         self._lag = 0.0
-        manager._change_streams = self
-        manager._set_builtin(Subscribe, self._subscribe_command)
-        manager._set_builtin(Unsubscribe, self._unsubscribe_command)
+        manager.attach_change_streams(self)
+        manager.add_command(Subscribe, self._subscribe_command)
+        manager.add_command(Unsubscribe, self._unsubscribe_command)
         manager.on_disconnect(self._on_disconnect)
         for service in getattr(self.sequencer, "run", None), self.run:
             if service is not None:
@@ -460,8 +464,7 @@ class ChangeStreamManager:
         )
         channel = self._nudges.channel
         async with trio.open_nursery() as nursery:
-            manager._on_channel(channel, self._on_nudge)
-            await manager.broker.subscribe(channel)
+            await manager.listen(channel, self._on_nudge)
             nursery.start_soon(self._nudges.run)
             self._nursery = nursery
             try:
@@ -471,8 +474,7 @@ class ChangeStreamManager:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
-                manager._channel_handlers.pop(channel, None)
-                manager.broker.unsubscribe(channel)
+                manager.stop_listening(channel)
 
     # -- nudges ---------------------------------------------------------------------------------
     def _wake(self, stream: str, offset: int) -> None:
@@ -747,10 +749,7 @@ class ChangeStreamManager:
             return False
         check = self._has_permission
         if check is None:
-            authorize = getattr(self.manager, "authorize", None)
-            if authorize is None:
-                return True
-            return bool(await authorize(conn, f"table:{table}", "read"))
+            return await self.manager.authorize(conn, f"table:{table}", "read")
         result = check(conn, table, "read")
         if inspect.isawaitable(result):
             result = await result
@@ -799,7 +798,7 @@ class ChangeStreamManager:
             return
         event_json, data = self._decode(tail.table, entry)
         offset = entry.position.offset
-        cork = self.manager._flushes.begin()  # one decision for every recipient
+        cork = self.manager.begin_fan_out()  # one decision for every recipient
         for sub in list(tail.subscriptions.values()):
             matches = data is not None and sub.filter.matches(data)
             gate = sub.gate
@@ -846,7 +845,7 @@ class ChangeStreamManager:
                 request_id=rid,
             )
         table = self._tables[command.table]
-        limit = getattr(self.manager.options, "max_subscriptions_per_connection", None)
+        limit = self.manager.options.max_subscriptions_per_connection
         if limit is not None and len(self._by_conn.get(conn.id, ())) >= limit:
             raise ProtocolError(
                 ErrorCode.LIMIT_EXCEEDED,

@@ -1,15 +1,19 @@
 """One client connection: its reader, its writer when one is needed, its pings; its closing.
 
-App code sees `Connection`, never a websockets object.
+App code sees `Connection`, never a websockets object. A connection knows the server only
+through `ConnectionHost` (what it calls back: dispatch a frame, count, the flush queue, the
+heartbeat schedule, the options), which the manager wires from its parts; its one state is a
+`ConnectionState`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -19,17 +23,72 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import OPEN
 from websockets.trio.server import ServerConnection
 
-from ._direct_stream import CORK_MAX_BYTES, DirectStream
+from ._direct_stream import DirectStream, FlushQueue
 from ._heartbeat import Beat, HeartbeatSchedule
+from ._options import ServerOptions
 from ._outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from ._protocol import CloseCode, encode
 
-if TYPE_CHECKING:
-    from ._manager import WebSocketManager
-
-__all__ = ["Connection", "Request"]
+__all__ = ["Connection", "ConnectionHost", "ConnectionState", "Request"]
 
 log = logging.getLogger("trio_rt.connection")
+
+
+class ConnectionState(enum.IntEnum):
+    """Where a connection is in its life (`Connection.status`); only ever moves forward.
+
+    - CONNECTING: the opening handshake: the connection handlers run, the upgrade is answered.
+      Messages sent now are queued; they follow the welcome.
+    - OPEN: the WebSocket is open: messages flow both ways.
+    - CLOSING: the server started closing it (what is queued is written first, then the
+      close frame), or its reader saw the end (the peer closed, or the TCP connection broke).
+    - CLOSED: over: `close_code` is set; the disconnect handlers run now (once).
+
+    `Connection.closed` (no more messages taken) can be True before CLOSING: the peer's close
+    frame or the end of its TCP connection stop sends at once.
+    """
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class ConnectionCounters(Protocol):
+    """The server's counters a connection adds to (`ServerStats`)."""
+
+    messages_out: int
+    slow_consumers: int
+    dropped_messages: int
+    heartbeat_timeouts: int
+
+
+class ConnectionHost(Protocol):
+    """What a `Connection` calls back: the manager builds one from its parts (_manager.py).
+
+    `dispatch(conn, frame)` handles one incoming message (the reader awaits it: one at a
+    time, in order); `heartbeat_add(conn)` puts an open connection on the heartbeat schedule
+    (None when heartbeats are off); `rooms_of(conn)` is `Connection.rooms`; `flushes` decides
+    when sends are corked and writes what was corked; `stats` and `options` are the server's.
+    """
+
+    @property
+    def options(self) -> ServerOptions: ...
+
+    @property
+    def stats(self) -> ConnectionCounters: ...
+
+    @property
+    def flushes(self) -> FlushQueue[Connection]: ...
+
+    @property
+    def dispatch(self) -> Callable[[Connection, str | bytes], Awaitable[None]]: ...
+
+    @property
+    def heartbeat_add(self) -> Callable[[Connection], Beat[Connection] | None]: ...
+
+    @property
+    def rooms_of(self) -> Callable[[Connection], frozenset[str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +176,14 @@ class Connection:
     Tasks: the reader runs in the handler task websockets gives the connection. The writer is
     started (in the connection's nursery) only when something has to wait: a full socket
     buffer, a write in progress, a TLS stream; it returns once everything is written. The
-    heartbeat is the manager's, one schedule for every connection (`_heartbeat.py`).
+    heartbeat is the server's, one schedule for every connection (`_heartbeat.py`).
+
+    `status` is where the connection is in its life (`ConnectionState`). The methods under
+    "engine side" (`run`, `flush_corked`, the `heartbeat_*` ones, `mark_closed`) are called
+    by the server's parts, never by an application.
     """
 
-    def __init__(self, manager: WebSocketManager, ws: ServerConnection) -> None:
+    def __init__(self, host: ConnectionHost, ws: ServerConnection) -> None:
         self.id: str = uuid.uuid4().hex
         self.user_id: str | None = None
         self.state: dict[str, Any] = {}
@@ -128,9 +191,10 @@ class Connection:
         # (set by JWTAuthenticator; a `refresh` moves it). The manager closes it then (4004).
         self.expires_at: float | None = None
         self.request: Request = Request.from_websockets(ws)
-        self._manager = manager
+        self._host = host
         self._ws = ws
-        o = manager.options
+        self._status = ConnectionState.CONNECTING
+        o = host.options
         self._outbox = Outbox(o.outbox_size, o.outbox_max_bytes, o.slow_consumer_policy)
         self._nursery: trio.Nursery | None = None
         self._writer_scope: trio.CancelScope | None = None  # set while a writer task runs
@@ -145,14 +209,7 @@ class Connection:
         self._beat: Beat[Connection] | None = None  # this connection's heartbeat entry
         self._close_code: int | None = None  # set when the server decides to close
         self._close_reason = ""
-        self._is_closed = False
-        self._is_stream_closed = False
-        self._stream_closed: trio.Event | None = None  # created by whoever waits for it
-        self._closing = False
-        self.opened = False
-        self._accepted = False  # the connection handlers let it in: disconnect handlers will run
-        # room -> live messages held while the room's missed messages are replayed (recovery)
-        self._recovering: dict[str, list[tuple[int, OutboundMessage]]] | None = None
+        self._closed_event: trio.Event | None = None  # CLOSED; created by whoever waits for it
         self.messages_in = 0
         self.messages_out = 0
 
@@ -163,30 +220,57 @@ class Connection:
     @property
     def rooms(self) -> frozenset[str]:
         """Rooms this connection is a member of."""
-        return self._manager.rooms_of(self)
+        return self._host.rooms_of(self)
+
+    @property
+    def status(self) -> ConnectionState:
+        """Where the connection is in its life: CONNECTING, OPEN, CLOSING, CLOSED."""
+        return self._status
 
     @property
     def closed(self) -> bool:
-        return self._is_closed
+        """True once the connection takes no more messages: it is closing (either side
+        started the close, the peer's TCP connection ended, or the server dropped it) or has
+        ended. Sends from then on are dropped at once (see `send`); a handler that loops
+        sending to one client can stop on it. The disconnect handler runs later, once the
+        connection has ended."""
+        return (
+            self._status is ConnectionState.CLOSED
+            or self._outbox.closed
+            or self._ws.protocol.state > OPEN
+        )
 
     @property
     def close_code(self) -> int | None:
-        """The close code, once the connection is over (1006 when the TCP connection dropped)."""
-        if not self._is_closed:
+        """The close code, once the connection is CLOSED (1006 when the TCP connection
+        dropped)."""
+        if self._status is not ConnectionState.CLOSED:
             return None
         return self._final_close_code()
 
     @property
     def outbox_depth(self) -> int:
+        """Messages queued for the writer (not yet written)."""
         return len(self._outbox)
+
+    @property
+    def outbox_bytes(self) -> int:
+        """The payload bytes of the messages queued for the writer."""
+        return self._outbox.queued_bytes
 
     async def send(self, data: dict[str, Any]) -> None:
         """Queue `data` (JSON-serializable) for this client.
 
         Returns once queued, not once written. Raises TypeError/ValueError for data JSON cannot
-        represent. A message to a closed connection is dropped silently: the disconnect handler
-        is where the app learns that a client is gone.
+        represent. A message to a connection that is `closed` (closing or ended, also when the
+        peer is gone and the server has not noticed everything yet) is dropped silently and
+        cheaply, without being serialized (only a checkpoint: a loop of sends still lets
+        other tasks run): the disconnect handler is where the app learns that a client is
+        gone, and `closed` is how a sending loop can tell.
         """
+        if self._outbox.closed or self._ws.protocol.state > OPEN:
+            await trio.lowlevel.checkpoint()
+            return
         self.send_encoded(OutboundMessage(encode(data)))
         await trio.lowlevel.checkpoint()
 
@@ -197,22 +281,26 @@ class Connection:
         socket without a writer task: at once with a non-blocking send when the server is
         quiet, or corked for one write with the frames that follow it when sends come in a
         burst (`FlushQueue`; a fan-out passes `cork`, decided once for all its recipients).
-        With compression the frame is compressed here, in the order of sending.
+        With compression the frame is compressed here, in the order of sending. A message to
+        a `closed` connection is dropped (False) without framing it: websockets' protocol
+        refuses to frame for a connection that is closing or closed.
         """
         direct = self._direct
         if direct is not None:
-            corked = direct._corked
-            if corked is not None:
+            if direct.corking:
                 # Corked frames exist only while the checks below hold: every change that
-                # could break them (a queued message, any write) takes the corked frames.
-                corked += self._wire(message)
-                if len(corked) >= CORK_MAX_BYTES:
-                    self._flush_corked()  # bounded: beyond this the outbox's bounds apply
+                # could break them (a queued message, any write, a close) takes the corked
+                # frames. But not the peer's close frame or EOF, which websockets' reader
+                # applies to the protocol without writing: the state says so.
+                if self._ws.protocol.state is not OPEN:
+                    return False
+                if direct.cork(self._wire(message)):
+                    self.flush_corked()  # bounded: beyond this the outbox's bounds apply
                 self.messages_out += 1
-                self._manager._stats.messages_out += 1
+                self._host.stats.messages_out += 1
                 return True
             if not self._outbox and self._can_write_now(direct):
-                flushes = self._manager._flushes
+                flushes = self._host.flushes
                 if cork is None:
                     cork = flushes.begin()
                 if cork and flushes.running:
@@ -223,19 +311,21 @@ class Connection:
                 elif direct.pending:
                     self._wake_writer()  # the writer flushes what the kernel left
                 self.messages_out += 1
-                self._manager._stats.messages_out += 1
+                self._host.stats.messages_out += 1
                 return True
             # From here on the message waits in the outbox: what is corked goes first.
             direct.uncork_to_pending()
+        if self._ws.protocol.state > OPEN:
+            return False  # closing or ended: nothing is queued, no writer started (see closed)
         result = self._outbox.offer(message)
         if result is Offer.QUEUED:
             self._wake_writer()
             return True
         if result is Offer.OVERFLOW:
-            self._manager._stats.slow_consumers += 1
+            self._host.stats.slow_consumers += 1
             self._abort(CloseCode.SLOW_CONSUMER, "slow consumer: outbox full")
         elif result is Offer.DROPPED:
-            self._manager._stats.dropped_messages += 1
+            self._host.stats.dropped_messages += 1
             self._wake_writer()
         return False
 
@@ -249,46 +339,51 @@ class Connection:
         if self._close_code is None:
             self._close_code = code
             self._close_reason = reason
-        if self._nursery is None:
+        status = self._status
+        if status is ConnectionState.CONNECTING:
             # Still in the handshake (e.g. called from the connection handler): the connection
-            # closes as soon as it opens. Or already ending. Nothing to wait for.
+            # closes as soon as it opens. Nothing to wait for.
             self._outbox.seal()
             await trio.lowlevel.checkpoint()
             return
-        self._start_close()
-        if self._is_stream_closed:
+        if status is ConnectionState.CLOSED:
             await trio.lowlevel.checkpoint()
             return
-        if self._stream_closed is None:
-            self._stream_closed = trio.Event()
-        await self._stream_closed.wait()
+        self._start_close()
+        if self._closed_event is None:
+            self._closed_event = trio.Event()
+        await self._closed_event.wait()
 
-    def _close_soon(self, code: int, reason: str) -> None:
-        """`close` without waiting (sync): for the manager's own tasks, which must not block on
-        one client. Queued messages are still written first."""
+    def close_soon(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """`close` without waiting (sync): for the server's own tasks and for code that must
+        not block on one client. Queued messages are still written first."""
         if self._close_code is None:
             self._close_code = code
             self._close_reason = reason
-        if self._nursery is None:
+        if self._status is ConnectionState.CONNECTING:
             self._outbox.seal()
         else:
             self._start_close()
 
-    # -- lifecycle (called by the manager) ------------------------------------------------------
-    async def _run(self) -> None:
-        """Serve the open connection until it ends. Owns its reader and, when one is needed,
-        its writer and closing tasks; registers with the manager's heartbeat schedule."""
-        manager = self._manager
+    # -- engine side: called by the server's parts, not by applications ----------------------
+    async def run(self, welcome: OutboundMessage | None = None) -> None:
+        """Serve the connection once the upgrade is done, until it ends (OPEN to CLOSED).
+        `welcome` goes out first, before what the connection handlers queued. Owns its
+        reader and, when one is needed, its writer and closing tasks; puts the connection on
+        the heartbeat schedule. Runs in the task websockets gives the connection."""
+        if welcome is not None:
+            self._outbox.push_front(welcome)
+            del welcome  # this frame lives as long as the connection: keep no reference
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.opened = True
+                self._status = ConnectionState.OPEN
                 ws = self._ws
                 if isinstance(ws.stream, DirectStream):
                     self._direct = ws.stream
                 self._deflate_key = shared_deflate_key(ws.protocol.extensions)
                 self._framed_here = bool(ws.protocol.extensions) and self._deflate_key is None
-                self._beat = manager._heartbeat_add(self)
+                self._beat = self._host.heartbeat_add(self)
                 if self._close_code is not None:  # closed during the handshake
                     self._start_close()
                 elif self._outbox:  # the welcome, and what the connection handler queued
@@ -296,19 +391,22 @@ class Connection:
                 try:
                     await self._reader()
                 finally:
-                    # The nursery takes no new task from here on: closing is already under way.
+                    # The nursery takes no new task from here on: closing is under way.
                     self._nursery = None
+                    if self._status is ConnectionState.OPEN:
+                        self._status = ConnectionState.CLOSING
                     nursery.cancel_scope.cancel()
         finally:
             self._stop_heartbeat()
-            self._outbox.close()
-            self._set_stream_closed()
-            self._is_closed = True
+            self.mark_closed()
 
-    def _set_stream_closed(self) -> None:
-        self._is_stream_closed = True
-        if self._stream_closed is not None:
-            self._stream_closed.set()
+    def mark_closed(self) -> None:
+        """The connection is over (its `run` ended, or it never opened): CLOSED, its outbox
+        takes nothing more, and whoever waits in `close` returns. Idempotent."""
+        self._outbox.close()
+        self._status = ConnectionState.CLOSED
+        if self._closed_event is not None:
+            self._closed_event.set()
 
     def _final_close_code(self) -> int:
         if self._close_code is not None:
@@ -322,7 +420,7 @@ class Connection:
 
     async def _reader(self) -> None:
         ws = self._ws
-        dispatch = self._manager._dispatch
+        dispatch = self._host.dispatch
         while True:
             try:
                 frame = await ws.recv()
@@ -337,8 +435,7 @@ class Connection:
         written or waits to be (by the writer, websockets or the kernel), the connection is
         open and the outbox takes messages."""
         return (
-            not direct._sending  # `direct.idle`, inlined: this runs once per recipient
-            and not direct._pending
+            direct.idle
             and not self._in_flight
             and not self._outbox.closed
             and not self._ws.send_lock.locked()
@@ -356,10 +453,11 @@ class Connection:
             if direct.pending:
                 self._wake_writer()
             self.messages_out += len(batch)
-            self._manager._stats.messages_out += len(batch)
+            self._host.stats.messages_out += len(batch)
 
-    def _flush_corked(self) -> None:
-        """Write what `send_encoded` corked (the manager's FlushQueue calls this)."""
+    def flush_corked(self) -> None:
+        """Engine side: write what `send_encoded` corked (the server's `FlushQueue` calls
+        this)."""
         direct = self._direct
         if direct is not None and direct.flush() and direct.pending:
             self._wake_writer()  # the writer flushes what the kernel left
@@ -383,6 +481,12 @@ class Connection:
         if len(batch) == 1:
             return self._wire(batch[0])
         return b"".join([self._wire(m) for m in batch])
+
+    def _uncork(self) -> None:
+        """The outbox takes nothing more: what is corked waits for the next write like queued
+        bytes, and later sends cannot cork (they meet the closed outbox)."""
+        if self._direct is not None:
+            self._direct.uncork_to_pending()
 
     def _wake_writer(self) -> None:
         """Make sure a writer task writes what is queued: start one unless it runs already."""
@@ -421,7 +525,7 @@ class Connection:
                     finally:
                         self._in_flight = False
                     self.messages_out += len(batch)
-                    self._manager._stats.messages_out += len(batch)
+                    self._host.stats.messages_out += len(batch)
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             # The peer is gone; the reader sees it too and ends the connection.
             await trio.aclose_forcefully(ws.stream)
@@ -440,8 +544,8 @@ class Connection:
             self._writer_exited = trio.Event()
         await self._writer_exited.wait()
 
-    # -- heartbeat (driven by the manager's schedule) ---------------------------------------------
-    def _send_ping(self, payload: bytes) -> None:
+    # -- heartbeat (engine side: driven by the server's schedule) ---------------------------------
+    def heartbeat_ping(self, payload: bytes) -> None:
         """Send a heartbeat ping now if the socket is free, else have the writer send it."""
         direct = self._direct
         if self._ping_wanted is None and direct is not None and self._can_write_now(direct):
@@ -454,32 +558,41 @@ class Connection:
             self._ping_wanted = payload  # a newer ping replaces one not sent yet
             self._wake_writer()
 
+    def heartbeat_pong(self, payload: bytes) -> None:
+        """A pong came (websockets' reader hands every pong here): it may answer our ping."""
+        if self._beat is not None:
+            HeartbeatSchedule.pong(self._beat, payload)
+
+    def heartbeat_timed_out(self) -> None:
+        """The pong of our ping is late: close at once (4001). The schedule dropped it."""
+        self._beat = None
+        self._host.stats.heartbeat_timeouts += 1
+        self._abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+
     def _stop_heartbeat(self) -> None:
         if self._beat is not None:
             HeartbeatSchedule.remove(self._beat)
             self._beat = None
 
-    def _heartbeat_timeout(self) -> None:
-        self._beat = None  # the schedule dropped it
-        self._manager._stats.heartbeat_timeouts += 1
-        self._abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-
     # -- closing ----------------------------------------------------------------------------------
     def _start_close(self) -> None:
-        """Start closing in the connection's nursery: gracefully, or at once after an abort."""
-        if self._closing or self._nursery is None:
+        """OPEN -> CLOSING: start closing in the connection's nursery: gracefully, or at once
+        after an abort. Nothing to do in any other state."""
+        if self._status is not ConnectionState.OPEN:
             return
-        self._closing = True
+        assert self._nursery is not None  # OPEN: the run's nursery takes tasks
+        self._status = ConnectionState.CLOSING
         self._stop_heartbeat()  # the closing handshake, bounded by close_timeout, decides now
         if self._outbox.aborted:
             self._nursery.start_soon(self._abort_close)
         else:
             self._outbox.seal()
+            self._uncork()
             self._nursery.start_soon(self._graceful_close)
 
     async def _graceful_close(self) -> None:
         # A writer empties the sealed outbox and returns; then the close frame goes out.
-        with trio.move_on_after(self._manager.options.close_timeout):
+        with trio.move_on_after(self._host.options.close_timeout):
             direct = self._direct
             if self._outbox or (direct is not None and direct.pending):
                 self._wake_writer()
@@ -487,7 +600,7 @@ class Connection:
             if not self._torn_write:
                 await self._ws.aclose(self._close_code or CloseCode.NORMAL, self._close_reason)
         await trio.aclose_forcefully(self._ws.stream)
-        self._set_stream_closed()
+        self.mark_closed()
 
     def _abort(self, code: int, reason: str) -> None:
         """Close at once, dropping what is queued (slow consumer, dead peer). Sync and safe to
@@ -498,21 +611,23 @@ class Connection:
             self._close_code = code
             self._close_reason = reason
         self._outbox.close()
+        self._uncork()
         self._ping_wanted = None
         self._stop_heartbeat()
         if self._writer_scope is not None:
             self._writer_scope.cancel()
-        if self._nursery is not None and not self._closing:
-            self._closing = True
+        if self._status is ConnectionState.OPEN:
+            assert self._nursery is not None
+            self._status = ConnectionState.CLOSING
             self._nursery.start_soon(self._abort_close)
 
     async def _abort_close(self) -> None:
         # A short grace period to get the close code out while the socket still takes it.
-        with trio.move_on_after(min(1.0, self._manager.options.close_timeout)):
+        with trio.move_on_after(min(1.0, self._host.options.close_timeout)):
             await self._wait_writer()
             if not self._torn_write and self._ws.protocol.state is OPEN:
                 await self._ws.aclose(
                     self._close_code or CloseCode.INTERNAL_ERROR, self._close_reason
                 )
         await trio.aclose_forcefully(self._ws.stream)
-        self._set_stream_closed()
+        self.mark_closed()

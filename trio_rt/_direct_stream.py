@@ -50,7 +50,13 @@ class DirectStream(trio.abc.HalfCloseableStream):
 
     @property
     def pending(self) -> int:
+        """Bytes the kernel did not take yet: whoever writes next sends them first."""
         return len(self._pending)
+
+    @property
+    def corking(self) -> bool:
+        """Frames are corked, waiting for the next `flush` (or write)."""
+        return self._corked is not None
 
     @property
     def idle(self) -> bool:
@@ -59,15 +65,16 @@ class DirectStream(trio.abc.HalfCloseableStream):
         return not self._sending and not self._pending
 
     def cork(self, data: bytes) -> bool:
-        """Keep `data` for the next `flush` (or the next write, whichever comes first). Only
-        when `idle`. Returns True for the first frame corked since the last flush: the caller
-        must then make sure a flush happens."""
+        """Keep `data` for the next `flush` (or the next write, whichever comes first). The
+        first frame only when `idle` (see `corking`: the caller then makes sure a flush
+        happens). Returns True once the corked frames reach `CORK_MAX_BYTES`: the caller
+        flushes them now, so memory stays bounded (beyond, the outbox's bounds apply)."""
         corked = self._corked
         if corked is None:
-            self._corked = bytearray(data)
-            return True
-        corked += data
-        return False
+            corked = self._corked = bytearray(data)
+        else:
+            corked += data
+        return len(corked) >= CORK_MAX_BYTES
 
     def flush(self) -> bool:
         """Write the corked frames (`send_now`), unless a write in progress has taken them.
@@ -164,7 +171,7 @@ class DirectStream(trio.abc.HalfCloseableStream):
 
 
 class Flushable(Protocol):
-    def _flush_corked(self) -> None: ...
+    def flush_corked(self) -> None: ...
 
 
 class FlushQueue(Generic[F]):
@@ -173,7 +180,7 @@ class FlushQueue(Generic[F]):
     Quiet: a send or a fan-out writes at once (`begin` returns False) and opens a *window*.
     Any send or fan-out while the window is open is corked (`DirectStream.cork`) and the
     connection `add`-ed here. The `run` task lets the scheduler make `PASSES` more passes,
-    then calls each added connection's ``_flush_corked()`` in order: every frame corked
+    then calls each added connection's ``flush_corked()`` in order: every frame corked
     meanwhile goes out in one write per connection. If it flushed something, a burst is under
     way: the window stays open and the cycle repeats; otherwise it closes. So an isolated
     message costs no extra latency, and under load each connection gets one system call per
@@ -228,4 +235,4 @@ class FlushQueue(Generic[F]):
         # A function of its own: no local keeps a closed connection alive while run() waits.
         items, self._items = self._items, []
         for item in items:
-            item._flush_corked()
+            item.flush_corked()

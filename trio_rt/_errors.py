@@ -16,6 +16,12 @@ TrioRTError                     the base (trio_rt)
 │                               to show (trio_rt, with the "auth" extra)
 ├── BrokerUnavailable           Broker.publish could not reach the other servers in
 │                               bounded time (trio_rt)
+├── RedisError                  a Redis command failed (trio_rt.redis)
+│   ├── RedisUnavailable        the connection failed or was lost: retrying later may
+│   │   │                       succeed (`maybe_sent`: whether the command may have run)
+│   │   └── RedisTimeout        no answer (or no connection) within the timeout
+│   └── RedisReplyError         Redis answered with an error reply (`code`: ERR, NOSCRIPT,
+│                               MOVED...)
 ├── Reject                      raised by a connection handler: refuse the WebSocket
 │                               upgrade with an HTTP status (trio_rt)
 ├── CassandraError              a Cassandra request failed (trio_rt.cassandra)

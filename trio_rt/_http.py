@@ -1,8 +1,14 @@
-"""Plain HTTP on the WebSocket port: /health, and whatever routes the app or extensions add."""
+"""Plain HTTP on the WebSocket port: /health, and whatever routes the app or extensions add.
+
+`HttpRoutes` is the side door's part of the server: a request that is not a WebSocket upgrade
+is answered from its table (path -> handler) by the handshake part (`_handshake.py`).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -14,7 +20,9 @@ from websockets.http11 import Response
 
 from ._errors import TrioRTError
 
-__all__ = ["HttpResponse", "Reject", "is_websocket_upgrade", "to_ws_response"]
+__all__ = ["HttpResponse", "HttpRoutes", "Reject", "is_websocket_upgrade", "to_ws_response"]
+
+log = logging.getLogger("trio_rt")
 
 
 @dataclass(slots=True)
@@ -66,3 +74,32 @@ def to_ws_response(resp: HttpResponse) -> Response:
     except ValueError:
         phrase = "Unknown"
     return Response(resp.status, phrase, headers, resp.body)
+
+
+class HttpRoutes:
+    """Path -> handler for plain HTTP GETs on the WebSocket port (the query string is
+    ignored). `respond` answers a request: the handler's response (sync or async handler),
+    404 for an unknown path, 500 (logged) when the handler raises. Never raises itself."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, HttpHandler] = {}
+
+    def add(self, path: str, handler: HttpHandler) -> None:
+        if not path.startswith("/"):
+            raise ValueError("route paths start with '/'")
+        self.routes[path] = handler
+
+    async def respond(self, request: WsRequest) -> Response:
+        path = request.path.split("?", 1)[0]
+        handler = self.routes.get(path)
+        if handler is None:
+            return to_ws_response(HttpResponse.json(404, {"error": "not found", "path": path}))
+        try:
+            result = handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+            assert isinstance(result, HttpResponse)
+            return to_ws_response(result)
+        except Exception:
+            log.exception("HTTP handler for %s failed", path)
+            return to_ws_response(HttpResponse.json(500, {"error": "internal server error"}))

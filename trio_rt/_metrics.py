@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from ._manager import WebSocketManager
 
-__all__ = ["SEED_NAMES", "SlidingWindowRate", "WebSocketMetrics", "WebSocketStats"]
+__all__ = ["CAMEL_CASE_NAMES", "SlidingWindowRate", "WebSocketMetrics", "WebSocketStats"]
 
 log = logging.getLogger("trio_rt.metrics")
 
@@ -136,8 +137,9 @@ class SlidingWindowRate:
 # -- the snapshot ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class WebSocketStats:
-    """What `WebSocketMetrics.get_stats()` returns. `to_dict(seed_names=True)` uses the seed's
-    camelCase names for the fields it had (see `SEED_NAMES`)."""
+    """What `WebSocketMetrics.get_stats()` returns. `to_dict(camel_case=True)` names four
+    fields in camelCase, the keys of the TypeScript `WebSocketManager` trio_rt's API started
+    from (see `CAMEL_CASE_NAMES`), for dashboards that read those."""
 
     server_id: str
     uptime_seconds: float
@@ -164,21 +166,42 @@ class WebSocketStats:
     protocol_errors: int
     handshakes_rejected: Mapping[str, int]
 
-    def to_dict(self, *, seed_names: bool = False) -> dict[str, Any]:
+    def to_dict(
+        self, *, camel_case: bool = False, seed_names: bool | None = None
+    ) -> dict[str, Any]:
+        """The fields as a dict (JSON-ready). `camel_case`: the fields of `CAMEL_CASE_NAMES`
+        under their camelCase keys. `seed_names` is the deprecated name of `camel_case`."""
+        if seed_names is not None:
+            warnings.warn(
+                "to_dict(seed_names=...) is deprecated; use to_dict(camel_case=...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            camel_case = camel_case or seed_names
         d = asdict(self)
         d["handshakes_rejected"] = dict(self.handshakes_rejected)
-        if seed_names:
-            d = {SEED_NAMES.get(k, k): v for k, v in d.items()}
+        if camel_case:
+            d = {CAMEL_CASE_NAMES.get(k, k): v for k, v in d.items()}
         return d
 
 
-SEED_NAMES: Mapping[str, str] = {
+CAMEL_CASE_NAMES: Mapping[str, str] = {
     "active_connections": "activeConnections",
     "messages_per_second_in": "messagesPerSecond",
     "total_rooms": "totalRooms",
     "memory_usage_mb": "memoryUsage",
 }
-"""snake_case field -> the seed's camelCase key (the seed had one messagesPerSecond: in)."""
+"""snake_case field -> its camelCase key in `WebSocketStats.to_dict(camel_case=True)` (one
+``messagesPerSecond``: the incoming rate)."""
+
+
+def __getattr__(name: str) -> object:
+    if name == "SEED_NAMES":  # the old name of CAMEL_CASE_NAMES
+        warnings.warn(
+            "SEED_NAMES is deprecated; use CAMEL_CASE_NAMES", DeprecationWarning, stacklevel=2
+        )
+        return CAMEL_CASE_NAMES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- the metrics object ---------------------------------------------------------------------------
@@ -212,7 +235,7 @@ class WebSocketMetrics:
         require_positive_numbers(sample_interval=sample_interval)
         if route is not None:
             _check_endpoint(route)
-        if manager._instruments is not None:
+        if manager.instruments is not None:
             raise RuntimeError("this manager already has a WebSocketMetrics")
         self.manager = manager
         self.sample_interval = sample_interval
@@ -253,7 +276,7 @@ class WebSocketMetrics:
         self.registry.register(_ManagerCollector(self))
         if route is not None:
             manager.route(route)(self._http_handler)
-        manager._instruments = self
+        manager.attach_instruments(self)
 
     # -- instrumentation points (called by the manager) --------------------------------------
     def handler_finished(self, type: str, seconds: float) -> None:
@@ -288,13 +311,13 @@ class WebSocketMetrics:
         s = m.stats
         depth_max = depth_total = bytes_total = 0
         for conn in m.connections.values():
-            depth = len(conn._outbox)
+            depth = conn.outbox_depth
             depth_total += depth
-            bytes_total += conn._outbox.queued_bytes
+            bytes_total += conn.outbox_bytes
             if depth > depth_max:
                 depth_max = depth
         broker_stats = getattr(m.broker, "stats", None)
-        streams = m._change_streams
+        streams = m.change_streams
         lag = self._change_stream_lag
         if lag is None and streams is not None:
             lag = streams.lag
@@ -427,8 +450,7 @@ class WebSocketMetrics:
 
     def close(self) -> None:
         """Detach from the manager (its instrumentation points go back to doing nothing)."""
-        if self.manager._instruments is self:
-            self.manager._instruments = None
+        self.manager.detach_instruments(self)
 
 
 # -- the collector: live state at scrape time -----------------------------------------------------

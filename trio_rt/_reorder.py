@@ -32,13 +32,22 @@ local members what comes out:
   stream's history was reset), after the held messages of the old epoch come out. Stragglers
   of the epoch before are handed out at once, without dedupe.
 
+**Behind an upstream** (`ceiling`, `upstream`): the same rule serves a recovery gate
+(`ReplayGate`, `_replay_gate.py`), which merges a replay with what an upstream order (a room's
+buffer, a table's tail) hands out. There the buffer owns only the holes at or below the
+upstream's position (`ceiling`) that the upstream may still fill late (`upstream(offset)`: the
+smallest offset >= offset it may still hand out): those wait `window`, then are read, as above.
+An offset at or below the ceiling that the upstream will not hand out is passed at once (it
+went out before, or never will); a hole above the ceiling is the upstream's own: the buffer
+waits for the upstream to fill it or move past it, without a deadline of its own.
+
 `tests/test_reorder.py` checks it without sockets (unit and property tests).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -96,6 +105,14 @@ class OffsetRanges:
     def lowest(self) -> int | None:
         return self._lows[0] if self._lows else None
 
+    def next_from(self, offset: int) -> int | None:
+        """The smallest offset in the set that is >= `offset` (None: there is none)."""
+        i = bisect.bisect_right(self._lows, offset) - 1
+        if i >= 0 and offset <= self._highs[i]:
+            return offset
+        i += 1
+        return self._lows[i] if i < len(self._lows) else None
+
     def add(self, low: int, high: int) -> None:
         """Add the offsets low..high (inclusive), merging touching ranges."""
         if low > high:
@@ -134,6 +151,11 @@ class ReorderBuffer(Generic[T]):
     needed). After any call, `take_reads()` lists the store reads wanted (answer each with
     `healed` or `unhealed`) and `take_gaps()` the ranges skipped without the store's answer.
     `now` is any monotonic clock in seconds.
+
+    Behind an upstream (the module docstring): `ceiling` is the upstream's position (every
+    offset up to it was handed out by the upstream, or is one it may still hand out late), and
+    `upstream(offset)` the smallest offset >= `offset` the upstream may still hand out (None:
+    nothing at or below the ceiling will come). Both None: no upstream (a room's own buffer).
     """
 
     def __init__(self, window: float, limit: int, *, max_gaps: int = MAX_GAPS) -> None:
@@ -155,6 +177,8 @@ class ReorderBuffer(Generic[T]):
         self._wanted: list[StoreRead] = []  # reads to hand to the caller
         self._blocking: StoreRead | None = None  # the heal the buffer waits for
         self._gaps: list[tuple[int, int]] = []  # skipped without the store's answer
+        self.ceiling: int | None = None  # behind an upstream: its position
+        self.upstream: Callable[[int], int] | None = None  # its next offset that may come
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -173,12 +197,22 @@ class ReorderBuffer(Generic[T]):
         """True if `offset` (of the current epoch) may still be handed out."""
         return not self.started or offset > self.done or offset in self.missing
 
+    def next_pending(self, offset: int) -> int:
+        """The smallest offset >= `offset` (of the current epoch) that may still be handed
+        out: an upstream for a buffer behind it."""
+        if not self.started or offset > self.done:
+            return offset
+        low = self.missing.next_from(offset)
+        return self.done + 1 if low is None else low
+
     def deadline(self) -> float | None:
         """When the oldest waiting item has waited `window` (None: nothing to time out)."""
         if not self.started:
             return self._early[0][3] + self.window if self._early else None
         if self._blocking is not None:
             return None  # the heal's answer moves on, not the clock
+        if self.ceiling is not None and self.done >= self.ceiling:
+            return None  # the next offset is the upstream's to hand out (or to give up on)
         for _, arrival in self._held.values():  # dicts keep insertion (= arrival) order
             return arrival + self.window
         return None
@@ -283,21 +317,35 @@ class ReorderBuffer(Generic[T]):
             return self.start(epoch, first - 1, now)
         out: list[T] = []
         held = self._held
-        while held:
+        ceiling = self.ceiling
+        while True:
             nxt = self.done + 1
             entry = held.pop(nxt, None)
             if entry is not None:
                 out.append(entry[0])
                 self.done = nxt
                 continue
+            if ceiling is not None:
+                if nxt > ceiling:
+                    break  # the upstream's hole: it fills it or moves past it
+                top = min(min(held) - 1, ceiling) if held else ceiling
+                upstream = self.upstream
+                coming = upstream(nxt) if upstream is not None else top + 1
+                if coming > nxt:  # nxt.. will not come from the upstream: passed at once
+                    self.done = min(coming - 1, top)
+                    continue
+                # nxt may still come (late) from the upstream: a hole of this buffer's
+            if not held:
+                break
             first = min(held)
+            high = first - 1 if ceiling is None else min(first - 1, ceiling)
             if len(held) > self.limit or self.window <= 0:
                 # Skip now, read afterwards (unless a heal already covers the range).
                 blocking = self._blocking
-                if blocking is None or blocking.upto < first - 1:
+                if blocking is None or blocking.upto < high:
                     assert self.epoch is not None
-                    self._wanted.append(StoreRead(self.epoch, nxt - 1, first - 1, False))
-                self._skip(nxt, first - 1)
+                    self._wanted.append(StoreRead(self.epoch, nxt - 1, high, False))
+                self._skip(nxt, high)
                 continue
             if self._blocking is not None:
                 break  # waiting for the heal's answer
@@ -306,7 +354,8 @@ class ReorderBuffer(Generic[T]):
             if now < deadline:
                 break
             assert self.epoch is not None
-            self._blocking = StoreRead(self.epoch, self.done, max(held), True)
+            upto = max(held) if ceiling is None else min(max(held), ceiling)
+            self._blocking = StoreRead(self.epoch, self.done, upto, True)
             self._wanted.append(self._blocking)
             break
         return out
@@ -367,6 +416,15 @@ class ReorderBuffer(Generic[T]):
         out = self._settle(upto)
         out.extend(self.release(now))
         return out
+
+    def flush(self) -> list[T]:
+        """Give up waiting: every held item at once, in offset order (`done` moves to the
+        greatest; the holes below it are not recorded). Wanted reads are dropped and the
+        awaited heal is forgotten (its answer finds nothing held)."""
+        top = max(self._held, default=self.done)
+        items = self._drain()
+        self.done = max(self.done, top)
+        return items
 
     # -- internals ------------------------------------------------------------------------------
     def _settle(self, upto: int) -> list[T]:

@@ -10,25 +10,37 @@ server"):
   them, one room at a time each, so at most that many reads run at once. A read that fails is
   retried until `heal_timeout`; then the hole is skipped and the members are told
   (``room_gap``);
-- per member: the position it joined at (`floors`: it never gets an offset at or below it),
-  and after a recovery the offsets it got from the store (`replayed`: not sent again).
+- per member: the position it joined at (`floors`: it never gets an offset at or below it);
+- per member recovering from ``since``: a `ReplayGate` (`_replay_gate.py`, the one recovery
+  gate, shared with table subscriptions) behind the room's buffer, which merges the replay
+  with what the buffer hands out, in offset order, each once. A hole in the replay at or
+  below the buffer's position that the buffer may still hand out late (a write in flight
+  when the replay read the store) waits `reorder_window`, then is read from the store like
+  the buffer's own holes (skipped as a range if the store lacks it; ``room_gap`` to that
+  member if the store cannot be read). One more `Timers` task serves every gate's deadline;
+  the gates' reads go through the same store readers. The member leaves the gate once it
+  caught up with the buffer;
+  the offsets it got from the store that the buffer may still hand out are remembered
+  (`replayed`: not sent again).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
 from ._envelope import Envelope
 from ._protocol import StreamPosition
-from ._reorder import ReorderBuffer
+from ._reorder import ReorderBuffer, StoreRead
+from ._replay_gate import ReplayGate
 from ._timers import Timers
 
 if TYPE_CHECKING:
     from ._history import RoomHistory
+    from ._streams import Recovery
 
 __all__ = ["RoomOrdering"]
 
@@ -49,9 +61,23 @@ class _Counters(Protocol):
     room_gaps: int
 
 
-GapHandler = Callable[[str, str, int, int | None, str], None]
-"""``gap(room, epoch, first, last, reason)``: offsets first..last (last None: up to the
-newest) may not have reached the room's local members (sync, must not wait)."""
+GapHandler = Callable[[str, str, int, int | None, str, str | None], None]
+"""``gap(room, epoch, first, last, reason, member)``: offsets first..last (last None: up to
+the newest) may not have reached the room's local members (`member` None), or that one
+connection (sync, must not wait)."""
+
+MemberSender = Callable[[str, str, list[Envelope]], None]
+"""``send(room, conn_id, envelopes)``: deliver to one member, in order (sync, must not wait)."""
+
+
+class _Gate:
+    """A member's recovery: its gate, and the epoch of its ``since``."""
+
+    __slots__ = ("epoch", "gate")
+
+    def __init__(self, gate: ReplayGate[Envelope], epoch: str) -> None:
+        self.gate = gate
+        self.epoch = epoch
 
 
 class _StoreUnavailable(Exception):
@@ -68,12 +94,15 @@ class RoomOrdering:
     - `member(room, conn_id, floor, reach_back)`: a member joined at `floor`; with
       `reach_back` (a recovery from `floor`) offsets after it that the buffer never handed
       out may still come out.
-    - `note_replayed` records, after a recovery, the offsets it replayed that the buffer may
-      still hand out: `replayed` maps room -> connection id -> those offsets, for the
-      deliverer to skip once.
+    - `recover_from(room, conn_id, since)` puts a member that recovers behind a gate (sync,
+      before the replay reads the store and before the room's buffer starts); the deliverer
+      hands what the buffer lets go for that member to `gate_live`; `recovered(room,
+      conn_id, result)` merges the replay, and the member leaves the gate once it caught up.
+      Offsets a gate sent from the store that the buffer may still hand out are kept in
+      `replayed` (room -> connection id -> offsets), for the deliverer to skip once.
     - `resync()`: the broker's subscriptions broke and are back; every started room re-reads
       the store after what it handed out.
-    - `run` runs the deadline task and the store readers until cancelled (the manager's
+    - `run` runs the deadline tasks and the store readers until cancelled (the manager's
       nursery). Counters go into `counters`; skipped ranges the store could not confirm go to
       `gap`.
     """
@@ -84,9 +113,13 @@ class RoomOrdering:
         counters: _Counters,
         gap: GapHandler,
         history: RoomHistory | None = None,
+        send: MemberSender | None = None,
     ) -> None:
         self.buffers: dict[str, ReorderBuffer[Envelope]] = {}
         self.timers = Timers[str]()  # room -> when its oldest held message gives up
+        self.gates: dict[str, dict[str, _Gate]] = {}  # room -> connection id -> its recovery
+        self.gate_timers = Timers[tuple[str, str]]()  # (room, connection id) -> a gate's wait
+        self._send = send
         self.replayed: dict[str, dict[str, set[int]]] = {}
         self.floors: dict[str, dict[str, int]] = {}  # room -> connection id -> joined at
         self._floor_top: dict[str, tuple[str, int]] = {}  # room -> (floors' epoch, greatest)
@@ -151,6 +184,128 @@ class RoomOrdering:
         replayed = self.replayed.get(room)
         if replayed is not None:
             replayed.pop(conn_id, None)
+        self._drop_gate(room, conn_id)
+
+    # -- a member's recovery ----------------------------------------------------------------------
+    def recover_from(self, room: str, conn_id: str, since: StreamPosition) -> object | None:
+        """`conn_id`, a member of `room` now, recovers from `since`: what the room's buffer
+        lets go for it waits in a gate until `recovered`. Sync; call it before any await of
+        the join (the buffer may not have started: offsets after `since` that it will count
+        as its past are still this member's) and before the replay reads the store. Returns
+        the recovery's token for `recovered` (None: the room has no buffer here)."""
+        buf = self.buffers.get(room)
+        if buf is None:
+            return None
+        self.member(room, conn_id, since, reach_back=True)
+        h = self._history
+        window = h.reorder_window if h is not None else 0.0
+        limit = (h.reorder_limit + h.recovery_limit) if h is not None else 2000
+        same = buf.started and buf.epoch == since.epoch
+        gate = ReplayGate[Envelope](
+            since.offset,
+            max(buf.done, since.offset) if same else since.offset,
+            tail_pending=buf.next_pending,
+            window=window,
+            limit=limit,
+            now=trio.current_time(),
+        )
+        g = self.gates.setdefault(room, {})[conn_id] = _Gate(gate, since.epoch)
+        return g
+
+    def recovered(
+        self, room: str, conn_id: str, token: object | None, result: Recovery | None
+    ) -> tuple[list[Envelope], StreamPosition | None]:
+        """The replay of `conn_id`'s recovery `token` (`result` None: it did not happen).
+        Returns what to send now, in order, and the position the member is at (everything up
+        to it was sent, nothing above it), or None when the recovery did not take place: the
+        result failed, or the stream's epoch changed meanwhile (the gate was ended then)."""
+        g = self.gates.get(room, {}).get(conn_id)
+        if g is None or g is not token:
+            return [], None
+        if result is None or not result.recovered:
+            out = g.gate.drain()
+            self._drop_gate(room, conn_id)
+            return out, None
+        items = [
+            (e.position.offset, _envelope(room, e.position, e.payload))
+            for e in result.entries
+            if e.position.epoch == g.epoch
+        ]
+        out = self._gate_out(room, conn_id, g, g.gate.replayed(items, trio.current_time()))
+        return out, StreamPosition(g.gate.after, g.epoch)
+
+    def gate_live(self, room: str, conn_id: str, env: Envelope) -> list[Envelope]:
+        """The buffer let `env` go for `conn_id`, which is behind a gate: what to send now."""
+        g = self.gates.get(room, {}).get(conn_id)
+        if g is None:
+            return [env]
+        if env.epoch != g.epoch:  # a new epoch: the old one's order means nothing now
+            out = g.gate.drain()
+            self._drop_gate(room, conn_id)
+            out.append(env)
+            return out
+        assert env.offset is not None
+        now = trio.current_time()
+        return self._gate_out(room, conn_id, g, g.gate.live(env.offset, env, now))
+
+    def _sync_gates(self, room: str, buf: ReorderBuffer[Envelope]) -> None:
+        """The room's buffer moved: its gates follow (their holes may be passed now)."""
+        gates = self.gates.get(room)
+        if not gates or not buf.started:
+            return
+        now = trio.current_time()
+        for conn_id, g in list(gates.items()):
+            if buf.epoch != g.epoch:
+                out = g.gate.drain()
+                self._drop_gate(room, conn_id)
+            else:
+                out = self._gate_out(room, conn_id, g, g.gate.advance(buf.done, now))
+            self._send_member(room, conn_id, out)
+
+    def _gate_due(self, key: tuple[str, str]) -> None:
+        room, conn_id = key
+        g = self.gates.get(room, {}).get(conn_id)
+        if g is not None:
+            out = self._gate_out(room, conn_id, g, g.gate.release(trio.current_time()))
+            self._send_member(room, conn_id, out)
+
+    def _gate_out(self, room: str, conn_id: str, g: _Gate, out: list[Envelope]) -> list[Envelope]:
+        """Bookkeeping after a gate let `out` go: offsets the buffer may still hand out are
+        remembered for this member, counters, the gate's deadline and reads; an open gate is
+        dropped."""
+        buf = self.buffers.get(room)
+        if out and buf is not None and buf.started and buf.epoch == g.epoch:
+            again = {e.offset for e in out if e.offset is not None and buf.pending(e.offset)}
+            if again:
+                self.replayed.setdefault(room, {}).setdefault(conn_id, set()).update(again)
+                self._replayed_top[room] = max(self._replayed_top.get(room, 0), max(again))
+        gate = g.gate
+        late, filled = gate.take_counts()
+        if late or filled:
+            self._counters.reorder_late += late
+            self._counters.reorder_healed += filled
+        if gate.open:
+            self._drop_gate(room, conn_id)
+            return out
+        if gate.wants_reads:
+            self._want_io(room)
+        deadline = gate.deadline()
+        if deadline is None:
+            self.gate_timers.cancel((room, conn_id))
+        else:
+            self.gate_timers.set((room, conn_id), deadline)
+        return out
+
+    def _drop_gate(self, room: str, conn_id: str) -> None:
+        gates = self.gates.get(room)
+        if gates is not None and gates.pop(conn_id, None) is not None:
+            self.gate_timers.cancel((room, conn_id))
+            if not gates:
+                del self.gates[room]
+
+    def _send_member(self, room: str, conn_id: str, out: list[Envelope]) -> None:
+        if out and self._send is not None:
+            self._send(room, conn_id, out)
 
     def floor_filter(self, room: str, epoch: str | None, offset: int) -> dict[str, int] | None:
         """The floors to check for `offset` (None: no member joined at or above it)."""
@@ -170,26 +325,13 @@ class RoomOrdering:
     def drop(self, room: str) -> None:
         if self.buffers.pop(room, None) is not None:
             self.timers.cancel(room)
+        for conn_id in list(self.gates.get(room, ())):
+            self._drop_gate(room, conn_id)
         self.replayed.pop(room, None)
         self._replayed_top.pop(room, None)
         self.floors.pop(room, None)
         self._floor_top.pop(room, None)
         self._resync.discard(room)
-
-    def note_replayed(self, room: str, conn_id: str, positions: Iterable[StreamPosition]) -> None:
-        """A recovery sent `positions` to `conn_id` from the store: those the room's buffer may
-        still hand out must not reach that connection again."""
-        buf = self.buffers.get(room)
-        if buf is None:
-            return
-        again = {
-            p.offset
-            for p in positions
-            if (not buf.started or p.epoch == buf.epoch) and buf.pending(p.offset)
-        }
-        if again:
-            self.replayed.setdefault(room, {})[conn_id] = again
-            self._replayed_top[room] = max(self._replayed_top.get(room, 0), max(again))
 
     def resync(self) -> None:
         """The broker's subscriptions broke and are back: what was published meanwhile may
@@ -201,9 +343,11 @@ class RoomOrdering:
 
     # -- tasks ----------------------------------------------------------------------------------
     async def run(self) -> None:
-        """The deadline task and `IO_WORKERS` store readers, until cancelled."""
+        """The deadline tasks (rooms, gates) and `IO_WORKERS` store readers, until
+        cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.timers.run, self._due)
+            nursery.start_soon(self.gate_timers.run, self._gate_due)
             for _ in range(IO_WORKERS):
                 nursery.start_soon(self._io_worker)
 
@@ -235,7 +379,7 @@ class RoomOrdering:
                     self._want_io(room)
 
     async def _serve(self, room: str) -> None:
-        """Do `room`'s pending reads, one after the other."""
+        """Do `room`'s pending reads (its buffer's, then its gates'), one after the other."""
         while True:
             buf = self.buffers.get(room)
             if buf is None:
@@ -245,22 +389,61 @@ class RoomOrdering:
                 await self._resync_room(room, buf)
                 continue
             reads = buf.take_reads()
-            if not reads:
+            if reads:
+                await self._serve_buffer(room, buf, reads)
+                continue
+            gates = self.gates.get(room, {})
+            wanted = [(c, g, g.gate.take_reads()) for c, g in gates.items() if g.gate.wants_reads]
+            if not wanted:
                 return
-            for read in reads:
-                if self.buffers.get(room) is not buf:
-                    return  # dropped meanwhile
-                try:
-                    found, covered = await self._read(room, read.epoch, read.after, read.upto)
-                except Exception as exc:  # never leave the buffer waiting for an answer
-                    if not isinstance(exc, _StoreUnavailable):
-                        log.exception("reading room %r from the store failed", room)
-                    if self.buffers.get(room) is buf:
-                        self._step(room, buf, buf.unhealed(read, trio.current_time()))
-                    continue
-                if self.buffers.get(room) is not buf:
-                    return  # the room's members left meanwhile
-                self._step(room, buf, buf.healed(read, found, trio.current_time(), covered))
+            for conn_id, g, gate_reads in wanted:
+                await self._serve_gate(room, conn_id, g, gate_reads)
+
+    async def _serve_buffer(
+        self, room: str, buf: ReorderBuffer[Envelope], reads: list[StoreRead]
+    ) -> None:
+        for read in reads:
+            if self.buffers.get(room) is not buf:
+                return  # dropped meanwhile
+            try:
+                found, covered = await self._read(room, read.epoch, read.after, read.upto)
+            except Exception as exc:  # never leave the buffer waiting for an answer
+                if not isinstance(exc, _StoreUnavailable):
+                    log.exception("reading room %r from the store failed", room)
+                if self.buffers.get(room) is buf:
+                    self._step(room, buf, buf.unhealed(read, trio.current_time()))
+                continue
+            if self.buffers.get(room) is not buf:
+                return  # the room's members left meanwhile
+            self._step(room, buf, buf.healed(read, found, trio.current_time(), covered))
+
+    async def _serve_gate(self, room: str, conn_id: str, g: _Gate, reads: list[StoreRead]) -> None:
+        """A gate's reads: its holes, in its epoch (a gate's reads name no epoch)."""
+        gate = g.gate
+        for read in reads:
+            try:
+                found, covered = await self._read(room, g.epoch, read.after, read.upto)
+            except Exception as exc:  # never leave the gate waiting for an answer
+                if not isinstance(exc, _StoreUnavailable):
+                    log.exception("reading room %r from the store failed", room)
+                if self.gates.get(room, {}).get(conn_id) is not g:
+                    return
+                out = gate.unhealed(read, trio.current_time())
+                gaps = gate.take_gaps()
+                out = self._gate_out(room, conn_id, g, out)
+                self._with_gaps(
+                    room,
+                    g.epoch,
+                    gaps,
+                    out,
+                    lambda envs: self._send_member(room, conn_id, envs),
+                    conn_id,
+                )
+                continue
+            if self.gates.get(room, {}).get(conn_id) is not g:
+                return  # the member left, or its gate ended, meanwhile
+            out = gate.healed(read, found, trio.current_time(), covered)
+            self._send_member(room, conn_id, self._gate_out(room, conn_id, g, out))
 
     async def _read(
         self, room: str, epoch: str, after: int, upto: int
@@ -335,9 +518,17 @@ class RoomOrdering:
         buf.filled += len(entries) - (buf.duplicates - duplicates)
         self._step(room, buf, out)
 
-    def _report(self, room: str, epoch: str, first: int, last: int | None, reason: str) -> None:
+    def _report(
+        self,
+        room: str,
+        epoch: str,
+        first: int,
+        last: int | None,
+        reason: str,
+        member: str | None = None,
+    ) -> None:
         self._counters.room_gaps += 1
-        self._gap(room, epoch, first, last, reason)
+        self._gap(room, epoch, first, last, reason, member)
 
     def _step(self, room: str, buf: ReorderBuffer[Envelope], ready: list[Envelope]) -> None:
         """Deliver what `buf` let go, count, report gaps, schedule its deadline and reads."""
@@ -349,22 +540,14 @@ class RoomOrdering:
             c.reorder_duplicates += buf.duplicates
             buf.skipped = buf.late = buf.filled = buf.duplicates = 0
         if buf.has_gaps:
-            gaps = buf.take_gaps()
-            # Each notice goes out just before the first message past its range.
             assert buf.epoch is not None
-            gaps.sort()
-            i = 0
-            for first, last in gaps:
-                j = i
-                while j < len(ready) and (ready[j].offset or 0) < first:
-                    j += 1
-                if j > i:
-                    self._deliver(room, ready[i:j])
-                    i = j
-                self._report(room, buf.epoch, first, last, "unavailable")
-            ready = ready[i:]
-        if ready:
+            self._with_gaps(
+                room, buf.epoch, buf.take_gaps(), ready, lambda envs: self._deliver(room, envs)
+            )
+        elif ready:
             self._deliver(room, ready)
+        if room in self.gates:
+            self._sync_gates(room, buf)
         if buf.wants_reads:
             self._want_io(room)
         deadline = buf.deadline()
@@ -373,6 +556,29 @@ class RoomOrdering:
         else:
             self.timers.set(room, deadline)
         self._prune(room, buf)
+
+    def _with_gaps(
+        self,
+        room: str,
+        epoch: str,
+        gaps: list[tuple[int, int]],
+        ready: list[Envelope],
+        deliver: Callable[[list[Envelope]], None],
+        member: str | None = None,
+    ) -> None:
+        """Deliver `ready`, each gap's notice just before the first message past its range."""
+        gaps.sort()
+        i = 0
+        for first, last in gaps:
+            j = i
+            while j < len(ready) and (ready[j].offset or 0) < first:
+                j += 1
+            if j > i:
+                deliver(ready[i:j])
+                i = j
+            self._report(room, epoch, first, last, "unavailable", member)
+        if i < len(ready):
+            deliver(ready[i:])
 
     def _prune(self, room: str, buf: ReorderBuffer[Envelope]) -> None:
         """Forget replayed offsets that can no longer come out (`done` passed them). Floors

@@ -264,11 +264,11 @@ def warn_memory_behind_broker(
     store: StreamStore | None,
     remedy: str,
 ) -> None:
-    """Logs a warning on `log` when `broker` spans processes (it ``needs_asyncio``, like
+    """Logs a warning on `log` when `broker` spans processes (`Broker.spans_processes`, like
     ``RedisBroker``) while `owner` numbers its streams with a memory sequencer or keeps them in
     a memory store: every process would hand out its own positions. `remedy` names what to use
     instead."""
-    if not getattr(broker, "needs_asyncio", False):
+    if not getattr(broker, "spans_processes", False):
         return
     if isinstance(sequencer, MemorySequencer):
         part = "sequencer"

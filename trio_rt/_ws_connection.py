@@ -1,23 +1,36 @@
-"""trio_rt's subclass of websockets' Trio server connection.
+"""The websockets edge: trio_rt's subclass of websockets' Trio server connection, and
+`start_websockets_server`, which runs websockets' server with it.
 
-What it changes, and why (docs/architecture.md, docs/performance.md):
+What the subclass changes, and why (docs/architecture.md, docs/performance.md):
 
 - the socket is wrapped in `DirectStream`, so broadcasts write idle connections synchronously;
 - websockets' frame queue is replaced by `LightAssembler` (same contract, less memory);
 - the handshake waits for the request on one event instead of two tasks in a nursery;
-- pongs go to the manager's heartbeat schedule;
+- pongs go to the connection's heartbeat (`Connection.heartbeat_pong`);
 - a reference cycle is broken when the handshake ends, so closed connections are freed by
-  reference counting, and a connection that never upgraded is cleaned up by the manager.
+  reference counting, and a connection that never upgraded is handed back to the server's
+  handshake part (`HandshakeHost.handshake_abandoned`) for cleanup.
+
+It knows trio_rt's side only through `trio_rt_conn` (the `Connection` being handshaken,
+set by the handshake part) and `trio_rt_host` (a `HandshakeHost`, set on the class bound for
+one server by `start_websockets_server`).
+
+It mirrors websockets 17.x's `ServerConnection.handshake` and relies on attributes websockets
+does not document; tests/test_websockets_internals.py lists them and fails when the mirrored
+upstream code changes (pyproject.toml pins websockets to the tested range).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import SERVER, Response
 from websockets.http11 import Request as WsRequest
@@ -25,23 +38,91 @@ from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
+from websockets.trio.server import serve as ws_serve
+from websockets.typing import Subprotocol
 
 from ._assembler import LightAssembler
-from ._connection import Connection
 from ._direct_stream import DirectStream
-from ._heartbeat import HeartbeatSchedule
+from ._options import ServerOptions
 
 if TYPE_CHECKING:
-    from ._manager import WebSocketManager
+    from ._connection import Connection
 
-__all__ = ["_ServerConnection"]
+__all__ = ["HandshakeHost", "_ServerConnection", "start_websockets_server"]
+
+
+class HandshakeHost(Protocol):
+    """The handshake's decisions: websockets' two hooks, and what the connection calls back
+    when a handshake ends without an upgrade (trio_rt's `HandshakeAdmission`)."""
+
+    async def process_request(self, ws: ServerConnection, request: WsRequest) -> Response | None:
+        """websockets' `process_request`: None lets the upgrade go on."""
+
+    def select_subprotocol(
+        self, ws: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        """websockets' `select_subprotocol`."""
+
+    async def handshake_abandoned(self, conn: Connection, accepted: bool) -> None:
+        """`conn` never opened (rejected late, abandoned, timed out). `accepted`: the
+        connection handlers had let it in (its disconnect handlers are due)."""
+
+
+async def start_websockets_server(
+    nursery: trio.Nursery,
+    handler: Callable[[ServerConnection], Awaitable[None]],
+    listeners: list[trio.SocketListener],
+    options: ServerOptions,
+    host: HandshakeHost,
+) -> Server:
+    """Start websockets' Trio server in `nursery` on `listeners`, with trio_rt's connection
+    class bound to `host`; `handler(ws)` serves each upgraded connection. Returns the server
+    (its `aclose` stops the listener). Pings are trio_rt's heartbeat, not websockets'."""
+    o = options
+    conn_class = type("_BoundServerConnection", (_ServerConnection,), {"trio_rt_host": host})
+    server: Server = await nursery.start(
+        functools.partial(
+            ws_serve,
+            handler,
+            listeners=listeners,
+            compression=None,
+            extensions=_deflate(o),
+            select_subprotocol=host.select_subprotocol,
+            process_request=host.process_request,
+            server_header="trio_rt",
+            open_timeout=o.handshake_timeout,
+            ping_interval=None,  # trio_rt's heartbeat schedule does it, for all
+            ping_timeout=None,
+            close_timeout=o.close_timeout,
+            max_size=o.max_message_size,
+            max_queue=16,
+            logger=logging.getLogger("trio_rt.websockets"),
+            create_connection=conn_class,
+        )
+    )
+    return server
+
+
+def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:
+    """permessage-deflate as websockets configures it by default (window 2^12, memLevel 5),
+    plus server_no_context_takeover when compression_context_takeover is off."""
+    if not o.compression:
+        return None
+    return [
+        ServerPerMessageDeflateFactory(
+            server_no_context_takeover=not o.compression_context_takeover,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+    ]
 
 
 class _ServerConnection(ServerConnection):
     """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
 
     trio_rt_conn: Connection | None = None
-    trio_rt_manager: WebSocketManager
+    trio_rt_host: HandshakeHost
 
     def __init__(
         self,
@@ -74,6 +155,7 @@ class _ServerConnection(ServerConnection):
         with a nursery and two tasks per handshake (`race_events`), about 15 % of a
         handshake's CPU here (docs/performance.md). This waits on `request_rcvd` alone, which
         `close_stream` also sets when the connection ends before a request came."""
+        accepted = False  # process_request let the upgrade go on
         try:
             await self.request_rcvd.wait()
             if self.request is None:
@@ -81,6 +163,7 @@ class _ServerConnection(ServerConnection):
             response = None
             if process_request is not None:
                 response = await self._call_hook(process_request, self, self.request)
+            accepted = response is None
             self.response = self.protocol.accept(self.request) if response is None else response
             if server_header is not None:
                 self.response.headers["Server"] = server_header
@@ -109,9 +192,8 @@ class _ServerConnection(ServerConnection):
                 self.response = None
             elif conn is not None:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
-                self.trio_rt_manager._stats.rejected("aborted")  # accepted, never upgraded
                 with trio.CancelScope(shield=True):
-                    await self.trio_rt_manager._finish(conn)
+                    await self.trio_rt_host.handshake_abandoned(conn, accepted)
 
     async def _call_hook(self, hook: Callable[..., Any], *args: Any) -> Response | None:
         """Call process_request / process_response as websockets does: sync or async; an
@@ -141,6 +223,6 @@ class _ServerConnection(ServerConnection):
         # keeps an Event per ping); websockets ignores pongs it did not ask for.
         if isinstance(event, Frame) and event.opcode is Opcode.PONG:
             conn = self.trio_rt_conn
-            if conn is not None and conn._beat is not None:
-                HeartbeatSchedule.pong(conn._beat, bytes(event.data))
+            if conn is not None:
+                conn.heartbeat_pong(bytes(event.data))
         super().process_event(event)

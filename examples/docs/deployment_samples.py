@@ -33,12 +33,10 @@ async def main(
     ``serve_forever=False`` it returns after printing what the registry knows."""
     # --8<-- [start:registry]
     import trio
-    import trio_asyncio
 
     from trio_rt import RedisBroker, ServerRegistry, WebSocketManager
 
-    # The manager's RedisBroker and the registry share one trio-asyncio loop.
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
         manager = WebSocketManager(
             port=port,  # 3001
             server_id="web-1",

@@ -563,3 +563,63 @@ test("a subscription dropped before its reply is unsubscribed on the server, its
   });
   assert.deepEqual(got, []);
 });
+
+test("a room message with an application field `id` is a message, not a reply", async () => {
+  const { client, sockets } = makeClient();
+  const got = [];
+  client.on("message", (m) => got.push(m.n));
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  const joined = client.joinRoom("r");
+  ws.deliver({ type: "room_joined", room: "r", id: ws.sent[0].id, position: { offset: 1, epoch: "e" } });
+  await joined;
+  // A request in flight, and room messages whose own `id` field happens to be its id.
+  let answered = null;
+  const pending = client.request({ type: "say", text: "hi" }).then((r) => (answered = r));
+  const rid = ws.sent.at(-1).id;
+  const chat = { type: "chat", n: 1, id: rid, room: "r", position: { offset: 2, epoch: "e" } };
+  ws.deliver(chat);
+  ws.deliver({ ...chat }); // the same offset again: a duplicate, dropped
+  ws.deliver({ type: "chat", n: 2, id: 77, room: "r", position: { offset: 3, epoch: "e" } });
+  await tick();
+  assert.deepEqual(got, [1, 2]);
+  assert.equal(client.stats.duplicates, 1);
+  assert.equal(answered, null); // the room message did not answer the request
+  ws.deliver({ type: "said", id: rid });
+  await pending;
+  assert.equal(answered.type, "said");
+  // A built-in request is answered only by its reply type (or an error).
+  const ping = client.request({ type: "ping" });
+  const pid = ws.sent.at(-1).id;
+  ws.deliver({ type: "chat", n: 3, id: pid, room: "elsewhere" });
+  ws.deliver({ type: "pong", id: pid });
+  assert.equal((await ping).type, "pong");
+  await tick();
+  assert.deepEqual(got, [1, 2, 3]);
+  assert.deepEqual(client.positions.get("room:r"), { offset: 3, epoch: "e" });
+});
+
+test("an unclaimed room_joined or history page marks nothing as received", async () => {
+  const { client, sockets } = makeClient();
+  const got = [];
+  client.on("message", (m) => got.push(m.type === "m" ? m.n : m.type));
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  const joined = client.joinRoom("r");
+  ws.deliver({ type: "room_joined", room: "r", id: ws.sent[0].id, position: { offset: 1, epoch: "e" } });
+  await joined;
+  const page = { type: "history", room: "r", messages: [], position: { offset: 5, epoch: "e" } };
+  ws.deliver(page); // the reply to a history request the app sent raw
+  ws.deliver({ type: "room_joined", room: "r", id: 999, position: { offset: 6, epoch: "e" } });
+  ws.deliver({ type: "m", n: 5, room: "r", position: { offset: 5, epoch: "e" } }); // late, delivered
+  ws.deliver({ type: "m", n: 6, room: "r", position: { offset: 6, epoch: "e" } });
+  await tick();
+  assert.deepEqual(got, ["history", "room_joined", 5, 6]);
+  assert.equal(client.stats.duplicates, 0);
+});

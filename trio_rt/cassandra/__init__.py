@@ -21,9 +21,9 @@ docs/cassandra.md.
 try:  # the `cassandra` extra: say so instead of a bare "No module named 'cassandra'"
     import cassandra as _driver  # noqa: F401
 except ModuleNotFoundError as exc:
-    from .. import _missing_extra_error
+    from .._extras import missing_extra_error
 
-    raise _missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
+    raise missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
 
 from ._capture import CapturedWrite, Change, ChangeCapture
 from ._cdc import CdcClaims, CdcSource, OutboxClaims

@@ -6,7 +6,9 @@
   Redis hash and a Lua script per stream;
 - :class:`RedisRateLimiter`: the token buckets of `trio_rt.LocalRateLimiter`, shared by every
   server;
-- :class:`ServerRegistry`: which servers are alive, with heartbeats, and who owns a key.
+- :class:`ServerRegistry`: which servers are alive, with heartbeats, and who owns a key;
+- the errors they raise: :class:`RedisError`, :class:`RedisUnavailable` (the connection failed:
+  retryable), :class:`RedisTimeout`, :class:`RedisReplyError` (Redis answered with an error).
 
 ```python
 from trio_rt import WebSocketManager
@@ -19,31 +21,35 @@ manager = WebSocketManager(
 ```
 
 The same names are importable from `trio_rt` (``trio_rt.RedisBroker``), which imports this
-package on first use. redis-py is an asyncio library: every component runs it in the one
-trio-asyncio loop of its owner (``_aio.py``, the bridge), and importing trio_asyncio patches
-asyncio globally, so nothing imports this package before a Redis component is used.
+package on first use.
 
-This package is named ``trio_rt.redis``; the modules in it import redis-py as ``redis``
-(absolute imports always name the top-level package, never this one).
+Every component talks to Redis over Trio-native connections (``_connection.py``: Trio sockets,
+RESP parsed by hiredis's C reader, commands pipelined; ``_client.py``: one server or a Redis
+Cluster with slot routing), so no asyncio loop runs and nothing here patches asyncio. The
+only requirement of the ``redis`` extra is hiredis.
 """
 
-try:  # the `redis` extra: say so instead of a bare "No module named 'redis'"
-    import redis as _redis_py  # noqa: F401  (redis-py, not this package)
-    import trio_asyncio as _trio_asyncio  # noqa: F401
+try:  # the `redis` extra: say so instead of a bare "No module named 'hiredis'"
+    import hiredis as _hiredis  # noqa: F401
 except ModuleNotFoundError as exc:
-    from .. import _missing_extra_error
+    from .._extras import missing_extra_error
 
-    raise _missing_extra_error("trio_rt.redis", "redis", exc) from exc
+    raise missing_extra_error("trio_rt.redis", "redis", exc) from exc
 
 from ._broker import RedisBroker, RedisBrokerStats
 from ._ratelimit import RedisRateLimiter
 from ._registry import ServerRegistry
+from ._resp import RedisError, RedisReplyError, RedisTimeout, RedisUnavailable
 from ._sequencer import RedisSequencer
 
 __all__ = [
     "RedisBroker",
     "RedisBrokerStats",
+    "RedisError",
     "RedisRateLimiter",
+    "RedisReplyError",
     "RedisSequencer",
+    "RedisTimeout",
+    "RedisUnavailable",
     "ServerRegistry",
 ]

@@ -1,17 +1,19 @@
-"""The one asyncio loop (trio-asyncio) that Redis clients run in.
+"""One asyncio loop (trio-asyncio) for a component that says it needs one (``needs_asyncio``).
 
-redis-py's client is asyncio; trio_rt runs it inside a trio-asyncio loop. There is one loop per
-owner (the manager opens it when a component needs it; a component run on its own opens its
-own), and code crosses the bridge once per direction with long-lived tasks, never once per
-message (measured: ~91 us per `aio_as_trio` call; the design is in docs/rooms.md, "Crossing
-the bridge once per direction").
+No trio_rt component needs it any more: the Redis components are Trio-native (``_client.py``,
+``_connection.py``), and the ``redis`` extra no longer brings trio-asyncio. The manager and
+`ChangeStreamManager` still open a loop here for a component (a broker, a rate limiter, a
+sequencer of the application's own) whose ``needs_asyncio`` attribute is true; such a
+component brings trio-asyncio itself. Crossing the bridge costs ~91 us per `aio_as_trio` call,
+and trio-asyncio runs one asyncio callback per Trio scheduling pass, so asyncio code slows down
+whenever Trio is busy (docs/performance.md): keep it off hot paths.
 
 Two trio-asyncio loops in one thread confuse asyncio's notion of the running loop (futures get
 bound to the wrong loop and cancellations are lost), so `ensure_loop` refuses to open a second
 one: components that run side by side in one process (two managers in a test) must share a loop
 opened above them with ``async with trio_asyncio.open_loop():``.
 
-Importing trio_asyncio patches asyncio globally, so this module is only imported when a Redis
+Importing trio_asyncio patches asyncio globally, so this module is only imported when such a
 component is used.
 """
 

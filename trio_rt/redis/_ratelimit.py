@@ -6,7 +6,9 @@ on Redis's clock (``TIME``: servers with skewed clocks agree), takes one token o
 full bucket carries no information). Atomic, so concurrent messages of one user on several
 servers never both take the last token.
 
-Cost: one Redis round trip and one Trio/asyncio crossing per message (docs/security.md).
+Cost: one Redis round trip per message, on a pipelined Trio-native connection (the messages of
+one scheduler pass share one write; docs/security.md). The connection is opened on first use and
+again after a failure, by the caller itself: the limiter has no task of its own.
 
 Redis unreachable: the limiter fails open to a per-process `LocalRateLimiter` with the same
 rates (logged once per outage), so an outage neither stops every client nor lifts the limits.
@@ -15,12 +17,10 @@ rates (logged once per outage), so an outage neither stops every client nor lift
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import redis.asyncio as aioredis
-import trio_asyncio
 
 from .._ratelimit import Decision, LocalRateLimiter, Rate
+from ._client import RedisClient, RedisClusterClient
+from ._resp import Script
 
 __all__ = ["RedisRateLimiter"]
 
@@ -55,6 +55,9 @@ return {allowed, tostring(retry)}
 """
 
 
+_SCRIPT = Script(_TAKE)
+
+
 class RedisRateLimiter:
     """Rate-limit buckets in Redis: ``WebSocketManager(rate_limiter=RedisRateLimiter(url))``.
 
@@ -62,11 +65,9 @@ class RedisRateLimiter:
     ``c:<length>:<connection>``, then ``:<type>`` for a type with its own budget): the length
     keeps the users apart whatever their ids contain.
     With `cluster=True`, `url` names any node of a Redis Cluster: each bucket is one key, so
-    the script runs on the shard that owns it. The manager opens the trio-asyncio loop this
-    runs in and calls `aclose` when it stops.
+    the script runs on the shard that owns it. `socket_timeout` bounds connecting and each
+    reply. The manager calls `aclose` when it stops (it closes the connections).
     """
-
-    needs_asyncio = True
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class RedisRateLimiter:
         cluster: bool = False,
         socket_timeout: float = 2.0,
     ) -> None:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"not a Redis URL: {url!r}")
         if not isinstance(prefix, str):
             raise TypeError("prefix must be a string")
@@ -84,16 +85,16 @@ class RedisRateLimiter:
         self.prefix = prefix
         self.cluster = cluster
         self._socket_timeout = socket_timeout
-        self._client: Any = None
-        self._script: Any = None
+        self._client = self._new_client()
         self._fallback = LocalRateLimiter()
         self._down = False
         self.failures = 0  # calls answered by the local fallback because Redis failed
 
     async def hit(self, key: str, rate: Rate) -> Decision:
         try:
-            decision: Decision = await trio_asyncio.aio_as_trio(self._take)(self.prefix + key, rate)
-            return decision
+            allowed, retry = await self._client.eval(
+                _SCRIPT, [self.prefix + key], [rate.capacity, rate.per_second / 1000.0]
+            )
         except Exception as exc:
             self.failures += 1
             if not self._down:
@@ -102,19 +103,6 @@ class RedisRateLimiter:
                     "rate limiter: Redis at %s failed (%r); limiting locally", self.url, exc
                 )
             return self._fallback.hit_now(key, rate)
-
-    async def _take(self, key: str, rate: Rate) -> Decision:
-        if self._client is None:
-            factory = aioredis.RedisCluster if self.cluster else aioredis.Redis
-            self._client = factory.from_url(
-                self.url,
-                socket_timeout=self._socket_timeout,
-                socket_connect_timeout=self._socket_timeout,
-            )
-            self._script = self._client.register_script(_TAKE)
-        allowed, retry = await self._script(
-            keys=[key], args=[rate.capacity, rate.per_second / 1000.0]
-        )
         if self._down:
             self._down = False
             log.warning("rate limiter: Redis at %s answers again", self.url)
@@ -122,11 +110,11 @@ class RedisRateLimiter:
             return Decision(True)
         return Decision(False, float(retry))
 
+    def _new_client(self) -> RedisClient | RedisClusterClient:
+        factory = RedisClusterClient if self.cluster else RedisClient
+        return factory(self.url, timeout=self._socket_timeout)
+
     async def aclose(self) -> None:
-        """Close the Redis connections (inside the trio-asyncio loop)."""
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await trio_asyncio.aio_as_trio(client.aclose)()
-            except Exception:
-                log.debug("error while closing the rate limiter's Redis client", exc_info=True)
+        """Close the Redis connections (a later `hit` opens them again)."""
+        client, self._client = self._client, self._new_client()
+        await client.aclose()

@@ -17,40 +17,32 @@ snapshot) is never older than one heartbeat interval. `live_servers()` asks Redi
 A clean exit removes the entry at once (shielded, bounded); a crashed server drops out when its
 deadline passes.
 
-The Trio/asyncio bridge: redis-py runs in the trio-asyncio loop (`ensure_loop`); the registry
-crosses it once per heartbeat and once per query, from tasks that live inside that loop's
-context (queries from any Trio task are handed to one long-lived server task), so callers need
-not run inside the loop themselves. Stopping is cooperative: the loops are asked to end and an
-in-flight Redis call is allowed to finish (bounded by the socket timeout), because cancellations
-can get lost inside redis-py.
+Redis is reached over a Trio-native pipelined connection (`trio_rt.redis._client`): the
+heartbeat task and queries from any task share it, and a cancelled call leaves nothing behind.
 
 Redis down: heartbeats fail, are logged, and are retried with exponential backoff (never slower
 than the heartbeat interval); the task that runs the registry never crashes for it.
-`live_servers()` and `owner()` raise the Redis error to their caller; `servers` keeps the last
-known snapshot for a caller that prefers stale over nothing.
+`live_servers()` and `owner()` raise the Redis error (`RedisUnavailable`) to their caller;
+`servers` keeps the last known snapshot for a caller that prefers stale over nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
-import redis.asyncio as aioredis
 import trio
-import trio_asyncio
 
 from .._checks import require_positive_numbers
 from .._rendezvous import rendezvous_owner
-from ._aio import Call, ensure_loop
+from ._client import RedisClient
+from ._resp import Script
 
 __all__ = ["ServerRegistry"]
 
 log = logging.getLogger("trio_rt.registry")
-
-T = TypeVar("T")
 
 # Shared by both scripts: prune the expired entries and list the live ones with addresses.
 _LIVE = """
@@ -99,6 +91,9 @@ return 1
 """
 
 
+_SCRIPTS = {"heartbeat": Script(_HEARTBEAT), "list": Script(_LIST), "leave": Script(_LEAVE)}
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -120,7 +115,6 @@ class ServerRegistry:
 
     Use as ``async with ServerRegistry(...) as registry:`` or run `run` in a nursery
     (``await nursery.start(registry.run)``; it returns once the first heartbeat was attempted).
-    Several registries in one process must share one trio-asyncio loop opened above them.
     """
 
     def __init__(
@@ -159,12 +153,8 @@ class ServerRegistry:
         self._running = False
         self._crashed = False
         self._stop = trio.Event()
-        self._idle = trio.Event()  # set when the heartbeat loop and every query have ended
-        self._busy = 0
         self._failures = 0  # consecutive failed heartbeats
-        self._requests: trio.MemorySendChannel[Call] | None = None
-        self._client: Any = None
-        self._scripts: dict[str, Any] = {}
+        self._client: RedisClient | None = None  # set while running
         self._stack: AsyncExitStack | None = None
 
     # -- public API -----------------------------------------------------------------------------
@@ -185,7 +175,7 @@ class ServerRegistry:
 
     async def live_servers(self) -> dict[str, str]:
         """``{server_id: address}`` of every live server, from Redis (expired ones pruned)."""
-        flat = await self._call(lambda: self._scripts["list"](keys=self._keys))
+        flat = await self._script("list")
         self._servers = _pairs(flat)
         return dict(self._servers)
 
@@ -220,7 +210,6 @@ class ServerRegistry:
             raise RuntimeError("this ServerRegistry is already entered")
         stack = AsyncExitStack()
         try:
-            await stack.enter_async_context(ensure_loop())
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self.run)
         except BaseException:
@@ -244,88 +233,50 @@ class ServerRegistry:
             await stack.aclose()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Register, heartbeat until stopped or cancelled, then deregister (unless crashed)."""
+        """Register, heartbeat until stopped or cancelled, then deregister (unless crashed).
+
+        Deregistering is shielded from the cancellation and bounded by the ttl."""
         if self._running:
             raise RuntimeError("this ServerRegistry is already running")
         self._running = True
         self._stop = trio.Event()
         self._crashed = False
-        send, receive = trio.open_memory_channel[Call](64)
+        client = RedisClient(self.redis_url, timeout=max(1.0, self.ttl))
+        self._client = client
         try:
-            async with ensure_loop():
-                self._client = aioredis.Redis.from_url(
-                    self.redis_url,
-                    socket_timeout=max(1.0, self.ttl),
-                    socket_connect_timeout=max(1.0, self.ttl),
-                )
-                self._scripts = {
-                    "heartbeat": self._client.register_script(_HEARTBEAT),
-                    "list": self._client.register_script(_LIST),
-                    "leave": self._client.register_script(_LEAVE),
-                }
-                try:
-                    await self._heartbeat_once()
-                    self._requests = send
-                    self._idle = trio.Event()
-                    self._busy = 2  # the heartbeat loop and the request server
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._heartbeat_loop)
-                        nursery.start_soon(self._serve_requests, receive, nursery)
-                        task_status.started()
-                        try:
-                            await self._stop.wait()
-                        finally:
-                            # Stop by asking, not by cancelling: a cancellation can get lost
-                            # inside redis-py. Cancel only what did not end in time.
-                            with trio.CancelScope(shield=True):
-                                self._stop.set()
-                                send.close()
-                                with trio.move_on_after(max(5.0, self.ttl)):
-                                    await self._idle.wait()
-                                nursery.cancel_scope.cancel()
-                finally:
-                    self._requests = None
-                    send.close()
-                    _fail_pending(receive)
-                    with trio.CancelScope(shield=True), trio.move_on_after(max(1.0, self.ttl)):
-                        if not self._crashed:
-                            await self._deregister()
-                        await trio_asyncio.aio_as_trio(self._close)(self._client)
+            await self._heartbeat_once()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeat_loop)
+                task_status.started()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
         finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(max(1.0, self.ttl)):
+                if not self._crashed:
+                    await self._deregister()
+            self._client = None
+            await client.aclose()
             self._running = False
             self._registered = False
-            self._client = None
-            self._scripts = {}
 
-    # -- Trio side ------------------------------------------------------------------------------
+    # -- heartbeats -----------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         delay = self.heartbeat_interval
-        try:
-            while True:
-                with trio.move_on_after(delay):
-                    await self._stop.wait()
-                if self._stop.is_set() or self._crashed:
-                    return
-                if await self._heartbeat_once():
-                    delay = self.heartbeat_interval
-                else:
-                    # Retry sooner than the interval: the entry is at risk of expiring.
-                    backoff = self._retry_initial * 2 ** min(self._failures - 1, 30)
-                    delay = min(self.heartbeat_interval, backoff)
-        finally:
-            self._done_one()
-
-    def _done_one(self) -> None:
-        self._busy -= 1
-        if self._busy <= 0:
-            self._idle.set()
+        while True:
+            await trio.sleep(delay)
+            if self._crashed:
+                return
+            if await self._heartbeat_once():
+                delay = self.heartbeat_interval
+            else:
+                # Retry sooner than the interval: the entry is at risk of expiring.
+                backoff = self._retry_initial * 2 ** min(self._failures - 1, 30)
+                delay = min(self.heartbeat_interval, backoff)
 
     async def _heartbeat_once(self) -> bool:
         ttl_ms = max(1, round(self.ttl * 1000))
         try:
-            flat = await trio_asyncio.aio_as_trio(self._scripts["heartbeat"])(
-                keys=self._keys, args=[self.server_id, self.address, ttl_ms]
-            )
+            flat = await self._script("heartbeat", self.server_id, self.address, ttl_ms)
         except Exception as exc:
             self._failures += 1
             if self._registered or self._failures == 1:
@@ -357,64 +308,15 @@ class ServerRegistry:
 
     async def _deregister(self) -> None:
         try:
-            await trio_asyncio.aio_as_trio(self._scripts["leave"])(
-                keys=self._keys, args=[self.server_id]
-            )
+            await self._script("leave", self.server_id)
         except Exception as exc:
             log.warning(
                 "could not deregister %s (%r); it expires after its ttl", self.server_id, exc
             )
         self._registered = False
 
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        requests = self._requests
-        if requests is None:
+    async def _script(self, name: str, *args: object) -> Any:
+        client = self._client
+        if client is None:
             raise RuntimeError("the ServerRegistry is not running")
-        request = Call(fn, "the ServerRegistry stopped during the query")
-        try:
-            requests.send_nowait(request)
-        except trio.WouldBlock:
-            await requests.send(request)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise RuntimeError("the ServerRegistry is stopping") from None
-        result: T = await request.result()
-        return result
-
-    # Not an AioCaller: stopping drains the queries in flight (up to a timeout, counted in
-    # _busy with the heartbeat loop) before cancelling, and fails the queued ones.
-    async def _serve_requests(
-        self, receive: trio.MemoryReceiveChannel[Call], nursery: trio.Nursery
-    ) -> None:
-        # Runs inside the trio-asyncio loop's context, so the tasks it starts can cross the
-        # bridge for callers that are outside it.
-        try:
-            async for request in receive:
-                self._busy += 1
-                nursery.start_soon(self._serve_one, request)
-        finally:
-            self._done_one()
-
-    async def _serve_one(self, request: Call) -> None:
-        try:
-            await request.serve()
-        finally:
-            self._done_one()
-
-    @staticmethod
-    async def _close(client: Any) -> None:
-        try:
-            await client.aclose()
-        except Exception:  # closing a dead connection: nothing left to do
-            log.debug("error while closing redis", exc_info=True)
-
-
-def _fail_pending(receive: trio.MemoryReceiveChannel[Call]) -> None:
-    """Answer the queries still queued when the registry stopped, so no caller waits forever."""
-    with receive:
-        while True:
-            try:
-                request = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            request.error = RuntimeError("the ServerRegistry stopped")
-            request.done.set()
+        return await client.eval(_SCRIPTS[name], self._keys, list(args))

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
 import trio
 
 from .._checks import int_problem, require
 from .._streams import Allocation, Sequencer, StreamPosition, new_epoch
-from ._aio import AioCaller
+from ._client import RedisClient
+from ._resp import Script
 
 __all__ = ["RedisSequencer"]
 
@@ -51,24 +51,36 @@ return {redis.call('HGET', KEYS[1], 'epoch'), redis.call('HGET', KEYS[1], 'offse
 """
 
 
+_SCRIPTS = {
+    "next": Script(_NEXT),
+    "seed": Script(_SEED),
+    "current": Script(_CURRENT),
+}
+
+
 class RedisSequencer(Sequencer):
     """Positions from Redis: one sequence per stream for the whole deployment.
 
     Run it while it is used: ``await nursery.start(sequencer.run)`` (components that own one,
     like `RoomHistory` and `ChangeStreamManager`, run it in the manager's nursery), or
-    ``async with sequencer:``. `next` and `current` work from any task.
+    ``async with sequencer:``. `next` and `current` work from any task; each is one Lua call
+    (EVALSHA) on a pipelined Trio-native connection, so concurrent writers share writes.
+    They raise `RedisUnavailable` (trio_rt.redis) while Redis cannot be reached, and
+    RuntimeError when the sequencer is not running.
     """
 
-    def __init__(self, url: str, *, namespace: str = "trio_rt", reseed_gap: int = 1000) -> None:
+    def __init__(
+        self, url: str, *, namespace: str = "trio_rt", reseed_gap: int = 1000, timeout: float = 5.0
+    ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"not a Redis URL: {url!r}")
         require(int_problem("reseed_gap", reseed_gap, at_least=0))
         self.url = url
         self.namespace = namespace
         self.reseed_gap = reseed_gap
-        self._caller = AioCaller("RedisSequencer")
-        self._client: Any = None
-        self._scripts: dict[str, Any] = {}
+        self._timeout = timeout
+        self._client: RedisClient | None = None
+        self._runners = 0
         self._nursery_cm: Any = None
 
     def _key(self, stream: str) -> str:
@@ -76,30 +88,24 @@ class RedisSequencer(Sequencer):
 
     @property
     def running(self) -> bool:
-        return self._caller.running
+        return self._client is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect and serve calls until cancelled; then close the connection."""
-        # The caller is shielded so that it still serves the closing call after a
-        # cancellation from outside; it is cancelled last, explicitly.
-        caller_scope = trio.CancelScope(shield=True)
-
-        async def run_caller(*, task_status: trio.TaskStatus[None]) -> None:
-            with caller_scope:
-                await self._caller.run(task_status=task_status)
-
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_caller)
-            try:
-                self._client = await self._caller.call(self._connect)
-                task_status.started()
-                await trio.sleep_forever()
-            finally:
+        """Serve `next`/`current` until cancelled. The connection is opened on first use (and
+        again after a failure), and closed when the last of the tasks running this sequencer
+        ends (one sequencer may serve a `RoomHistory` and a `ChangeStreamManager` at once)."""
+        if self._client is None:
+            self._client = RedisClient(self.url, timeout=self._timeout)
+        self._runners += 1
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._runners -= 1
+            if not self._runners:
                 client, self._client = self._client, None
                 if client is not None:
-                    with trio.CancelScope(shield=True), trio.move_on_after(2):
-                        await self._caller.call(client.aclose)
-                caller_scope.cancel()
+                    await client.aclose()
 
     async def __aenter__(self) -> RedisSequencer:
         self._nursery_cm = trio.open_nursery()
@@ -116,23 +122,11 @@ class RedisSequencer(Sequencer):
         self._stop_scope.cancel()
         return await self._nursery_cm.__aexit__(*exc)  # type: ignore[no-any-return]
 
-    async def _connect(self) -> Any:
-        client = aioredis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
-        self._scripts = {
-            "next": client.register_script(_NEXT),
-            "seed": client.register_script(_SEED),
-            "current": client.register_script(_CURRENT),
-        }
-        return client
-
     async def _script(self, name: str, stream: str, *args: object) -> Any:
-        script = self._scripts[name]
-        key = self._key(stream)
-
-        async def run() -> Any:
-            return await script(keys=[key], args=list(args))
-
-        return await self._caller.call(run)
+        client = self._client
+        if client is None:
+            raise RuntimeError("RedisSequencer is not running")
+        return await client.eval(_SCRIPTS[name], [self._key(stream)], list(args))
 
     async def _seed(self, stream: str) -> None:
         head = await self.store.head(stream) if self.store is not None else None

@@ -591,7 +591,7 @@ export class TrioRtClient {
     const id = this._nextId++;
     const data = { ...message, id };
     return new Promise((resolve, reject) => {
-      const entry = { resolve, reject, kind, timer: null };
+      const entry = { resolve, reject, kind, timer: null, replies: REPLY_TYPES[message.type] };
       this._pending.set(id, entry);
       try {
         this.send(data);
@@ -618,7 +618,7 @@ export class TrioRtClient {
   _requestNow(message, kind) {
     const id = this._nextId++;
     return new Promise((resolve, reject) => {
-      const entry = { resolve, reject, kind, timer: null };
+      const entry = { resolve, reject, kind, timer: null, replies: REPLY_TYPES[message.type] };
       this._pending.set(id, entry);
       this._ws.send(JSON.stringify({ ...message, id }));
       this._armTimeout(id, entry);
@@ -843,10 +843,21 @@ export class TrioRtClient {
     this._emit("message", msg);
   }
 
+  /** Is `msg` the reply to pending request `p`? Its id matched; its type must be a reply's:
+   * `error`, or the server's reply type for a built-in request (`REPLY_TYPES`), or for an
+   * application's own request type anything but a room message of a room this client is in
+   * (which carries its own position). An application field named `id` in a room message
+   * does not make it a reply. */
+  _answers(p, msg) {
+    if (msg.type === "error") return true;
+    if (p.replies !== undefined) return p.replies.includes(msg.type);
+    return !(typeof msg.room === "string" && this._rooms.has(msg.room) && isPosition(msg.position));
+  }
+
   _onMessage(msg) {
     // Replies to our requests are consumed; errors with our ids reject them.
-    if (msg.id !== undefined && this._pending.has(msg.id)) {
-      const p = this._pending.get(msg.id);
+    const p = msg.id !== undefined ? this._pending.get(msg.id) : undefined;
+    if (p !== undefined && this._answers(p, msg)) {
       this._pending.delete(msg.id);
       this._timers.clearTimeout(p.timer);
       if (msg.type === "error") p.reject(new ServerError(msg));
@@ -865,7 +876,14 @@ export class TrioRtClient {
       this._onDataUpdate(msg);
       return;
     }
-    const positioned = msg.position !== undefined && msg.type !== "room_gap";
+    // A room message is positioned by its own offset; a `room_gap`, a `room_joined` or a
+    // `history` page (replies reaching here unclaimed: timed out, or sent raw) only carries a
+    // position of the room's, which marks nothing as received.
+    const positioned =
+      msg.position !== undefined &&
+      msg.type !== "room_gap" &&
+      msg.type !== "room_joined" &&
+      !(msg.type === "history" && Array.isArray(msg.messages));
     if (typeof msg.room === "string" && positioned && this._rooms.has(msg.room)) {
       if (!this.positions.advance(`room:${msg.room}`, msg.position)) {
         this.stats.duplicates += 1; // already seen (recovery overlapping live delivery)
@@ -887,6 +905,18 @@ export class TrioRtClient {
 }
 
 const MAX_EARLY_UPDATES = 10000;
+
+/** The server's reply types to the built-in requests (besides `error`). */
+const REPLY_TYPES = Object.freeze({
+  join_room: ["room_joined"],
+  leave_room: ["room_left"],
+  history: ["history"],
+  subscribe: ["subscribed"],
+  unsubscribe: ["unsubscribed"],
+  refresh: ["refreshed"],
+  ping: ["pong"],
+  kick: ["kicked"],
+});
 
 function subscriptionKey(table, filters) {
   const canon = (v) => {
