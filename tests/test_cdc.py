@@ -298,6 +298,24 @@ async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
     assert cdc.stats["duplicates"] == 1  # CDC saw the outbox's write, claimed already
 
 
+async def test_a_write_right_after_its_table_is_created_is_not_lost(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """The agent reads a mutation of a table created after it loaded the schema (before its
+    periodic look at system_schema): it reloads the schema instead of skipping the change as
+    one of a dropped table."""
+    table = posts()
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await cdc.wait_connected()
+        await create(cdc_session, keyspace, table)
+        await cdc_session.execute(f"INSERT INTO {keyspace}.posts (id, title) VALUES (1, 'first')")
+        found = events(await entries(cdc.store, "posts", 1))
+        nursery.cancel_scope.cancel()
+    assert [(e["key"], e["data"]) for e in found] == [({"id": 1}, {"id": 1, "title": "first"})]
+
+
 async def load(
     node: CassandraServer, keyspace: str, count: int, rate: float, size: int, concurrency: int = 1
 ) -> str:

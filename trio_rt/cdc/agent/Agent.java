@@ -196,7 +196,8 @@ public final class Agent
     }
 
     private Agent(String host, int port, Path stateDir, long pollMillis, int window, int batchMax,
-                  double alertFraction, String node, Path cdcRaw, List<Path> schemaDirs, long totalSpace)
+                  double alertFraction, String node, Path cdcRaw, List<Path> schemaDirs, long totalSpace,
+                  Set<String> schemaFiles)
         throws IOException
     {
         this.host = host;
@@ -210,7 +211,7 @@ public final class Agent
         this.cdcRaw = cdcRaw;
         this.schemaDirs.addAll(schemaDirs);
         this.totalSpace = totalSpace;
-        this.schemaFiles = listSchemaFiles();
+        this.schemaFiles = schemaFiles;
         this.checkpoint = loadCheckpoint();
     }
 
@@ -260,12 +261,16 @@ public final class Agent
             String address = raw.listen_address != null ? raw.listen_address : raw.listen_interface;
             node = (address != null ? address : "localhost") + ":" + raw.storage_port;
         }
+        // Listed BEFORE loading: a schema change during or after the load then differs from
+        // this list and restarts the agent. Listed after, a table created meanwhile would be
+        // unknown to this agent for good and its changes skipped as "dropped".
+        Set<String> schemaFiles = listSchemaFiles(schemaDirs);
         long started = System.nanoTime();
         Schema.instance.loadFromDisk();
         log.info("schema loaded in {} ms", (System.nanoTime() - started) / 1_000_000);
         Files.createDirectories(Path.of(stateDir));
         Agent agent = new Agent(host, port, Path.of(stateDir), pollMillis, window, batchMax, alertFraction,
-                                node, cdcRaw, schemaDirs, DatabaseDescriptor.getCDCTotalSpace());
+                                node, cdcRaw, schemaDirs, DatabaseDescriptor.getCDCTotalSpace(), schemaFiles);
         System.exit(agent.run());
     }
 
@@ -294,7 +299,7 @@ public final class Agent
             if (now - lastSchemaCheck >= 500)
             {
                 lastSchemaCheck = now;
-                if (!listSchemaFiles().equals(schemaFiles))
+                if (schemaChanged())
                 {
                     log.info("the schema changed: exiting to be started again with it (status {})", EXIT_SCHEMA_CHANGED);
                     return EXIT_SCHEMA_CHANGED;
@@ -747,7 +752,15 @@ public final class Agent
         }
         catch (UnknownTableException e)
         {
-            // A table dropped since (a new one changes system_schema first: the agent restarts).
+            // A table created after this agent loaded the schema (its mutation can be read
+            // before the next periodic check sees system_schema change): start again with the
+            // new schema, from the checkpoint; nothing past this mutation was acknowledged.
+            if (schemaChanged())
+            {
+                log.info("a mutation of a table created since the schema was loaded: exiting to reload it (status {})", EXIT_SCHEMA_CHANGED);
+                System.exit(EXIT_SCHEMA_CHANGED);
+            }
+            // The schema is unchanged, so the table was dropped before it was loaded.
             synchronized (this)
             {
                 skippedUnknown++;
@@ -928,8 +941,15 @@ public final class Agent
     }
 
     // -- schema ---------------------------------------------------------------------------------
+    /** Whether system_schema's sstables differ from those listed before the schema was loaded
+     *  (Cassandra flushes them before a schema change returns). */
+    private boolean schemaChanged() throws IOException
+    {
+        return !listSchemaFiles(schemaDirs).equals(schemaFiles);
+    }
+
     /** The sstables of every system_schema table: what changes when the schema does. */
-    private Set<String> listSchemaFiles() throws IOException
+    private static Set<String> listSchemaFiles(List<Path> schemaDirs) throws IOException
     {
         Set<String> names = new TreeSet<>();
         for (Path dir : schemaDirs)
