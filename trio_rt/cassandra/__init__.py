@@ -33,6 +33,7 @@ from ._permissions import CassandraPermissionStore
 from ._rooms import CassandraRoomStore
 from ._schema import SCHEMA_PARTS, create_schema
 from ._session import CassandraSession, CassandraStats, Page, Params, Row, RowIterator
+from ._sources import Cdc, ChangeSource, Outbox
 from ._streams import CassandraStreamStore
 from ._table import Column, Table
 from ._watch_positions import CassandraWatchPositions
@@ -50,12 +51,15 @@ __all__ = [
     "CassandraTimeout",
     "CassandraUnavailable",
     "CassandraWatchPositions",
+    "Cdc",
     "CdcClaims",
     "CdcSource",
     "Change",
     "ChangeCapture",
+    "ChangeSource",
     "Column",
     "Database",
+    "Outbox",
     "OutboxClaims",
     "Page",
     "Params",

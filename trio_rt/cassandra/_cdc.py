@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +204,13 @@ class CdcSource:
         #: Seconds from the write timestamp to the entry stored, of the last change stored.
         self.lag = 0.0
         self._connected: dict[str, trio.Event] = {}
+        #: True when `ChangeStreamManager` adds its tables (``Cdc(tables=None)``).
+        self.follows_manager = False
+
+    def track(self, table: Table) -> None:
+        """Record the changes of `table` too, from the next batch on (a table already
+        recorded keeps its definition)."""
+        self.tables.setdefault(table.name, table)
 
     @property
     def cdc_tables(self) -> frozenset[str]:
@@ -255,40 +263,58 @@ class CdcSource:
             pause = min(pause * 2, 5.0)
 
     async def _session(self, name: str, stream: trio.SocketStream) -> None:
+        """One connection: batches go through the pipeline (`_Pipeline`) while the next ones
+        are read; acknowledgements go back in order. Returns when the agent closes; any
+        failure cancels the batches in flight (none of them is acknowledged)."""
         lines = LineReader()
         node: str | None = None
-        while True:
-            data = await stream.receive_some(1 << 16)
-            if not data:
-                log.info("CDC agent %s closed the connection", name)
-                return
-            for line in lines.feed(data):
-                message = parse_message(line)
-                if isinstance(message, AgentBatch):
-                    if node is None:
-                        raise WireError("a batch before the hello")
-                    await self.ingest(node, message)
-                    await stream.send_all(encode_ack(message.seq))
-                elif isinstance(message, AgentStats):
-                    self.agent_stats[name] = message
-                elif isinstance(message, AgentHello):
-                    node = message.node
-                    log.info(
-                        "CDC agent %s (node %s, Cassandra %s) connected",
-                        name,
-                        node,
-                        message.cassandra,
-                    )
-                    self._connected.setdefault(name, trio.Event()).set()
-                elif isinstance(message, AgentRefused):
-                    log.warning("CDC agent %s refused this consumer: %s", name, message.message)
+        async with trio.open_nursery() as nursery:
+            pipeline = _Pipeline(self, stream)
+            nursery.start_soon(pipeline.acknowledge)
+            while True:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    log.info("CDC agent %s closed the connection", name)
+                    nursery.cancel_scope.cancel()
                     return
+                for line in lines.feed(data):
+                    message = parse_message(line)
+                    if isinstance(message, AgentBatch):
+                        if node is None:
+                            raise WireError("a batch before the hello")
+                        await pipeline.add(nursery, node, message)
+                    elif isinstance(message, AgentStats):
+                        self.agent_stats[name] = message
+                    elif isinstance(message, AgentHello):
+                        node = message.node
+                        log.info(
+                            "CDC agent %s (node %s, Cassandra %s) connected",
+                            name,
+                            node,
+                            message.cassandra,
+                        )
+                        self._connected.setdefault(name, trio.Event()).set()
+                    elif isinstance(message, AgentRefused):
+                        log.warning("CDC agent %s refused this consumer: %s", name, message.message)
+                        nursery.cancel_scope.cancel()
+                        return
 
     # -- one batch --------------------------------------------------------------------------
     async def ingest(self, node: str, batch: AgentBatch) -> None:
         """Store the changes of one agent batch (claims, positions, entries), then notify;
         returns once all of it is stored (then the batch may be acknowledged). Raises what
-        the session raises: nothing is acknowledged then, the agent sends it again."""
+        the session raises: nothing is acknowledged then, the agent sends it again. (A
+        connection runs the same three steps for several batches at once: `_Pipeline`.)"""
+        items = await self._claim_batch(node, batch)
+        self._count_duplicates(items)
+        await self._allocate_positions(items)
+        await self._store_batch(items)
+
+    def _count_duplicates(self, items: list[_Item]) -> None:
+        """Counts what the claims decided (duplicates)."""
+        self.stats["duplicates"] += sum(1 for item in items if not item.owned)
+
+    def _items(self, batch: AgentBatch) -> list[_Item]:
         self.stats["batches"] += 1
         items: list[_Item] = []
         for change in batch.changes:
@@ -304,9 +330,12 @@ class CdcSource:
                 log.warning(
                     "a CDC change to %s does not fit its definition (%s): skipped", table.name, exc
                 )
-        if not items:
-            await trio.lowlevel.checkpoint()
-            return
+        return items
+
+    async def _claim_batch(self, node: str, batch: AgentBatch) -> list[_Item]:
+        """Step 1 (any order, concurrently with other batches): the batch's changes as items,
+        each claimed (`item.owned`), full rows read where the table wants them."""
+        items = self._items(batch)
 
         async def claim(item: _Item) -> None:
             async with self._limit:
@@ -314,13 +343,27 @@ class CdcSource:
                 if item.owned and item.table.capture_full_rows and item.operation != "delete":
                     await self._full_row(item)
 
-        async with trio.open_nursery() as nursery:
-            for item in items:
-                nursery.start_soon(claim, item)
+        if len(items) == 1:
+            await claim(items[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for item in items:
+                    nursery.start_soon(claim, item)
+        await trio.lowlevel.checkpoint()
+        return items
+
+    async def _allocate_positions(self, items: list[_Item]) -> None:
+        """Step 2 (one batch after the other, in the agent's order): positions for the owned
+        changes, in commit-log order; what keeps each table's stream in that order."""
+        for item in items:
+            if item.owned:
+                item.allocation = await self.sequencer.next(item.stream)
+
+    async def _store_batch(self, items: list[_Item]) -> None:
+        """Step 3 (concurrently with other batches): each owned change's entry and its
+        claim's position in one logged batch; then `notify`. Entries of a later batch may
+        land first: the readers' cursors hold them until the earlier ones are there."""
         owned = [item for item in items if item.owned]
-        self.stats["duplicates"] += len(items) - len(owned)
-        for item in owned:  # in commit-log order
-            item.allocation = await self.sequencer.next(item.stream)
 
         async def store(item: _Item) -> None:
             allocation = item.allocation
@@ -335,9 +378,14 @@ class CdcSource:
             async with self._limit:
                 await self.session.execute_batch(statements, timestamp=allocation.timestamp)
 
-        async with trio.open_nursery() as nursery:
-            for item in owned:
-                nursery.start_soon(store, item)
+        if len(owned) == 1:
+            await store(owned[0])
+        elif owned:
+            async with trio.open_nursery() as nursery:
+                for item in owned:
+                    nursery.start_soon(store, item)
+        else:
+            await trio.lowlevel.checkpoint()
         latest: dict[str, int] = {}
         for item in owned:
             assert item.allocation is not None
@@ -415,6 +463,56 @@ class CdcSource:
         item.data = {**current, **written}
 
 
+class _Pipeline:
+    """The batches of one connection in flight at once (at most the agent's window, and
+    `DEPTH` here): each is claimed as soon as it arrives, gets its positions once the batch
+    before it has them (so positions follow the agent's order), is stored, and is
+    acknowledged once it and every batch before it are stored.
+
+    Overflow policy: `add` waits while `DEPTH` batches are in flight (the agent, whose
+    window is smaller by default, stops sending before that)."""
+
+    DEPTH = 16
+
+    def __init__(self, source: CdcSource, stream: trio.SocketStream) -> None:
+        self.source = source
+        self.stream = stream
+        self._allocated = trio.Event()  # the previous batch has its positions
+        self._allocated.set()
+        self._done_send, self._done_receive = trio.open_memory_channel[tuple[int, trio.Event]](
+            self.DEPTH
+        )
+
+    async def add(self, nursery: trio.Nursery, node: str, batch: AgentBatch) -> None:
+        previous, allocated, stored = self._allocated, trio.Event(), trio.Event()
+        self._allocated = allocated
+        await self._done_send.send((batch.seq, stored))
+        nursery.start_soon(self._run, node, batch, previous, allocated, stored)
+
+    async def _run(
+        self,
+        node: str,
+        batch: AgentBatch,
+        previous: trio.Event,
+        allocated: trio.Event,
+        stored: trio.Event,
+    ) -> None:
+        source = self.source
+        items = await source._claim_batch(node, batch)
+        source._count_duplicates(items)
+        await previous.wait()
+        await source._allocate_positions(items)
+        allocated.set()
+        await source._store_batch(items)
+        stored.set()
+
+    async def acknowledge(self) -> None:
+        """Acknowledge batches in the agent's order, each once it is stored."""
+        async for seq, stored in self._done_receive:
+            await stored.wait()
+            await self.stream.send_all(encode_ack(seq))
+
+
 def _address(agent: str) -> tuple[str, int]:
     host, sep, port = agent.rpartition(":")
     if not sep or not port.isdigit():
@@ -437,7 +535,11 @@ class OutboxClaims:
     def __init__(self, inner: ChangeCapture, claims: CdcClaims, cdc_tables: Iterable[str]) -> None:
         self.inner = inner
         self.claims = claims
-        self.cdc_tables = frozenset(cdc_tables)
+        # A set is kept as given: a live view (``source.tables.keys()``) follows the tables
+        # the source records.
+        self.cdc_tables: AbstractSet[str] = (
+            cdc_tables if isinstance(cdc_tables, AbstractSet) else frozenset(cdc_tables)
+        )
 
     async def prepare(self, change: Change) -> CapturedWrite:
         write = await self.inner.prepare(change)
