@@ -11,6 +11,7 @@ agent).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,11 +21,13 @@ from typing import Any
 import pytest
 import trio
 
-from trio_rt import MemorySequencer
+from trio_rt import MemorySequencer, WebSocketManager
+from trio_rt._changes import ChangeEvent, ChangeStreamManager
 from trio_rt._streams import StreamEntry
 from trio_rt.cassandra import (
     CassandraSession,
     CassandraStreamStore,
+    Cdc,
     CdcSource,
     Database,
     OutboxClaims,
@@ -32,6 +35,8 @@ from trio_rt.cassandra import (
 )
 from trio_rt.cdc import AgentBatch, CdcAgent, CdcChange
 from trio_rt.testing.services import CassandraServer, ServiceError
+
+from .conftest import Client, client, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -158,15 +163,80 @@ def events(found: list[StreamEntry]) -> list[dict[str, Any]]:
     return [json.loads(e.payload) for e in found]
 
 
-async def test_writes_from_another_process_reach_the_stream_once_in_order(
+GUARD = 120.0  # deadlock protection only
+
+
+@dataclasses.dataclass
+class Served:
+    """A server whose ChangeStreamManager reads CDC: a WebSocket client subscribed to the
+    table, a named watcher on it."""
+
+    changes: ChangeStreamManager
+    client: Client
+    watched: list[ChangeEvent]
+    received: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    async def until(self, predicate: Any) -> None:
+        """Receive data_updates (into `received`) until `predicate(event)` holds for one,
+        and until the watcher has seen as many changes."""
+        with trio.fail_after(GUARD):
+            while not self.received or not predicate(self.received[-1]["event"]):
+                message = await self.client.recv(GUARD)
+                assert message["type"] == "data_update", message
+                self.received.append(message)
+        await wait_until(lambda: len(self.watched) >= len(self.received), GUARD)
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """What the subscriber got, after checking the watcher got the same, in order."""
+        sent = [m["event"] for m in self.received]
+        assert [e.to_json() for e in self.watched] == sent
+        offsets = [e["position"]["offset"] for e in sent]
+        assert offsets == sorted(set(offsets)), "out of order or twice"
+        return sent
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    session: CassandraSession,
+    keyspace: str,
+    node: CassandraServer,
+    table: Table,
+    *,
+    watcher: str = "w",
+    outbox: bool = False,
+) -> AsyncIterator[Served]:
+    db = Database(session, keyspace)
+    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
+    changes = ChangeStreamManager(
+        db,
+        manager,
+        tables=[table],
+        source=Cdc(agents=[f"{agent(node).host}:{agent(node).port}"], outbox=outbox),
+    )
+    await changes.create_schema()
+    watched: list[ChangeEvent] = []
+
+    async def record(event: ChangeEvent) -> None:
+        watched.append(event)
+        await trio.lowlevel.checkpoint()
+
+    async with manager:
+        await changes.watch(table, callback=record, name=watcher)
+        async with client(manager) as c:
+            reply = await c.request({"type": "subscribe", "table": table.name}, GUARD)
+            assert reply["type"] == "subscribed", reply
+            assert changes.cdc is not None
+            await changes.cdc.wait_connected()
+            yield Served(changes, c, watched)
+
+
+async def test_writes_from_another_process_reach_a_subscriber_and_a_watcher_once_in_order(
     cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
 ) -> None:
     table = posts()
     await create(cdc_session, keyspace, table)
     await cdc_session.execute(f"CREATE TABLE {keyspace}.other (id int PRIMARY KEY, v text)")
-    cdc = source(cdc_session, keyspace, cdc_node, table)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cdc.run)
+    async with serving(cdc_session, keyspace, cdc_node, table) as served:
         await write(
             cdc_node,
             keyspace,
@@ -181,24 +251,29 @@ async def test_writes_from_another_process_reach_the_stream_once_in_order(
             "INSERT INTO posts (id, author, title, score) VALUES (4, 'di', 'four', 4); "
             "APPLY BATCH",
             "UPDATE posts SET score = 5 WHERE id = 2",
+            "INSERT INTO posts (id, title) VALUES (99, 'the last one')",
         )
-        found = events(await entries(cdc.store, "posts", 7))
-        await trio.sleep(0.5)  # nothing more may come
-        assert len(events(await entries(cdc.store, "posts", 7))) == 7
-        nursery.cancel_scope.cancel()
+        # Everything before the last write came before it, once: nothing is still to come.
+        await served.until(lambda event: event["key"] == {"id": 99})
+        found = served.delivered()
+        cdc = served.changes.cdc
+        assert cdc is not None
     head = [(e["operation"], e["key"], e["data"]) for e in found]
+    assert len(found) == 8
     assert head[:4] == [
         ("insert", {"id": 1}, {"id": 1, "author": "ann", "title": "one", "score": 1}),
         ("update", {"id": 1}, {"id": 1, "title": "uno"}),
         ("insert", {"id": 2}, {"id": 2, "author": "bob", "title": "two", "score": 2}),
         ("delete", {"id": 1}, {"id": 1}),
     ]
-    assert found[1]["partial"] == ["tags"]  # the set changed element by element
-    assert found[2]["ttl"] == 3600 and found[0].get("ttl") is None
-    assert all(e["source"] == "cdc" and isinstance(e["ts"], int) for e in found)
     # A batch's partitions are separate mutations: both come, in the commit log's order.
     assert sorted(e["key"]["id"] for e in found[4:6]) == [3, 4]
     assert head[6] == ("update", {"id": 2}, {"id": 2, "score": 5})
+    # What clients do not get, the stream keeps: the TTL, the partial collection, the source.
+    stored = events(await entries(cdc.store, "posts", 8))
+    assert stored[1]["partial"] == ["tags"]  # the set changed element by element
+    assert stored[2]["ttl"] == 3600 and stored[0].get("ttl") is None
+    assert all(e["source"] == "cdc" and isinstance(e["ts"], int) for e in stored)
     assert cdc.stats["ignored"] == 0  # `other` has no cdc: the agent does not even send it
 
 
@@ -347,11 +422,10 @@ async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
 ) -> None:
     table = load_table()
     await create(cdc_session, keyspace, table)
-    cdc = source(cdc_session, keyspace, cdc_node, table)
     killed = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(cdc.run)
-        await cdc.wait_connected()
+    async with serving(cdc_session, keyspace, cdc_node, table) as served:
+        cdc = served.changes.cdc
+        assert cdc is not None
 
         async def killer() -> None:
             for _ in range(2):
@@ -362,14 +436,14 @@ async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
                 killed.append(agent(cdc_node).kill())
                 await trio.to_thread.run_sync(agent(cdc_node).wait_ready)
 
-        nursery.start_soon(killer)
-        assert await load(cdc_node, keyspace, 600, 150, 50) == "done 600 failed 0"
-        found = events(await entries(cdc.store, "load", 600))
-        await trio.sleep(0.5)
-        found = events(await entries(cdc.store, "load", 600))
-        nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(killer)
+            assert await load(cdc_node, keyspace, 600, 150, 50) == "done 600 failed 0"
+        # The last row: everything before it came before it (each write waited for the one
+        # before), so nothing is still to come.
+        await served.until(lambda event: event["key"] == {"id": 599})
+        found = served.delivered()
     assert len(killed) == 2 and all(killed)
-    assert len(found) == 600
     assert_each_once_in_order(found, 600)
 
 
@@ -485,3 +559,42 @@ def test_the_agent_jar_is_built_for_the_node_version() -> None:
     jar = ensure_agent_jar()
     assert "trio_rt/cdc/agent/Agent.class" in zipfile.ZipFile(jar).namelist()
     assert (jar.parent / "logback.xml").is_file()
+
+
+async def test_the_demo_board_shows_a_row_inserted_by_a_plain_driver(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """``trio-rt demo --cassandra HOST:PORT --cdc-agent HOST:PORT``: the page's own post
+    (outbox) and a row another client inserts (CDC) reach the board, each once."""
+    from trio_rt_examples import chat
+
+    manager = chat.build_app(
+        cassandra=f"{cdc_node.host}:{cdc_node.port}",
+        keyspace=keyspace,
+        cdc_agent=f"{agent(cdc_node).host}:{agent(cdc_node).port}",
+        host="127.0.0.1",
+        port=0,
+        heartbeat_interval=None,
+    )
+    async with manager, client(manager, "/?user=ann") as ann:
+        sub = await ann.request({"type": "subscribe", "table": "posts"}, GUARD)
+        assert sub["type"] == "subscribed", sub
+        await ann.send({"type": "new_post", "title": "from the page"})
+        first = await ann.recv(GUARD)
+        await write(
+            cdc_node,
+            keyspace,
+            "INSERT INTO posts (id, author, title) VALUES (now(), 'cqlsh', 'from cqlsh')",
+        )
+        second = await ann.recv(GUARD)
+    assert [(m["type"], m["event"]["operation"]) for m in (first, second)] == [
+        ("data_update", "insert")
+    ] * 2
+    assert (first["event"]["data"]["author"], first["event"]["data"]["title"]) == (
+        "ann",
+        "from the page",
+    )
+    assert (second["event"]["data"]["author"], second["event"]["data"]["title"]) == (
+        "cqlsh",
+        "from cqlsh",
+    )
