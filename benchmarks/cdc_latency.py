@@ -1,18 +1,17 @@
-"""Write -> stream entry through Cassandra's CDC, next to the outbox, at a paced rate.
+"""Write -> WebSocket subscriber through Cassandra's CDC, next to the outbox, in one run.
 
 Starts its own single node WITH CDC and its agent (``commitlog_sync_period`` 2 ms, the agent
-polling every ``--poll-ms``), then, in one Trio process:
+polling every ``--poll-ms``), and one server whose `ChangeStreamManager` has both sources
+(``source=Cdc(agents=[...], tables=[changes], outbox=True)``), a WebSocket client subscribed
+to both tables. Then, one after the other, each at ``--rate`` writes per second:
 
-- ``outbox``: `--count` inserts through a captured `Database` (`ChangeLog`, memory
-  sequencer) at `--rate` per second; latency = the write call's start -> committed (the entry
-  is written in the same batch as the row);
-- ``cdc``: `--count` plain inserts (no capture: what cqlsh or another service does) at
-  `--rate` per second into a table ``WITH cdc = true``; latency = the write's start -> its
-  entry stored by `CdcSource` (its `notify`), through the commit-log sync, the agent and the
-  claim + allocation + entry write.
+- ``outbox``: `--count` inserts into ``captured`` through the server's `Database` (the outbox:
+  `ChangeLog`, memory sequencer);
+- ``cdc``: `--count` plain inserts (no capture: what cqlsh or another service does) into
+  ``changes`` (``WITH cdc = true``): commit-log sync, the agent, `CdcSource` (claim,
+  position, entry), the tail.
 
-Not yet the subscriber hop (ChangeStreamManager does not take a CDC source yet): both paths
-then add the same tail read and WebSocket send (docs/streams.md "What it costs": ~3 ms p50).
+Latency: the write's start -> its ``data_update`` received by the WebSocket client.
 
 Run: ``python -m benchmarks.cdc_latency [--count 2000] [--rate 200] [--poll-ms 5]``.
 """
@@ -20,14 +19,18 @@ Run: ``python -m benchmarks.cdc_latency [--count 2000] [--rate 200] [--poll-ms 5
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import trio
+from websockets.trio.client import connect
 
-from trio_rt import ChangeLog, MemorySequencer
-from trio_rt.cassandra import CassandraSession, CassandraStreamStore, CdcSource, Database, Table
+from trio_rt import ChangeStreamManager, WebSocketManager
+from trio_rt.cassandra import CassandraSession, Cdc, Database, Table
 from trio_rt.testing.services import CassandraServer
 
 
@@ -40,11 +43,14 @@ def percentiles(samples: list[float]) -> str:
     )
 
 
-async def paced(count: int, rate: float, write: object) -> None:
+async def paced(count: int, rate: float, write: Callable[[int], Awaitable[None]]) -> None:
+    """`count` writes started `rate` per second (each in its own task: a slow write does not
+    delay the next one's start)."""
     start = trio.current_time()
-    for n in range(count):
-        await trio.sleep_until(start + n / rate)
-        await write(n)  # type: ignore[operator]
+    async with trio.open_nursery() as nursery:
+        for n in range(count):
+            await trio.sleep_until(start + n / rate)
+            nursery.start_soon(write, n)
 
 
 async def main(args: argparse.Namespace, node: CassandraServer) -> None:
@@ -52,68 +58,78 @@ async def main(args: argparse.Namespace, node: CassandraServer) -> None:
     async with CassandraSession.connect([node.host], port=node.port) as session:
         ks = "bench_" + uuid.uuid4().hex[:8]
         await session.create_keyspace(ks)
-        store = CassandraStreamStore(session, ks)
-        await store.create_schema()
         captured = Table("captured", {"id": "int", "body": "text"}, partition_key="id")
         cdc_table = Table("changes", {"id": "int", "body": "text"}, partition_key="id")
         await session.execute(f"CREATE TABLE {ks}.captured (id int PRIMARY KEY, body text)")
         await session.execute(
             f"CREATE TABLE {ks}.changes (id int PRIMARY KEY, body text) WITH cdc = true"
         )
-        sequencer = MemorySequencer()
-        stored: dict[int, float] = {}
-        sent: dict[int, float] = {}
-        base: list[int] = []
-
-        def notify(stream: str, offset: int) -> None:
-            if stream == "table:changes":
-                now = time.perf_counter()
-                first = base[0] if base else 0
-                for n in range(len(stored), offset - first):
-                    stored[n] = now
-
-        source = CdcSource(
-            session,
-            ks,
-            agents=[f"{node.cdc_agent.host}:{node.cdc_agent.port}"],
-            tables=[cdc_table],
-            store=store,
-            sequencer=sequencer,
-            notify=notify,
+        db = Database(session, ks)
+        manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
+        agent = f"{node.cdc_agent.host}:{node.cdc_agent.port}"
+        changes = ChangeStreamManager(
+            db,
+            manager,
+            tables=[captured, cdc_table],
+            source=Cdc(agents=[agent], tables=[cdc_table], outbox=True),
         )
-        await source.create_schema()
-        await trio.sleep(8)  # the agent restarts after the schema changes above
-        async with trio.open_nursery() as nursery:
-            await nursery.start(source.run)
-            await source.wait_connected()
-            head = await store.head("table:changes")
-            base.append(0 if head is None else head.position.offset)
+        await changes.create_schema()
+        # The agent restarts after the schema changes above (it reloads the schema).
+        await trio.to_thread.run_sync(node.cdc_agent.wait_ready)
+        sent: dict[tuple[str, int], float] = {}
+        received: dict[tuple[str, int], float] = {}
+        done = {"captured": trio.Event(), "changes": trio.Event()}
+        async with manager, connect(manager.url, ping_interval=None) as ws:
+            await ws.recv()  # welcome
+            for name in done:
+                await ws.send(json.dumps({"type": "subscribe", "table": name}))
+                reply = json.loads(await ws.recv())
+                assert reply["type"] == "subscribed", reply
+            assert changes.cdc is not None
+            await changes.cdc.wait_connected()
 
-            db = Database(session, ks, capture=ChangeLog(store, sequencer))
-            outbox: list[float] = []
+            async def receive() -> None:
+                while True:
+                    message = json.loads(await ws.recv())
+                    if message.get("type") != "data_update":
+                        continue
+                    key = (message["table"], message["event"]["key"]["id"])
+                    received[key] = time.perf_counter()
+                    if sum(1 for k in received if k[0] == key[0]) >= args.count:
+                        done[key[0]].set()
 
-            async def outbox_write(n: int) -> None:
-                started = time.perf_counter()
-                await db.insert(captured, {"id": n, "body": "x" * 100})
-                outbox.append(time.perf_counter() - started)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                body = "x" * 100
 
-            await paced(args.count, args.rate, outbox_write)
-            insert = f"INSERT INTO {ks}.changes (id, body) VALUES (?, ?)"
+                async def outbox_write(n: int) -> None:
+                    sent["captured", n] = time.perf_counter()
+                    await db.insert(captured, {"id": n, "body": body})
 
-            async def cdc_write(n: int) -> None:
-                sent[n] = time.perf_counter()
-                await session.execute(insert, (n, "x" * 100))
+                insert = f"INSERT INTO {ks}.changes (id, body) VALUES (?, ?)"
 
-            await paced(args.count, args.rate, cdc_write)
-            with trio.fail_after(120):
-                while len(stored) < args.count:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-        cdc = [stored[n] - sent[n] for n in range(args.count)]
-        print(f"{args.count} writes at {args.rate:.0f}/s, agent poll {args.poll_ms} ms")
-        print(f"outbox  write -> entry: {percentiles(outbox)}")
-        print(f"cdc     write -> entry: {percentiles(cdc)}")
-        print(f"cdc source stats: {source.stats}")
+                async def cdc_write(n: int) -> None:
+                    sent["changes", n] = time.perf_counter()
+                    await session.execute(insert, (n, body))
+
+                load_before = os.getloadavg()
+                await paced(args.count, args.rate, outbox_write)
+                with trio.fail_after(120):
+                    await done["captured"].wait()
+                await paced(args.count, args.rate, cdc_write)
+                with trio.fail_after(120):
+                    await done["changes"].wait()
+                nursery.cancel_scope.cancel()
+        outbox = [received["captured", n] - sent["captured", n] for n in range(args.count)]
+        cdc = [received["changes", n] - sent["changes", n] for n in range(args.count)]
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"{args.count} writes at {args.rate:.0f}/s per path, agent poll {args.poll_ms} ms, "
+            f"{os.cpu_count()} CPUs, load average before {load_before[0]:.2f}, after {load}"
+        )
+        print(f"outbox  write -> subscriber: {percentiles(outbox)}")
+        print(f"cdc     write -> subscriber: {percentiles(cdc)}")
+        print(f"cdc source stats: {changes.cdc.stats}")
         await session.drop_keyspace(ks)
 
 
