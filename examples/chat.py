@@ -37,13 +37,15 @@ def build_app(
     *,
     cassandra: str | None = None,
     keyspace: str = "trio_rt_demo",
+    cdc_agent: str | None = None,
     tokens: bool | None = None,
     **options: Any,
 ) -> WebSocketManager:
     """Build the chat server; `options` are WebSocketManager options (host, port, ...).
 
     `cassandra` (``HOST:PORT``) adds the live posts board (examples/posts.py): a Cassandra
-    table in `keyspace` whose changes every page receives. It needs the `cassandra` extra:
+    table in `keyspace` whose changes every page receives; with `cdc_agent` (``HOST:PORT``
+    of the node's CDC agent) rows other clients insert (cqlsh) too. It needs the `cassandra` extra:
     without it, ImportError saying what to install. `tokens` serves the page's dev tokens
     (default: when the `auth` extra is installed; False: the page connects with ``?user=``).
     """
@@ -52,7 +54,7 @@ def build_app(
     if cassandra is not None:
         from .posts import add_posts_board  # the `cassandra` extra: only with the board
 
-        add_posts_board(manager, cassandra, keyspace)
+        add_posts_board(manager, cassandra, keyspace, cdc_agent=cdc_agent)
     # The page at /, and its dev tokens when the `auth` extra is installed (they authenticate
     # bearer tokens before the handler below).
     add_web_ui(manager, posts=cassandra is not None, tokens=tokens)
