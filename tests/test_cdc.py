@@ -174,6 +174,7 @@ class Served:
     changes: ChangeStreamManager
     client: Client
     watched: list[ChangeEvent]
+    subscribed: dict[str, Any]
     received: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     async def until(self, predicate: Any) -> None:
@@ -204,6 +205,7 @@ async def serving(
     *,
     watcher: str = "w",
     outbox: bool = False,
+    since: dict[str, Any] | None = None,
 ) -> AsyncIterator[Served]:
     db = Database(session, keyspace)
     manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
@@ -223,11 +225,14 @@ async def serving(
     async with manager:
         await changes.watch(table, callback=record, name=watcher)
         async with client(manager) as c:
-            reply = await c.request({"type": "subscribe", "table": table.name}, GUARD)
+            subscribe: dict[str, Any] = {"type": "subscribe", "table": table.name}
+            if since is not None:
+                subscribe["since"] = since
+            reply = await c.request(subscribe, GUARD)
             assert reply["type"] == "subscribed", reply
             assert changes.cdc is not None
             await changes.cdc.wait_connected()
-            yield Served(changes, c, watched)
+            yield Served(changes, c, watched, reply)
 
 
 async def test_writes_from_another_process_reach_a_subscriber_and_a_watcher_once_in_order(
@@ -341,10 +346,11 @@ async def test_a_claimed_change_that_was_not_stored_is_stored_when_sent_again(
     cdc = CdcSource(
         cdc_session, keyspace, agents=[], tables=[table], store=store, sequencer=MemorySequencer()
     )
+    from trio_rt.cassandra._cdc import Claim
     from trio_rt.cdc._wire import change_id
 
     ident = change_id(keyspace, "posts", "write", 1_000_001, {"id": 1})
-    assert await cdc.claims.claim("table:posts", ident, "node-a")
+    assert await cdc.claims.claim(Claim("table:posts", ident, 1_000_001), "node-a")
     await cdc.ingest("node-b", a_batch(keyspace, 1, 1))
     assert cdc.stats["stored"] == 0
     await cdc.ingest("node-a", a_batch(keyspace, 1, 1))
@@ -371,6 +377,45 @@ async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
         nursery.cancel_scope.cancel()
     assert [(e["key"]["id"], e.get("source")) for e in found] == [(1, None), (2, "cdc")]
     assert cdc.stats["duplicates"] == 1  # CDC saw the outbox's write, claimed already
+
+
+async def test_the_demo_board_shows_a_row_inserted_by_a_plain_driver(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """``trio-rt demo --cassandra HOST:PORT --cdc-agent HOST:PORT``: the page's own post
+    (outbox) and a row another client inserts (CDC) reach the board, each once."""
+    from trio_rt_examples import chat
+
+    manager = chat.build_app(
+        cassandra=f"{cdc_node.host}:{cdc_node.port}",
+        keyspace=keyspace,
+        cdc_agent=f"{agent(cdc_node).host}:{agent(cdc_node).port}",
+        host="127.0.0.1",
+        port=0,
+        heartbeat_interval=None,
+    )
+    async with manager, client(manager, "/?user=ann") as ann:
+        sub = await ann.request({"type": "subscribe", "table": "posts"}, GUARD)
+        assert sub["type"] == "subscribed", sub
+        await ann.send({"type": "new_post", "title": "from the page"})
+        first = await ann.recv(GUARD)
+        await write(
+            cdc_node,
+            keyspace,
+            "INSERT INTO posts (id, author, title) VALUES (now(), 'cqlsh', 'from cqlsh')",
+        )
+        second = await ann.recv(GUARD)
+    assert [(m["type"], m["event"]["operation"]) for m in (first, second)] == [
+        ("data_update", "insert")
+    ] * 2
+    assert (first["event"]["data"]["author"], first["event"]["data"]["title"]) == (
+        "ann",
+        "from the page",
+    )
+    assert (second["event"]["data"]["author"], second["event"]["data"]["title"]) == (
+        "cqlsh",
+        "from cqlsh",
+    )
 
 
 async def test_a_write_right_after_its_table_is_created_is_not_lost(
@@ -518,18 +563,24 @@ async def test_without_a_consumer_cdc_raw_fills_and_writes_are_rejected_then_res
 async def test_a_restart_of_the_node_loses_and_repeats_nothing(
     cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
 ) -> None:
-    """Changes written while the agent is down, the node killed with SIGKILL (it replays its
-    commit log) and restarted, more changes: each reaches the stream once, in order."""
+    """Changes written while the agent and the server are down, the node killed with SIGKILL
+    (it replays its commit log) and restarted, more changes: the named watcher resumes and
+    the subscriber recovers with ``since``; each gets every change once, in order."""
     table = load_table()
     await create(cdc_session, keyspace, table)
+    statements = [f"INSERT INTO load (id, body) VALUES ({i}, 'b')" for i in range(41)]
+    async with serving(cdc_session, keyspace, cdc_node, table) as served:
+        await write(cdc_node, keyspace, statements[0])
+        await served.until(lambda event: event["key"] == {"id": 0})
+        assert [e["key"]["id"] for e in served.delivered()] == [0]
+        since = served.received[-1]["event"]["position"]
     old = agent(cdc_node)
     await trio.to_thread.run_sync(old.wait_ready)
     old.stop()
-    statements = [f"INSERT INTO load (id, body) VALUES ({i}, 'b')" for i in range(40)]
-    await write(cdc_node, keyspace, *statements[:20])
+    await write(cdc_node, keyspace, *statements[1:21])
     await trio.sleep(0.2)  # past the 2 ms commit-log sync
     await trio.to_thread.run_sync(lambda: cdc_node.restart(kill=True))
-    await write(cdc_node, keyspace, *statements[20:])
+    await write(cdc_node, keyspace, *statements[21:])
     lib = Path(old.argv[old.argv.index("-cp") + 1].split(":")[1].rstrip("*"))
     cdc_node.cdc_agent = await trio.to_thread.run_sync(
         lambda: CdcAgent.start(
@@ -540,15 +591,14 @@ async def test_a_restart_of_the_node_loses_and_repeats_nothing(
             options={"poll-ms": "5"},
         )
     )
-    async with CassandraSession.connect([cdc_node.host], port=cdc_node.port) as session:
-        cdc = source(session, keyspace, cdc_node, table)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(cdc.run)
-            found = events(await entries(cdc.store, "load", 40))
-            await trio.sleep(0.5)
-            found = events(await entries(cdc.store, "load", 40))
-            nursery.cancel_scope.cancel()
-    assert_each_once_in_order(found, 40)
+    async with (
+        CassandraSession.connect([cdc_node.host], port=cdc_node.port) as session,
+        serving(session, keyspace, cdc_node, table, since=since) as served,
+    ):
+        await served.until(lambda event: event["key"] == {"id": 40})
+        found = served.delivered()
+        assert served.subscribed["recovered"] is True
+    assert [e["key"]["id"] for e in found] == list(range(1, 41))
 
 
 def test_the_agent_jar_is_built_for_the_node_version() -> None:
@@ -559,42 +609,3 @@ def test_the_agent_jar_is_built_for_the_node_version() -> None:
     jar = ensure_agent_jar()
     assert "trio_rt/cdc/agent/Agent.class" in zipfile.ZipFile(jar).namelist()
     assert (jar.parent / "logback.xml").is_file()
-
-
-async def test_the_demo_board_shows_a_row_inserted_by_a_plain_driver(
-    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
-) -> None:
-    """``trio-rt demo --cassandra HOST:PORT --cdc-agent HOST:PORT``: the page's own post
-    (outbox) and a row another client inserts (CDC) reach the board, each once."""
-    from trio_rt_examples import chat
-
-    manager = chat.build_app(
-        cassandra=f"{cdc_node.host}:{cdc_node.port}",
-        keyspace=keyspace,
-        cdc_agent=f"{agent(cdc_node).host}:{agent(cdc_node).port}",
-        host="127.0.0.1",
-        port=0,
-        heartbeat_interval=None,
-    )
-    async with manager, client(manager, "/?user=ann") as ann:
-        sub = await ann.request({"type": "subscribe", "table": "posts"}, GUARD)
-        assert sub["type"] == "subscribed", sub
-        await ann.send({"type": "new_post", "title": "from the page"})
-        first = await ann.recv(GUARD)
-        await write(
-            cdc_node,
-            keyspace,
-            "INSERT INTO posts (id, author, title) VALUES (now(), 'cqlsh', 'from cqlsh')",
-        )
-        second = await ann.recv(GUARD)
-    assert [(m["type"], m["event"]["operation"]) for m in (first, second)] == [
-        ("data_update", "insert")
-    ] * 2
-    assert (first["event"]["data"]["author"], first["event"]["data"]["title"]) == (
-        "ann",
-        "from the page",
-    )
-    assert (second["event"]["data"]["author"], second["event"]["data"]["title"]) == (
-        "cqlsh",
-        "from cqlsh",
-    )

@@ -10,19 +10,24 @@ Per agent batch, in the agent's (commit-log) order:
 
 1. each change becomes a stream entry: operation, key and data as the table's JSON values,
    plus ``source``, ``ts`` (the write timestamp), ``ttl`` and, for a range deletion, its
-   bounds; for a ``capture_full_rows`` table the row is read first (one read per change)
-   and the change carries it merged with what was written;
+   bounds; for a ``capture_full_rows`` table the row is read (one read per change, before
+   its entry is written) and the change carries it merged with what was written;
 2. each change is *claimed* by its `change_id` (table, kind, write timestamp, key) with a
-   lightweight transaction in ``trio_rt_cdc_claims``: with several replicas, every replica's
-   agent reports the same mutation, and the first claim wins; the others are duplicates.
+   lightweight transaction in ``trio_rt_cdc_claims`` (one conditional batch for the claims
+   of a batch that share a partition: one stream, 10 s of write time): with several
+   replicas, every replica's agent reports the same mutation, and the first claim wins; the
+   others are duplicates.
    A claim is owned by the node whose agent reported it: a consumer that stops between claim
    and store leaves the claim without a position, and the same node's changes (re-sent from
    its checkpoint) complete it. Writes through the outbox are claimed by the outbox
    (`OutboxClaims`) before they are written, so CDC skips them;
-3. positions are allocated in order, and each entry is written in one logged batch with its
-   claim's position (so "claimed and stored" is one fact);
+3. positions are allocated in order, and each entry is written in the same logged batch as
+   its claim's position (so "claimed and stored" is one fact; a few entries per batch);
 4. `notify(stream, offset)` wakes the tails, then the batch is acknowledged to the agent,
    which only then moves its durable checkpoint.
+
+Steps 1-2 run one batch after the other; step 3 of a batch overlaps the next batches' steps
+1-2 (`_Pipeline`); acknowledgements go in order.
 
 A failure (Cassandra unreachable, a bad message) drops the connection: the agent sends the
 unacknowledged batches again to the next connection, and the claims make that idempotent.
@@ -73,10 +78,34 @@ def _stream(table: str) -> str:
     return f"table:{table}"
 
 
+#: What one logged batch of entries holds at most: payload bytes (Cassandra refuses a batch
+#: over ``batch_size_fail_threshold``, 50 KiB by default) and changes.
+STORE_CHUNK_BYTES = 16 * 1024
+STORE_CHUNK_ITEMS = 32
+
+#: Claims are kept in partitions of one stream and this many microseconds of write time:
+#: the claims of one agent batch usually share one, and are made in one conditional batch.
+CLAIM_BUCKET_US = 10_000_000
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One change to claim: its stream, its id (`change_id`) and write timestamp (µs)."""
+
+    stream: str
+    change: str
+    ts: int
+
+    @property
+    def bucket(self) -> int:
+        return self.ts // CLAIM_BUCKET_US
+
+
 class CdcClaims:
     """Who recorded each change: ``trio_rt_cdc_claims`` in `keyspace`, one row per change id
     (``owner``: the node whose agent reported it, or ``outbox``; ``pos``/``epoch`` once its
-    entry is written), kept for `retention` seconds (the stream store's, by default)."""
+    entry is written), in partitions of one stream and 10 s of write time, kept for
+    `retention` seconds (the stream store's, by default)."""
 
     def __init__(self, session: CassandraSession, keyspace: str, *, retention: float) -> None:
         require_positive_numbers(retention=retention)
@@ -85,44 +114,82 @@ class CdcClaims:
         self.retention = int(retention)
         table = f"{keyspace}.trio_rt_cdc_claims"
         self._claim = (
-            f"INSERT INTO {table} (stream, change, owner) VALUES (?, ?, ?) "
+            f"INSERT INTO {table} (stream, bucket, change, owner) VALUES (?, ?, ?, ?) "
             f"IF NOT EXISTS USING TTL {self.retention}"
         )
         self._record = (
             f"UPDATE {table} USING TTL {self.retention} SET pos = ?, epoch = ? "
-            "WHERE stream = ? AND change = ?"
+            "WHERE stream = ? AND bucket = ? AND change = ?"
         )
         self._outbox = (
-            f"INSERT INTO {table} (stream, change, owner, pos, epoch) VALUES (?, ?, ?, ?, ?) "
-            f"USING TTL {self.retention}"
+            f"INSERT INTO {table} (stream, bucket, change, owner, pos, epoch) "
+            f"VALUES (?, ?, ?, ?, ?, ?) USING TTL {self.retention}"
         )
 
     async def create_schema(self) -> None:
         await self.session.execute(
             f"CREATE TABLE IF NOT EXISTS {self.keyspace}.trio_rt_cdc_claims ("
-            "stream text, change text, owner text, pos bigint, epoch text, "
-            "PRIMARY KEY ((stream, change)))"
+            "stream text, bucket bigint, change text, owner text, pos bigint, epoch text, "
+            "PRIMARY KEY ((stream, bucket), change))"
         )
 
-    async def claim(self, stream: str, change: str, owner: str) -> bool:
+    async def claim(self, claim: Claim, owner: str) -> bool:
         """True when `owner` is to store this change: it claimed it now, or claimed it before
         and did not store it (a re-send after a failure). False: a duplicate."""
-        rows = await self.session.execute(self._claim, (stream, change, owner))
+        rows = await self.session.execute(
+            self._claim, (claim.stream, claim.bucket, claim.change, owner)
+        )
         row = rows[0] if rows else {}
         if row.get("[applied]", True):
             return True
         return row.get("owner") == owner and row.get("pos") is None
 
-    def record(self, stream: str, change: str, allocation: Allocation) -> tuple[str, Params]:
+    async def claim_many(self, claims: Sequence[Claim], owner: str) -> list[bool]:
+        """`claim` for each, in one lightweight transaction per partition when none of them
+        is claimed yet (the common case: one conditional batch); otherwise one by one.
+        Claims in different partitions are made concurrently."""
+        owned = [False] * len(claims)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for n, claim in enumerate(claims):
+            groups.setdefault((claim.stream, claim.bucket), []).append(n)
+
+        async def one_partition(indexes: list[int]) -> None:
+            if len(indexes) > 1:
+                statements = [
+                    (self._claim, (c.stream, c.bucket, c.change, owner))
+                    for c in (claims[n] for n in indexes)
+                ]
+                rows = await self.session.execute_batch(statements, logged=True)
+                if rows and rows[0].get("[applied]", False):
+                    for n in indexes:
+                        owned[n] = True
+                    return
+                # Some are claimed already (a re-send, a replica, the outbox): nothing of the
+                # batch was applied; decide each.
+            for n in indexes:
+                owned[n] = await self.claim(claims[n], owner)
+
+        if len(groups) == 1:
+            await one_partition(next(iter(groups.values())))
+        else:
+            async with trio.open_nursery() as nursery:
+                for indexes in groups.values():
+                    nursery.start_soon(one_partition, indexes)
+        return owned
+
+    def record(self, claim: Claim, allocation: Allocation) -> tuple[str, Params]:
         """The statement, for the entry's batch, that marks the claim as stored."""
         pos = allocation.position
-        return self._record, (pos.offset, pos.epoch, stream, change)
+        return self._record, (pos.offset, pos.epoch, claim.stream, claim.bucket, claim.change)
 
-    async def claim_outbox(self, stream: str, change: str, allocation: Allocation) -> None:
+    async def claim_outbox(self, claim: Claim, allocation: Allocation) -> None:
         """Mark a change the outbox is about to write (before its batch is sent, so that the
         agents' claims see it)."""
         pos = allocation.position
-        await self.session.execute(self._outbox, (stream, change, OUTBOX, pos.offset, pos.epoch))
+        await self.session.execute(
+            self._outbox,
+            (claim.stream, claim.bucket, claim.change, OUTBOX, pos.offset, pos.epoch),
+        )
 
 
 @dataclass
@@ -130,7 +197,7 @@ class _Item:
     change: CdcChange
     table: Table
     stream: str
-    id: str
+    claim: Claim
     key: dict[str, Any]
     data: dict[str, Any]
     extra: dict[str, Any]
@@ -304,15 +371,9 @@ class CdcSource:
         """Store the changes of one agent batch (claims, positions, entries), then notify;
         returns once all of it is stored (then the batch may be acknowledged). Raises what
         the session raises: nothing is acknowledged then, the agent sends it again. (A
-        connection runs the same three steps for several batches at once: `_Pipeline`.)"""
-        items = await self._claim_batch(node, batch)
-        self._count_duplicates(items)
-        await self._allocate_positions(items)
+        connection runs these steps for several batches at once: `_Pipeline`.)"""
+        items = await self._claim_and_allocate(node, batch)
         await self._store_batch(items)
-
-    def _count_duplicates(self, items: list[_Item]) -> None:
-        """Counts what the claims decided (duplicates)."""
-        self.stats["duplicates"] += sum(1 for item in items if not item.owned)
 
     def _items(self, batch: AgentBatch) -> list[_Item]:
         self.stats["batches"] += 1
@@ -332,40 +393,56 @@ class CdcSource:
                 )
         return items
 
-    async def _claim_batch(self, node: str, batch: AgentBatch) -> list[_Item]:
-        """Step 1 (any order, concurrently with other batches): the batch's changes as items,
-        each claimed (`item.owned`), full rows read where the table wants them."""
+    async def _claim_and_allocate(self, node: str, batch: AgentBatch) -> list[_Item]:
+        """Steps 1 and 2 (one batch after the other, in the agent's order): the batch's
+        changes claimed (`item.owned`; one conditional batch per claims partition, so batches
+        do not contend for it), then positions for the owned ones in commit-log order: what
+        keeps each table's stream in that order."""
         items = self._items(batch)
-
-        async def claim(item: _Item) -> None:
-            async with self._limit:
-                item.owned = await self.claims.claim(item.stream, item.id, node)
-                if item.owned and item.table.capture_full_rows and item.operation != "delete":
-                    await self._full_row(item)
-
-        if len(items) == 1:
-            await claim(items[0])
-        else:
-            async with trio.open_nursery() as nursery:
-                for item in items:
-                    nursery.start_soon(claim, item)
-        await trio.lowlevel.checkpoint()
-        return items
-
-    async def _allocate_positions(self, items: list[_Item]) -> None:
-        """Step 2 (one batch after the other, in the agent's order): positions for the owned
-        changes, in commit-log order; what keeps each table's stream in that order."""
+        if not items:
+            await trio.lowlevel.checkpoint()
+            return items
+        owned = await self.claims.claim_many([item.claim for item in items], node)
+        for item, mine in zip(items, owned, strict=True):
+            item.owned = mine
+        self.stats["duplicates"] += owned.count(False)
         for item in items:
             if item.owned:
                 item.allocation = await self.sequencer.next(item.stream)
+        return items
 
     async def _store_batch(self, items: list[_Item]) -> None:
-        """Step 3 (concurrently with other batches): each owned change's entry and its
-        claim's position in one logged batch; then `notify`. Entries of a later batch may
-        land first: the readers' cursors hold them until the earlier ones are there."""
+        """Step 3 (concurrently with other batches): full rows where the table wants them,
+        then the owned changes' entries with their claims' positions in logged batches (a
+        few changes each); then `notify`. Entries of a later batch may land first: the
+        readers' cursors hold them until the earlier ones are there."""
         owned = [item for item in items if item.owned]
+        if not owned:
+            await trio.lowlevel.checkpoint()
+            return
+        full = [
+            item for item in owned if item.table.capture_full_rows and item.operation != "delete"
+        ]
+        if full:
 
-        async def store(item: _Item) -> None:
+            async def read(item: _Item) -> None:
+                async with self._limit:
+                    await self._full_row(item)
+
+            async with trio.open_nursery() as nursery:
+                for item in full:
+                    nursery.start_soon(read, item)
+        chunks: list[list[tuple[str, Params]]] = []
+        stamps: list[int] = []
+        size = STORE_CHUNK_BYTES  # start a chunk with the first item
+        heads: dict[str, tuple[str, Params]] = {}
+
+        def close_chunk() -> None:
+            if chunks:
+                chunks[-1].extend(heads.values())  # the last entry's head per stream
+            heads.clear()
+
+        for item in owned:
             allocation = item.allocation
             assert allocation is not None
             payload = json.dumps(
@@ -373,26 +450,34 @@ class CdcSource:
                 separators=(",", ":"),
                 ensure_ascii=False,
             )
-            statements = self.store.append_statements(item.stream, allocation, payload)
-            statements.append(self.claims.record(item.stream, item.id, allocation))
-            async with self._limit:
-                await self.session.execute_batch(statements, timestamp=allocation.timestamp)
+            if size + len(payload) > STORE_CHUNK_BYTES or len(chunks[-1]) >= STORE_CHUNK_ITEMS:
+                close_chunk()
+                chunks.append([])
+                stamps.append(0)
+                size = 0
+            size += len(payload)
+            entry, head = self.store.append_statements(item.stream, allocation, payload)
+            chunks[-1] += [entry, self.claims.record(item.claim, allocation)]
+            heads[item.stream] = head
+            stamps[-1] = max(stamps[-1], allocation.timestamp)
+        close_chunk()
 
-        if len(owned) == 1:
-            await store(owned[0])
-        elif owned:
-            async with trio.open_nursery() as nursery:
-                for item in owned:
-                    nursery.start_soon(store, item)
+        async def store(statements: list[tuple[str, Params]], timestamp: int) -> None:
+            async with self._limit:
+                await self.session.execute_batch(statements, timestamp=timestamp)
+
+        if len(chunks) == 1:
+            await store(chunks[0], stamps[0])
         else:
-            await trio.lowlevel.checkpoint()
+            async with trio.open_nursery() as nursery:
+                for statements, timestamp in zip(chunks, stamps, strict=True):
+                    nursery.start_soon(store, statements, timestamp)
         latest: dict[str, int] = {}
         for item in owned:
             assert item.allocation is not None
             latest[item.stream] = max(latest.get(item.stream, 0), item.allocation.position.offset)
         self.stats["stored"] += len(owned)
-        if owned:
-            self.lag = max(0.0, time.time() - owned[-1].change.ts / 1e6)
+        self.lag = max(0.0, time.time() - owned[-1].change.ts / 1e6)
         if self.notify is not None:
             for stream, offset in latest.items():
                 self.notify(stream, offset)
@@ -443,7 +528,9 @@ class CdcSource:
             data = dict(key)
         stream = _stream(table.name)
         ident = change_id(change.keyspace, change.table, change.kind, change.ts, key, bounds)
-        return _Item(change, table, stream, ident, key, data, extra, operation)
+        return _Item(
+            change, table, stream, Claim(stream, ident, change.ts), key, data, extra, operation
+        )
 
     async def _full_row(self, item: _Item) -> None:
         """`capture_full_rows`: the row as read now, with what the change wrote on top."""
@@ -465,9 +552,10 @@ class CdcSource:
 
 class _Pipeline:
     """The batches of one connection in flight at once (at most the agent's window, and
-    `DEPTH` here): each is claimed as soon as it arrives, gets its positions once the batch
-    before it has them (so positions follow the agent's order), is stored, and is
-    acknowledged once it and every batch before it are stored.
+    `DEPTH` here): each is claimed and gets its positions once the batch before it has them
+    (so positions follow the agent's order, and batches do not contend for a claims
+    partition), is stored while the next ones are claimed, and is acknowledged once it and
+    every batch before it are stored.
 
     Overflow policy: `add` waits while `DEPTH` batches are in flight (the agent, whose
     window is smaller by default, stops sending before that)."""
@@ -498,10 +586,8 @@ class _Pipeline:
         stored: trio.Event,
     ) -> None:
         source = self.source
-        items = await source._claim_batch(node, batch)
-        source._count_duplicates(items)
         await previous.wait()
-        await source._allocate_positions(items)
+        items = await source._claim_and_allocate(node, batch)
         allocated.set()
         await source._store_batch(items)
         stored.set()
@@ -551,7 +637,8 @@ class OutboxClaims:
             ident = change_id(
                 self.claims.keyspace, change.table, kind, write.timestamp, table.to_json(change.key)
             )
-            await self.claims.claim_outbox(_stream(change.table), ident, write.token)
+            claim = Claim(_stream(change.table), ident, write.timestamp)
+            await self.claims.claim_outbox(claim, write.token)
         return write
 
     def committed(self, change: Change, write: CapturedWrite) -> None:

@@ -460,7 +460,9 @@ final class Changes
         else if (type instanceof DecimalType)
             out.writeString(((BigDecimal) type.compose(buffer)).toString());
         else if (type instanceof UUIDType || type instanceof TimeUUIDType)
-            out.writeString(((UUID) type.compose(buffer)).toString());
+            // From the 16 bytes: TimeUUIDType composes to Cassandra's own TimeUUID class, not
+            // java.util.UUID (a cast failed on every timeuuid).
+            out.writeString(new UUID(buffer.getLong(buffer.position()), buffer.getLong(buffer.position() + 8)).toString());
         else if (type instanceof TimestampType)
             out.writeString(ISO_MILLIS.format(Instant.ofEpochMilli(((Date) type.compose(buffer)).getTime())));
         else if (type instanceof SimpleDateType)
