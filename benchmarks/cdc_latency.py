@@ -13,7 +13,11 @@ to both tables. Then, one after the other, each at ``--rate`` writes per second:
 
 Latency: the write's start -> its ``data_update`` received by the WebSocket client.
 
-Run: ``python -m benchmarks.cdc_latency [--count 2000] [--rate 200] [--poll-ms 5]``.
+``--single-reporter``: claims read instead of taken with lightweight transactions (right
+for one node; docs/cdc.md).
+
+Run: ``python -m benchmarks.cdc_latency [--count 2000] [--rate 200] [--poll-ms 5]
+[--single-reporter]``.
 """
 
 from __future__ import annotations
@@ -71,7 +75,12 @@ async def main(args: argparse.Namespace, node: CassandraServer) -> None:
             db,
             manager,
             tables=[captured, cdc_table],
-            source=Cdc(agents=[agent], tables=[cdc_table], outbox=True),
+            source=Cdc(
+                agents=[agent],
+                tables=[cdc_table],
+                outbox=True,
+                single_reporter=args.single_reporter,
+            ),
         )
         await changes.create_schema()
         # The agent restarts after the schema changes above (it reloads the schema).
@@ -125,7 +134,8 @@ async def main(args: argparse.Namespace, node: CassandraServer) -> None:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
             f"{args.count} writes at {args.rate:.0f}/s per path, agent poll {args.poll_ms} ms, "
-            f"{os.cpu_count()} CPUs, load average before {load_before[0]:.2f}, after {load}"
+            f"single_reporter {args.single_reporter}, {os.cpu_count()} CPUs, "
+            f"load average before {load_before[0]:.2f}, after {load}"
         )
         print(f"outbox  write -> subscriber: {percentiles(outbox)}")
         print(f"cdc     write -> subscriber: {percentiles(cdc)}")
@@ -138,6 +148,7 @@ def run() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--poll-ms", type=int, default=5)
+    parser.add_argument("--single-reporter", action="store_true")
     args = parser.parse_args()
     node = CassandraServer.start(cdc_agent=True, cdc_agent_options={"poll-ms": str(args.poll_ms)})
     try:

@@ -206,6 +206,7 @@ async def serving(
     watcher: str = "w",
     outbox: bool = False,
     since: dict[str, Any] | None = None,
+    single_reporter: bool = False,
 ) -> AsyncIterator[Served]:
     db = Database(session, keyspace)
     manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
@@ -213,7 +214,11 @@ async def serving(
         db,
         manager,
         tables=[table],
-        source=Cdc(agents=[f"{agent(node).host}:{agent(node).port}"], outbox=outbox),
+        source=Cdc(
+            agents=[f"{agent(node).host}:{agent(node).port}"],
+            outbox=outbox,
+            single_reporter=single_reporter,
+        ),
     )
     await changes.create_schema()
     watched: list[ChangeEvent] = []
@@ -335,6 +340,41 @@ async def test_a_batch_sent_again_or_by_another_replica_is_stored_once(
     assert cdc.stats["stored"] == 4 and cdc.stats["duplicates"] == 5
 
 
+async def test_a_single_reporter_reads_claims_and_stores_each_change_once(
+    cdc_session: CassandraSession, keyspace: str
+) -> None:
+    """`single_reporter`: claims are read, not taken. A re-sent batch is a duplicate, a write
+    the outbox claimed too, and a change this node claimed without storing it is stored."""
+    from trio_rt._streams import Allocation, StreamPosition
+    from trio_rt.cassandra._cdc import Claim
+    from trio_rt.cdc._wire import change_id
+
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session,
+        keyspace,
+        agents=[],
+        tables=[table],
+        store=store,
+        sequencer=MemorySequencer(),
+        single_reporter=True,
+    )
+
+    def claim(n: int) -> Claim:
+        ts = 1_000_000 + n
+        return Claim("table:posts", change_id(keyspace, "posts", "write", ts, {"id": n}), ts)
+
+    await cdc.claims.claim_outbox(claim(2), Allocation(StreamPosition(99, "e"), 1))
+    assert await cdc.claims.claim(claim(3), "node-a")  # claimed, then the consumer stopped
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))  # after an agent restart
+    found = events(await entries(store, "posts", 2))
+    assert [e["key"]["id"] for e in found] == [1, 3]
+    assert cdc.stats["stored"] == 2 and cdc.stats["duplicates"] == 4
+
+
 async def test_a_claimed_change_that_was_not_stored_is_stored_when_sent_again(
     cdc_session: CassandraSession, keyspace: str
 ) -> None:
@@ -357,14 +397,16 @@ async def test_a_claimed_change_that_was_not_stored_is_stored_when_sent_again(
     assert [e["key"]["id"] for e in events(await entries(store, "posts", 1))] == [1]
 
 
+@pytest.mark.parametrize("single_reporter", [False, True])
 async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
-    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer, single_reporter: bool
 ) -> None:
     from trio_rt import ChangeLog
 
     table = posts()
     await create(cdc_session, keyspace, table)
     cdc = source(cdc_session, keyspace, cdc_node, table)
+    cdc.single_reporter = single_reporter
     db = Database(cdc_session, keyspace)
     db.capture = OutboxClaims(ChangeLog(cdc.store, cdc.sequencer), cdc.claims, cdc.cdc_tables)
     async with trio.open_nursery() as nursery:
@@ -462,13 +504,16 @@ def assert_each_once_in_order(
         assert ids == list(range(count))
 
 
+@pytest.mark.parametrize("single_reporter", [False, True])
 async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
-    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer, single_reporter: bool
 ) -> None:
     table = load_table()
     await create(cdc_session, keyspace, table)
     killed = []
-    async with serving(cdc_session, keyspace, cdc_node, table) as served:
+    async with serving(
+        cdc_session, keyspace, cdc_node, table, single_reporter=single_reporter
+    ) as served:
         cdc = served.changes.cdc
         assert cdc is not None
 

@@ -39,6 +39,7 @@ def a_db() -> Database:
         ({"agents": ["127.0.0.1"]}, ValueError, "host:port"),
         ({"agents": ["h:1"], "tables": ["posts"]}, TypeError, "Table definitions"),
         ({"agents": ["h:1"], "outbox": "yes"}, TypeError, "True or False"),
+        ({"agents": ["h:1"], "single_reporter": 1}, TypeError, "True or False"),
         ({"agents": ["h:1"], "concurrency": 0}, ValueError, "concurrency"),
     ],
 )

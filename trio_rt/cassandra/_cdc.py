@@ -118,8 +118,12 @@ class CdcClaims:
             f"IF NOT EXISTS USING TTL {self.retention}"
         )
         self._record = (
-            f"UPDATE {table} USING TTL {self.retention} SET pos = ?, epoch = ? "
+            f"UPDATE {table} USING TTL {self.retention} SET owner = ?, pos = ?, epoch = ? "
             "WHERE stream = ? AND bucket = ? AND change = ?"
+        )
+        self._read = (
+            f"SELECT change, owner, pos FROM {table} "
+            "WHERE stream = ? AND bucket = ? AND change IN ?"
         )
         self._outbox = (
             f"INSERT INTO {table} (stream, bucket, change, owner, pos, epoch) "
@@ -177,10 +181,47 @@ class CdcClaims:
                     nursery.start_soon(one_partition, indexes)
         return owned
 
-    def record(self, claim: Claim, allocation: Allocation) -> tuple[str, Params]:
-        """The statement, for the entry's batch, that marks the claim as stored."""
+    async def check_many(self, claims: Sequence[Claim], owner: str) -> list[bool]:
+        """What `claim_many` decides, read instead of claimed (one read per partition, no
+        lightweight transaction): right only when `owner` is the one agent that reports
+        these changes (`CdcSource(single_reporter=True)`), whose consumer handles its
+        batches one after the other. A claim row is then the outbox's (taken before its
+        write was sent) or this owner's own from an earlier connection."""
+        owned = [True] * len(claims)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for n, claim in enumerate(claims):
+            groups.setdefault((claim.stream, claim.bucket), []).append(n)
+
+        async def one_partition(stream: str, bucket: int, indexes: list[int]) -> None:
+            changes = [claims[n].change for n in indexes]
+            rows = await self.session.execute(self._read, (stream, bucket, changes))
+            found = {row["change"]: row for row in rows}
+            for n in indexes:
+                row = found.get(claims[n].change)
+                if row is not None:
+                    owned[n] = row.get("owner") == owner and row.get("pos") is None
+
+        if len(groups) == 1:
+            (((stream, bucket), indexes),) = groups.items()
+            await one_partition(stream, bucket, indexes)
+        else:
+            async with trio.open_nursery() as nursery:
+                for (stream, bucket), indexes in groups.items():
+                    nursery.start_soon(one_partition, stream, bucket, indexes)
+        return owned
+
+    def record(self, claim: Claim, owner: str, allocation: Allocation) -> tuple[str, Params]:
+        """The statement, for the entry's batch, that marks the claim as stored (and makes
+        it, when it was only read)."""
         pos = allocation.position
-        return self._record, (pos.offset, pos.epoch, claim.stream, claim.bucket, claim.change)
+        return self._record, (
+            owner,
+            pos.offset,
+            pos.epoch,
+            claim.stream,
+            claim.bucket,
+            claim.change,
+        )
 
     async def claim_outbox(self, claim: Claim, allocation: Allocation) -> None:
         """Mark a change the outbox is about to write (before its batch is sent, so that the
@@ -214,7 +255,13 @@ class CdcSource:
     tables are acknowledged and counted as ``ignored``. A column the definition lacks is
     left out of the change (counted). `notify(stream, offset)` is called after each batch is
     stored (a `ChangeStreamManager` passes what wakes its tails and nudges the other
-    servers). `owner` names the node in claims (default: what the agent says in its hello).
+    servers). The node named in claims is what the agent says in its hello.
+
+    `single_reporter=True`: every change is reported by ONE agent (one node, or replication
+    factor 1): claims are then read (one read per batch) instead of taken with lightweight
+    transactions, which is cheaper (docs/cdc.md "What it costs"). With several replicas'
+    agents it would store a change once per replica. `concurrency` bounds the requests in
+    flight (lightweight transactions, row reads, entry batches).
 
     Run it with ``await nursery.start(source.run)``: one task per agent, reconnecting with a
     growing pause (`reconnect_delay` up to 5 s) while the agent is not there; `run` returns
@@ -235,6 +282,7 @@ class CdcSource:
         notify: Callable[[str, int], None] | None = None,
         concurrency: int = 32,
         reconnect_delay: float = 0.2,
+        single_reporter: bool = False,
     ) -> None:
         require_positive_ints(concurrency=concurrency)
         require_positive_numbers(reconnect_delay=reconnect_delay)
@@ -252,6 +300,7 @@ class CdcSource:
             else CdcClaims(session, keyspace, retention=store.retention)
         )
         self.notify = notify
+        self.single_reporter = bool(single_reporter)
         self.db = Database(session, keyspace)
         self._limit = trio.CapacityLimiter(concurrency)
         self.reconnect_delay = float(reconnect_delay)
@@ -373,7 +422,7 @@ class CdcSource:
         the session raises: nothing is acknowledged then, the agent sends it again. (A
         connection runs these steps for several batches at once: `_Pipeline`.)"""
         items = await self._claim_and_allocate(node, batch)
-        await self._store_batch(items)
+        await self._store_batch(node, items)
 
     def _items(self, batch: AgentBatch) -> list[_Item]:
         self.stats["batches"] += 1
@@ -402,7 +451,11 @@ class CdcSource:
         if not items:
             await trio.lowlevel.checkpoint()
             return items
-        owned = await self.claims.claim_many([item.claim for item in items], node)
+        claims = [item.claim for item in items]
+        if self.single_reporter:
+            owned = await self.claims.check_many(claims, node)
+        else:
+            owned = await self.claims.claim_many(claims, node)
         for item, mine in zip(items, owned, strict=True):
             item.owned = mine
         self.stats["duplicates"] += owned.count(False)
@@ -411,7 +464,7 @@ class CdcSource:
                 item.allocation = await self.sequencer.next(item.stream)
         return items
 
-    async def _store_batch(self, items: list[_Item]) -> None:
+    async def _store_batch(self, node: str, items: list[_Item]) -> None:
         """Step 3 (concurrently with other batches): full rows where the table wants them,
         then the owned changes' entries with their claims' positions in logged batches (a
         few changes each); then `notify`. Entries of a later batch may land first: the
@@ -457,7 +510,7 @@ class CdcSource:
                 size = 0
             size += len(payload)
             entry, head = self.store.append_statements(item.stream, allocation, payload)
-            chunks[-1] += [entry, self.claims.record(item.claim, allocation)]
+            chunks[-1] += [entry, self.claims.record(item.claim, node, allocation)]
             heads[item.stream] = head
             stamps[-1] = max(stamps[-1], allocation.timestamp)
         close_chunk()
@@ -589,7 +642,7 @@ class _Pipeline:
         await previous.wait()
         items = await source._claim_and_allocate(node, batch)
         allocated.set()
-        await source._store_batch(items)
+        await source._store_batch(node, items)
         stored.set()
 
     async def acknowledge(self) -> None:

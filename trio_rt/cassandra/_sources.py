@@ -48,13 +48,17 @@ class Cdc:
     record (their definitions, created or altered ``WITH cdc = true``); by default (None)
     the manager's `tables` plus every `Table` given to `watch`. `outbox`: also record the
     writes through the manager's `Database` with the outbox (both sources; each change
-    once). `concurrency`: lightweight transactions and appends in flight at once, at most.
+    once). `single_reporter`: each change is reported by one agent only (one node, or
+    replication factor 1), so claims are read instead of taken with lightweight
+    transactions (cheaper; wrong with several replicas' agents: a change would come once
+    per replica). `concurrency`: requests to Cassandra in flight at once, at most.
     `ValueError`/`TypeError` at construction for a bad address, table or count.
     """
 
     agents: Sequence[str]
     tables: Sequence[Table] | None = None
     outbox: bool = False
+    single_reporter: bool = False
     concurrency: int = 32
     reconnect_delay: float = field(default=0.2, repr=False)
 
@@ -73,8 +77,8 @@ class Cdc:
                 if not isinstance(table, Table):
                     raise TypeError(f"Cdc tables are Table definitions, got {table!r}")
             object.__setattr__(self, "tables", tables)
-        if not isinstance(self.outbox, bool):
-            raise TypeError("outbox is True or False")
+        if not isinstance(self.outbox, bool) or not isinstance(self.single_reporter, bool):
+            raise TypeError("outbox and single_reporter are True or False")
         require_positive_ints(concurrency=self.concurrency)
 
 
@@ -111,6 +115,7 @@ def install_source(
         notify=notify,
         concurrency=source.concurrency,
         reconnect_delay=source.reconnect_delay,
+        single_reporter=source.single_reporter,
     )
     cdc.follows_manager = source.tables is None
     if not source.outbox:
