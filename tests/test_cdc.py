@@ -27,6 +27,7 @@ from trio_rt._streams import StreamEntry
 from trio_rt.cassandra import (
     CassandraSession,
     CassandraStreamStore,
+    CassandraUnavailable,
     Cdc,
     CdcSource,
     Database,
@@ -108,7 +109,14 @@ async def keyspace(cdc_session: CassandraSession, cdc_node: CassandraServer) -> 
         cdc_session, name, agents=[], tables=[], store=store, sequencer=MemorySequencer()
     ).create_schema()
     yield name
-    await cdc_session.drop_keyspace(name)
+    # After a node restart the driver reconnects in the background: retry until it has.
+    with trio.fail_after(GUARD):
+        while True:
+            try:
+                await cdc_session.drop_keyspace(name)
+                break
+            except CassandraUnavailable:
+                await trio.sleep(0.5)
 
 
 def source(

@@ -78,9 +78,10 @@ def _stream(table: str) -> str:
     return f"table:{table}"
 
 
-#: What one logged batch of entries holds at most: payload bytes (Cassandra refuses a batch
-#: over ``batch_size_fail_threshold``, 50 KiB by default) and changes.
-STORE_CHUNK_BYTES = 16 * 1024
+#: What one logged batch of entries holds at most: payload bytes (Cassandra warns about a
+#: batch over ``batch_size_warn_threshold``, 5 KiB by default, and refuses one over 50 KiB)
+#: and changes.
+STORE_CHUNK_BYTES = 3 * 1024
 STORE_CHUNK_ITEMS = 32
 
 #: Claims are kept in partitions of one stream and this many microseconds of write time:

@@ -20,9 +20,11 @@ import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 import java.util.TreeSet;
@@ -112,6 +114,10 @@ public final class Agent
     private long skippedUnknown;
     private long errors;
     private final Set<TableId> unknownTables = new HashSet<>();
+    /** Segments without CDC data whose commit-log copy is gone, and since when (ms). */
+    private final Map<Path, Long> orphans = new HashMap<>();
+    /** How long such a segment must stay before this agent deletes it itself. */
+    static final long ORPHAN_GRACE_MS = 30_000;
     private volatile boolean stopping;
 
     /** Where reading is: a segment, the sync marker to start the next read at (-1: after the
@@ -841,9 +847,17 @@ public final class Agent
     }
 
     /** Deletes the segments the checkpoint has passed: COMPLETED and read to the end, or
-     *  without an idx and released by Cassandra (one link left: no CDC data in it). */
+     *  without an idx and left behind by Cassandra (one link left, for ORPHAN_GRACE_MS).
+     *
+     *  A segment without CDC data is Cassandra's to delete: it removes the commit-log file,
+     *  then the cdc_raw link, and its commit-log thread fails (commit_failure_policy: the
+     *  node stops) if that link vanished in between. So such a link is deleted here only
+     *  when it stayed, alone, long after Cassandra would have removed it (after a clean
+     *  stop it can stay for good and count toward cdc_total_space). */
     private void deleteConsumed(Cursor at) throws IOException
     {
+        long now = System.currentTimeMillis();
+        Set<Path> seen = new HashSet<>();
         for (Segment segment : listSegments().values())
         {
             boolean passed = segment.id < at.segment || (segment.id == at.segment && at.done);
@@ -854,9 +868,16 @@ public final class Agent
             }
             else if (segment.durable < 0 && passed && links(segment.log) == 1 && !Files.exists(segment.idx))
             {
-                Files.deleteIfExists(segment.log);
+                seen.add(segment.log);
+                long since = orphans.computeIfAbsent(segment.log, p -> now);
+                if (now - since >= ORPHAN_GRACE_MS)
+                {
+                    log.info("deleting {}: no CDC data, left behind by Cassandra", segment.log.getFileName());
+                    Files.deleteIfExists(segment.log);
+                }
             }
         }
+        orphans.keySet().retainAll(seen);
     }
 
     private static int links(Path file)
