@@ -134,6 +134,7 @@ async def main(args: argparse.Namespace, node: CassandraServer) -> None:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
             f"{args.count} writes at {args.rate:.0f}/s per path, agent poll {args.poll_ms} ms, "
+            f"window {args.window}, "
             f"single_reporter {args.single_reporter}, {os.cpu_count()} CPUs, "
             f"load average before {load_before[0]:.2f}, after {load}"
         )
@@ -149,8 +150,10 @@ def run() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--poll-ms", type=int, default=5)
     parser.add_argument("--single-reporter", action="store_true")
+    parser.add_argument("--window", type=int, default=4, help="the agent's --window")
     args = parser.parse_args()
-    node = CassandraServer.start(cdc_agent=True, cdc_agent_options={"poll-ms": str(args.poll_ms)})
+    options = {"poll-ms": str(args.poll_ms), "window": str(args.window)}
+    node = CassandraServer.start(cdc_agent=True, cdc_agent_options=options)
     try:
         trio.run(main, args, node)
     finally:

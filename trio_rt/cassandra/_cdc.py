@@ -444,10 +444,15 @@ class CdcSource:
         return items
 
     async def _claim_and_allocate(self, node: str, batch: AgentBatch) -> list[_Item]:
-        """Steps 1 and 2 (one batch after the other, in the agent's order): the batch's
-        changes claimed (`item.owned`; one conditional batch per claims partition, so batches
-        do not contend for it), then positions for the owned ones in commit-log order: what
-        keeps each table's stream in that order."""
+        """Steps 1 and 2: `_claim`, then `_allocate`."""
+        items = await self._claim(node, batch)
+        await self._allocate(items)
+        return items
+
+    async def _claim(self, node: str, batch: AgentBatch) -> list[_Item]:
+        """Step 1: the batch's changes as items, claimed (`item.owned`): one conditional
+        batch per claims partition (batches one after the other, so that they do not
+        contend for it), or with `single_reporter` one read per partition (any order)."""
         items = self._items(batch)
         if not items:
             await trio.lowlevel.checkpoint()
@@ -460,10 +465,15 @@ class CdcSource:
         for item, mine in zip(items, owned, strict=True):
             item.owned = mine
         self.stats["duplicates"] += owned.count(False)
+        return items
+
+    async def _allocate(self, items: list[_Item]) -> None:
+        """Step 2 (one batch after the other, in the agent's order): positions for the owned
+        changes in commit-log order, what keeps each table's stream in that order."""
         for item in items:
             if item.owned:
                 item.allocation = await self.sequencer.next(item.stream)
-        return items
+        await trio.lowlevel.checkpoint()
 
     async def _store_batch(self, node: str, items: list[_Item]) -> None:
         """Step 3 (concurrently with other batches): full rows where the table wants them,
@@ -606,10 +616,11 @@ class CdcSource:
 
 class _Pipeline:
     """The batches of one connection in flight at once (at most the agent's window, and
-    `DEPTH` here): each is claimed and gets its positions once the batch before it has them
-    (so positions follow the agent's order, and batches do not contend for a claims
-    partition), is stored while the next ones are claimed, and is acknowledged once it and
-    every batch before it are stored.
+    `DEPTH` here): each is claimed (once the batch before it has its positions, so that
+    batches do not contend for a claims partition; at once with `single_reporter`, whose
+    claims are reads), gets its positions once the batch before it has them (so positions
+    follow the agent's order), is stored while the next ones are claimed, and is
+    acknowledged once it and every batch before it are stored.
 
     Overflow policy: `add` waits while `DEPTH` batches are in flight (the agent, whose
     window is smaller by default, stops sending before that)."""
@@ -640,8 +651,13 @@ class _Pipeline:
         stored: trio.Event,
     ) -> None:
         source = self.source
-        await previous.wait()
-        items = await source._claim_and_allocate(node, batch)
+        if source.single_reporter:  # reads: no contention, any order
+            items = await source._claim(node, batch)
+            await previous.wait()
+        else:
+            await previous.wait()
+            items = await source._claim(node, batch)
+        await source._allocate(items)
         allocated.set()
         await source._store_batch(node, items)
         stored.set()
