@@ -38,8 +38,8 @@ from ..testing.services._base import (
     spawn,
     tail,
 )
-from ..testing.services._cassandra import _JAVA17_EXPORTS, _JAVA17_OPENS, CASSANDRA_VERSION
 from ..testing.services._install import _apt_install, _apt_lock, find_java17, require_binary
+from ..testing.services._jvm import _JAVA17_EXPORTS, _JAVA17_OPENS, CASSANDRA_VERSION
 
 __all__ = [
     "AGENT_MAIN",

@@ -44,12 +44,11 @@ from ._base import (
     start_retrying,
 )
 from ._install import find_java17, require_binary
+from ._jvm import _JAVA17_EXPORTS, _JAVA17_OPENS, CASSANDRA_VERSION
 
 if TYPE_CHECKING:
     from ...cdc import CdcAgent
 
-#: Newest 5.0.x that Maven Central served when this was written (checked 2026-11).
-CASSANDRA_VERSION = "5.0.9"
 #: Maximum heap of the test node (``-Xmx``).
 CASSANDRA_HEAP = "768m"
 #: Initial heap (``-Xms``).  Cassandra ``mlockall``s the memory mapped at startup when it
@@ -266,37 +265,6 @@ def ensure_cassandra_jars(version: str | None = None, *, java_home: Path | None 
         log.info("Cassandra %s: %d jars in %.1f s", version, njars, time.monotonic() - started)
     return lib
 
-
-# Module flags from Cassandra 5.0's conf/jvm17-server.options (+ two that embedders add).
-_JAVA17_EXPORTS = [
-    "java.base/jdk.internal.misc",
-    "java.management.rmi/com.sun.jmx.remote.internal.rmi",
-    "java.management/com.sun.jmx.remote.security",
-    "java.rmi/sun.rmi.registry",
-    "java.rmi/sun.rmi.server",
-    "java.sql/java.sql",
-    "java.base/java.lang.ref",
-    "jdk.unsupported/sun.misc",
-    "jdk.compiler/com.sun.tools.javac.file",
-    "jdk.attach/sun.tools.attach",
-]
-_JAVA17_OPENS = [
-    "java.base/java.lang.module",
-    "java.base/jdk.internal.loader",
-    "java.base/jdk.internal.ref",
-    "java.base/jdk.internal.reflect",
-    "java.base/jdk.internal.math",
-    "java.base/jdk.internal.module",
-    "java.base/jdk.internal.util.jar",
-    "jdk.management/com.sun.management.internal",
-    "java.base/sun.nio.ch",
-    "java.base/java.io",
-    "java.base/java.nio",
-    "java.base/java.lang.reflect",
-    "jdk.compiler/com.sun.tools.javac",
-    "java.base/java.lang",
-    "java.base/java.util",
-]
 
 _STARTUP_FAILURE = re.compile(
     r"encountered during startup|Fatal configuration error|Exception in thread \"main\"|"
