@@ -117,7 +117,7 @@ public final class Agent
     /** Segments without CDC data whose commit-log copy is gone, and since when (ms). */
     private final Map<Path, Long> orphans = new HashMap<>();
     /** How long such a segment must stay before this agent deletes it itself. */
-    static final long ORPHAN_GRACE_MS = 30_000;
+    static final long ORPHAN_GRACE_MS = 10_000;
     private volatile boolean stopping;
 
     /** Where reading is: a segment, the sync marker to start the next read at (-1: after the
@@ -315,6 +315,15 @@ public final class Agent
             {
                 lastStats = now;
                 stats();
+                // Acknowledgements delete what they pass; this catches the leftovers whose
+                // grace period ends while nothing is acknowledged.
+                Cursor at;
+                synchronized (this)
+                {
+                    at = checkpoint;
+                }
+                if (at != null)
+                    deleteConsumed(at);
             }
             boolean progressed = false;
             try
@@ -855,6 +864,14 @@ public final class Agent
      *  when it stayed, alone, long after Cassandra would have removed it (after a clean
      *  stop it can stay for good and count toward cdc_total_space). */
     private void deleteConsumed(Cursor at) throws IOException
+    {
+        synchronized (orphans)  // the consumer's thread (acknowledgements) and the main loop
+        {
+            deleteConsumedLocked(at);
+        }
+    }
+
+    private void deleteConsumedLocked(Cursor at) throws IOException
     {
         long now = System.currentTimeMillis();
         Set<Path> seen = new HashSet<>();
