@@ -12,7 +12,12 @@ deliveries/s from ``bench_start`` to the last delivery, latency = receipt - the 
   alternating between them (half each); ``bench_start`` goes to the first server (A), so half
   the deliveries are local to the broadcaster and half cross Redis to the other process (B);
 * ``recv probe``: the same two processes, every client on A but one on B: B's CPU per message
-  is then its receive path (Redis socket to the manager's envelope) plus one delivery.
+  is then its receive path (Redis socket to the manager's envelope) plus one delivery;
+* ``2 workers+redis``: ``trio-rt serve --workers 2`` (a supervisor and two worker processes of
+  ``trio_rt_redis_server:build_app`` on one port, ``SO_REUSEPORT``), every client on that one
+  port, spread by the kernel; A is the worker that client 0 (the broadcaster) landed on, B the
+  other; the load generator tells them apart by the welcome's ``server_id`` (``...-w<n>``). The
+  supervisor's CPU is not counted (it is idle while the workers serve; ``supervisor_cpu_s``).
 
 Each in two modes: ``burst`` (the broadcaster awaits each ``broadcast_to_room``, as fast as it
 goes) and ``paced`` (``--rate`` broadcasts per second on an absolute schedule).
@@ -62,20 +67,24 @@ from benchmarks.fanout import (
     wait_until_idle,
     write_results,
 )
-from benchmarks.loadgen import add_run_arguments
+from benchmarks.loadgen import Client, add_run_arguments, percentile
 from benchmarks.loadgen import run as run_clients
 from benchmarks.proc import Proc
+from benchmarks.servers.trio_rt_redis_server import REDIS_URL_ENV
 
 SINGLE = "single"
 SINGLE_REDIS = "single+redis"
 CLUSTER = "2 servers+redis"
 PROBE = "recv probe"
+WORKERS = "2 workers+redis"
 SETUPS: dict[str, tuple[str, int]] = {  # label -> (server module, number of processes)
     SINGLE: ("benchmarks.servers.trio_rt_server", 1),
     SINGLE_REDIS: ("benchmarks.servers.trio_rt_redis_server", 1),
     CLUSTER: ("benchmarks.servers.trio_rt_redis_server", 2),
     PROBE: ("benchmarks.servers.trio_rt_redis_server", 2),
+    WORKERS: ("benchmarks.servers.trio_rt_redis_server:build_app", 2),  # `trio-rt serve` app
 }
+WORKER_SUFFIX = "-w"  # a worker's server_id ends in -w<n>
 BURST, PACED = "burst", "paced"
 NEW = "this tree"
 OLD = "compared"
@@ -109,6 +118,34 @@ RESULT_KEYS = (
 )
 
 
+class WorkerClient(Client):
+    """A client that knows which worker took it (the welcome's ``server_id`` ends in
+    ``-w<n>``) and keeps its latencies apart from the other workers' (key ``-1 - n``)."""
+
+    worker: int | None = None
+
+    def control_message(self, payload: bytes | bytearray) -> None:
+        message = json.loads(payload)
+        if message.get("type") == "welcome" and self.worker is None:
+            server_id = str(message.get("server_id"))
+            self.worker = int(server_id.rsplit(WORKER_SUFFIX, 1)[1])
+            self.latencies = self.stats.latencies_for(-1 - self.worker)
+        self.control.put_nowait(message)
+
+
+def split_by_worker(result: dict[str, Any], conns: list[Any]) -> None:
+    """Per-port figures of a one-port run replaced by per-worker ones: A = the worker of
+    client 0 (the broadcaster), then the others by number; ``workers`` names them."""
+    stats = conns[0].stats
+    order = [conns[0].worker, *sorted({c.worker for c in conns} - {conns[0].worker})]
+    by_worker = [sorted(stats.latencies_by_port.get(-1 - w, ())) for w in order]
+    result["latency_p50_us_per_port"] = [percentile(v, 0.50) / 1e3 for v in by_worker]
+    result["latency_p99_us_per_port"] = [percentile(v, 0.99) / 1e3 for v in by_worker]
+    result["deliveries_per_port"] = [sum(c.received for c in conns if c.worker == w) for w in order]
+    result["clients_per_port"] = [sum(1 for c in conns if c.worker == w) for w in order]
+    result["workers"] = order
+
+
 async def run_loadgen(
     host: str,
     ports: list[int],
@@ -118,17 +155,31 @@ async def run_loadgen(
     size: int,
     idle_timeout: float,
     rate: float,
+    by_worker: bool = False,
 ) -> dict[str, Any]:
     """``benchmarks.loadgen.run`` over several ports (``weights[k]`` clients on ``ports[k]`` in
-    each round), with this benchmark's result: deliveries and clients per port added."""
+    each round), with this benchmark's result: deliveries and clients per port added
+    (`by_worker`: per worker of one port instead, `split_by_worker`)."""
     sequence = [port for port, weight in zip(ports, weights, strict=True) for _ in range(weight)]
     result, conns = await run_clients(
-        host, sequence, clients, messages, size, idle_timeout, rate=rate
+        host,
+        sequence,
+        clients,
+        messages,
+        size,
+        idle_timeout,
+        rate=rate,
+        client_class=WorkerClient if by_worker else Client,
     )
     # per server: the clients on ports[0] get local deliveries, the others cross Redis
     result["deliveries_per_port"] = [sum(c.received for c in conns if c.port == p) for p in ports]
     result["clients_per_port"] = [sum(1 for c in conns if c.port == p) for p in ports]
-    return {key: result[key] for key in RESULT_KEYS}
+    if by_worker:
+        split_by_worker(result, conns)
+    out = {key: result[key] for key in RESULT_KEYS}
+    if by_worker:
+        out["workers"] = result["workers"]
+    return out
 
 
 def loadgen_main(argv: list[str]) -> int:
@@ -137,6 +188,7 @@ def loadgen_main(argv: list[str]) -> int:
     parser.add_argument("--ports", required=True, help="comma-separated")
     parser.add_argument("--weights", default=None, help="comma-separated, one per port")
     parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--by-worker", action="store_true", help="one port, split per worker")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     ports = [int(p) for p in args.ports.split(",")]
@@ -151,6 +203,7 @@ def loadgen_main(argv: list[str]) -> int:
             args.size,
             args.idle_timeout,
             args.rate,
+            args.by_worker,
         )
     )
     print("RESULT " + json.dumps(result), flush=True)
@@ -175,6 +228,16 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return total / 1e9
 
 
+def worker_processes(supervisor_pid: int) -> dict[int, psutil.Process]:
+    """The workers of a ``trio-rt serve --workers N`` supervisor, by worker number."""
+    out: dict[int, psutil.Process] = {}
+    for child in psutil.Process(supervisor_pid).children():
+        number = child.environ().get("TRIO_RT_WORKER_ID")
+        if number is not None:
+            out[int(number)] = child
+    return out
+
+
 def one_run(
     label: str,
     mode: str,
@@ -190,23 +253,38 @@ def one_run(
     py = sys.executable
     pythonpath = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath}
-    argv = [py, "-m", module, "--host", args.host, "--port", "0"]
-    if module.endswith("redis_server"):
-        argv += ["--redis-url", redis_url]
+    workers = label == WORKERS
+    if workers:  # one `trio-rt serve --workers 2` on one port
+        argv = [py, "-m", "trio_rt", "--log-level", "ERROR", "serve", module]
+        argv += ["--workers", str(count), "--host", args.host, "--port", "0"]
+        env[REDIS_URL_ENV] = redis_url
+    else:
+        argv = [py, "-m", module, "--host", args.host, "--port", "0"]
+        if module.endswith("redis_server"):
+            argv += ["--redis-url", redis_url]
     weights = [args.clients - 1, 1] if label == PROBE else [1] * count
     rate = args.rate if mode == PACED else 0.0
     servers: list[subprocess.Popen[str]] = []
     loadgen: Proc | None = None
     try:
         ports = []
-        for k in range(count):
+        for k in range(1 if workers else count):
             server = subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.PIPE, text=True)
             servers.append(server)
             assert server.stdout is not None
-            ports.append(
-                int(LineReader(server.stdout, f"server {k}").wait_for("READY", 60).split()[1])
-            )
-        server_ps = [psutil.Process(s.pid) for s in servers]
+            reader = LineReader(server.stdout, f"server {k}")
+            if workers:
+                line = reader.wait_for("trio_rt listening on", 120)
+                ports.append(int(line.split("ws://", 1)[1].split("/")[0].rsplit(":", 1)[1]))
+            else:
+                ports.append(int(reader.wait_for("READY", 60).split()[1]))
+        if workers:
+            weights = [1]
+            worker_ps = worker_processes(servers[0].pid)
+            server_ps = [worker_ps[n] for n in sorted(worker_ps)]
+            supervisor_ps = psutil.Process(servers[0].pid)
+        else:
+            server_ps = [psutil.Process(s.pid) for s in servers]
         redis_ps = psutil.Process(redis_pid) if redis_pid is not None else None
 
         loadgen = Proc(
@@ -215,6 +293,7 @@ def one_run(
                 *("--ports", ",".join(map(str, ports)), "--clients", str(args.clients)),
                 *("--weights", ",".join(map(str, weights)), "--rate", str(rate)),
                 *("--messages", str(args.messages), "--size", str(args.size)),
+                *(("--by-worker",) if workers else ()),
             ],
             "loadgen",
         )
@@ -222,6 +301,7 @@ def one_run(
         time.sleep(0.5)
 
         load_before = os.getloadavg()[0]
+        supervisor_before = cpu_seconds(supervisor_ps) if workers else 0.0
         cpu_before = [cpu_seconds(p) for p in server_ps]
         redis_before = cpu_seconds(redis_ps) if redis_ps is not None else 0.0
         busy_before = machine_busy_seconds()
@@ -230,6 +310,7 @@ def one_run(
         line = loadgen.out.wait_for("RESULT", 600)
         wall = time.monotonic() - wall_before
         server_cpu = [cpu_seconds(p) - b for p, b in zip(server_ps, cpu_before, strict=True)]
+        supervisor_cpu = (cpu_seconds(supervisor_ps) - supervisor_before) if workers else 0.0
         redis_cpu = (cpu_seconds(redis_ps) - redis_before) if redis_ps is not None else 0.0
         busy = machine_busy_seconds() - busy_before
         result: dict[str, Any] = json.loads(line.split(" ", 1)[1])
@@ -239,6 +320,8 @@ def one_run(
             stop(loadgen.popen)
         for server in servers:
             stop(server)
+    if workers:  # A = the broadcaster's worker: its CPU first, as the latencies
+        server_cpu = [server_cpu[n] for n in result["workers"]]
     deliveries = result["deliveries"]
     total_server = sum(server_cpu)
     messages = result["messages"]
@@ -250,6 +333,7 @@ def one_run(
         rate=rate,
         load_average=load_before,
         server_cpu_s=server_cpu,
+        supervisor_cpu_s=supervisor_cpu,
         server_cpu_us_per_delivery=total_server / deliveries * 1e6 if deliveries else None,
         # the receiving server (B): its CPU per message it got from Redis
         receiver_cpu_us_per_message=(server_cpu[1] / messages * 1e6 if count > 1 else None),

@@ -57,12 +57,12 @@ def _trio_send_line() -> str:
 
 def _direct_write_line() -> str:
     """The frame where trio_rt's DirectStream hands bytes to the kernel (``os.write``)."""
-    from trio_rt._direct_stream import DirectStream
+    from trio_rt._transport.direct_stream import DirectStream
 
     lines, first = inspect.getsourcelines(DirectStream.send_now)
     for offset, text in enumerate(lines):
         if "os.write(" in text:
-            return f"DirectStream.send_now (trio_rt/_direct_stream.py:{first + offset})"
+            return f"DirectStream.send_now (trio_rt/_transport/direct_stream.py:{first + offset})"
     return "<unknown>"
 
 

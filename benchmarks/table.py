@@ -84,6 +84,25 @@ CONTENDERS = {
     )
 }
 
+BEFORE = "trio_rt@before"
+
+
+def before_contender(tree: Path) -> Contender:
+    """trio_rt's benchmark servers run from `tree` (``benchmarks.servers.other_tree``)."""
+    shim = "benchmarks.servers.other_tree"
+    connections.SERVERS[BEFORE] = shim
+    connections.SERVER_ARGS[BEFORE] = [
+        "--tree",
+        str(tree),
+        "--module",
+        connections.SERVERS["trio_rt"],
+    ]
+    fanout = Kind(
+        BEFORE, shim, ("--tree", str(tree), "--module", "benchmarks.servers.latency_trio_rt")
+    )
+    return Contender(BEFORE, fanout, BEFORE)
+
+
 # (option, full value, --quick value): the options --quick changes, unless given explicitly
 SIZES: list[tuple[str, float, float]] = [
     ("runs", 3, 1),
@@ -382,6 +401,14 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wait-idle", type=float, help="seconds to wait for a quiet machine before a run (10)"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="TREE",
+        help="another checkout of trio_rt (e.g. a git worktree of the commit before a change): "
+        "adds the contender 'trio_rt@before', run from there in the same runs",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
     return parser
 
@@ -401,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = arg_parser()
     args = parse_args(argv, parser)
     labels = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if args.before is not None:
+        if not (args.before / "trio_rt" / "__init__.py").is_file():
+            parser.error(f"--before {args.before}: not a checkout of trio_rt")
+        CONTENDERS[BEFORE] = before_contender(args.before.resolve())
+        if BEFORE not in labels:
+            labels.insert(1 if labels else 0, BEFORE)
     unknown = [label for label in labels if label not in CONTENDERS]
     if unknown or len(set(labels)) != len(labels) or not labels:
         parser.error(f"--servers: each at most once, among {', '.join(CONTENDERS)}")
@@ -421,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render(summary, args, labels)
     print()
     print(table)
-    params = {k: v for k, v in vars(args).items() if k != "json"}
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
     out = write_results(
         "table",
         started,

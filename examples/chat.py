@@ -11,6 +11,9 @@ Every member of the room (the sender included) receives::
      "data": {"user_id": "NAME", "message": "hi", "timestamp": "2026-11-26T08:00:00.000Z"},
      "position": {"offset": 7, "epoch": "1f2e3d4c"}}
 
+``{"type": "presence", "room": ...}`` lists who is in a room (a member asks), and members
+get ``presence_diff`` events when someone joins or leaves (docs/presence.md).
+
 Rooms keep their last 1,000 messages in memory (`RoomHistory`): ``{"type": "history", "room":
 ...}`` pages through them, and a client that comes back with ``since`` gets what it missed.
 
@@ -26,7 +29,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from trio_rt import Connection, ErrorCode, ProtocolError, Reject, RoomHistory, WebSocketManager
+from trio_rt import (
+    Connection,
+    ErrorCode,
+    PresenceService,
+    ProtocolError,
+    Reject,
+    RoomHistory,
+    WebSocketManager,
+)
 
 from .web_ui import NAME_RULE, USER_NAME, add_web_ui
 
@@ -55,6 +66,11 @@ def build_app(
         from .posts import add_posts_board  # the `cassandra` extra: only with the board
 
         add_posts_board(manager, cassandra, keyspace, cdc_agent=cdc_agent)
+    # --8<-- [start:presence]
+    # Who is in each room (the page's "Here now" list), with join/leave events; one server:
+    # the memory store (several servers share a RedisPresence instead; docs/presence.md).
+    PresenceService(manager, events=True)
+    # --8<-- [end:presence]
     # The page at /, and its dev tokens when the `auth` extra is installed (they authenticate
     # bearer tokens before the handler below).
     add_web_ui(manager, posts=cassandra is not None, tokens=tokens)

@@ -1,4 +1,5 @@
-"""The samples of docs/getting-started.md and docs/concepts.md, run by tests/test_examples.py.
+"""The samples of docs/getting-started.md and docs/concepts.md, run by
+tests/integration/test_examples.py.
 
 Sections between ``# --8<-- [start:NAME]`` and ``# --8<-- [end:NAME]`` are included in the
 pages with pymdownx.snippets: what the site shows is what the tests run.

@@ -94,7 +94,7 @@ print(json.dumps({"all": trio_rt.__all__, "star": "WebSocketManager" in dir(), "
     assert "WebSocketManager" in out["all"] and "RoomHistory" in out["all"]
     errors = out["errors"]
     for name, (module, extra) in trio_rt._LAZY.items():
-        if module == "._changes":
+        if module == "._engine.changes":
             continue  # imports without the driver (it runs on trio_rt.cassandra's Database)
         assert f"trio_rt.{name} needs the {extra!r} extra" in errors[name], name
         assert f"pip install 'trio_rt[{extra}]'" in errors[name], name
@@ -108,7 +108,7 @@ def test_an_import_error_that_is_not_the_extra_is_not_disguised() -> None:
         """
 import sys
 import trio_rt
-sys.modules["trio_rt._metrics"] = None
+sys.modules["trio_rt._engine.metrics"] = None
 try:
     trio_rt.WebSocketMetrics
 except ImportError as exc:
@@ -125,7 +125,14 @@ def test_the_redis_subpackage_exports_what_trio_rt_exports() -> None:
     import trio_rt.redis
 
     lazy_redis = {name for name, (module, _) in trio_rt._LAZY.items() if module == ".redis"}
-    assert lazy_redis == {"RedisBroker", "RedisRateLimiter", "RedisSequencer", "ServerRegistry"}
+    assert lazy_redis == {
+        "RedisBroker",
+        "RedisIdempotencyStore",
+        "RedisPresence",
+        "RedisRateLimiter",
+        "RedisSequencer",
+        "ServerRegistry",
+    }
     errors = {"RedisError", "RedisReplyError", "RedisTimeout", "RedisUnavailable"}
     assert set(trio_rt.redis.__all__) == lazy_redis | {"RedisBrokerStats"} | errors
     for name in lazy_redis:

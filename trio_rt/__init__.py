@@ -16,55 +16,68 @@ imports Redis support then. Without its extra such a name raises ImportError nam
 from importlib import import_module as _import_module
 from typing import TYPE_CHECKING
 
-from ._broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
 from ._cli import serve_until_signalled
-from ._connection import Connection, ConnectionState, Request
-from ._errors import TrioRTError
+from ._core.acks import AckResult, IdempotencyStore, MemoryIdempotencyStore
+from ._core.errors import TrioRTError
+from ._core.options import ServerOptions, ServerOptionsDict
+from ._core.outbox import SlowConsumerPolicy
+from ._core.protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
+from ._core.ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
+from ._core.rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
+from ._core.rooms import Room, RoomError
+from ._core.stats import ServerStats
+from ._engine.broker import Broker, BrokerUnavailable, MemoryBroker, MemoryHub
+from ._engine.connection import Connection, ConnectionState, Request
+from ._engine.history import RoomHistory
+from ._engine.http import HttpResponse, Reject
+from ._engine.manager import WebSocketManager
+from ._engine.permissions import MemoryPermissionStore, PermissionStore
+from ._engine.presence import (
+    MemoryPresence,
+    PresenceEntry,
+    PresenceManager,
+    PresenceResult,
+    PresenceService,
+    PresenceStats,
+)
+from ._engine.publish import Publisher, PublishRefused
+from ._engine.room_store import RoomSettings, RoomStore
+from ._engine.server_api import APICall, APIKey, ServerAPI
+from ._engine.streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
+from ._engine.watch_positions import MemoryWatchPositions, WatchPositions
 from ._extras import EXTRAS as _EXTRAS
 from ._extras import extra_installed as _extra_installed
 from ._extras import missing_extra_error as _missing_extra_error
-from ._history import RoomHistory
-from ._http import HttpResponse, Reject
-from ._manager import WebSocketManager
-from ._options import ServerOptions, ServerOptionsDict
-from ._outbox import SlowConsumerPolicy
-from ._permissions import MemoryPermissionStore, PermissionStore
-from ._protocol import CloseCode, ErrorCode, ProtocolError, StreamPosition
-from ._ratelimit import Decision, LocalRateLimiter, Rate, RateLimiter
-from ._rendezvous import rendezvous_owner, rendezvous_rank, rendezvous_score
-from ._room_store import RoomSettings, RoomStore
-from ._rooms import Room, RoomError
-from ._stats import ServerStats
-from ._streams import MemorySequencer, MemoryStreamStore, Sequencer, StreamEntry, StreamStore
-from ._watch_positions import MemoryWatchPositions, WatchPositions
 
 __version__ = "0.1.0"
 
 # The names imported on first use: name -> (the module that defines or re-exports it, the
 # extra it needs).
 _LAZY: dict[str, tuple[str, str]] = {
-    "AuthError": ("._auth", "auth"),
-    "Claims": ("._auth", "auth"),
-    "JWKSKeySource": ("._auth", "auth"),
-    "JWTAuthenticator": ("._auth", "auth"),
-    "TokenVerifier": ("._auth", "auth"),
-    "extract_token": ("._auth", "auth"),
+    "AuthError": ("._engine.auth", "auth"),
+    "Claims": ("._engine.auth", "auth"),
+    "JWKSKeySource": ("._engine.auth", "auth"),
+    "JWTAuthenticator": ("._engine.auth", "auth"),
+    "TokenVerifier": ("._engine.auth", "auth"),
+    "extract_token": ("._engine.auth", "auth"),
     # Change streams run on trio_rt.cassandra's Database.
-    "ChangeEvent": ("._changes", "cassandra"),
-    "ChangeLog": ("._changes", "cassandra"),
-    "ChangePublisher": ("._changes", "cassandra"),
-    "ChangeStreamManager": ("._changes", "cassandra"),
+    "ChangeEvent": ("._engine.changes", "cassandra"),
+    "ChangeLog": ("._engine.changes", "cassandra"),
+    "ChangePublisher": ("._engine.changes", "cassandra"),
+    "ChangeStreamManager": ("._engine.changes", "cassandra"),
     "CassandraPermissionStore": (".cassandra", "cassandra"),
     # The Redis edge: trio_rt.redis (a subpackage that names its extra when it is missing).
     "RedisBroker": (".redis", "redis"),
+    "RedisIdempotencyStore": (".redis", "redis"),
+    "RedisPresence": (".redis", "redis"),
     "RedisRateLimiter": (".redis", "redis"),
     "RedisSequencer": (".redis", "redis"),
     "ServerRegistry": (".redis", "redis"),
-    "WebSocketMetrics": ("._metrics", "metrics"),
+    "WebSocketMetrics": ("._engine.metrics", "metrics"),
 }
 
 if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports.py compares)
-    from ._auth import (
+    from ._engine.auth import (
         AuthError,
         Claims,
         JWKSKeySource,
@@ -72,12 +85,22 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
         TokenVerifier,
         extract_token,
     )
-    from ._changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
-    from ._metrics import WebSocketMetrics
+    from ._engine.changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
+    from ._engine.metrics import WebSocketMetrics
     from .cassandra import CassandraPermissionStore
-    from .redis import RedisBroker, RedisRateLimiter, RedisSequencer, ServerRegistry
+    from .redis import (
+        RedisBroker,
+        RedisIdempotencyStore,
+        RedisPresence,
+        RedisRateLimiter,
+        RedisSequencer,
+        ServerRegistry,
+    )
 
 __all__ = [
+    "APICall",
+    "APIKey",
+    "AckResult",
     "Broker",
     "BrokerUnavailable",
     "CloseCode",
@@ -86,15 +109,25 @@ __all__ = [
     "Decision",
     "ErrorCode",
     "HttpResponse",
+    "IdempotencyStore",
     "LocalRateLimiter",
     "MemoryBroker",
     "MemoryHub",
+    "MemoryIdempotencyStore",
     "MemoryPermissionStore",
+    "MemoryPresence",
     "MemorySequencer",
     "MemoryStreamStore",
     "MemoryWatchPositions",
     "PermissionStore",
+    "PresenceEntry",
+    "PresenceManager",
+    "PresenceResult",
+    "PresenceService",
+    "PresenceStats",
     "ProtocolError",
+    "PublishRefused",
+    "Publisher",
     "Rate",
     "RateLimiter",
     "Reject",
@@ -105,6 +138,7 @@ __all__ = [
     "RoomSettings",
     "RoomStore",
     "Sequencer",
+    "ServerAPI",
     "ServerOptions",
     "ServerOptionsDict",
     "ServerStats",
@@ -132,6 +166,8 @@ if TYPE_CHECKING:
         "JWKSKeySource",
         "JWTAuthenticator",
         "RedisBroker",
+        "RedisIdempotencyStore",
+        "RedisPresence",
         "RedisRateLimiter",
         "RedisSequencer",
         "ServerRegistry",

@@ -1,5 +1,6 @@
-"""The `trio-rt` command: run the demo, serve an app (Ctrl-C and SIGTERM shut down gracefully),
-or create trio_rt's Cassandra tables (``trio-rt schema create``)."""
+"""The `trio-rt` command: run the demo, serve an app (Ctrl-C and SIGTERM shut down gracefully;
+``--workers N``: N processes on one port under a supervisor, ``_cli_workers.py``), or create
+trio_rt's Cassandra tables (``trio-rt schema create``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,7 +17,9 @@ from typing import Any
 
 import trio
 
-from ._manager import WebSocketManager
+from ._cli_workers import add_worker_arguments, serve_workers
+from ._engine.manager import WebSocketManager
+from ._workers import WORKER_ID_ENV
 
 log = logging.getLogger("trio_rt.cli")
 
@@ -175,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in (demo, serve):
         p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
         p.add_argument("--port", type=int, default=None, help="port (default 3001; 0 = any)")
+    add_worker_arguments(serve)
     schema = sub.add_parser("schema", help="trio_rt's Cassandra tables")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)
     create = schema_sub.add_parser(
@@ -206,8 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     create.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
 
     args = parser.parse_args(argv)
+    worker = os.environ.get(WORKER_ID_ENV) if getattr(args, "supervised", False) else None
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s "
+        + (f"worker-{worker} " if worker is not None else "")
+        + "%(name)s: %(message)s",
     )
     if args.command == "schema":
         if args.log_level.upper() != "DEBUG":
@@ -226,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--cdc-agent needs --cassandra")
         options["cdc_agent"] = args.cdc_agent
     spec = "trio_rt_examples.chat:build_app" if args.command == "demo" else args.app
+    if args.command == "serve" and (args.supervised or args.workers > 1):
+        return serve_workers(args, spec, options, load_app)
 
     async def load_and_run() -> None:
         try:

@@ -9,7 +9,7 @@
   only with clients that offer it). Clients without server context takeover share one
   compressed frame per broadcast; others are compressed per connection;
 * ``--per-connection-deflate`` (with ``--compression``): for comparison only, turns the shared
-  compressed frame off (patches ``trio_rt._connection.shared_deflate_key``), so every
+  compressed frame off (patches ``trio_rt._engine.connection.shared_deflate_key``), so every
   connection compresses each message itself.
 
 Run: ``python -m benchmarks.servers.latency_trio_rt [--host H] [--port P] [--compression]
@@ -35,9 +35,9 @@ def cli() -> None:
     parser.add_argument("--per-connection-deflate", action="store_true")
     args = parser.parse_args()
     if args.per_connection_deflate:
-        import trio_rt._connection
+        import trio_rt._engine.connection
 
-        trio_rt._connection.shared_deflate_key = lambda extensions: None
+        trio_rt._engine.connection.shared_deflate_key = lambda extensions: None
     try:
         trio.run(functools.partial(main, args.host, args.port, compression=args.compression))
     except KeyboardInterrupt:

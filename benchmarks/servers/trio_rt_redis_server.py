@@ -9,19 +9,32 @@ members on all of them.
 
 Run: ``python -m benchmarks.servers.trio_rt_redis_server --redis-url redis://H:P/0
 [--host H] [--port P]`` (port 0 = any free port); prints ``READY <port>`` once listening.
+
+As workers: ``BENCH_REDIS_URL=redis://H:P/0 python -m trio_rt serve
+benchmarks.servers.trio_rt_redis_server:build_app --workers 2 --port 0`` (`build_app`).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
+from typing import Any
 
 import trio
 
+from trio_rt import WebSocketManager
 from trio_rt.redis import RedisBroker
 
-from .trio_rt_server import main
+from .trio_rt_server import build_manager, main
+
+REDIS_URL_ENV = "BENCH_REDIS_URL"
+
+
+def build_app(**options: Any) -> WebSocketManager:
+    """The factory for ``trio-rt serve --workers N`` (the Redis URL from ``$BENCH_REDIS_URL``)."""
+    return build_manager(broker=RedisBroker(os.environ[REDIS_URL_ENV]), **options)
 
 
 def cli() -> None:

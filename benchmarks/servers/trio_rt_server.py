@@ -24,13 +24,11 @@ from trio_rt import WebSocketManager
 ROOM = "bench"
 
 
-async def main(host: str, port: int, **options: Any) -> None:
-    """Serve the bench protocol with `options` (WebSocketManager options, e.g. a broker);
+def build_manager(**options: Any) -> WebSocketManager:
+    """The bench app with `options` (WebSocketManager options, e.g. a broker, host, port);
     ``bench_start`` may carry ``"rate"`` (broadcasts per second, absolute schedule; absent or
     0: as fast as possible)."""
     manager = WebSocketManager(
-        host=host,
-        port=port,
         **{"compression": False, "heartbeat_interval": None, **options},
         rate_limit=None,  # a load test, not abuse
     )
@@ -46,6 +44,13 @@ async def main(host: str, port: int, **options: Any) -> None:
             await manager.broadcast_to_room(
                 ROOM, {"type": "bench", "seq": i, "t": time.monotonic_ns(), "pad": pad}
             )
+
+    return manager
+
+
+async def main(host: str, port: int, **options: Any) -> None:
+    """Serve the bench protocol (`build_manager`) on host:port; prints ``READY <port>``."""
+    manager = build_manager(host=host, port=port, **options)
 
     async with trio.open_nursery() as nursery:
         _bound_host, bound_port = await nursery.start(manager.serve)

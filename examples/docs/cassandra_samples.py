@@ -1,4 +1,5 @@
-"""The samples of docs/cassandra.md, run by tests/test_doc_samples.py against a real Cassandra."""
+"""The samples of docs/cassandra.md, run by tests/integration/test_doc_samples.py against a real
+Cassandra."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """The samples of docs/streams.md ("Processes that only write") and docs/cassandra.md
-("Creating the tables"), run by tests/test_change_faults.py and tests/test_schema.py against
-a real Cassandra (and Redis)."""
+("Creating the tables"), run by tests/engine/test_change_faults.py and
+tests/cassandra/test_schema.py against a real Cassandra (and Redis)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trio_rt_examples.seed.change_streams import posts
+from trio_rt_examples.capabilities.change_streams import posts
 
 from trio_rt.cassandra import CassandraSession
 

@@ -1,6 +1,9 @@
-"""The samples of docs/deployment.md, run by tests/test_doc_samples.py against a real Redis."""
+"""The samples of docs/deployment.md, run by tests/integration/test_doc_samples.py against a real
+Redis."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from trio_rt import WebSocketManager
 
@@ -21,6 +24,31 @@ def web_server(
     )
     # --8<-- [end:server]
     return manager
+
+
+# --8<-- [start:workers]
+def build_app(**options: Any) -> WebSocketManager:
+    """``trio-rt serve --workers 4 myapp:build_app``: the command's options (host, port, and
+    for a worker reuse_port and worker_id) go on to WebSocketManager."""
+    import os
+
+    from trio_rt import RedisBroker, WebSocketManager
+
+    options.setdefault("server_id", "web-1")  # each worker's is web-1-w0, web-1-w1, ...
+    manager = WebSocketManager(
+        broker=RedisBroker(os.environ.get("REDIS_URL", "redis://redis.internal:6379/0")),
+        **options,
+    )
+
+    @manager.on_message("chat")
+    async def chat(conn: Any, message: dict[str, Any]) -> None:
+        # reaches the room's members on every worker (and every machine), through Redis
+        await manager.broadcast_to_room(str(message["room"]), {"type": "chat", **message})
+
+    return manager
+
+
+# --8<-- [end:workers]
 
 
 async def main(

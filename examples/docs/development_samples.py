@@ -1,4 +1,4 @@
-"""The sample of docs/development.md ("From Python"), run by tests/test_doc_samples.py.
+"""The sample of docs/development.md ("From Python"), run by tests/integration/test_doc_samples.py.
 
 Each function starts one kind of service, hands it to `use` and stops it.
 """

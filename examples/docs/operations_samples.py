@@ -1,5 +1,6 @@
-"""The samples of docs/operations.md, run by tests/test_doc_samples.py. The Prometheus files
-the page includes are examples/prometheus/prometheus.yml and examples/prometheus/alerts.yml."""
+"""The samples of docs/operations.md, run by tests/integration/test_doc_samples.py. The Prometheus
+files the page includes are examples/prometheus/prometheus.yml and
+examples/prometheus/alerts.yml."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The samples of docs/rooms.md, run by tests/test_doc_samples.py."""
+"""The samples of docs/rooms.md, run by tests/integration/test_doc_samples.py."""
 
 from __future__ import annotations
 

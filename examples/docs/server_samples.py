@@ -1,4 +1,4 @@
-"""The samples of docs/server.md, run by tests/test_doc_samples.py."""
+"""The samples of docs/server.md, run by tests/integration/test_doc_samples.py."""
 
 from __future__ import annotations
 
@@ -65,9 +65,10 @@ def register_handlers(manager: WebSocketManager, log: list[tuple[Any, ...]]) -> 
     async def failed(conn: Connection, exc: Exception) -> None:
         log.append(("error", conn.user_id, repr(exc)))
 
-    # the seed's spelling: @manager.on("connection" | "message" | "disconnect" | "error")
+    # the TypeScript original's spelling: @manager.on("connection" | "message" | "disconnect" |
+    # "error")
     @manager.on("disconnect")
     async def gone_too(conn: Connection, close_code: int) -> None:
-        log.append(("disconnect (seed spelling)", conn.user_id, close_code))
+        log.append(("disconnect (event spelling)", conn.user_id, close_code))
 
     # --8<-- [end:handlers]

@@ -1,9 +1,9 @@
-"""The sample of docs/streams.md ("The parts"), run by tests/test_doc_samples.py against a real
-Cassandra: room history and persistent rooms in Cassandra, and change streams for a table."""
+"""The sample of docs/streams.md ("The parts"), run by tests/integration/test_doc_samples.py against
+a real Cassandra: room history and persistent rooms in Cassandra, and change streams for a table."""
 
 from __future__ import annotations
 
-from trio_rt_examples.seed.change_streams import may_read, posts
+from trio_rt_examples.capabilities.change_streams import may_read, posts
 
 from trio_rt import (
     ChangeStreamManager,

@@ -140,10 +140,25 @@ function renderRooms(counts = new Map()) {
   }
 }
 
+// Who is in the room (across servers): asked when the room opens and again after each
+// `presence_diff` event of it (the events are coalesced by the server, so this stays cheap).
+async function showPresence(room) {
+  if (room !== current) return;
+  try {
+    const p = await client.presence(room);
+    if (room !== current) return;
+    const names = p.members.map((m) => (m.connections > 1 ? `${m.user_id} (${m.connections})` : m.user_id));
+    $("people").textContent = names.join(", ") || "-";
+  } catch {
+    $("people").textContent = "-"; // no presence on this server, or too many to list
+  }
+}
+
 // --8<-- [start:rooms]
 async function openRoom(room) {
   current = room;
   $("room-title").textContent = room;
+  $("people").textContent = "-";
   notify("");
   renderRooms();
   renderMessages();
@@ -154,6 +169,7 @@ async function openRoom(room) {
       st.joined = true;
       await loadHistory(room);
     }
+    showPresence(room);
     $("text").disabled = false;
     $("send").disabled = false;
     $("text").focus();
@@ -199,6 +215,7 @@ function connect(name) {
   });
   client.on("message", (m) => {
     if (m.type === "chat_message" && typeof m.room === "string") addMessage(m.room, m);
+    else if (m.type === "presence_diff") showPresence(m.room);
     else if (m.type === "error") notify(m.message);
     else if ((m.type === "room_kicked" || m.type === "room_left") && rooms.has(m.room)) {
       roomState(m.room).joined = false; // the client forgot it: a click joins again

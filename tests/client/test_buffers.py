@@ -1,5 +1,5 @@
 """The client's bounded buffers and their overflow policies (trio_rt/client/_buffers.py), and
-`Completion`, without sockets. tests/test_client.py checks the same policies through
+`Completion`, without sockets. tests/client/test_client.py checks the same policies through
 `WebSocketClient.send()` and a real server."""
 
 from __future__ import annotations

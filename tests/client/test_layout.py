@@ -54,6 +54,7 @@ SANS_IO = {
     "_completion.py",
     "_errors.py",
     "_positions.py",
+    "_queries.py",
     "_state.py",
     "_types.py",
     "_wire.py",

@@ -1,5 +1,5 @@
 """`WebSocketClient`'s option checks (trio_rt/client/_options.py): the one rule and wording of
-trio_rt/_checks.py, every problem in one ValueError, before anything connects."""
+trio_rt/_core/checks.py, every problem in one ValueError, before anything connects."""
 
 from __future__ import annotations
 

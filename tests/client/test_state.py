@@ -1,7 +1,7 @@
 """`ClientCore`, the client's sans-IO core: what each server message means for rooms, positions,
 subscriptions and requests, and what the client writes next. No sockets, no trio: each test
 plays the server's side by hand (`Wire`), so every order of replies is under its control.
-tests/test_client.py runs the same rules against a real server.
+tests/client/test_client.py runs the same rules against a real server.
 """
 
 from __future__ import annotations

@@ -205,11 +205,14 @@ class AppServer:
     """``python -m trio_rt serve tests.faults.app:<factory>`` on a fixed port; each run logs
     to its own file in the scenario's directory."""
 
-    def __init__(self, name: str, factory: str, config: Config, logdir: Path) -> None:
+    def __init__(
+        self, name: str, factory: str, config: Config, logdir: Path, *, workers: int = 1
+    ) -> None:
         self.name = name
         self.factory = factory
         self.config = config
         self.logdir = logdir
+        self.workers = workers  # > 1: ``serve --workers N``, a supervisor and N workers
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -234,7 +237,30 @@ class AppServer:
             "--port",
             str(self.port),
         ]
+        if self.workers > 1:
+            argv += ["--workers", str(self.workers)]
         self.proc = spawn(argv, self.log, cwd=REPO_ROOT, env=env)
+
+    def worker_pids(self) -> dict[int, int]:
+        """With ``workers > 1``: worker number -> pid of the supervisor's live workers (read
+        from /proc: each worker's parent and its ``TRIO_RT_WORKER_ID``)."""
+        assert self.proc is not None
+        out: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
+                if int(fields[1]) != self.proc.pid or fields[0] == "Z":
+                    continue
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            for item in environ:
+                if item.startswith(b"TRIO_RT_WORKER_ID="):
+                    out[int(item.split(b"=", 1)[1])] = int(entry.name)
+        return out
 
     async def start(self, guard: float = 60) -> None:
         """Start and wait for the CLI's ``listening`` line."""
@@ -833,7 +859,20 @@ class Record:
             problems.append("the run did not settle (clients not connected or still busy)")
         if not self.totals.clean:
             problems.append("acknowledged messages were lost, duplicated or out of order")
+        sent = self.acknowledged + self.refused + self.unanswered
+        if self.acknowledged < MIN_ACKNOWLEDGED_SHARE * max(sent, 1):
+            # Nothing (or little) acknowledged proves nothing about delivery: a scenario
+            # whose writers all timed out would otherwise pass with 0 of 0 delivered.
+            problems.append(
+                f"only {self.acknowledged} of {sent} sends were acknowledged (fewer than "
+                f"{MIN_ACKNOWLEDGED_SHARE:.0%}): the run did not exercise delivery"
+            )
         assert not problems, f"{line}\n" + "\n".join(problems) + f"\nrecord: {path}"
+
+
+# A run must get at least this share of its sends acknowledged to say anything (Redis down
+# 8 s gets ~60 %).
+MIN_ACKNOWLEDGED_SHARE = 1 / 3
 
 
 def dump_deliveries(

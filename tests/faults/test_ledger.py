@@ -4,7 +4,11 @@ order, refetched; the proxy's frame counting; the harness's reading of filters."
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
+import pytest
+
+from . import harness
 from .harness import matches
 from .ledger import Delivery, FrameCounter, compare
 
@@ -95,3 +99,18 @@ def test_the_harness_reads_filters_like_the_protocol_says() -> None:
     assert not matches({"score": {"gt": 40}}, row)
     assert not matches({"writer": "w2", "score": {"lt": 40}}, row)
     assert not matches({"missing": {"gte": 0}}, row)
+
+
+async def test_a_run_with_too_few_acknowledged_sends_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """0 of 900 acknowledged (every write timed out) proves nothing: the record fails rather
+    than reporting 0 of 0 delivered as clean."""
+    monkeypatch.setattr(harness, "ARTIFACTS", tmp_path)
+    empty = harness.Record("t", "empty", {}, harness.Timeline(), unanswered=900, settled="complete")
+    with pytest.raises(AssertionError, match="only 0 of 900 sends were acknowledged"):
+        empty.finish()
+    busy = harness.Record(
+        "t", "busy", {}, harness.Timeline(), acknowledged=572, refused=388, settled="complete"
+    )
+    busy.finish()  # Redis down 8 s: 60 % acknowledged is a real run

@@ -88,6 +88,8 @@ async def run_rooms(
     fault: Fault | None,
     *,
     proxied: int = 0,
+    server_count: int = SERVERS,
+    workers: int = 1,
 ) -> None:
     timeline = Timeline()
     redis = RedisNode(workdir)
@@ -97,10 +99,13 @@ async def run_rooms(
     async with cassandra_session(config) as session:
         await session.create_keyspace(config.keyspace)
         await create_schema(session, config.keyspace)
-    servers = [AppServer(f"s{i}", "build_rooms", config, workdir) for i in range(SERVERS)]
+    servers = [
+        AppServer(f"s{i}", "build_rooms", config, workdir, workers=workers)
+        for i in range(server_count)
+    ]
     d = Rooms(timeline, redis, cassandra, servers)
     d.watchdog = Watchdog(timeline)
-    record = Record("rooms", scenario, _params(proxied), timeline)
+    record = Record("rooms", scenario, _params(proxied, server_count, workers), timeline)
     try:
         async with trio.open_nursery() as nursery:
             for server in servers:
@@ -160,9 +165,10 @@ async def run_rooms(
     record.finish()
 
 
-def _params(proxied: int) -> dict[str, object]:
+def _params(proxied: int, servers: int = SERVERS, workers: int = 1) -> dict[str, object]:
     return {
-        "servers": SERVERS,
+        "servers": servers,
+        "workers_per_server": workers,
         "receivers": RECEIVERS,
         "senders": SENDERS,
         "rooms": len(ROOMS),

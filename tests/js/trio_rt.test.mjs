@@ -1,5 +1,5 @@
 // Unit tests of the browser client's logic: `node --test tests/js/` (run by
-// tests/test_browser_client.py). No sockets: a FakeWebSocket and manual timers drive the client.
+// tests/integration/test_browser_client.py). No sockets: a FakeWebSocket and manual timers drive the client.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -622,4 +622,66 @@ test("an unclaimed room_joined or history page marks nothing as received", async
   await tick();
   assert.deepEqual(got, ["history", "room_joined", 5, 6]);
   assert.equal(client.stats.duplicates, 0);
+});
+
+test("publish: acked once; unanswered publishes are written again with the same id after a reconnect", async () => {
+  const { client, sockets, timers } = makeClient();
+  client.connect();
+  await tick();
+  const ws = sockets[0];
+  ws.deliver({ type: "welcome" });
+  await tick();
+  const joined = client.joinRoom("r");
+  ws.deliver({ type: "room_joined", room: "r", id: ws.sent.at(-1).id });
+  await joined;
+  const first = client.publish("r", { text: "hi" }, { id: "m1" });
+  assert.deepEqual(ws.sent.at(-1), { type: "publish", room: "r", data: { text: "hi" }, id: "m1" });
+  ws.drop(1006); // the ack is lost with the connection
+  const offline = client.publish("r", "typed offline", { id: "m2" });
+  client.send({ type: "plain" });
+  assert.equal(client.unacknowledged, 2);
+  timers.runLongest();
+  await tick();
+  const ws2 = sockets[1];
+  ws2.deliver({ type: "welcome" });
+  await tick();
+  assert.deepEqual(ws2.sent.map((m) => m.type), ["join_room"]); // rejoin first
+  ws2.deliver({ type: "room_joined", room: "r", id: ws2.sent[0].id });
+  await tick();
+  // Then the publishes, in order, the first with its id again; then the queue.
+  assert.deepEqual(
+    ws2.sent.slice(1).map((m) => [m.type, m.id]),
+    [["publish", "m1"], ["publish", "m2"], ["plain", undefined]],
+  );
+  assert.equal(client.stats.resent, 1);
+  const ack = { type: "ack", room: "r", position: { offset: 3, epoch: "e" }, id: "m1" };
+  ws2.deliver(ack);
+  assert.deepEqual(await first, ack);
+  ws2.deliver({ type: "error", code: "not_permitted", message: "no", id: "m2" });
+  await assert.rejects(offline, ServerError);
+  assert.equal(client.unacknowledged, 0);
+  ws2.drop(1006);
+  timers.runLongest();
+  await tick();
+  sockets[2].deliver({ type: "welcome" });
+  await tick();
+  sockets[2].deliver({ type: "room_joined", room: "r", id: sockets[2].sent[0].id });
+  await tick();
+  assert.deepEqual(sockets[2].sent.map((m) => m.type), ["join_room"]); // nothing resent
+});
+
+test("publish: a duplicate id waiting is refused, closing rejects what waits", async () => {
+  const { client, sockets } = makeClient();
+  client.connect();
+  await tick();
+  sockets[0].deliver({ type: "welcome" });
+  await tick();
+  const waiting = client.publish("r", 1, { id: "a" });
+  await assert.rejects(client.publish("r", 2, { id: "a" }), /already waiting/);
+  const generated = client.publish("r", 3);
+  assert.match(String(sockets[0].sent.at(-1).id), /^[0-9a-f-]{32,36}$/);
+  client.close();
+  await assert.rejects(waiting, ClientClosed);
+  await assert.rejects(generated, ClientClosed);
+  await assert.rejects(client.publish("r", 4), ClientClosed);
 });

@@ -45,8 +45,8 @@ from typing import Any
 
 import trio
 
-from .._checks import require_positive_ints, require_positive_numbers
-from .._streams import Allocation, Sequencer
+from .._core.checks import require_positive_ints, require_positive_numbers
+from .._engine.streams import Allocation, Sequencer
 from ..cdc._wire import (
     AgentBatch,
     AgentHello,

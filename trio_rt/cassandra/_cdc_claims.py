@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import trio
 
-from .._checks import require_positive_numbers
-from .._streams import Allocation
+from .._core.checks import require_positive_numbers
+from .._engine.streams import Allocation
 from ._session import CassandraSession, Params
 
 __all__ = ["CLAIM_BUCKET_US", "OUTBOX", "CdcClaims", "Claim"]

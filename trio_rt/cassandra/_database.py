@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-from .._checks import require_positive_ints
+from .._core.checks import require_positive_ints
 from ._capture import CapturedWrite, Change, ChangeCapture
 from ._session import CassandraSession, Row, RowIterator
 from ._table import Table

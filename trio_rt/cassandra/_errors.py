@@ -15,7 +15,7 @@ from cassandra.cluster import NoHostAvailable
 from cassandra.connection import ConnectionException
 from cassandra.pool import NoConnectionsAvailable
 
-from .._errors import TrioRTError
+from .._core.errors import TrioRTError
 
 __all__ = [
     "CassandraError",

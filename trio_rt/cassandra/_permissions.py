@@ -1,4 +1,4 @@
-"""`CassandraPermissionStore`: the `PermissionStore` seam (trio_rt/_permissions.py) with the
+"""`CassandraPermissionStore`: the `PermissionStore` seam (trio_rt/_engine/permissions.py) with the
 grants in a Cassandra table, through `CassandraSession`.
 
 The wildcard rules are the seam's (``*`` users, ``<kind>:*`` and ``*`` resources, the ``*``
@@ -12,8 +12,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from .._checks import int_problem, number_problem, require
-from .._permissions import ANY, candidates, check_grant
+from .._core.checks import int_problem, number_problem, require
+from .._engine.permissions import ANY, candidates, check_grant
 from ._session import CassandraSession
 
 __all__ = ["CassandraPermissionStore"]
@@ -22,7 +22,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
 
 class CassandraPermissionStore:
-    """Grants in a Cassandra table (the seed's ``UserPermission``: user -> resource -> actions).
+    """Grants in a Cassandra table (the TypeScript original's ``UserPermission``: user -> resource
+    -> actions).
 
     Schema (created by `create_table`)::
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .._room_store import RoomSettings, RoomStore
+from .._engine.room_store import RoomSettings, RoomStore
 from ._session import CassandraSession
 
 __all__ = ["CassandraRoomStore"]

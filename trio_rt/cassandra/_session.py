@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "trio_rt.cassandra needs cassandra-driver: pip install 'trio_rt[cassandra]'"
     ) from exc
 
-from .._checks import require_positive_ints
+from .._core.checks import require_positive_ints
 from ._bridge import Completions, Handoff, run_in_worker
 from ._errors import CassandraError, CassandraQueryError, CassandraUnavailable, preview, translate
 from ._paging import Page, RowIterator

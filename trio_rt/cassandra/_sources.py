@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
-from .._checks import require_positive_ints
+from .._core.checks import require_positive_ints
 from ._cdc import CdcSource, OutboxClaims, _address
 from ._table import Table
 
 if TYPE_CHECKING:
-    from .._changes import ChangeLog
-    from .._streams import Sequencer
+    from .._engine.changes import ChangeLog
+    from .._engine.streams import Sequencer
     from ._database import Database
     from ._streams import CassandraStreamStore
 

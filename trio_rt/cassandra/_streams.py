@@ -23,8 +23,8 @@ from typing import Any
 
 import trio
 
-from .._checks import int_problem, number_problem, require
-from .._streams import Allocation, StreamEntry, StreamPosition, StreamStore
+from .._core.checks import int_problem, number_problem, require
+from .._engine.streams import Allocation, StreamEntry, StreamPosition, StreamStore
 from ._session import CassandraSession, Params
 
 __all__ = ["CassandraStreamStore"]

@@ -1,10 +1,10 @@
 """`CassandraWatchPositions`: named change watchers' positions in a Cassandra table (the
-`WatchPositions` seam of trio_rt/_watch_positions.py)."""
+`WatchPositions` seam of trio_rt/_engine/watch_positions.py)."""
 
 from __future__ import annotations
 
-from .._protocol import StreamPosition
-from .._watch_positions import WatchPositions
+from .._core.protocol import StreamPosition
+from .._engine.watch_positions import WatchPositions
 from ._session import CassandraSession
 from ._types import check_name
 

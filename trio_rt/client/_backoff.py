@@ -7,7 +7,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .._checks import int_problem, number_problem, require
+from .._core.checks import int_problem, number_problem, require
 
 __all__ = ["Backoff"]
 

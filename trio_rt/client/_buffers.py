@@ -15,15 +15,20 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from ._completion import Completion
 from ._types import ClientStats, Message, OverflowPolicy, ReceiveOverflowPolicy
+
+if TYPE_CHECKING:
+    from ._queries import Query
 
 __all__ = [
     "DATA",
     "JOIN",
     "LEAVE",
+    "PUBLISH",
+    "QUERY",
     "SUBSCRIBE",
     "UNSUBSCRIBE",
     "ClientOutbox",
@@ -36,6 +41,8 @@ JOIN: Final = "join"
 LEAVE: Final = "leave"
 SUBSCRIBE: Final = "subscribe"  # `room` holds the subscription's client-side key
 UNSUBSCRIBE: Final = "unsubscribe"  # `room` holds the server's subscription id
+PUBLISH: Final = "publish"  # an acknowledged publish: `room` holds its id, `text` its frame
+QUERY: Final = "query"  # a one-shot request (`query`), resent on the next connection
 
 
 @dataclass(eq=False, slots=True)
@@ -47,6 +54,7 @@ class Item:
     room: str = ""
     waiter: Completion | None = None
     seq: int = 0  # application messages queued by send(): 1, 2, 3... (others: 0)
+    query: Query | None = None  # a QUERY item's request
 
 
 class ClientOutbox:

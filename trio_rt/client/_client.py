@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import random
 import ssl as ssl_module
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -30,6 +31,7 @@ from ._errors import QueueFull
 from ._fatal import default_is_fatal
 from ._options import ClientOptions
 from ._positions import Position
+from ._queries import PRESENCE_REPLIES, PRESENCE_STATS_REPLIES
 from ._state import ClientCore
 from ._supervisor import Supervisor
 from ._sync import Inbox, Signal, raise_single, wait_for
@@ -436,6 +438,61 @@ class WebSocketClient:
             await trio.lowlevel.checkpoint()
             return
         await wait_for(done)
+
+    # -- presence -----------------------------------------------------------------------------
+    async def presence(self, room: str) -> Message:
+        """Who is in `room`, across servers: the server's ``presence`` reply, ``{"room",
+        "members": [{"user_id", "connections", "info"}], "users", "connections",
+        "version"}`` (docs/presence.md). The client must be in the room (or hold a
+        ``presence`` grant). Raises :class:`ServerError` (``not_in_room``, ``too_large`` with
+        the counts in ``reply``, ``unknown_type`` when the server has no presence) and
+        :class:`ClientClosed`. Asked again on the next connection if this one ends first."""
+        return await self._query("presence", room, PRESENCE_REPLIES)
+
+    async def presence_stats(self, room: str) -> Message:
+        """How many are in `room`, across servers: ``{"room", "users", "connections",
+        "version"}``. Raises as :meth:`presence`. Join/leave events of rooms that have them
+        arrive as ``presence_diff`` messages (:meth:`receive`)."""
+        return await self._query("presence_stats", room, PRESENCE_STATS_REPLIES)
+
+    async def _query(self, mtype: str, room: str, replies: frozenset[str]) -> Message:
+        if not isinstance(room, str) or not room:
+            raise ValueError("room must be a non-empty string")
+        self._raise_if_closing()
+        query = self._core.query({"type": mtype, "room": room}, replies)
+        await wait_for(query.done)
+        assert query.reply is not None
+        return query.reply
+
+    # -- acknowledged publishes ---------------------------------------------------------------
+    async def publish(self, room: str, data: Any, *, id: str | None = None) -> Message:
+        """Publish ``data`` into ``room`` and wait for the server's ``ack``; returns it
+        (``{"type": "ack", "room", "position", "id"}``: ``position`` is where the message was
+        stored, None in a room without history). The server must run a ``Publisher``
+        (docs/protocol.md, "Acknowledged publishes").
+
+        ``id`` names the message (default: a random UUID). Until the server answers, the
+        publish is written again, with the same id, on every new connection: the server stores
+        and delivers it once (within its idempotency window; per user, so anonymous clients
+        are deduplicated only within one connection). Sent while disconnected, it is queued
+        and written after the rooms are rejoined. Raises :class:`ServerError` when the server
+        refuses it (``not_in_room``, ``not_permitted``, ``invalid_field``) or cannot do it now
+        (``unavailable``: call ``publish`` again with the same ``id``), :class:`ClientClosed`
+        if the client closes first, ``ValueError`` if ``id`` is already waiting for its ack.
+        Cancelling the call does not cancel the publish: it is still written until answered.
+        """
+        if not isinstance(room, str) or not room:
+            raise ValueError("room must be a non-empty string")
+        self._raise_if_closing()
+        pending = self._core.publish(room, data, id if id is not None else uuid.uuid4().hex)
+        await wait_for(pending.waiter)
+        assert pending.ack is not None
+        return pending.ack
+
+    @property
+    def unacknowledged(self) -> int:
+        """Publishes waiting for their ack (queued, in flight, or to be written again)."""
+        return self._core.unacknowledged
 
     # -- positions and subscriptions ------------------------------------------------------------
     def position(self, room: str) -> Position | None:

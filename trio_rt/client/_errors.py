@@ -1,5 +1,5 @@
 """The errors `WebSocketClient` raises: the `ClientError` branch of trio_rt's tree
-(trio_rt/_errors.py draws it whole).
+(trio_rt/_core/errors.py draws it whole).
 
 ```text
 ClientError (a trio_rt.TrioRTError)
@@ -22,7 +22,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .._errors import TrioRTError
+from .._core.errors import TrioRTError
 from ._types import Message
 
 __all__ = [

@@ -1,7 +1,7 @@
 """`ClientOptions`: a `WebSocketClient`'s settings, checked once in its constructor so that a bad
 value fails before anything connects; the client's parts read them from here.
 
-Counts and durations use trio_rt/_checks.py (one rule and one wording with the server's
+Counts and durations use trio_rt/_core/checks.py (one rule and one wording with the server's
 options); every problem is reported in one ``ValueError``. A URL that is not a string raises
 ``TypeError``, one websockets cannot parse its ``InvalidURI``, at once.
 """
@@ -15,7 +15,7 @@ from typing import Literal
 
 from websockets.uri import parse_uri
 
-from .._checks import int_problem, number_problem, require
+from .._core.checks import int_problem, number_problem, require
 from ._fatal import default_is_fatal
 from ._types import (
     ConnectHook,

@@ -30,13 +30,25 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._buffers import DATA, JOIN, LEAVE, SUBSCRIBE, UNSUBSCRIBE, ClientOutbox, Item
+from ._buffers import (
+    DATA,
+    JOIN,
+    LEAVE,
+    PUBLISH,
+    QUERY,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    ClientOutbox,
+    Item,
+)
 from ._completion import Completion
 from ._errors import ClientError, ServerError
 from ._positions import Position, StreamPositions, is_position
+from ._queries import Query
 from ._types import ClientStats, Message
 from ._wire import (
     JOIN_REPLIES,
+    PUBLISH_REPLIES,
     REFRESH_REPLIES,
     SUBSCRIBE_REPLIES,
     UNSUBSCRIBE_REPLIES,
@@ -44,7 +56,7 @@ from ._wire import (
     request_id,
 )
 
-__all__ = ["ClientCore", "ConnectionBook", "Request", "Subscription"]
+__all__ = ["ClientCore", "ConnectionBook", "PendingPublish", "Request", "Subscription"]
 
 log = logging.getLogger("trio_rt.client")
 
@@ -72,6 +84,17 @@ class Request:
     waiter: Completion | None
 
 
+@dataclass(eq=False, slots=True)
+class PendingPublish:
+    """An acknowledged publish not answered yet: written (again, with the same id) on every
+    connection until the server answers ``ack`` (`ack` holds it) or ``error``."""
+
+    room: str
+    frame: str
+    waiter: Completion = field(default_factory=Completion)
+    ack: Message | None = None
+
+
 @dataclass(eq=False)
 class ConnectionBook:
     """What the client tracks about one connection, from the handshake to its end."""
@@ -92,6 +115,10 @@ class ConnectionBook:
     failed_rooms: list[tuple[str, ServerError]] = field(default_factory=list)  # rejoins refused
     token_expires_at: float | None = None  # `exp` of the token this connection runs on
     refresh_ids: set[str] = field(default_factory=set)  # in-band refreshes awaiting a reply
+    queries: dict[str, Query] = field(default_factory=dict)  # request id -> query sent
+    # Publishes written on this connection and not answered, in the order written (a dict:
+    # ordered). Unanswered when the connection ends: written again on the next one.
+    publish_ids: dict[str, None] = field(default_factory=dict)
 
     @property
     def restoring(self) -> bool:
@@ -118,6 +145,8 @@ class ClientCore:
         self._recovery_failed: list[tuple[str, str]] = []  # (room, reason): events to emit
         self.refetch_limit = REFETCH_LIMIT
         self._request_ids = 0
+        self._publishes: dict[str, PendingPublish] = {}  # publish id -> until answered
+        self._queries: set[Query] = set()  # not answered yet (failed at close)
 
     # -- what the app sees ------------------------------------------------------------------
     @property
@@ -192,6 +221,34 @@ class ClientCore:
             self.outbox.put(Item(UNSUBSCRIBE, room=sid))
             self._changed()
 
+    def query(self, message: Message, replies: frozenset[str]) -> Query:
+        """Queue a one-shot request; its `done` settles with the reply (see `Query`)."""
+        query = Query(message, replies)
+        self._queries.add(query)
+        query.done.add_done_callback(lambda: self._queries.discard(query))
+        self.outbox.put(Item(QUERY, waiter=query.done, query=query))
+        self._changed()
+        return query
+
+    def publish(self, room: str, data: Any, publish_id: str) -> PendingPublish:
+        """Queue an acknowledged publish of `data` to `room` named `publish_id` (ValueError
+        if that id is still waiting for its answer, TypeError/ValueError for data JSON cannot
+        carry). It is written on the current connection, or the next one, and written again
+        (the same frame, the same id: the server stores it once) on every new connection
+        until the server answers."""
+        if publish_id in self._publishes:
+            raise ValueError(f"a publish with id {publish_id!r} is already waiting for its ack")
+        frame = encode({"type": "publish", "room": room, "data": data, "id": publish_id})
+        pending = self._publishes[publish_id] = PendingPublish(room, frame)
+        self.outbox.put(Item(PUBLISH, text=frame, room=publish_id))
+        self._changed()
+        return pending
+
+    @property
+    def unacknowledged(self) -> int:
+        """Publishes not answered yet (queued, written, or waiting to be written again)."""
+        return len(self._publishes)
+
     def next_request_id(self) -> str:
         self._request_ids += 1
         return request_id(self._request_ids)
@@ -233,6 +290,18 @@ class ClientCore:
             if request.kind == LEAVE and request.waiter is not None:
                 request.waiter.succeed()  # the room was left with the connection
         book.pending.clear()
+        for query in book.queries.values():  # unanswered: asked again on the next connection
+            if not query.done.done:
+                self.outbox.put(Item(QUERY, waiter=query.done, query=query))
+        book.queries.clear()
+        # Publishes written and not answered: maybe stored, maybe not. Written again first on
+        # the next connection (they were sent before anything still queued), in their order.
+        for publish_id in reversed(list(book.publish_ids)):
+            pending = self._publishes.get(publish_id)
+            if pending is not None:
+                self.outbox.put_first(Item(PUBLISH, text=pending.frame, room=publish_id))
+                self.stats.resent += 1
+        book.publish_ids.clear()
         self.outbox.connection_ended()
         self._changed()
 
@@ -245,6 +314,11 @@ class ClientCore:
         self._rooms.clear()
         for sub in self._subscriptions.values():
             sub.live.fail(make_error)
+        for query in list(self._queries):
+            query.done.fail(make_error)
+        for pending in self._publishes.values():
+            pending.waiter.fail(make_error)
+        self._publishes.clear()
         self._changed()
 
     def take_recovery_failures(self) -> list[tuple[str, str]]:
@@ -266,7 +340,20 @@ class ClientCore:
         """The frame for an outbox item on this connection, or None if there is nothing to do."""
         if item.kind == DATA:
             return item.text
+        if item.kind == QUERY:
+            query = item.query
+            assert query is not None
+            if query.done.done:
+                return None
+            rid = self.next_request_id()
+            book.queries[rid] = query
+            return encode({**query.message, "id": rid})
         room = item.room
+        if item.kind == PUBLISH:
+            if room not in self._publishes or room in book.publish_ids:
+                return None  # answered meanwhile, or already written on this connection
+            book.publish_ids[room] = None
+            return item.text
         if item.kind == JOIN:
             if self._rooms.get(room) is not item.waiter:
                 return None  # left since: the leave_room call resolved this join
@@ -344,6 +431,17 @@ class ClientCore:
         rid = rid if isinstance(rid, str) else None
         if rid is not None and mtype in SUBSCRIBE_REPLIES and rid in book.subscribe_ids:
             return self._on_subscribe_reply(book, message, rid)
+        if rid is not None and mtype in PUBLISH_REPLIES and rid in book.publish_ids:
+            del book.publish_ids[rid]
+            pending = self._publishes.pop(rid, None)
+            if pending is not None:
+                if mtype == "ack":
+                    pending.ack = message
+                    pending.waiter.succeed()
+                else:
+                    pending.waiter.fail(lambda: ServerError(message, room=pending.room))
+                self._changed()
+            return []  # the answer to a publish(): consumed
         if rid is not None and mtype in UNSUBSCRIBE_REPLIES and rid in book.unsubscribe_ids:
             book.unsubscribe_ids.discard(rid)
             return []  # the reply to an unsubscribe() (or to a dropped subscription)
@@ -480,6 +578,15 @@ class ClientCore:
             if mtype == "error":
                 log.warning("in-band token refresh refused: %s", message.get("message"))
                 book.token_expires_at = None  # the reconnect after 4004 takes a fresh token
+            return True
+        query = book.queries.get(rid) if rid is not None else None
+        if rid is not None and query is not None and mtype in query.replies:
+            del book.queries[rid]
+            query.reply = message
+            if mtype == "error":
+                query.done.fail(lambda: ServerError(message, room=message.get("room")))
+            else:
+                query.done.succeed()
             return True
         if rid is not None and mtype in JOIN_REPLIES and rid in book.pending:
             self._on_room_reply(book, message, rid)

@@ -124,3 +124,4 @@ class ClientStats:
     receive_dropped: int = 0  # unread messages discarded by receive_overflow="drop_oldest"
     overflows: int = 0  # connections dropped because the app fell receive_buffer behind
     heartbeat_timeouts: int = 0  # connections dropped because no pong came within ping_timeout
+    resent: int = 0  # publishes written again (same id) after their connection ended unanswered

@@ -15,6 +15,7 @@ from ._types import Message
 
 __all__ = [
     "JOIN_REPLIES",
+    "PUBLISH_REPLIES",
     "REFRESH_REPLIES",
     "SUBSCRIBE_REPLIES",
     "UNSUBSCRIBE_REPLIES",
@@ -31,6 +32,7 @@ JOIN_REPLIES: Final = frozenset({"room_joined", "room_left", "error"})  # join a
 SUBSCRIBE_REPLIES: Final = frozenset({"subscribed", "error"})
 UNSUBSCRIBE_REPLIES: Final = frozenset({"unsubscribed", "error"})
 REFRESH_REPLIES: Final = frozenset({"refreshed", "error"})
+PUBLISH_REPLIES: Final = frozenset({"ack", "error"})
 
 
 def request_id(number: int) -> str:

@@ -6,6 +6,9 @@
   Redis hash and a Lua script per stream;
 - :class:`RedisRateLimiter`: the token buckets of `trio_rt.LocalRateLimiter`, shared by every
   server;
+- :class:`RedisPresence`: who is in each room, across servers (the `PresenceManager` seam);
+- :class:`RedisIdempotencyStore`: the outcomes of acknowledged publishes (`trio_rt.Publisher`),
+  shared by every server, so a resent publish is stored once;
 - :class:`ServerRegistry`: which servers are alive, with heartbeats, and who owns a key;
 - the errors they raise: :class:`RedisError`, :class:`RedisUnavailable` (the connection failed:
   retryable), :class:`RedisTimeout`, :class:`RedisReplyError` (Redis answered with an error).
@@ -37,6 +40,8 @@ except ModuleNotFoundError as exc:
     raise missing_extra_error("trio_rt.redis", "redis", exc) from exc
 
 from ._broker import RedisBroker, RedisBrokerStats
+from ._idempotency import RedisIdempotencyStore
+from ._presence import RedisPresence
 from ._ratelimit import RedisRateLimiter
 from ._registry import ServerRegistry
 from ._resp import RedisError, RedisReplyError, RedisTimeout, RedisUnavailable
@@ -46,6 +51,8 @@ __all__ = [
     "RedisBroker",
     "RedisBrokerStats",
     "RedisError",
+    "RedisIdempotencyStore",
+    "RedisPresence",
     "RedisRateLimiter",
     "RedisReplyError",
     "RedisSequencer",

@@ -47,8 +47,8 @@ from typing import Any
 
 import trio
 
-from .._broker import Broker, BrokerUnavailable, Deliver
-from .._checks import require_positive_ints, require_positive_numbers
+from .._core.checks import require_positive_ints, require_positive_numbers
+from .._engine.broker import Broker, BrokerUnavailable, Deliver
 from ._client import RedisClient, RedisClusterClient
 from ._connection import PubSubConnection
 from ._resp import Node, RedisAddress, RedisError, RedisReplyError, RedisUnavailable, parse_url

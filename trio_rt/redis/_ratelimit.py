@@ -1,4 +1,5 @@
-"""RedisRateLimiter: the token buckets of `trio_rt._ratelimit`, shared by every server on Redis.
+"""RedisRateLimiter: the token buckets of `trio_rt._core.ratelimit`, shared by every server on
+Redis.
 
 One Lua script per message: it reads the bucket (a hash with `tokens` and `ts`), refills it
 on Redis's clock (``TIME``: servers with skewed clocks agree), takes one token or computes
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from .._ratelimit import Decision, LocalRateLimiter, Rate
+from .._core.ratelimit import Decision, LocalRateLimiter, Rate
 from ._client import RedisClient, RedisClusterClient
 from ._resp import Script
 
@@ -61,7 +62,7 @@ _SCRIPT = Script(_TAKE)
 class RedisRateLimiter:
     """Rate-limit buckets in Redis: ``WebSocketManager(rate_limiter=RedisRateLimiter(url))``.
 
-    Keys are ``<prefix>`` + `trio_rt._ratelimit.bucket_key` (``u:<length>:<user>`` or
+    Keys are ``<prefix>`` + `trio_rt._core.ratelimit.bucket_key` (``u:<length>:<user>`` or
     ``c:<length>:<connection>``, then ``:<type>`` for a type with its own budget): the length
     keeps the users apart whatever their ids contain.
     With `cluster=True`, `url` names any node of a Redis Cluster: each bucket is one key, so

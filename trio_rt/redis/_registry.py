@@ -35,8 +35,8 @@ from typing import Any
 
 import trio
 
-from .._checks import require_positive_numbers
-from .._rendezvous import rendezvous_owner
+from .._core.checks import require_positive_numbers
+from .._core.rendezvous import rendezvous_owner
 from ._client import RedisClient
 from ._resp import Script
 

@@ -1,7 +1,7 @@
 """Redis's wire protocol and addressing, sans-IO: what the Trio-native connection needs.
 
 - the error tree of the Redis edge (`RedisError` and its subclasses, drawn in
-  trio_rt/_errors.py): a lost or refused connection is `RedisUnavailable` (retryable; its
+  trio_rt/_core/errors.py): a lost or refused connection is `RedisUnavailable` (retryable; its
   `maybe_sent` says whether the command may have reached Redis), an error reply is
   `RedisReplyError` (its `code` is the reply's first word: ``NOSCRIPT``, ``MOVED``...);
 - `RedisAddress` and `parse_url`: ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs with
@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from .._errors import TrioRTError
+from .._core.errors import TrioRTError
 
 __all__ = [
     "SLOTS",

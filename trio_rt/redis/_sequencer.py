@@ -18,8 +18,8 @@ from typing import Any
 
 import trio
 
-from .._checks import int_problem, require
-from .._streams import Allocation, Sequencer, StreamPosition, new_epoch
+from .._core.checks import int_problem, require
+from .._engine.streams import Allocation, Sequencer, StreamPosition, new_epoch
 from ._client import RedisClient
 from ._resp import Script
 

@@ -280,7 +280,14 @@ export class TrioRtClient {
     this.state = "closed";
     this.welcome = null;
     this.closeCode = null;
-    this.stats = { connections: 0, failedAttempts: 0, sent: 0, received: 0, duplicates: 0 };
+    this.stats = {
+      connections: 0,
+      failedAttempts: 0,
+      sent: 0,
+      received: 0,
+      duplicates: 0,
+      resent: 0,
+    };
     this._token = token;
     this._protocols = [...protocols];
     this._maxAttempts = maxAttempts;
@@ -296,6 +303,10 @@ export class TrioRtClient {
     this._live = false; // the current connection got its welcome: joins can be written
     this._nextId = 1;
     this._pending = new Map(); // id -> {resolve, reject, timer, kind}
+    // Acknowledged publishes not answered yet, in order: id -> {frame, room, resolve, reject,
+    // written}. Written again (same id: the server stores it once) on every new connection.
+    this._publishes = new Map();
+    this._queueSize = queueSize;
     this._rooms = new Map(); // room -> {waiters: [{resolve, reject}], joined: bool}
     this._subs = new Map(); // key -> Subscription
     this._subBySid = new Map();
@@ -466,6 +477,7 @@ export class TrioRtClient {
       this._everOpened = true;
       this._setState("open");
       this._emit("open", { welcome, connection: this.stats.connections });
+      this._writePublishes();
       this._flush();
     });
   }
@@ -552,6 +564,8 @@ export class TrioRtClient {
       p.reject(err);
     }
     this._pending.clear();
+    for (const p of this._publishes.values()) p.reject(err);
+    this._publishes.clear();
     for (const entry of this._rooms.values()) for (const w of entry.waiters) w.reject(err);
     for (const sub of this._subs.values()) for (const w of sub.waiters) w.reject(err);
     this.outbox.clear();
@@ -580,6 +594,53 @@ export class TrioRtClient {
     }
     const dropped = this.outbox.push(frame);
     if (dropped !== undefined) this._emit("dropped", { message: JSON.parse(dropped) });
+  }
+
+  /**
+   * Acknowledged publish: `data` into `room`, resolved with the server's `ack`
+   * ({type: "ack", room, position, id}: where it was stored; position null in a room without
+   * history). The server must run a `Publisher` (docs/protocol.md). `id` names the message
+   * (default: a random UUID); until the server answers, the publish is written again with
+   * the same id after every reconnect (after the rooms are rejoined, before the queued
+   * messages), and the server stores and delivers it once. Rejects with ServerError when the
+   * server refuses it (not_in_room, not_permitted, invalid_field) or cannot do it now
+   * (unavailable: publish again with the same id), ClientClosed when the client closes,
+   * QueueFull when `queueSize` publishes already wait for their ack.
+   */
+  publish(room, data, { id = null } = {}) {
+    if (this._stopped) return Promise.reject(new ClientClosed());
+    if (typeof room !== "string" || !room) return Promise.reject(new TypeError("room name"));
+    const pid = id ?? newPublishId(this._random);
+    if (this._publishes.has(pid)) {
+      return Promise.reject(new Error(`a publish with id ${pid} is already waiting for its ack`));
+    }
+    if (this._publishes.size >= this._queueSize) {
+      return Promise.reject(new QueueFull(this._queueSize));
+    }
+    const frame = JSON.stringify({ type: "publish", room, data, id: pid });
+    return new Promise((resolve, reject) => {
+      const entry = { frame, room, resolve, reject, written: false };
+      this._publishes.set(pid, entry);
+      if (this.state === "open" && this._ws !== null) this._writePublish(entry);
+    });
+  }
+
+  /** Publishes waiting for their ack. */
+  get unacknowledged() {
+    return this._publishes.size;
+  }
+
+  _writePublish(entry) {
+    if (entry.written) this.stats.resent += 1;
+    entry.written = true;
+    this._ws.send(entry.frame);
+    this.stats.sent += 1;
+  }
+
+  /** A new connection is open: every publish not answered is written (again), in order. */
+  _writePublishes() {
+    if (this._ws === null || this.state !== "open") return;
+    for (const entry of this._publishes.values()) this._writePublish(entry);
   }
 
   /**
@@ -740,6 +801,24 @@ export class TrioRtClient {
     return reply;
   }
 
+  // -- presence (docs/presence.md) --------------------------------------------------------------
+  /**
+   * Who is in `room`, across servers: resolves with `{type:"presence", room, members:
+   * [{user_id, connections, info}], users, connections, version}`. Rejects with ServerError
+   * (`not_in_room`, `too_large` with the counts, `unknown_type` without presence on the server).
+   * Join/leave events of rooms that have them arrive as "message" events of type
+   * `presence_diff` ({room, joins:[{user_id, info, version}], leaves:[{user_id, version}],
+   * version} or {room, resync: true, version}).
+   */
+  presence(room) {
+    return this.request({ type: "presence", room });
+  }
+
+  /** How many are in `room`: resolves with `{type:"presence_stats", room, users, connections, version}`. */
+  presenceStats(room) {
+    return this.request({ type: "presence_stats", room });
+  }
+
   // -- table subscriptions --------------------------------------------------------------------
   /**
    * Subscribe to changes of `table` matching `filters`; resolves with a Subscription whose
@@ -855,6 +934,14 @@ export class TrioRtClient {
   }
 
   _onMessage(msg) {
+    // The answer to a publish: consumed, settles it.
+    const pub = msg.id !== undefined ? this._publishes.get(msg.id) : undefined;
+    if (pub !== undefined && (msg.type === "ack" || msg.type === "error")) {
+      this._publishes.delete(msg.id);
+      if (msg.type === "error") pub.reject(new ServerError(msg));
+      else pub.resolve(msg);
+      return;
+    }
     // Replies to our requests are consumed; errors with our ids reject them.
     const p = msg.id !== undefined ? this._pending.get(msg.id) : undefined;
     if (p !== undefined && this._answers(p, msg)) {
@@ -906,6 +993,14 @@ export class TrioRtClient {
 
 const MAX_EARLY_UPDATES = 10000;
 
+/** A publish id: a random UUID (or 128 random bits as hex where crypto is missing). */
+function newPublishId(random) {
+  if (globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID();
+  let out = "";
+  for (let i = 0; i < 32; i++) out += Math.floor(random() * 16).toString(16);
+  return out;
+}
+
 /** The server's reply types to the built-in requests (besides `error`). */
 const REPLY_TYPES = Object.freeze({
   join_room: ["room_joined"],
@@ -916,6 +1011,8 @@ const REPLY_TYPES = Object.freeze({
   refresh: ["refreshed"],
   ping: ["pong"],
   kick: ["kicked"],
+  presence: ["presence"],
+  presence_stats: ["presence_stats"],
 });
 
 function subscriptionKey(table, filters) {

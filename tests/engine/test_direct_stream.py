@@ -1,0 +1,190 @@
+"""Direct writes and corking: frames never reorder, bursts share a write, quiet sends don't wait.
+
+The DirectStream tests use a real socket pair; the FlushQueue tests use plain objects in
+place of connections (what it calls is one method). No test depends on timing: what is
+checked is what the peer received, and in what order, after the scheduler settled.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_rt import Connection
+from trio_rt._engine.flush import FlushQueue
+from trio_rt._engine.sockets import DirectWrites
+from trio_rt._transport.direct_stream import CORK_MAX_BYTES, DirectStream
+
+from ..conftest import client
+
+
+def stream_pair() -> tuple[DirectStream, socket.socket]:
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    return DirectStream(trio.SocketStream(trio.socket.from_stdlib_socket(a))), b
+
+
+def received(peer: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+async def test_the_engine_sees_direct_writes_through_its_seam() -> None:
+    # Connection checks `isinstance(ws.stream, DirectWrites)` once when it opens: a
+    # DirectStream that stopped matching the engine's protocol would silently lose direct
+    # writes (every send through the writer task).
+    stream, peer = stream_pair()
+    with peer:
+        assert isinstance(stream, DirectWrites)
+        assert not isinstance(stream.inner, DirectWrites)  # plain trio stream: the writer
+        await stream.aclose()
+
+
+async def test_corked_frames_wait_for_the_flush_and_go_out_in_order() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        assert not stream.corking
+        assert stream.cork(b"one,") is False  # under CORK_MAX_BYTES: wait for the flush
+        assert stream.corking  # the caller arranges a flush
+        assert stream.cork(b"two,") is False
+        assert received(peer) == b""
+        assert stream.flush()
+        assert received(peer) == b"one,two,"
+        assert stream.flush()  # nothing corked: nothing written
+        assert received(peer) == b""
+        await stream.aclose()
+
+
+async def test_every_other_write_sends_the_corked_frames_first() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        stream.cork(b"A")
+        await stream.send_all(b"B")  # websockets' own writes (pong, close) take this path
+        stream.cork(b"C")
+        assert stream.send_now(b"D")  # a heartbeat ping, or a quiet send
+        stream.cork(b"E")
+        stream.uncork_to_pending()  # a message had to be queued: the writer goes next
+        assert stream.pending == 1
+        assert not stream.idle
+        await stream.send_all(b"F")
+        assert received(peer) == b"ABCDEF"
+        await stream.aclose()
+
+
+async def test_what_the_kernel_does_not_take_stays_pending_in_order() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffers hold
+        assert stream.cork(big) is True  # past CORK_MAX_BYTES: the caller flushes now
+        stream.cork(b"tail")
+        assert stream.flush()
+        assert stream.pending > 0  # written partly; the rest waits for a writer
+        got = bytearray()
+
+        async def read_all() -> None:
+            while len(got) < len(big) + 4:
+                try:
+                    got.extend(peer.recv(1 << 16))
+                except BlockingIOError:
+                    await trio.sleep(0.001)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await stream.send_all(b"")  # a writer: pending bytes first
+        assert bytes(got) == big + b"tail"
+        await stream.aclose()
+
+
+async def test_a_closed_stream_refuses_direct_writes() -> None:
+    stream, peer = stream_pair()
+    with peer:
+        stream.cork(b"x")
+        await stream.aclose()
+        assert not stream.send_now(b"y")
+        assert stream.flush()  # aclose dropped what was corked
+
+
+class Item:
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log = log
+        self.name = name
+
+    def flush_corked(self) -> None:
+        self.log.append(self.name)
+
+
+async def test_a_quiet_send_is_written_at_once_and_a_burst_is_corked() -> None:
+    queue = FlushQueue[Item]()
+    assert queue.begin() is False  # not running (a server stopping): never cork
+    flushed: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        assert queue.begin() is False  # quiet: write now, and a window opens
+        assert queue.begin() is True  # a second send in the same pass: cork
+        queue.add(Item(flushed, "a"))
+        queue.add(Item(flushed, "b"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert flushed == ["a", "b"]  # one flush, in order
+        # That flush had work: a burst may be under way, so the window stayed open for one
+        # more cycle; it closed when that cycle found nothing corked.
+        assert queue.begin() is False
+        await trio.testing.wait_all_tasks_blocked()
+        assert queue.begin() is False
+        nursery.cancel_scope.cancel()
+    assert not queue.running
+
+
+async def test_the_flush_waits_for_the_sends_of_the_next_passes() -> None:
+    queue = FlushQueue[Item]()
+    flushed: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        assert queue.begin() is False
+        for i in range(FlushQueue.PASSES):
+            await trio.lowlevel.checkpoint()  # a broadcaster yielding between broadcasts
+            assert queue.begin() is True
+            queue.add(Item(flushed, str(i)))
+        assert flushed == []
+        await trio.testing.wait_all_tasks_blocked()
+        assert flushed == [str(i) for i in range(FlushQueue.PASSES)]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("pad", [10, CORK_MAX_BYTES // 3])
+async def test_a_burst_of_broadcasts_arrives_whole_and_in_order(
+    make_manager: Any, monkeypatch: pytest.MonkeyPatch, pad: int
+) -> None:
+    flushes = 0
+    original = Connection.flush_corked
+
+    def counting(self: Connection) -> None:
+        nonlocal flushes
+        flushes += 1
+        original(self)
+
+    monkeypatch.setattr(Connection, "flush_corked", counting)
+    manager = make_manager(rate_limit=None)
+    async with manager, client(manager) as a, client(manager) as b, client(manager) as c:
+        for cl in (a, b, c):
+            await cl.request({"type": "join_room", "room": "burst"})
+        flushes = 0
+        n = 40
+        for i in range(n):
+            await manager.broadcast_to_room("burst", {"type": "m", "i": i, "pad": "x" * pad})
+        for cl in (a, b, c):
+            assert [(await cl.recv())["i"] for _ in range(n)] == list(range(n))
+        # Broadcast 2 came one pass after broadcast 1, inside its window: corked. With
+        # large frames the corked bytes pass CORK_MAX_BYTES and are written at once.
+        assert 0 < flushes < 3 * n

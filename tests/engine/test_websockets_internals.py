@@ -1,0 +1,190 @@
+"""trio_rt leans on websockets internals: this fails loudly when they change.
+
+`trio_rt/_transport/ws_connection.py` mirrors websockets 17.x's `ServerConnection.handshake`
+and extends a few of its methods; `_engine/connection.py` writes under websockets' send lock and
+frames through its sans-IO protocol; `_transport/assembler.py` replaces its Trio `Assembler`;
+`_core/outbox.py` compresses frames as its permessage-deflate does. pyproject.toml pins
+websockets to the range tested (``>=17.0,<18``). When a new websockets is tried:
+
+1. `test_the_mirrored_upstream_code_is_unchanged` names each upstream function or class
+   whose code changed (docstrings, comments and formatting are ignored) and what to re-check
+   in trio_rt; re-check it, run the whole suite, then put the new hash in `MIRRORED`.
+2. `test_the_undocumented_attributes_trio_rt_uses_exist` checks, on a live connection, every
+   undocumented attribute trio_rt reads or writes (`ATTRIBUTES` says where).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import inspect
+import textwrap
+from typing import Any
+
+import websockets
+
+from ..conftest import client
+
+# upstream object -> (hash of its code, what trio_rt mirrors or assumes: re-check it)
+MIRRORED: dict[str, tuple[str, str]] = {
+    "websockets.trio.server.ServerConnection.handshake": (
+        "71890b5afb28dd36",
+        "_ws_connection._ServerConnection.handshake copies it step by step (hooks, errors, the "
+        "503 while closing, send_context) except how it waits for the request",
+    ),
+    "websockets.trio.server.ServerConnection.__init__": (
+        "1d671cb8659603e8",
+        "_ServerConnection.__init__ wraps the stream before super() and sets request_rcvd's "
+        "meaning (handshake waits on it alone)",
+    ),
+    "websockets.trio.server.ServerConnection.process_event": (
+        "d126553c3501058d",
+        "_ServerConnection.process_event: pongs reach the heartbeat first; request_rcvd is set "
+        "here upstream; frames go to Connection.process_event directly (the handshake sets "
+        "request back to None once open, and upstream tells the request from frames by it)",
+    ),
+    "websockets.trio.server.serve": (
+        "66f903e6d7310198",
+        "_ws_connection.start_websockets_server: create_connection's signature, "
+        "process_request/select_subprotocol hooks, aclose(close_connections=False)",
+    ),
+    "websockets.trio.connection.Connection.__init__": (
+        "b63ee2b453144b9a",
+        "_ServerConnection swaps recv_messages (built from Assembler.high/low, pause_reading, "
+        "resume_reading) for LightAssembler; stream and send_lock as Connection uses them",
+    ),
+    "websockets.trio.connection.Connection.close_stream": (
+        "ebab6bc4ed679c4c",
+        "_ServerConnection.close_stream sets request_rcvd after it (a handshake never waits "
+        "forever)",
+    ),
+    "websockets.trio.connection.Connection.send_context": (
+        "38ec552907f06d30",
+        "every write holds send_lock: Connection's writer and direct writes take it too and "
+        "check it is free (_connection._can_write_now)",
+    ),
+    "websockets.trio.connection.Connection.send_data": (
+        "c12f3348e59f8971",
+        "websockets writes protocol.data_to_send() with stream.send_all under send_lock; "
+        "DirectStream.send_all sends pending direct bytes first",
+    ),
+    "websockets.trio.messages.Assembler": (
+        "80484f6b8b685898",
+        "_assembler.LightAssembler keeps its contract (put/get/close, flow control, errors)",
+    ),
+    "websockets.server.ServerProtocol.__init__": (
+        "4fed60996788e72e",
+        "the handshake drops the select_subprotocol instance attribute (a reference cycle)",
+    ),
+    "websockets.extensions.permessage_deflate.PerMessageDeflate.encode": (
+        "72049d8bf8f705f2",
+        "_outbox.OutboundMessage.deflated_frame compresses as this does without context "
+        "takeover (one compressed frame shared by every connection)",
+    ),
+}
+
+# Undocumented attributes of websockets objects trio_rt uses: object -> names (and where).
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    # _transport/ws_connection.py (handshake, close_stream, process_event, __init__);
+    # _engine/connection.py (send_lock, stream: the writer and direct writes).
+    "connection": (
+        "request_rcvd",
+        "recv_messages",
+        "pause_reading",
+        "resume_reading",
+        "send_context",
+        "send_lock",
+        "stream",
+        "close_stream",
+        "server",
+        "logger",
+        "nursery",  # _connection.run starts the writer and the closing task in it
+    ),
+    # _ws_connection.handshake (server.closing); _handshake.process_request (logger).
+    "server": ("closing",),
+    # _ws_connection.handshake (handshake_exc), _handshake.process_request (logger),
+    # _connection (extensions, close_rcvd, close_sent, send_ping/send_text, data_to_send).
+    "protocol": (
+        "handshake_exc",
+        "logger",
+        "extensions",
+        "close_rcvd",
+        "close_sent",
+        "send_ping",
+        "send_text",
+        "data_to_send",
+    ),
+}
+
+
+def _resolve(name: str) -> Any:
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(name)
+
+
+def code_hash(obj: Any) -> str:
+    """A hash of `obj`'s code (see `source_hash`)."""
+    return source_hash(textwrap.dedent(inspect.getsource(obj)))
+
+
+def source_hash(source: str) -> str:
+    """A hash of Python `source` parsed, docstrings removed, unparsed: comments and formatting
+    do not count."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()[:16]
+
+
+def test_the_mirrored_upstream_code_is_unchanged() -> None:
+    changed = []
+    for name, (expected, recheck) in MIRRORED.items():
+        actual = code_hash(_resolve(name))
+        if actual != expected:
+            changed.append(f"- {name} (hash {actual}): re-check {recheck}")
+    assert not changed, (
+        f"websockets {websockets.__version__} changed code trio_rt mirrors or relies on "
+        "(tests/engine/test_websockets_internals.py says how to proceed):\n" + "\n".join(changed)
+    )
+
+
+async def test_the_undocumented_attributes_trio_rt_uses_exist(make_manager: Any) -> None:
+    manager = make_manager()
+    async with manager, client(manager):
+        (conn,) = manager.connections.values()
+        ws = conn._ws
+        objects = {"connection": ws, "server": ws.server, "protocol": ws.protocol}
+        missing = [
+            f"{kind}.{name}"
+            for kind, names in ATTRIBUTES.items()
+            for name in names
+            if not hasattr(objects[kind], name)
+        ]
+        assert not missing, f"websockets {websockets.__version__} lacks {missing}"
+        # The handshake dropped this instance attribute (see MIRRORED): it existed until then.
+        assert "select_subprotocol" not in vars(ws.protocol)
+
+
+def test_the_code_hash_ignores_docstrings_comments_and_formatting() -> None:
+    plain = "def f(x):\n    return x + 1\n"
+    assert source_hash('def f(x):\n    """Doc."""\n    return (x+1)  # one more\n') == (
+        source_hash(plain)
+    )
+    assert source_hash("def f(x):\n    return x + 2\n") != source_hash(plain)

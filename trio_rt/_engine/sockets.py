@@ -1,0 +1,54 @@
+"""The seam to ring 3: what the engine needs from the socket objects the transport builds.
+
+The transport (`_transport/ws_connection.py`, `_transport/direct_stream.py`) builds these
+objects; the engine sees them only through the protocols here, so `_engine` imports
+`_transport` at one place alone: the manager starting the server
+(tests/test_import_graph.py checks it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["DirectWrites", "HostedSocket"]
+
+
+@runtime_checkable
+class DirectWrites(Protocol):
+    """A socket stream that can also be written synchronously (`DirectStream`): frames are
+    sent at once when the socket is `idle`, or corked until the `FlushQueue` flushes them.
+    `Connection` checks for it once, when it opens (plain TCP has it; TLS does not)."""
+
+    @property
+    def pending(self) -> int:
+        """Bytes the kernel did not take yet: whoever writes next sends them first."""
+
+    @property
+    def corking(self) -> bool:
+        """Frames are corked, waiting for the next `flush` (or write)."""
+
+    @property
+    def idle(self) -> bool:
+        """No write in progress and nothing pending: `send_now` and `cork` may be called."""
+
+    def cork(self, data: bytes) -> bool:
+        """Keep `data` for the next flush; True once the corked frames must go out now."""
+
+    def flush(self) -> bool:
+        """Write the corked frames; False if the socket is closed or broken."""
+
+    def uncork_to_pending(self) -> None:
+        """Make the corked frames pending: the next write (any task's) sends them first."""
+
+    def send_now(self, data: bytes) -> bool:
+        """One non-blocking send of `data` (corked frames first); False if closed or broken."""
+
+
+class HostedSocket(Protocol):
+    """websockets' `ServerConnection` as the transport builds it: it carries the `Connection`
+    it serves (the handshake sets it; the heartbeat's pongs and the handler read it)."""
+
+    trio_rt_conn: Connection | None
