@@ -48,13 +48,15 @@ def build_app(
     *,
     cassandra: str | None = None,
     keyspace: str = "trio_rt_demo",
+    cdc_agent: str | None = None,
     tokens: bool | None = None,
     **options: Any,
 ) -> WebSocketManager:
     """Build the chat server; `options` are WebSocketManager options (host, port, ...).
 
     `cassandra` (``HOST:PORT``) adds the live posts board (examples/posts.py): a Cassandra
-    table in `keyspace` whose changes every page receives. It needs the `cassandra` extra:
+    table in `keyspace` whose changes every page receives; with `cdc_agent` (``HOST:PORT``
+    of the node's CDC agent) rows other clients insert (cqlsh) too. It needs the `cassandra` extra:
     without it, ImportError saying what to install. `tokens` serves the page's dev tokens
     (default: when the `auth` extra is installed; False: the page connects with ``?user=``).
     """
@@ -63,7 +65,7 @@ def build_app(
     if cassandra is not None:
         from .posts import add_posts_board  # the `cassandra` extra: only with the board
 
-        add_posts_board(manager, cassandra, keyspace)
+        add_posts_board(manager, cassandra, keyspace, cdc_agent=cdc_agent)
     # --8<-- [start:presence]
     # Who is in each room (the page's "Here now" list), with join/leave events; one server:
     # the memory store (several servers share a RedisPresence instead; docs/presence.md).

@@ -169,6 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="HOST:PORT",
         help="add the live posts board, fed by change notifications from this Cassandra",
     )
+    demo.add_argument(
+        "--cdc-agent",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --cassandra: the node's CDC agent (docs/cdc.md), so that rows inserted by "
+        "cqlsh or any other client reach the board too",
+    )
     for p in (demo, serve):
         p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
         p.add_argument("--port", type=int, default=None, help="port (default 3001; 0 = any)")
@@ -223,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["port"] = args.port
     if args.command == "demo" and args.cassandra is not None:
         options["cassandra"] = args.cassandra
+    if args.command == "demo" and args.cdc_agent is not None:
+        if args.cassandra is None:
+            parser.error("--cdc-agent needs --cassandra")
+        options["cdc_agent"] = args.cdc_agent
     spec = "trio_rt_examples.chat:build_app" if args.command == "demo" else args.app
     if args.command == "serve" and (args.supervised or args.workers > 1):
         return serve_workers(args, spec, options, load_app)

@@ -66,7 +66,7 @@ def test_dev_test_stops_with_the_missing_system_packages(tmp_path: Path) -> None
         timeout=120,
     )
     assert result.returncode == 3, result.stdout + result.stderr
-    for package in ("redis-server", "redis-tools", "maven", "openjdk-17-jre-headless"):
+    for package in ("redis-server", "redis-tools", "maven", "openjdk-17-jdk-headless"):
         assert package in result.stderr
     assert "chromium" in result.stderr and "nodejs" in result.stderr
     assert "apt-get install" in result.stderr and "TRIO_RT_SKIP_BROWSER=1" in result.stderr

@@ -69,7 +69,7 @@ from .streams import (
 from .watch_positions import WatchPositions
 
 if TYPE_CHECKING:
-    from ..cassandra import Database, Table
+    from ..cassandra import CdcSource, ChangeSource, Database, Table
     from ..cassandra._streams import CassandraStreamStore
     from .manager import WebSocketManager
 
@@ -133,6 +133,12 @@ class ChangeStreamManager:
     when several processes write (processes that only write use `ChangePublisher`).
     `positions` (a `WatchPositions`) keeps named watchers' positions; it defaults to a
     `CassandraWatchPositions` in the database's keyspace (the same schema calls create it).
+
+    `source` says where changes come from (docs/streams.md "Choosing the source"):
+    ``Outbox()`` (the default: writes through `db`), ``Cdc(agents=[...])`` (every client's
+    writes, from Cassandra's CDC; `cdc` is then the `CdcSource`, run in the manager's service
+    nursery) or ``Cdc(agents=[...], outbox=True)`` (both, each change once). `TypeError` for
+    something else, `ValueError` when `db`'s capture contradicts it.
     """
 
     def __init__(
@@ -150,8 +156,10 @@ class ChangeStreamManager:
         batch_size: int = 500,
         recovery_limit: int = 1000,
         start_window: int = 1000,
+        source: ChangeSource | None = None,
     ) -> None:
-        from ..cassandra import CassandraStreamStore, CassandraWatchPositions
+        from ..cassandra import CassandraStreamStore, CassandraWatchPositions, Outbox
+        from ..cassandra._sources import install_source
 
         require_positive_numbers(poll_interval=poll_interval, hole_timeout=hole_timeout)
         require_positive_ints(
@@ -193,25 +201,39 @@ class ChangeStreamManager:
             has_permission=has_permission,
             recovery_limit=recovery_limit,
         )
-        for table in tables:
-            self.expose(table)
         self._nudges = Nudges(manager.broker, nudge_channel(manager.options.channel_prefix))
         self.changelog = ChangeLog(self.store, self.sequencer, self._notify)
-        if db.capture is None:
-            db.capture = self.changelog
+        self.source = source if source is not None else Outbox()
+        tables = list(tables)
+        #: The CDC consumer (``source=Cdc(...)``), else None.
+        self.cdc: CdcSource | None = install_source(
+            self.source,
+            db,
+            self.changelog,
+            store=self.store,
+            sequencer=self.sequencer,
+            notify=self._notify,
+            tables=tables,
+        )
+        for table in tables:
+            self.expose(table)
         self._nursery: trio.Nursery | None = None
         self._watches: list[Watch] = []
         manager.attach_change_streams(self)
         manager.add_command(Subscribe, self._subscriptions.subscribe)
         manager.add_command(Unsubscribe, self._subscriptions.unsubscribe)
         manager.on_disconnect(self._subscriptions.disconnected)
-        for service in getattr(self.sequencer, "run", None), self.run:
+        cdc_run = self.cdc.run if self.cdc is not None else None
+        for service in getattr(self.sequencer, "run", None), cdc_run, self.run:
             if service is not None:
                 manager.add_service(service)
 
     def expose(self, table: Table) -> None:
-        """Allow client subscriptions to `table` (subject to `has_permission`)."""
+        """Allow client subscriptions to `table` (subject to `has_permission`); with
+        ``Cdc(tables=None)`` CDC records it too."""
         self._subscriptions.tables[table.name] = table
+        if self.cdc is not None and self.cdc.follows_manager:
+            self.cdc.track(table)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -281,6 +303,14 @@ class ChangeStreamManager:
             raise TypeError("callback must be an async function")
         if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
             raise ValueError("name must be a non-empty string of at most 200 characters")
+        cdc = self.cdc
+        if cdc is not None and cdc.follows_manager and not isinstance(table, str):
+            cdc.track(table)
+        if cdc is not None and self.db.capture is None and table_name not in cdc.tables:
+            # CDC alone (no capture: nothing else records it)
+            raise ValueError(
+                f"CDC does not record {table_name!r}: pass its Table (or list it in Cdc(tables=))"
+            )
         watch = Watch(table_name, ops, callback, name)
         self._watches.append(watch)
         if self._nursery is not None:
@@ -293,9 +323,11 @@ class ChangeStreamManager:
     async def create_schema(self) -> None:
         """Create the stream tables and the watcher positions' storage (idempotent); with the
         defaults the same as ``trio_rt.cassandra.create_schema(session, keyspace,
-        parts=("streams", "watchers"))``."""
+        parts=("streams", "watchers"))``; with a CDC source also its claims table."""
         await self.store.create_schema()
         await self.positions.create_schema()
+        if self.cdc is not None:
+            await self.cdc.create_schema()
 
     async def _run_watch(self, watch: Watch) -> None:
         stream = stream_name(watch.table)

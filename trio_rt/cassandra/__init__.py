@@ -26,12 +26,14 @@ except ModuleNotFoundError as exc:
     raise missing_extra_error("trio_rt.cassandra", "cassandra", exc) from exc
 
 from ._capture import CapturedWrite, Change, ChangeCapture
+from ._cdc import CdcClaims, CdcSource, OutboxClaims
 from ._database import Database
 from ._errors import CassandraError, CassandraQueryError, CassandraTimeout, CassandraUnavailable
 from ._permissions import CassandraPermissionStore
 from ._rooms import CassandraRoomStore
 from ._schema import SCHEMA_PARTS, create_schema
 from ._session import CassandraSession, CassandraStats, Page, Params, Row, RowIterator
+from ._sources import Cdc, ChangeSource, Outbox
 from ._streams import CassandraStreamStore
 from ._table import Column, Table
 from ._watch_positions import CassandraWatchPositions
@@ -49,10 +51,16 @@ __all__ = [
     "CassandraTimeout",
     "CassandraUnavailable",
     "CassandraWatchPositions",
+    "Cdc",
+    "CdcClaims",
+    "CdcSource",
     "Change",
     "ChangeCapture",
+    "ChangeSource",
     "Column",
     "Database",
+    "Outbox",
+    "OutboxClaims",
     "Page",
     "Params",
     "Row",

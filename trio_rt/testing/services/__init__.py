@@ -64,7 +64,6 @@ from ._cassandra import (
     CASSANDRA_HEAP_MIN,
     CASSANDRA_MAIN,
     CASSANDRA_START_TIMEOUT,
-    CASSANDRA_VERSION,
     CassandraEndpoint,
     CassandraServer,
     cassandra_jvm_args,
@@ -74,6 +73,7 @@ from ._cassandra import (
 )
 from ._cli import main
 from ._install import find_java17
+from ._jvm import CASSANDRA_VERSION
 from ._redis import (
     REDIS_START_TIMEOUT,
     RedisReplyError,

@@ -7,12 +7,14 @@ is not published to Maven).  The config templates are in ``trio_rt/testing/cassa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import string
 import struct
@@ -21,7 +23,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ._base import (
     HOST,
@@ -42,9 +44,11 @@ from ._base import (
     start_retrying,
 )
 from ._install import find_java17, require_binary
+from ._jvm import _JAVA17_EXPORTS, _JAVA17_OPENS, CASSANDRA_VERSION
 
-#: Newest 5.0.x that Maven Central served when this was written (checked 2026-11).
-CASSANDRA_VERSION = "5.0.9"
+if TYPE_CHECKING:
+    from ...cdc import CdcAgent
+
 #: Maximum heap of the test node (``-Xmx``).
 CASSANDRA_HEAP = "768m"
 #: Initial heap (``-Xms``).  Cassandra ``mlockall``s the memory mapped at startup when it
@@ -262,37 +266,6 @@ def ensure_cassandra_jars(version: str | None = None, *, java_home: Path | None 
     return lib
 
 
-# Module flags from Cassandra 5.0's conf/jvm17-server.options (+ two that embedders add).
-_JAVA17_EXPORTS = [
-    "java.base/jdk.internal.misc",
-    "java.management.rmi/com.sun.jmx.remote.internal.rmi",
-    "java.management/com.sun.jmx.remote.security",
-    "java.rmi/sun.rmi.registry",
-    "java.rmi/sun.rmi.server",
-    "java.sql/java.sql",
-    "java.base/java.lang.ref",
-    "jdk.unsupported/sun.misc",
-    "jdk.compiler/com.sun.tools.javac.file",
-    "jdk.attach/sun.tools.attach",
-]
-_JAVA17_OPENS = [
-    "java.base/java.lang.module",
-    "java.base/jdk.internal.loader",
-    "java.base/jdk.internal.ref",
-    "java.base/jdk.internal.reflect",
-    "java.base/jdk.internal.math",
-    "java.base/jdk.internal.module",
-    "java.base/jdk.internal.util.jar",
-    "jdk.management/com.sun.management.internal",
-    "java.base/sun.nio.ch",
-    "java.base/java.io",
-    "java.base/java.nio",
-    "java.base/java.lang.reflect",
-    "jdk.compiler/com.sun.tools.javac",
-    "java.base/java.lang",
-    "java.base/java.util",
-]
-
 _STARTUP_FAILURE = re.compile(
     r"encountered during startup|Fatal configuration error|Exception in thread \"main\"|"
     r"Error: Could not find or load main class|Error occurred during initialization of VM"
@@ -358,6 +331,8 @@ class CassandraServer(Service):
     version: str
     dir: Path
     process: Process
+    #: the CDC agent started beside the node (``start(cdc_agent=True)``), else None
+    cdc_agent: CdcAgent | None = dataclasses.field(default=None, repr=False)
 
     @property
     def endpoint(self) -> CassandraEndpoint:
@@ -382,12 +357,26 @@ class CassandraServer(Service):
         timeout: float = CASSANDRA_START_TIMEOUT,
         die_with_parent: bool = False,
         extra_yaml: str = "",
+        cdc: bool = False,
+        cdc_agent: bool = False,
+        cdc_agent_options: dict[str, str] | None = None,
+        commitlog_sync_period: str | None = None,
     ) -> Self:
         """Download (once), configure and start a node; return when a CQL query works.
 
         ``extra_yaml`` is appended to the generated ``cassandra.yaml``.  On failure the node
         is stopped and its directory kept (the error names its log).
+
+        ``cdc=True`` sets ``cdc_enabled: true`` (``cdc_raw`` is ``<dir>/cdc_raw``) and a
+        ``commitlog_sync_period`` of 2 ms (else 10 s): a change becomes readable in
+        ``cdc_raw`` only when the commit log syncs, so the period bounds CDC latency
+        (docs/cdc.md). ``cdc_agent=True`` (implies ``cdc``) also starts trio_rt's CDC agent
+        beside the node (`cdc_agent`: a `trio_rt.cdc.CdcAgent`, stopped with the node;
+        ``cdc_agent_options`` are its flags, e.g. ``{"poll-ms": "5"}``).
         """
+        cdc = cdc or cdc_agent
+        if commitlog_sync_period is None:
+            commitlog_sync_period = "2ms" if cdc else "10000ms"
         version = version or _cassandra_version()
         heap = heap or os.environ.get("TRIO_RT_CASSANDRA_HEAP") or CASSANDRA_HEAP
         heap_min = heap_min or os.environ.get("TRIO_RT_CASSANDRA_HEAP_MIN") or CASSANDRA_HEAP_MIN
@@ -411,6 +400,8 @@ class CassandraServer(Service):
                     storage_port=storage_port,
                     native_port=native_port,
                     data_dir=str(sdir),
+                    commitlog_sync_period=commitlog_sync_period,
+                    cdc_enabled="true" if cdc else "false",
                     extra=extra_yaml,
                 )
             )
@@ -435,6 +426,21 @@ class CassandraServer(Service):
         started = time.monotonic()
         native_port, storage_port, sdir, process = start_retrying(attempt, "Cassandra")
         server = cls(HOST, native_port, storage_port, version, sdir, process)
+        if cdc_agent:
+            from ...cdc import CdcAgent  # the agent's launcher builds on this module
+
+            try:
+                server.cdc_agent = CdcAgent.start(
+                    lib,
+                    sdir / "cassandra.yaml",
+                    sdir / "cdc_agent",
+                    version=version,
+                    options=cdc_agent_options,
+                    die_with_parent=die_with_parent,
+                )
+            except BaseException:
+                server.stop(remove_dir=False)
+                raise
         log.info(
             "Cassandra %s ready at %s:%d in %.1f s (pid %d, RSS %s MiB)",
             version, server.host, server.port, time.monotonic() - started, server.pid,
@@ -457,10 +463,33 @@ class CassandraServer(Service):
         return pid_rss_kib(self.pid)
 
     def stop(self, *, remove_dir: bool = True) -> None:
-        """SIGTERM, then SIGKILL after 20 s; remove the node's dir unless told otherwise."""
+        """SIGTERM, then SIGKILL after 20 s (the CDC agent first, if any); remove the node's
+        dir unless told otherwise."""
+        if self.cdc_agent is not None:
+            self.cdc_agent.stop()
         self.process.stop(STOP_TIMEOUT)
         if remove_dir:
             remove_service_dir(self.dir)
+
+    def restart(self, *, kill: bool = False, timeout: float = CASSANDRA_START_TIMEOUT) -> None:
+        """Stop the node (SIGKILL with `kill`, else SIGTERM) and start it again in the same
+        directory, on the same ports; return when a CQL query works. A CDC agent keeps
+        running (it follows ``cdc_raw`` whatever the node does)."""
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.process.wait(30)
+        else:
+            self.process.stop(STOP_TIMEOUT)
+        argv = shlex.split((self.dir / "command.txt").read_text())
+        java_home = Path(argv[0]).parent.parent
+        env = dict(os.environ, JAVA_HOME=str(java_home))
+        env.pop("JAVA_TOOL_OPTIONS", None)
+        env.pop("_JAVA_OPTIONS", None)
+        log_path = self.process.log_path
+        proc = spawn(argv, log_path=log_path, cwd=self.dir, env=env)
+        self.process = Process("Cassandra", proc.pid, _MARKER, log_path, proc)
+        _wait_for_cql(self.process, self.host, self.port, timeout)
 
     def env_value(self) -> str:
         return str(self.endpoint)

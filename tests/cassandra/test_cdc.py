@@ -1,0 +1,664 @@
+"""Cassandra's own CDC as a change source, on a real node started WITH CDC (the shared test
+node is not): the agent beside it (trio_rt/cdc/agent), `CdcSource` storing its changes in the
+streams, writes made by another process with plain cassandra-driver (tests/cassandra/cdc_writer.py).
+
+The node runs with 1 MiB commit-log segments and ``cdc_total_space: 8MiB``, so segments fill,
+complete and must be deleted all the time, and a consumer that stops consuming blocks writes
+within seconds. The node restart test runs last in this module (it stops and starts the
+agent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trio_rt import MemorySequencer, WebSocketManager
+from trio_rt._engine.changes import ChangeEvent, ChangeStreamManager
+from trio_rt._engine.streams import StreamEntry
+from trio_rt.cassandra import (
+    CassandraSession,
+    CassandraStreamStore,
+    CassandraUnavailable,
+    Cdc,
+    CdcSource,
+    Database,
+    OutboxClaims,
+    Table,
+)
+from trio_rt.cdc import AgentBatch, CdcAgent, CdcChange
+from trio_rt.testing.services import CassandraServer, ServiceError
+
+from ..conftest import Client, client, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SEGMENT_SIZE = 1 << 20
+CDC_TOTAL_SPACE = 8 << 20
+
+
+@pytest.fixture(scope="module")
+def cdc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CassandraServer]:
+    try:
+        node = CassandraServer.start(
+            tmp_path_factory.mktemp("cdc"),
+            die_with_parent=True,
+            cdc_agent=True,
+            cdc_agent_options={"poll-ms": "5"},
+            extra_yaml=(
+                "commitlog_segment_size: 1MiB\ncdc_total_space: 8MiB\n"
+                # Cassandra counts a segment against cdc_total_space until its memtables are
+                # flushed, whatever cdc_raw holds: flush early so that 8 MiB is about cdc_raw.
+                "commitlog_total_space: 4MiB\n"
+            ),
+        )
+    except ServiceError as exc:
+        pytest.fail(f"could not start a CDC node: {exc}")
+    yield node
+    node.stop()
+
+
+def agent(node: CassandraServer) -> CdcAgent:
+    assert node.cdc_agent is not None
+    return node.cdc_agent
+
+
+@pytest.fixture
+async def cdc_session(cdc_node: CassandraServer) -> AsyncIterator[CassandraSession]:
+    async with CassandraSession.connect([cdc_node.host], port=cdc_node.port) as session:
+        yield session
+
+
+def posts(*, full_rows: bool = False) -> Table:
+    return Table(
+        "posts",
+        {"id": "int", "author": "text", "title": "text", "score": "int", "tags": "set<text>"},
+        partition_key="id",
+        capture_full_rows=full_rows,
+    )
+
+
+def load_table() -> Table:
+    return Table("load", {"id": "int", "body": "text"}, partition_key="id")
+
+
+async def create(session: CassandraSession, keyspace: str, table: Table) -> None:
+    columns = ", ".join(f"{c.name} {c.cql_type}" for c in table.columns.values())
+    await session.execute(
+        f"CREATE TABLE {keyspace}.{table.name} ({columns}, PRIMARY KEY ({table.partition_key[0]}))"
+        " WITH cdc = true"
+    )
+
+
+@pytest.fixture
+async def keyspace(cdc_session: CassandraSession, cdc_node: CassandraServer) -> AsyncIterator[str]:
+    name = "cdc_" + uuid.uuid4().hex[:10]
+    await cdc_session.create_keyspace(name)
+    store = CassandraStreamStore(cdc_session, name)
+    await store.create_schema()
+    await CdcSource(
+        cdc_session, name, agents=[], tables=[], store=store, sequencer=MemorySequencer()
+    ).create_schema()
+    yield name
+    # After a node restart the driver reconnects in the background: retry until it has.
+    with trio.fail_after(GUARD):
+        while True:
+            try:
+                await cdc_session.drop_keyspace(name)
+                break
+            except CassandraUnavailable:
+                await trio.sleep(0.5)
+
+
+def source(
+    session: CassandraSession, keyspace: str, node: CassandraServer, *tables: Table
+) -> CdcSource:
+    return CdcSource(
+        session,
+        keyspace,
+        agents=[f"{agent(node).host}:{agent(node).port}"],
+        tables=tables,
+        store=CassandraStreamStore(session, keyspace),
+        sequencer=MemorySequencer(),
+    )
+
+
+async def write(node: CassandraServer, keyspace: str, *statements: str) -> None:
+    """Runs the statements in another process (plain cassandra-driver), one after the other."""
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "tests.cassandra.cdc_writer",
+            f"{node.host}:{node.port}",
+            keyspace,
+            "statements",
+        ],
+        stdin="\n".join(statements).encode(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+
+async def entries(store: CassandraStreamStore, table: str, count: int) -> list[StreamEntry]:
+    """The first entries of ``table:<table>`` once there are at least `count` of them."""
+    stream = f"table:{table}"
+    with trio.fail_after(120):  # a deadlock guard, not a timing assertion
+        while True:
+            head = await store.head(stream)
+            if head is not None and head.position.offset >= count:
+                found = await store.read(stream, head.position.epoch, 0, 100_000)
+                if len(found) >= count:
+                    return found
+            await trio.sleep(0.05)
+
+
+def events(found: list[StreamEntry]) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(e.payload) for e in found]
+
+
+GUARD = 120.0  # deadlock protection only
+
+
+@dataclasses.dataclass
+class Served:
+    """A server whose ChangeStreamManager reads CDC: a WebSocket client subscribed to the
+    table, a named watcher on it."""
+
+    changes: ChangeStreamManager
+    client: Client
+    watched: list[ChangeEvent]
+    subscribed: dict[str, Any]
+    received: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    async def until(self, predicate: Any) -> None:
+        """Receive data_updates (into `received`) until `predicate(event)` holds for one,
+        and until the watcher has seen as many changes."""
+        with trio.fail_after(GUARD):
+            while not self.received or not predicate(self.received[-1]["event"]):
+                message = await self.client.recv(GUARD)
+                assert message["type"] == "data_update", message
+                self.received.append(message)
+        await wait_until(lambda: len(self.watched) >= len(self.received), GUARD)
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """What the subscriber got, after checking the watcher got the same, in order."""
+        sent = [m["event"] for m in self.received]
+        assert [e.to_json() for e in self.watched] == sent
+        offsets = [e["position"]["offset"] for e in sent]
+        assert offsets == sorted(set(offsets)), "out of order or twice"
+        return sent
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    session: CassandraSession,
+    keyspace: str,
+    node: CassandraServer,
+    table: Table,
+    *,
+    watcher: str = "w",
+    outbox: bool = False,
+    since: dict[str, Any] | None = None,
+    single_reporter: bool = False,
+) -> AsyncIterator[Served]:
+    db = Database(session, keyspace)
+    manager = WebSocketManager(host="127.0.0.1", port=0, heartbeat_interval=None)
+    changes = ChangeStreamManager(
+        db,
+        manager,
+        tables=[table],
+        source=Cdc(
+            agents=[f"{agent(node).host}:{agent(node).port}"],
+            outbox=outbox,
+            single_reporter=single_reporter,
+        ),
+    )
+    await changes.create_schema()
+    watched: list[ChangeEvent] = []
+
+    async def record(event: ChangeEvent) -> None:
+        watched.append(event)
+        await trio.lowlevel.checkpoint()
+
+    async with manager:
+        await changes.watch(table, callback=record, name=watcher)
+        async with client(manager) as c:
+            subscribe: dict[str, Any] = {"type": "subscribe", "table": table.name}
+            if since is not None:
+                subscribe["since"] = since
+            reply = await c.request(subscribe, GUARD)
+            assert reply["type"] == "subscribed", reply
+            assert changes.cdc is not None
+            await changes.cdc.wait_connected()
+            yield Served(changes, c, watched, reply)
+
+
+async def test_writes_from_another_process_reach_a_subscriber_and_a_watcher_once_in_order(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    await cdc_session.execute(f"CREATE TABLE {keyspace}.other (id int PRIMARY KEY, v text)")
+    async with serving(cdc_session, keyspace, cdc_node, table) as served:
+        await write(
+            cdc_node,
+            keyspace,
+            "INSERT INTO posts (id, author, title, score) VALUES (1, 'ann', 'one', 1)",
+            "UPDATE posts SET title = 'uno', tags = tags + {'a'} WHERE id = 1",
+            "INSERT INTO posts (id, author, title, score) VALUES (2, 'bob', 'two', 2) "
+            "USING TTL 3600",
+            "DELETE FROM posts WHERE id = 1",
+            "INSERT INTO other (id, v) VALUES (1, 'not captured')",
+            "BEGIN BATCH "
+            "INSERT INTO posts (id, author, title, score) VALUES (3, 'cy', 'three', 3); "
+            "INSERT INTO posts (id, author, title, score) VALUES (4, 'di', 'four', 4); "
+            "APPLY BATCH",
+            "UPDATE posts SET score = 5 WHERE id = 2",
+            "INSERT INTO posts (id, title) VALUES (99, 'the last one')",
+        )
+        # Everything before the last write came before it, once: nothing is still to come.
+        await served.until(lambda event: event["key"] == {"id": 99})
+        found = served.delivered()
+        cdc = served.changes.cdc
+        assert cdc is not None
+    head = [(e["operation"], e["key"], e["data"]) for e in found]
+    assert len(found) == 8
+    assert head[:4] == [
+        ("insert", {"id": 1}, {"id": 1, "author": "ann", "title": "one", "score": 1}),
+        ("update", {"id": 1}, {"id": 1, "title": "uno"}),
+        ("insert", {"id": 2}, {"id": 2, "author": "bob", "title": "two", "score": 2}),
+        ("delete", {"id": 1}, {"id": 1}),
+    ]
+    # A batch's partitions are separate mutations: both come, in the commit log's order.
+    assert sorted(e["key"]["id"] for e in found[4:6]) == [3, 4]
+    assert head[6] == ("update", {"id": 2}, {"id": 2, "score": 5})
+    # What clients do not get, the stream keeps: the TTL, the partial collection, the source.
+    stored = events(await entries(cdc.store, "posts", 8))
+    assert stored[1]["partial"] == ["tags"]  # the set changed element by element
+    assert stored[2]["ttl"] == 3600 and stored[0].get("ttl") is None
+    assert all(e["source"] == "cdc" and isinstance(e["ts"], int) for e in stored)
+    assert cdc.stats["ignored"] == 0  # `other` has no cdc: the agent does not even send it
+
+
+async def test_full_rows_are_read_for_updates_of_a_capture_full_rows_table(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    table = posts(full_rows=True)
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await write(
+            cdc_node,
+            keyspace,
+            "INSERT INTO posts (id, author, title, score, tags) VALUES (1, 'ann', 'one', 1, {'x'})",
+            "UPDATE posts SET title = 'uno', tags = tags + {'y'} WHERE id = 1",
+        )
+        found = events(await entries(cdc.store, "posts", 2))
+        nursery.cancel_scope.cancel()
+    assert found[1]["operation"] == "update"
+    # Read after the write: the whole row, the partially updated set included.
+    assert found[1]["data"] == {
+        "id": 1,
+        "author": "ann",
+        "title": "uno",
+        "score": 1,
+        "tags": ["x", "y"],
+    }
+    assert cdc.stats["row_reads"] == 1  # the insert wrote every column: no read
+
+
+def a_batch(keyspace: str, seq: int, *ids: int) -> AgentBatch:
+    changes = [
+        CdcChange(keyspace, "posts", "insert", {"id": i}, 1_000_000 + i, {"title": f"t{i}"})
+        for i in ids
+    ]
+    return AgentBatch(seq, 1, 100 * seq, changes)
+
+
+async def test_a_batch_sent_again_or_by_another_replica_is_stored_once(
+    cdc_session: CassandraSession, keyspace: str
+) -> None:
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session, keyspace, agents=[], tables=[table], store=store, sequencer=MemorySequencer()
+    )
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))  # after an agent restart
+    await cdc.ingest("node-b", a_batch(keyspace, 7, 2, 3, 4))  # another replica
+    found = events(await entries(store, "posts", 4))
+    assert [e["key"]["id"] for e in found] == [1, 2, 3, 4]
+    assert cdc.stats["stored"] == 4 and cdc.stats["duplicates"] == 5
+
+
+async def test_a_single_reporter_reads_claims_and_stores_each_change_once(
+    cdc_session: CassandraSession, keyspace: str
+) -> None:
+    """`single_reporter`: claims are read, not taken. A re-sent batch is a duplicate, a write
+    the outbox claimed too, and a change this node claimed without storing it is stored."""
+    from trio_rt._engine.streams import Allocation, StreamPosition
+    from trio_rt.cassandra._cdc import Claim
+    from trio_rt.cdc._wire import change_id
+
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session,
+        keyspace,
+        agents=[],
+        tables=[table],
+        store=store,
+        sequencer=MemorySequencer(),
+        single_reporter=True,
+    )
+
+    def claim(n: int) -> Claim:
+        ts = 1_000_000 + n
+        return Claim("table:posts", change_id(keyspace, "posts", "write", ts, {"id": n}), ts)
+
+    await cdc.claims.claim_outbox(claim(2), Allocation(StreamPosition(99, "e"), 1))
+    assert await cdc.claims.claim(claim(3), "node-a")  # claimed, then the consumer stopped
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1, 2, 3))  # after an agent restart
+    found = events(await entries(store, "posts", 2))
+    assert [e["key"]["id"] for e in found] == [1, 3]
+    assert cdc.stats["stored"] == 2 and cdc.stats["duplicates"] == 4
+
+
+async def test_a_claimed_change_that_was_not_stored_is_stored_when_sent_again(
+    cdc_session: CassandraSession, keyspace: str
+) -> None:
+    """A consumer stopped between the claim and the write: the same node's re-send stores it
+    (the claim is the node's and has no position); another node's copy does not."""
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session, keyspace, agents=[], tables=[table], store=store, sequencer=MemorySequencer()
+    )
+    from trio_rt.cassandra._cdc import Claim
+    from trio_rt.cdc._wire import change_id
+
+    ident = change_id(keyspace, "posts", "write", 1_000_001, {"id": 1})
+    assert await cdc.claims.claim(Claim("table:posts", ident, 1_000_001), "node-a")
+    await cdc.ingest("node-b", a_batch(keyspace, 1, 1))
+    assert cdc.stats["stored"] == 0
+    await cdc.ingest("node-a", a_batch(keyspace, 1, 1))
+    assert [e["key"]["id"] for e in events(await entries(store, "posts", 1))] == [1]
+
+
+@pytest.mark.parametrize("single_reporter", [False, True])
+async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer, single_reporter: bool
+) -> None:
+    from trio_rt import ChangeLog
+
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    cdc.single_reporter = single_reporter
+    db = Database(cdc_session, keyspace)
+    db.capture = OutboxClaims(ChangeLog(cdc.store, cdc.sequencer), cdc.claims, cdc.cdc_tables)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await db.insert(table, {"id": 1, "author": "ann", "title": "outbox", "score": 1})
+        await write(cdc_node, keyspace, "INSERT INTO posts (id, title) VALUES (2, 'cqlsh')")
+        found = events(await entries(cdc.store, "posts", 2))
+        await trio.sleep(0.5)
+        assert len(events(await entries(cdc.store, "posts", 2))) == 2
+        nursery.cancel_scope.cancel()
+    assert [(e["key"]["id"], e.get("source")) for e in found] == [(1, None), (2, "cdc")]
+    assert cdc.stats["duplicates"] == 1  # CDC saw the outbox's write, claimed already
+
+
+async def test_the_demo_board_shows_a_row_inserted_by_a_plain_driver(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """``trio-rt demo --cassandra HOST:PORT --cdc-agent HOST:PORT``: the page's own post
+    (outbox) and a row another client inserts (CDC) reach the board, each once."""
+    from trio_rt_examples import chat
+
+    manager = chat.build_app(
+        cassandra=f"{cdc_node.host}:{cdc_node.port}",
+        keyspace=keyspace,
+        cdc_agent=f"{agent(cdc_node).host}:{agent(cdc_node).port}",
+        host="127.0.0.1",
+        port=0,
+        heartbeat_interval=None,
+    )
+    async with manager, client(manager, "/?user=ann") as ann:
+        sub = await ann.request({"type": "subscribe", "table": "posts"}, GUARD)
+        assert sub["type"] == "subscribed", sub
+        await ann.send({"type": "new_post", "title": "from the page"})
+        first = await ann.recv(GUARD)
+        await write(
+            cdc_node,
+            keyspace,
+            "INSERT INTO posts (id, author, title) VALUES (now(), 'cqlsh', 'from cqlsh')",
+        )
+        second = await ann.recv(GUARD)
+    assert [(m["type"], m["event"]["operation"]) for m in (first, second)] == [
+        ("data_update", "insert")
+    ] * 2
+    assert (first["event"]["data"]["author"], first["event"]["data"]["title"]) == (
+        "ann",
+        "from the page",
+    )
+    assert (second["event"]["data"]["author"], second["event"]["data"]["title"]) == (
+        "cqlsh",
+        "from cqlsh",
+    )
+
+
+async def test_a_write_right_after_its_table_is_created_is_not_lost(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """The agent reads a mutation of a table created after it loaded the schema (before its
+    periodic look at system_schema): it reloads the schema instead of skipping the change as
+    one of a dropped table."""
+    table = posts()
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await cdc.wait_connected()
+        await create(cdc_session, keyspace, table)
+        await cdc_session.execute(f"INSERT INTO {keyspace}.posts (id, title) VALUES (1, 'first')")
+        found = events(await entries(cdc.store, "posts", 1))
+        nursery.cancel_scope.cancel()
+    assert [(e["key"], e["data"]) for e in found] == [({"id": 1}, {"id": 1, "title": "first"})]
+
+
+async def load(
+    node: CassandraServer, keyspace: str, count: int, rate: float, size: int, concurrency: int = 1
+) -> str:
+    """Inserts rows 0 .. count-1 from another process; with `concurrency` 1 each write waits
+    for the previous one (so the stream must have them in that order)."""
+    endpoint = f"{node.host}:{node.port}"
+    argv = [sys.executable, "-m", "tests.cassandra.cdc_writer", endpoint, keyspace, "load"]
+    argv += ["--count", str(count), "--rate", str(rate), "--size", str(size)]
+    argv += ["--concurrency", str(concurrency)]
+    result = await trio.run_process(
+        argv, capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return result.stdout.decode().strip()
+
+
+def assert_each_once_in_order(
+    found: list[dict[str, Any]], count: int, ordered: bool = True
+) -> None:
+    ids = [e["key"]["id"] for e in found]
+    assert len(ids) == len(set(ids)), "a change was stored twice"
+    assert sorted(ids) == list(range(count)), "a change is missing"
+    if ordered:
+        assert ids == list(range(count))
+
+
+@pytest.mark.parametrize("single_reporter", [False, True])
+async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer, single_reporter: bool
+) -> None:
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    killed = []
+    async with serving(
+        cdc_session, keyspace, cdc_node, table, single_reporter=single_reporter
+    ) as served:
+        cdc = served.changes.cdc
+        assert cdc is not None
+
+        async def killer() -> None:
+            for _ in range(2):
+                # Wait for changes to flow, then kill the agent in the middle of them.
+                stored = cdc.stats["stored"]
+                while cdc.stats["stored"] < stored + 50:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                killed.append(agent(cdc_node).kill())
+                await trio.to_thread.run_sync(agent(cdc_node).wait_ready)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(killer)
+            assert await load(cdc_node, keyspace, 600, 150, 50) == "done 600 failed 0"
+        # The last row: everything before it came before it (each write waited for the one
+        # before), so nothing is still to come.
+        await served.until(lambda event: event["key"] == {"id": 599})
+        found = served.delivered()
+    assert len(killed) == 2 and all(killed)
+    assert_each_once_in_order(found, 600)
+
+
+async def test_cdc_raw_stays_bounded_under_a_sustained_write_load(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """Far more commit log than ``cdc_total_space`` (8 MiB) passes through cdc_raw; without
+    the agent deleting what was consumed, writes to the table would be rejected part way
+    (the next test). cdc_raw holds whole segments, the entries this test's consumer writes
+    included, so it fills faster than the rows alone."""
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    cdc_raw = cdc_node.dir / "cdc_raw"
+    largest = 0
+    seen: set[str] = set()
+    count, size = 3000, 3000  # ~20 MiB of commit log (the entries repeat the rows)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await cdc.wait_connected()
+
+        async def watch() -> None:
+            nonlocal largest
+            while True:
+                files = list(cdc_raw.iterdir())
+                used = 0
+                for path in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        used += path.stat().st_size
+                largest = max(largest, used)
+                seen.update(p.name for p in files if p.suffix == ".log")
+                await trio.sleep(0.1)
+
+        nursery.start_soon(watch)
+        # 100/s: what the consumer sustains on these machines (docs/cdc.md "What it costs").
+        outcome = await load(cdc_node, keyspace, count, 100, size, concurrency=16)
+        assert outcome == f"done {count} failed 0"
+        found = events(await entries(cdc.store, "load", count))
+        nursery.cancel_scope.cancel()
+    # Written 16 at a time: the commit log's order is not the ids' order.
+    assert_each_once_in_order(found, count, ordered=False)
+    assert len(seen) * SEGMENT_SIZE > 2 * CDC_TOTAL_SPACE
+    assert largest <= CDC_TOTAL_SPACE + 2 * SEGMENT_SIZE
+
+
+async def test_without_a_consumer_cdc_raw_fills_and_writes_are_rejected_then_resume(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """What the deletion guards against (and the alert warns about): nobody consumes, the
+    segments stay, Cassandra rejects writes to CDC tables; a consumer makes room again."""
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    outcome = await load(cdc_node, keyspace, 6000, 2000, 2000, concurrency=16)
+    assert outcome.startswith("done 6000 failed ") and outcome != "done 6000 failed 0"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await cdc.wait_connected()
+        with trio.fail_after(60):
+            while not cdc.alerting():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        failed = int(outcome.rsplit(" ", 1)[1])
+        await entries(cdc.store, "load", 6000 - failed)
+        # Room again: the next writes are accepted.
+        await write(cdc_node, keyspace, "INSERT INTO load (id, body) VALUES (100000, 'after')")
+        with trio.fail_after(60):
+            while cdc.alerting():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_of_the_node_loses_and_repeats_nothing(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """Changes written while the agent and the server are down, the node killed with SIGKILL
+    (it replays its commit log) and restarted, more changes: the named watcher resumes and
+    the subscriber recovers with ``since``; each gets every change once, in order."""
+    table = load_table()
+    await create(cdc_session, keyspace, table)
+    statements = [f"INSERT INTO load (id, body) VALUES ({i}, 'b')" for i in range(41)]
+    async with serving(cdc_session, keyspace, cdc_node, table) as served:
+        await write(cdc_node, keyspace, statements[0])
+        await served.until(lambda event: event["key"] == {"id": 0})
+        assert [e["key"]["id"] for e in served.delivered()] == [0]
+        since = served.received[-1]["event"]["position"]
+    old = agent(cdc_node)
+    await trio.to_thread.run_sync(old.wait_ready)
+    old.stop()
+    await write(cdc_node, keyspace, *statements[1:21])
+    await trio.sleep(0.2)  # past the 2 ms commit-log sync
+    await trio.to_thread.run_sync(lambda: cdc_node.restart(kill=True))
+    await write(cdc_node, keyspace, *statements[21:])
+    lib = Path(old.argv[old.argv.index("-cp") + 1].split(":")[1].rstrip("*"))
+    cdc_node.cdc_agent = await trio.to_thread.run_sync(
+        lambda: CdcAgent.start(
+            lib,
+            cdc_node.dir / "cassandra.yaml",
+            old.state_dir,
+            port=old.port,
+            options={"poll-ms": "5"},
+        )
+    )
+    async with (
+        CassandraSession.connect([cdc_node.host], port=cdc_node.port) as session,
+        serving(session, keyspace, cdc_node, table, since=since) as served,
+    ):
+        await served.until(lambda event: event["key"] == {"id": 40})
+        found = served.delivered()
+        assert served.subscribed["recovered"] is True
+    assert [e["key"]["id"] for e in found] == list(range(1, 41))
+
+
+def test_the_agent_jar_is_built_for_the_node_version() -> None:
+    import zipfile
+
+    from trio_rt.cdc import ensure_agent_jar
+
+    jar = ensure_agent_jar()
+    assert "trio_rt/cdc/agent/Agent.class" in zipfile.ZipFile(jar).namelist()
+    assert (jar.parent / "logback.xml").is_file()
