@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._core.checks import int_problem, number_problem
 from ._workers import (
     DEFAULT_MAX_START_FAILURES,
     EX_CONFIG,
@@ -43,24 +44,40 @@ def _workers_type(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return value
+def _seconds(option: str) -> Callable[[str], float]:
+    """An argparse type: a positive finite number of seconds (trio_rt/_core/checks.py)."""
+
+    def parse(text: str) -> float:
+        value: object
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+        problem = number_problem(option, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem} (seconds)")
+        assert isinstance(value, float)
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, not {text!r}")
-    return value
+def _count(option: str) -> Callable[[str], int]:
+    """An argparse type: a positive integer (trio_rt/_core/checks.py)."""
+
+    def parse(text: str) -> int:
+        value: object
+        try:
+            value = int(text)
+        except ValueError:
+            value = text
+        problem = int_problem(option, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        assert isinstance(value, int)
+        return value
+
+    return parse
 
 
 def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
@@ -75,7 +92,7 @@ def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--drain-timeout",
-        type=_positive_float,
+        type=_seconds("--drain-timeout"),
         default=30.0,
         metavar="SECONDS",
         help="with --workers: after SIGTERM, how long the workers may take to shut down "
@@ -83,7 +100,7 @@ def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--max-start-failures",
-        type=_positive_int,
+        type=_count("--max-start-failures"),
         default=DEFAULT_MAX_START_FAILURES,
         metavar="N",
         help="with --workers: give up when a worker fails to start N times in a row "

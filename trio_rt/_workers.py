@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._core.checks import int_problem, number_problem, require
 from ._transport.reuseport import reuse_port_problem
 
 if TYPE_CHECKING:
@@ -102,13 +103,16 @@ def parse_workers(text: str) -> int:
     """``--workers``: an integer >= 1, or ``auto`` (`default_workers`). ValueError otherwise."""
     if text.strip().lower() == "auto":
         return default_workers()
+    value: object
     try:
-        n = int(text)
+        value = int(text)
     except ValueError:
-        raise ValueError(f"expected a number of processes >= 1 or 'auto', not {text!r}") from None
-    if n < 1:
-        raise ValueError(f"expected a number of processes >= 1 or 'auto', not {n}")
-    return n
+        value = text
+    problem = int_problem("--workers", value)
+    if problem is not None:
+        raise ValueError(f"{problem} (a number of processes, or 'auto')")
+    assert isinstance(value, int)
+    return value
 
 
 def describe_exit(returncode: int) -> str:
@@ -140,15 +144,15 @@ class RestartPolicy:
     start_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("initial_delay", "max_delay", "stable_after", "start_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, not {value!r}")
+        require(
+            *(
+                number_problem(name, getattr(self, name))
+                for name in ("initial_delay", "max_delay", "stable_after", "start_timeout")
+            ),
+            int_problem("max_start_failures", self.max_start_failures),
+        )
         if self.max_delay < self.initial_delay:
             raise ValueError("max_delay must not be below initial_delay")
-        n = self.max_start_failures
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"max_start_failures must be an integer >= 1, not {n!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,10 +350,7 @@ class Supervisor:
         python: Sequence[str] = (sys.executable,),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, not {workers}")
-        if drain_timeout <= 0:
-            raise ValueError(f"drain_timeout must be positive, not {drain_timeout}")
+        require(int_problem("workers", workers), number_problem("drain_timeout", drain_timeout))
         self.spec = spec
         self.workers = workers
         self.host = host

@@ -203,7 +203,7 @@ async def test_bad_worker_options_fail_clearly() -> None:
                 "--drain-timeout",
                 "0",
             ],
-            b"positive number of seconds",
+            b"--drain-timeout must be a positive finite number",
         ),
     ]:
         with trio.fail_after(30):

@@ -29,6 +29,8 @@ TrioRTError                     the base (trio_rt)
 ├── HttpError                   a server API request refused with an HTTP status and
 │                               error code (trio_rt._core.http_parse; answered, never raised
 │                               to the app)
+├── WireError                   a CDC agent's message does not follow the wire format
+│                               (trio_rt.cdc; the agent's connection is dropped)
 ├── CassandraError              a Cassandra request failed (trio_rt.cassandra)
 │   ├── CassandraUnavailable    transient: retrying later may succeed
 │   │   └── CassandraTimeout

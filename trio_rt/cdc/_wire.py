@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._core.errors import TrioRTError
+
 __all__ = [
     "MAX_LINE",
     "PROTOCOL",
@@ -56,7 +58,7 @@ OPERATIONS: frozenset[str] = frozenset(
 ChangeKind = Literal["write", "delete", "partition_delete", "range_delete"]
 
 
-class WireError(ValueError):
+class WireError(TrioRTError):
     """A message that does not follow the wire format."""
 
 
