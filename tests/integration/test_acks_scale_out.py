@@ -12,67 +12,27 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator
 
 import trio
 
 from tests.integration.acks_server import HOLD_ENV, NAMESPACE_ENV, REDIS_URL_ENV
-from tests.integration.test_scale_out import GUARD, REPO_ROOT, ServerProcess, wait_until
+from tests.integration.test_scale_out import GUARD, ServerProcess, serve_apps, wait_until
 from trio_rt.client import ClientClosed, WebSocketClient
 from trio_rt.redis._client import RedisClient
 
 ROOM = "acks"
 
 
-@contextlib.asynccontextmanager
-async def servers(
+def servers(
     redis_url: str, namespace: str, holds: list[bool]
-) -> AsyncIterator[list[ServerProcess]]:
+) -> contextlib.AbstractAsyncContextManager[list[ServerProcess]]:
     """One server per entry of `holds` (True: it never acks); all stopped on the way out."""
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "trio_rt", "--log-level", "WARNING", "serve"]
-    argv += ["tests.integration.acks_server:build_app", "--host", "127.0.0.1", "--port", "0"]
-    started: list[ServerProcess] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            for hold in holds:
-                env = {
-                    **os.environ,
-                    REDIS_URL_ENV: redis_url,
-                    NAMESPACE_ENV: namespace,
-                    HOLD_ENV: "1" if hold else "0",
-                    "PYTHONPATH": pythonpath,
-                }
-                proc = await trio.lowlevel.open_process(
-                    argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE
-                )
-                started.append(ServerProcess(proc))
-            for server in started:
-                await server.read_url()
-                nursery.start_soon(server.drain)
-            try:
-                yield started
-            finally:
-                with trio.CancelScope(shield=True):
-                    for server in started:
-                        if server.proc.returncode is None:
-                            server.proc.send_signal(signal.SIGTERM)
-                    with trio.move_on_after(GUARD):
-                        for server in started:
-                            await server.proc.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            for server in started:
-                if server.proc.returncode is None:
-                    server.proc.kill()
-                await server.proc.wait()
-                assert server.proc.stdout is not None
-                await server.proc.stdout.aclose()
+    envs = [
+        {REDIS_URL_ENV: redis_url, NAMESPACE_ENV: namespace, HOLD_ENV: "1" if hold else "0"}
+        for hold in holds
+    ]
+    return serve_apps("tests.integration.acks_server:build_app", envs)
 
 
 async def test_a_resend_through_another_server_is_stored_and_delivered_once(

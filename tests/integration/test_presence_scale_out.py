@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,56 +26,24 @@ import trio
 from websockets.trio.client import ClientConnection, connect
 
 from tests.integration.presence_server import PREFIX_ENV, REDIS_URL_ENV, TTL_ENV
-from tests.integration.test_scale_out import GUARD, REPO_ROOT, ServerProcess
+from tests.integration.test_scale_out import GUARD, ServerProcess, serve_apps
 from trio_rt.client import WebSocketClient
 
 TTL = 1.0  # seconds: a dead server's entries expire after this
 AGREE = 10.0  # guard for "every server agrees"
 
 
-@contextlib.asynccontextmanager
-async def presence_servers(redis_url: str, count: int) -> AsyncIterator[list[ServerProcess]]:
+def presence_servers(
+    redis_url: str, count: int
+) -> contextlib.AbstractAsyncContextManager[list[ServerProcess]]:
     """Start `count` servers sharing `redis_url` under a fresh prefix; stop (or kill) them all
     on the way out."""
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = {
-        **os.environ,
         REDIS_URL_ENV: redis_url,
         PREFIX_ENV: f"t-presence-{uuid.uuid4().hex[:10]}",
         TTL_ENV: str(TTL),
-        "PYTHONPATH": pythonpath,
     }
-    argv = [sys.executable, "-m", "trio_rt", "--log-level", "WARNING", "serve"]
-    argv += ["tests.integration.presence_server:build_app", "--host", "127.0.0.1", "--port", "0"]
-    servers: list[ServerProcess] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            for _ in range(count):
-                proc = await trio.lowlevel.open_process(
-                    argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE
-                )
-                servers.append(ServerProcess(proc))
-            for server in servers:
-                await server.read_url()
-                nursery.start_soon(server.drain)
-            try:
-                yield servers
-            finally:
-                with trio.CancelScope(shield=True):
-                    for server in servers:
-                        if server.proc.returncode is None:
-                            server.proc.send_signal(signal.SIGTERM)
-                    with trio.move_on_after(GUARD):
-                        for server in servers:
-                            await server.proc.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            for server in servers:
-                if server.proc.returncode is None:
-                    server.proc.kill()
-                await server.proc.wait()
-                assert server.proc.stdout is not None
-                await server.proc.stdout.aclose()
+    return serve_apps("tests.integration.presence_server:build_app", [env] * count)
 
 
 class Raw:

@@ -18,7 +18,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,17 +68,20 @@ class ServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def server_processes(redis_url: str, count: int) -> AsyncIterator[list[ServerProcess]]:
-    """Start ``count`` servers sharing ``redis_url``; on the way out, stop whatever still runs
-    (SIGTERM, then SIGKILL if it hangs) and close the pipes."""
+async def serve_apps(
+    app: str, envs: Sequence[Mapping[str, str]]
+) -> AsyncIterator[list[ServerProcess]]:
+    """Start one ``trio-rt serve <app>`` per entry of `envs` (variables added to this
+    process's environment); on the way out, stop whatever still runs (SIGTERM, then SIGKILL
+    if it hangs) and close the pipes."""
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, REDIS_URL_ENV: redis_url, "PYTHONPATH": pythonpath}
     argv = [sys.executable, "-m", "trio_rt", "--log-level", "WARNING", "serve"]
-    argv += ["tests.integration.scale_out_server:build_app", "--host", "127.0.0.1", "--port", "0"]
+    argv += [app, "--host", "127.0.0.1", "--port", "0"]
     servers: list[ServerProcess] = []
     try:
         async with trio.open_nursery() as nursery:
-            for _ in range(count):
+            for extra in envs:
+                env = {**os.environ, **extra, "PYTHONPATH": pythonpath}
                 proc = await trio.lowlevel.open_process(
                     argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE
                 )
@@ -104,6 +107,14 @@ async def server_processes(redis_url: str, count: int) -> AsyncIterator[list[Ser
                 await server.proc.wait()
                 assert server.proc.stdout is not None
                 await server.proc.stdout.aclose()
+
+
+def server_processes(
+    redis_url: str, count: int
+) -> contextlib.AbstractAsyncContextManager[list[ServerProcess]]:
+    """``count`` scale-out servers sharing ``redis_url`` (`serve_apps`)."""
+    app = "tests.integration.scale_out_server:build_app"
+    return serve_apps(app, [{REDIS_URL_ENV: redis_url}] * count)
 
 
 @dataclass
