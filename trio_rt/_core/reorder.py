@@ -338,12 +338,8 @@ class ReorderBuffer(Generic[T]):
         held = self._held
         ceiling = self.ceiling
         while True:
+            out.extend(self._release_run())
             nxt = self.done + 1
-            entry = held.pop(nxt, None)
-            if entry is not None:
-                out.append(entry[0])
-                self.done = nxt
-                continue
             if ceiling is not None:
                 if nxt > ceiling:
                     break  # the upstream's hole: it fills it or moves past it
