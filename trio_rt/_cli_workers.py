@@ -13,7 +13,8 @@ import errno
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -24,6 +25,7 @@ from ._workers import (
     WORKER_ID_ENV,
     RestartPolicy,
     Supervisor,
+    parse_option,
     parse_workers,
     serve_worker,
     shareable_problem,
@@ -35,55 +37,25 @@ if TYPE_CHECKING:
     from ._engine.manager import WebSocketManager
 
 LoadApp = Callable[..., Awaitable["WebSocketManager"]]
+T = TypeVar("T")
 
 
-def _workers_type(text: str) -> int:
-    try:
-        return parse_workers(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser that raises ValueError (its message is the error)."""
 
-
-def _seconds(option: str) -> Callable[[str], float]:
-    """An argparse type: a positive finite number of seconds (trio_rt/_core/checks.py)."""
-
-    def parse(text: str) -> float:
-        value: object
+    def typed(text: str) -> T:
         try:
-            value = float(text)
-        except ValueError:
-            value = text
-        problem = number_problem(option, value)
-        if problem is not None:
-            raise argparse.ArgumentTypeError(f"{problem} (seconds)")
-        assert isinstance(value, float)
-        return value
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-    return parse
-
-
-def _count(option: str) -> Callable[[str], int]:
-    """An argparse type: a positive integer (trio_rt/_core/checks.py)."""
-
-    def parse(text: str) -> int:
-        value: object
-        try:
-            value = int(text)
-        except ValueError:
-            value = text
-        problem = int_problem(option, value)
-        if problem is not None:
-            raise argparse.ArgumentTypeError(problem)
-        assert isinstance(value, int)
-        return value
-
-    return parse
+    return typed
 
 
 def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--workers",
-        type=_workers_type,
+        type=_argument(parse_workers),
         default=1,
         metavar="N",
         help="N processes on one port (SO_REUSEPORT, Linux) under a supervisor that restarts "
@@ -92,7 +64,11 @@ def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--drain-timeout",
-        type=_seconds("--drain-timeout"),
+        type=_argument(
+            partial(
+                parse_option, "--drain-timeout", convert=float, check=number_problem, hint="seconds"
+            )
+        ),
         default=30.0,
         metavar="SECONDS",
         help="with --workers: after SIGTERM, how long the workers may take to shut down "
@@ -100,7 +76,9 @@ def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--max-start-failures",
-        type=_count("--max-start-failures"),
+        type=_argument(
+            partial(parse_option, "--max-start-failures", convert=int, check=int_problem)
+        ),
         default=DEFAULT_MAX_START_FAILURES,
         metavar="N",
         help="with --workers: give up when a worker fails to start N times in a row "

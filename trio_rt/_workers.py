@@ -44,9 +44,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
@@ -99,20 +99,35 @@ def default_workers() -> int:
     return max(1, n or 1)
 
 
+T = TypeVar("T")
+
+
+def parse_option(
+    option: str,
+    text: str,
+    convert: Callable[[str], T],
+    check: Callable[[str, object], str | None],
+    hint: str = "",
+) -> T:
+    """A command-line value: `text` converted by `convert` (``int``, ``float``) and checked by
+    `check` (`int_problem` / `number_problem` of trio_rt/_core/checks.py) under the name
+    `option`. ValueError with the check's message (and `hint`) otherwise."""
+    value: object
+    try:
+        value = convert(text)
+    except ValueError:
+        value = text
+    problem = check(option, value)
+    if problem is not None:
+        raise ValueError(f"{problem} ({hint})" if hint else problem)
+    return cast(T, value)
+
+
 def parse_workers(text: str) -> int:
     """``--workers``: an integer >= 1, or ``auto`` (`default_workers`). ValueError otherwise."""
     if text.strip().lower() == "auto":
         return default_workers()
-    value: object
-    try:
-        value = int(text)
-    except ValueError:
-        value = text
-    problem = int_problem("--workers", value)
-    if problem is not None:
-        raise ValueError(f"{problem} (a number of processes, or 'auto')")
-    assert isinstance(value, int)
-    return value
+    return parse_option("--workers", text, int, int_problem, "a number of processes, or 'auto'")
 
 
 def describe_exit(returncode: int) -> str:
