@@ -150,6 +150,8 @@ class WebSocketManager:
         self._stats = stats = ServerStats()
         self._services: list[Service] = list(history.services()) if history is not None else []
         self._service_nursery: trio.Nursery | None = None
+        # Each running service's cancel scope and end, in start order (stopped in reverse).
+        self._service_runs: list[tuple[trio.CancelScope, trio.Event]] = []
         self._instruments: Instruments | None = None
         self._change_streams: ChangeStreamStats | None = None
         self._presence: PresenceService | None = None
@@ -298,13 +300,34 @@ class WebSocketManager:
 
         Services added before `serve` start before the listener opens (the server is ready
         once each has called ``task_status.started()``); added while serving, they start at
-        once. They are cancelled after the connections have closed, at the end of a graceful
-        shutdown.
+        once. They are stopped after the connections have closed, at the end of a graceful
+        shutdown, one at a time in the reverse order they started, each awaited (at most
+        `close_timeout`) before the next is cancelled: a service that owns a resource the
+        services added after it use (a Cassandra session) outlives them, as in an exit stack.
         """
         if self._service_nursery is not None:
-            self._service_nursery.start_soon(service)
+            self._service_nursery.start_soon(functools.partial(self._run_service, service))
         else:
             self._services.append(service)
+
+    async def _run_service(
+        self, service: Service, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        scope, done = trio.CancelScope(), trio.Event()
+        self._service_runs.append((scope, done))
+        try:
+            with scope:
+                await service(task_status=task_status)
+        finally:
+            done.set()
+
+    async def _stop_services(self) -> None:
+        """Cancel the services in reverse start order, waiting for each (bounded)."""
+        runs, self._service_runs = self._service_runs, []
+        for scope, done in reversed(runs):
+            scope.cancel()
+            with trio.move_on_after(self.options.close_timeout):
+                await done.wait()
 
     # -- seams for extensions -------------------------------------------------------------------
     def add_command(self, command: type[C], handler: CommandHandler[C]) -> None:
@@ -434,6 +457,7 @@ class WebSocketManager:
                     with trio.CancelScope(shield=True):
                         try:
                             await self._shutdown(ws_server)
+                            await self._stop_services()
                         finally:
                             inner.cancel()
         finally:
@@ -469,7 +493,7 @@ class WebSocketManager:
                     self.history.check_deployment(self.broker)
                     nursery.start_soon(self._delivery.order.run)
                 for service in self._services:
-                    await nursery.start(service)
+                    await nursery.start(self._run_service, service)
                 self._service_nursery = nursery
                 if self._heartbeats is not None:
                     await nursery.start(self._heartbeats.run)
