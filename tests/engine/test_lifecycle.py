@@ -312,3 +312,45 @@ async def test_an_open_connection_keeps_nothing_of_its_welcome(make_manager: Any
         assert (await c.request({"type": "ping"}))["type"] == "pong"  # open, served
         assert len(welcomes) == 1
         assert welcomes[0]() is None  # freed by reference counting, no collection needed
+
+
+async def test_services_stop_in_reverse_start_order(make_manager: Any) -> None:
+    """A service that owns a resource (the fault app's Cassandra session) is added before the
+    services that use it: at shutdown they stop first, each awaited, so their last write (a
+    watcher's position save) still finds the resource open."""
+    manager = make_manager()
+    resource = {"open": True}
+    seen: list[str] = []
+    started: list[str] = []
+
+    async def owner(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            resource["open"] = False
+            seen.append("owner closed")
+
+    def user(name: str) -> Any:
+        async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            started.append(name)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(0.01)  # a last write in flight
+                    seen.append(f"{name} saw {'open' if resource['open'] else 'closed'}")
+
+        return run
+
+    manager.add_service(owner)
+    manager.add_service(user("first"))
+    async with manager:
+        manager.add_service(user("added while serving"))
+        await wait_until(lambda: len(started) == 2)
+    assert seen == [
+        "added while serving saw open",
+        "first saw open",
+        "owner closed",
+    ]
