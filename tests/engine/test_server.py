@@ -495,7 +495,9 @@ async def test_a_broadcast_is_serialized_and_framed_once(
 
             for _ in range(20):
                 nursery.start_soon(join)
-            await wait_until(lambda: len(manager.members_of("many")) == 20)
+            # Every client has its room_joined (a member can be in the room a moment before
+            # its reply is queued: a broadcast then would reach it first).
+            await wait_until(lambda: len(clients) == 20)
             monkeypatch.setattr(delivery_module, "encode", counting_encode)
             monkeypatch.setattr(outbox_module, "encode_text_frame", counting_frame)
             await manager.broadcast_to_room("many", {"type": "m", "x": 1})
