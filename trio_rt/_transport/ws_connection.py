@@ -150,6 +150,18 @@ class _LazyLock:
             self._lock = None
 
 
+class _NoReaderTask:
+    """The nursery websockets' `Connection.__init__` sees: its one use there, starting the
+    `recv_events` task, does nothing (see `_ServerConnection.__init__`)."""
+
+    @staticmethod
+    def start_soon(*args: object, **kwargs: object) -> None:
+        return None
+
+
+_NO_READER_TASK = _NoReaderTask()
+
+
 class _ServerConnection(ServerConnection):
     """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
 
@@ -168,16 +180,21 @@ class _ServerConnection(ServerConnection):
         # (_transport/direct_stream.py).
         if isinstance(stream, trio.SocketStream):
             stream = DirectStream(stream)
-        super().__init__(nursery, stream, protocol, server, **kwargs)
+        # No `recv_events` task: websockets' __init__ starts it last, in the nursery it is
+        # given; this one drops it and the handler task reads instead (`read_events`): one
+        # task, its frames and the reader's trap less per idle connection (~2 KiB).
+        super().__init__(_NO_READER_TASK, stream, protocol, server, **kwargs)  # type: ignore[arg-type]
+        self.nursery = nursery
         # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
         # connection: _transport/assembler.py); only over the implementation it was written against.
         # The send lock exists only while held: an idle connection keeps none (~340 bytes).
         self.send_lock = _LazyLock()  # type: ignore[assignment]
+        # `messages_queued` needs it: the reader starts a message handler task by it.
         assembler = self.recv_messages
-        if type(assembler) is Assembler:
-            self.recv_messages = LightAssembler(  # type: ignore[assignment]
-                assembler.high, assembler.low, self.pause_reading, self.resume_reading
-            )
+        assert type(assembler) is Assembler  # the implementation it was written against
+        self.recv_messages = LightAssembler(  # type: ignore[assignment]
+            assembler.high, assembler.low, self.pause_reading, self.resume_reading
+        )
 
     async def handshake(
         self,
@@ -188,11 +205,13 @@ class _ServerConnection(ServerConnection):
         """websockets' `ServerConnection.handshake` (17.x: same steps, same errors), except
         how it waits for the request: websockets races `request_rcvd` against `stream_closed`
         with a nursery and two tasks per handshake (`race_events`), about 15 % of a
-        handshake's CPU here (docs/performance.md). This waits on `request_rcvd` alone, which
-        `close_stream` also sets when the connection ends before a request came."""
+        handshake's CPU here (docs/performance.md). This reads the request in the calling
+        task (`read_events`) until it has come or the stream has ended."""
         accepted = False  # process_request let the upgrade go on
         try:
-            await self.request_rcvd.wait()
+            while self.request is None:  # read in this task: there is no recv_events task
+                if not await self.read_events():
+                    break
             if self.request is None:
                 return  # the stream closed first; websockets' handler closes the rest
             response = None
@@ -268,6 +287,69 @@ class _ServerConnection(ServerConnection):
             )
         assert response is None or isinstance(response, Response)
         return response
+
+    @property
+    def messages_queued(self) -> int:
+        """Frames received and not yet taken by `recv` (a whole message or the start of one)."""
+        return len(self.recv_messages)  # type: ignore[arg-type]
+
+    async def read_events(self) -> bool:
+        """One pass of websockets' `recv_events` loop (17.x: the same steps, errors and
+        order), in the caller's task: wait while flow control pauses reading, read once,
+        feed the protocol, write what it answers (pongs, the close frame, EOF), set the
+        close deadline, process the events (data frames go to `recv_messages`, pongs to the
+        heartbeat). At the end of the stream (EOF, a closed or broken socket, a failed
+        write) it does what `recv_events` does after its loop, closes the stream
+        (`close_stream`: the connection is CLOSED, `recv` raises ConnectionClosed) and
+        returns False; True while the stream goes on.
+
+        Exactly one task calls it for the connection's whole life: the handshake, then
+        `Connection.run` (websockets' handler task). A caller cancelled in it (a server
+        shutting down) must call `close_stream` itself."""
+        try:
+            try:
+                if self.recv_flow_control is not None:
+                    await self.recv_flow_control.wait()
+                data = await self.stream.receive_some()
+            except trio.ClosedResourceError:
+                data = b""
+            except Exception as exc:
+                if self.debug:
+                    self.logger.debug("! error while receiving data", exc_info=True)
+                self.set_connection_exc(exc)  # unless send_context set it first
+                data = b""
+            if data:
+                protocol = self.protocol
+                protocol.receive_data(data)
+                events = protocol.events_received()
+                try:
+                    await self.send_data()
+                except Exception as exc:
+                    if self.debug:
+                        self.logger.debug("! error while sending data", exc_info=True)
+                    self.set_connection_exc(exc)  # events are lost, as upstream: the end
+                else:
+                    if (
+                        protocol.close_expected()
+                        and self.close_deadline is None
+                        and self.close_timeout is not None
+                    ):
+                        self.close_deadline = trio.current_time() + self.close_timeout
+                    for event in events:
+                        self.process_event(event)
+                    return True
+            # The stream is over: feed its end to the protocol (the close state, 1006).
+            self.protocol.receive_eof()
+            events = self.protocol.events_received()
+            await self.send_data()
+            for event in events:  # pragma: no cover - only for HTTP responses (clients)
+                self.process_event(event)
+        except Exception as exc:
+            # Never expected (upstream's safety net).
+            self.logger.error("unexpected internal error", exc_info=True)
+            self.set_connection_exc(exc)
+        await self.close_stream()
+        return False
 
     async def close_stream(self) -> None:
         try:
