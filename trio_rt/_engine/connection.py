@@ -396,13 +396,19 @@ class Connection:
             self._start_close()
 
     # -- engine side: called by the server's parts, not by applications ----------------------
-    async def run(self, welcome: OutboundMessage | None = None) -> None:
+    async def run(
+        self,
+        welcome: OutboundMessage | None = None,
+        ended: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
         """Serve the connection once the upgrade is done, until it ends (OPEN to CLOSED).
         `welcome` goes out first, before what the connection handlers queued. Reads in the
         calling task (the one websockets gives the connection); its writer and closing tasks,
         when needed, run in websockets' nursery for the connection (`ws.nursery`), and are
-        cancelled and awaited before this returns: none outlives it. Puts the connection on
-        the heartbeat schedule.
+        cancelled and awaited before this returns: none outlives it. So does the message
+        handler task, started when messages come and awaited (not cancelled): what was
+        received is handled. Puts the connection on the heartbeat schedule. `ended(self)` is
+        called last, shielded, however the connection ended (the lifecycle's `finish`).
 
         No nursery of its own: an idle connection would keep one (~1 KiB) for tasks it
         rarely has (docs/performance.md)."""
@@ -410,7 +416,7 @@ class Connection:
             self._outbox.push_front(welcome)
             del welcome  # this frame lives as long as the connection: keep no reference
         ws = self._ws
-        ended = False  # the stream ended (read_events said so)
+        stream_ended = False  # read_events said so (the stream is closed)
         try:
             self._nursery = ws.nursery
             self._status = ConnectionState.OPEN
@@ -430,9 +436,9 @@ class Connection:
             while await hosted.read_events():
                 if hosted.messages_queued and not self._handling:
                     self._spawn_handler()
-            ended = True
+            stream_ended = True
         finally:
-            if not ended:  # cancelled (a server shutting down) or failed: end the stream
+            if not stream_ended:  # cancelled (a server shutting down) or failed: end the stream
                 with trio.CancelScope(shield=True):
                     await cast("HostedSocket", ws).close_stream()
             with trio.CancelScope(shield=True):
@@ -448,6 +454,11 @@ class Connection:
                 await self._stop_tasks()
             self._stop_heartbeat()
             self.mark_closed()
+            if ended is not None:
+                with trio.CancelScope(shield=True):
+                    await ended(self)
+            # No cycle ws <-> conn: reference counting frees both (no work for the cyclic GC).
+            cast("HostedSocket", ws).trio_rt_conn = None
 
     def _spawn_handler(self) -> None:
         """Start the message handler task (at most one: it takes the messages in order)."""

@@ -35,7 +35,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import SERVER, Response
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import CONNECTING, OPEN
+from websockets.protocol import Protocol as WsProtocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.trio.connection import Connection as WsConnection
 from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
@@ -148,6 +150,31 @@ class _LazyLock:
         lock.release()
         if not lock.locked():  # no waiter took it over: nobody holds a reference to it
             self._lock = None
+
+
+def _restart_frame_parser(protocol: ServerProtocol) -> None:
+    """Once open, swap the protocol's parser for a fresh frame parser when the old one waits
+    between frames: websockets' server parser is a generator that parsed the request and then
+    parses frames inside the same frame, which keeps the request and both generator frames
+    (~0.65 KiB) for the connection's life. Waiting between frames (the reader's buffer empty,
+    in `at_eof` at the top of `Protocol.parse`'s loop) the frame parser carries no state: a new
+    one, started, is in the same place. Otherwise (frames came with the request) the old one
+    stays."""
+    parser = protocol.parser
+    frames = getattr(parser, "gi_yieldfrom", None)  # Protocol.parse, under ServerProtocol.parse
+    waiting = getattr(frames, "gi_yieldfrom", None)
+    if (
+        getattr(frames, "gi_code", None) is _FRAME_PARSER_CODE
+        and getattr(waiting, "gi_code", None) is _AT_EOF_CODE
+        and not protocol.reader.buffer
+        and not protocol.reader.eof
+    ):
+        protocol.parser = WsProtocol.parse(protocol)
+        next(protocol.parser)
+
+
+_FRAME_PARSER_CODE = WsProtocol.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
 
 
 class _NoReaderTask:
@@ -266,6 +293,7 @@ class _ServerConnection(ServerConnection):
                 self.response = None
                 # Set for good: a shared set Event instead of this one (~280 bytes).
                 self.request_rcvd = _REQUEST_RECEIVED
+                _restart_frame_parser(self.protocol)
             elif conn is not None:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
                 with trio.CancelScope(shield=True):
