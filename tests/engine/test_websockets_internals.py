@@ -35,8 +35,8 @@ MIRRORED: dict[str, tuple[str, str]] = {
     ),
     "websockets.trio.server.ServerConnection.__init__": (
         "1d671cb8659603e8",
-        "_ServerConnection.__init__ wraps the stream before super() and sets request_rcvd's "
-        "meaning (handshake waits on it alone)",
+        "_ServerConnection.__init__ sets the same attributes without calling it (server, "
+        "request_rcvd)",
     ),
     "websockets.trio.server.ServerConnection.process_event": (
         "d126553c3501058d",
@@ -51,9 +51,9 @@ MIRRORED: dict[str, tuple[str, str]] = {
     ),
     "websockets.trio.connection.Connection.__init__": (
         "b63ee2b453144b9a",
-        "_ServerConnection swaps recv_messages (built from Assembler.high/low, pause_reading, "
-        "resume_reading) for LightAssembler; stream and send_lock as Connection uses them; "
-        "the nursery it is given serves only to start recv_events, last (_NoReaderTask)",
+        "_ServerConnection.__init__ sets the same attributes without calling it, except: "
+        "LightAssembler for recv_messages (max_queue as high/low, pause_reading, "
+        "resume_reading), _LazyLock for send_lock, no recv_events task",
     ),
     "websockets.trio.connection.Connection.recv_events": (
         "9fe162d17df23124",

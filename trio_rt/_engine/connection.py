@@ -428,7 +428,9 @@ class Connection:
             if self._close_code is not None:  # closed during the handshake
                 self._start_close()
             elif self._outbox:  # the welcome, and what the connection handler queued
-                self._flush_now()
+                self._flush_now()  # with the corked upgrade response, in one write
+            if self._direct is not None and self._direct.corking:
+                self.flush_corked()  # the upgrade response, corked by the handshake
             # The reader, in this task (websockets starts none: _transport/ws_connection.py):
             # it reads until the stream ends, so pings, pongs and the close handshake are
             # answered while a message handler runs; messages go to a handler task.

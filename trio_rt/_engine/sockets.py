@@ -20,7 +20,8 @@ __all__ = ["DirectWrites", "HostedSocket"]
 class DirectWrites(Protocol):
     """A socket stream that can also be written synchronously (`DirectStream`): frames are
     sent at once when the socket is `idle`, or corked until the `FlushQueue` flushes them.
-    `Connection` checks for it once, when it opens (plain TCP has it; TLS does not)."""
+    `Connection` checks for it once, when it opens (plain TCP has it; TLS does not). The
+    handshake may leave the upgrade response corked: `Connection.run` flushes it first."""
 
     @property
     def pending(self) -> int:

@@ -3,9 +3,14 @@
 
 What the subclass changes, and why (docs/architecture.md, docs/performance.md):
 
+- no reader task (websockets' `recv_events`): whoever serves the connection reads it with
+  `read_events`, one pass of upstream's loop at a time: the handshake reads the request in
+  websockets' handler task, then `Connection.run` reads in the same task;
 - the socket is wrapped in `DirectStream`, so broadcasts write idle connections synchronously;
+  the upgrade response is corked and goes out with the welcome in one write;
 - websockets' frame queue is replaced by `LightAssembler` (same contract, less memory);
-- the handshake waits for the request on one event instead of two tasks in a nursery;
+- once open, websockets' request parser is swapped for a fresh frame parser (its frame holds
+  the request);
 - pongs go to the connection's heartbeat (`Connection.heartbeat_pong`);
 - a reference cycle is broken when the handshake ends, so closed connections are freed by
   reference counting, and a connection that never upgraded is handed back to the server's
@@ -15,7 +20,8 @@ It knows trio_rt's side only through `trio_rt_conn` (the `Connection` being hand
 set by the handshake part) and `trio_rt_host` (a `HandshakeHost`, set on the class bound for
 one server by `start_websockets_server`).
 
-It mirrors websockets 17.x's `ServerConnection.handshake` and relies on attributes websockets
+It mirrors websockets 17.x's `ServerConnection.handshake`, `ServerConnection.__init__` and
+`Connection.__init__`, and `Connection.recv_events` (`read_events`), and relies on attributes websockets
 does not document; tests/engine/test_websockets_internals.py lists them and fails when the mirrored
 upstream code changes (pyproject.toml pins websockets to the tested range).
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,7 +46,6 @@ from websockets.protocol import Protocol as WsProtocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 from websockets.trio.connection import Connection as WsConnection
-from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 from websockets.typing import Subprotocol
@@ -177,18 +183,6 @@ _FRAME_PARSER_CODE = WsProtocol.parse.__code__
 _AT_EOF_CODE = StreamReader.at_eof.__code__
 
 
-class _NoReaderTask:
-    """The nursery websockets' `Connection.__init__` sees: its one use there, starting the
-    `recv_events` task, does nothing (see `_ServerConnection.__init__`)."""
-
-    @staticmethod
-    def start_soon(*args: object, **kwargs: object) -> None:
-        return None
-
-
-_NO_READER_TASK = _NoReaderTask()
-
-
 class _ServerConnection(ServerConnection):
     """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
 
@@ -201,27 +195,58 @@ class _ServerConnection(ServerConnection):
         stream: trio.abc.Stream,
         protocol: ServerProtocol,
         server: Server,
-        **kwargs: Any,
+        *,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        max_queue: int | tuple[int | None, int | None] | None = 16,
     ) -> None:
-        # Plain TCP: let broadcasts write idle connections synchronously
-        # (_transport/direct_stream.py).
+        """websockets' `ServerConnection.__init__` and `Connection.__init__` (17.x: the same
+        attributes, same values), without calling them, for what they would build and throw
+        away or what would stay with every connection (docs/performance.md):
+
+        - no `recv_events` task: the handler task reads (`read_events`): one task, its
+          frames and the reader's trap less per idle connection (~2 KiB);
+        - `LightAssembler` instead of websockets' `Assembler` (same contract, ~2.5 KiB less
+          per idle connection, and no memory channel built per connection: ~7 % of a
+          handshake's CPU);
+        - the send lock exists only while held (`_LazyLock`: an idle connection keeps none);
+        - plain TCP is wrapped in `DirectStream` (broadcasts write idle connections
+          synchronously).
+
+        The logger is websockets' `LoggerAdapter` with the `websocket` field, as upstream."""
         if isinstance(stream, trio.SocketStream):
             stream = DirectStream(stream)
-        # No `recv_events` task: websockets' __init__ starts it last, in the nursery it is
-        # given; this one drops it and the handler task reads instead (`read_events`): one
-        # task, its frames and the reader's trap less per idle connection (~2 KiB).
-        super().__init__(_NO_READER_TASK, stream, protocol, server, **kwargs)  # type: ignore[arg-type]
         self.nursery = nursery
-        # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
-        # connection: _transport/assembler.py); only over the implementation it was written against.
-        # The send lock exists only while held: an idle connection keeps none (~340 bytes).
-        self.send_lock = _LazyLock()  # type: ignore[assignment]
-        # `messages_queued` needs it: the reader starts a message handler task by it.
-        assembler = self.recv_messages
-        assert type(assembler) is Assembler  # the implementation it was written against
+        self.stream = stream
+        self.protocol = protocol
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        if isinstance(max_queue, int) or max_queue is None:
+            high, low = max_queue, None
+        else:
+            high, low = max_queue
+        protocol.logger = logging.LoggerAdapter(protocol.logger, {"websocket": weakref.proxy(self)})
+        self.id = protocol.id
+        self.logger = protocol.logger
+        self.debug = protocol.debug
+        self.request = None
+        self.response = None
+        self.recv_flow_control = None
         self.recv_messages = LightAssembler(  # type: ignore[assignment]
-            assembler.high, assembler.low, self.pause_reading, self.resume_reading
+            high, low, self.pause_reading, self.resume_reading
         )
+        self.close_deadline = None
+        self.send_lock = _LazyLock()  # type: ignore[assignment]
+        self.send_in_progress = None
+        self.pending_pings = {}
+        self.latency = 0.0
+        self.connection_exc = None
+        self.stream_closed = trio.Event()
+        # ServerConnection's own.
+        self.server = server
+        self.request_rcvd = trio.Event()
 
     async def handshake(
         self,
@@ -264,15 +289,16 @@ class _ServerConnection(ServerConnection):
                     self.response.status_code == HTTPStatus.SWITCHING_PROTOCOLS
                     and isinstance(stream, DirectStream)
                     and stream.idle
+                    and not stream.corking
                     and not self.send_lock.locked()
                 ):
-                    # The upgrade, written with one non-blocking send: websockets'
-                    # send_context (a lock, a context manager, trio's send_all) was ~10 % of
-                    # a handshake's CPU. A socket broken meanwhile is the reader's to see.
+                    # The upgrade, corked: it goes out with the welcome in one non-blocking
+                    # send when `Connection.run` starts (no checkpoint in between; run
+                    # flushes it even without a welcome). websockets' send_context (a lock, a
+                    # context manager, trio's send_all) was ~10 % of a handshake's CPU, a
+                    # system call of its own ~6 %. A broken socket is the reader's to see.
                     self.protocol.send_response(self.response)
-                    if stream.send_now(b"".join(self.protocol.data_to_send())) and stream.pending:
-                        async with self.send_lock:  # what the kernel did not take, first
-                            await stream.send_all(b"")
+                    stream.cork(b"".join(self.protocol.data_to_send()))
                 else:
                     async with self.send_context(expected_state=CONNECTING):
                         self.protocol.send_response(self.response)
