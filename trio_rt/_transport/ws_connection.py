@@ -21,9 +21,9 @@ set by the handshake part) and `trio_rt_host` (a `HandshakeHost`, set on the cla
 one server by `start_websockets_server`).
 
 It mirrors websockets 17.x's `ServerConnection.handshake`, `ServerConnection.__init__` and
-`Connection.__init__`, and `Connection.recv_events` (`read_events`), and relies on attributes websockets
-does not document; tests/engine/test_websockets_internals.py lists them and fails when the mirrored
-upstream code changes (pyproject.toml pins websockets to the tested range).
+`Connection.__init__`, and `Connection.recv_events` (`read_events`), and relies on attributes
+websockets does not document; tests/engine/test_websockets_internals.py lists them and fails
+when the mirrored upstream code changes (pyproject.toml pins websockets to the tested range).
 """
 
 from __future__ import annotations
