@@ -65,6 +65,11 @@ MIRRORED: dict[str, tuple[str, str]] = {
         "Connection._handle_messages: recv fails the connection itself on an invalid message "
         "(too many fragments, bad UTF-8) and raises ConnectionClosed",
     ),
+    "websockets.protocol.Protocol.data_to_send": (
+        "a86d030f3a673442",
+        "_ws_connection.read_events calls send_data only when protocol.writes is not empty "
+        "(data_to_send returns that list)",
+    ),
     "websockets.protocol.Protocol.parse": (
         "6281082710e979de",
         "_restart_frame_parser: at the top of its loop, waiting in reader.at_eof, it carries "
@@ -145,6 +150,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "send_ping",
         "send_text",
         "data_to_send",
+        # _ws_connection.read_events: what data_to_send() would return.
+        "writes",
         # _ws_connection._restart_frame_parser.
         "parser",
         "reader",
