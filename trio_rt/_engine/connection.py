@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
@@ -208,7 +207,9 @@ class Connection:
     """
 
     def __init__(self, host: ConnectionHost, ws: ServerConnection) -> None:
-        self.id: str = uuid.uuid4().hex
+        # websockets' connection id (a random UUID, as this was), not a second one per
+        # handshake: the same id in websockets' log records and trio_rt's.
+        self.id: str = ws.id.hex
         self.user_id: str | None = None
         self.state: dict[str, Any] = {}
         # Unix time after which the server no longer accepts this connection's credentials
