@@ -20,7 +20,7 @@ from websockets.trio.client import connect
 from trio_rt import Connection
 from trio_rt._transport.direct_stream import DirectStream
 
-from ..conftest import client, wait_until
+from ..conftest import client, count_tasks, wait_until
 
 
 def _blocking_handler(manager: Any) -> tuple[trio.Event, trio.Event, list[int]]:
@@ -265,3 +265,34 @@ async def test_without_a_welcome_the_upgrade_response_still_goes_out(make_manage
         await ws.send('{"type": "echo"}')
         with trio.fail_after(5):
             assert "echoed" in await ws.recv()
+
+
+async def test_a_failing_process_request_answers_500_and_ends_without_waiting_for_the_client(
+    make_manager: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # websockets then waits for the client to close (its reader task would see it), up to
+    # close_timeout; there is no reader task here, so the handshake must not wait for one.
+    manager = make_manager(close_timeout=60)
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(manager._handshake, "process_request", broken)
+    async with manager:
+        idle_tasks = count_tasks()
+        sock = await trio.to_thread.run_sync(_raw_upgrade, manager.port)
+        try:
+
+            def read_all() -> bytes:
+                sock.settimeout(10)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                return data
+
+            response = await trio.to_thread.run_sync(read_all)
+            assert response.startswith(b"HTTP/1.1 500 ")
+            # The client keeps its socket open: the server ends the connection anyway.
+            await wait_until(lambda: count_tasks() == idle_tasks, limit=10)
+        finally:
+            sock.close()

@@ -299,6 +299,15 @@ class _ServerConnection(ServerConnection):
                     # system call of its own ~6 %. A broken socket is the reader's to see.
                     self.protocol.send_response(self.response)
                     stream.cork(b"".join(self.protocol.data_to_send()))
+                elif self.protocol.handshake_exc is not None:
+                    # A hook failed (500): websockets' send_context would then wait for the
+                    # client to close, up to close_timeout, which its reader task would see.
+                    # There is none: write the answer and its EOF, and let the connection end.
+                    self.protocol.send_response(self.response)
+                    try:
+                        await self.send_data()
+                    except Exception as exc:
+                        self.set_connection_exc(exc)
                 else:
                     async with self.send_context(expected_state=CONNECTING):
                         self.protocol.send_response(self.response)
