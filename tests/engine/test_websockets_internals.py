@@ -35,8 +35,8 @@ MIRRORED: dict[str, tuple[str, str]] = {
     ),
     "websockets.trio.server.ServerConnection.__init__": (
         "1d671cb8659603e8",
-        "_ServerConnection.__init__ wraps the stream before super() and sets request_rcvd's "
-        "meaning (handshake waits on it alone)",
+        "_ServerConnection.__init__ sets the same attributes without calling it (server, "
+        "request_rcvd)",
     ),
     "websockets.trio.server.ServerConnection.process_event": (
         "d126553c3501058d",
@@ -51,8 +51,37 @@ MIRRORED: dict[str, tuple[str, str]] = {
     ),
     "websockets.trio.connection.Connection.__init__": (
         "b63ee2b453144b9a",
-        "_ServerConnection swaps recv_messages (built from Assembler.high/low, pause_reading, "
-        "resume_reading) for LightAssembler; stream and send_lock as Connection uses them",
+        "_ServerConnection.__init__ sets the same attributes without calling it, except: "
+        "LightAssembler for recv_messages (max_queue as high/low, pause_reading, "
+        "resume_reading), _LazyLock for send_lock, no recv_events task",
+    ),
+    "websockets.trio.connection.Connection.recv_events": (
+        "9fe162d17df23124",
+        "_ServerConnection.read_events is one pass of its loop, then its end (same steps, "
+        "errors, order); Connection.run calls it in the handler task instead",
+    ),
+    "websockets.trio.connection.Connection.recv": (
+        "d7b53c4e569f9a80",
+        "Connection._handle_messages: recv fails the connection itself on an invalid message "
+        "(too many fragments, bad UTF-8) and raises ConnectionClosed",
+    ),
+    "websockets.protocol.Protocol.data_to_send": (
+        "a86d030f3a673442",
+        "_ws_connection.read_events calls send_data only when protocol.writes is not empty "
+        "(data_to_send returns that list)",
+    ),
+    "websockets.protocol.Protocol.parse": (
+        "6281082710e979de",
+        "_restart_frame_parser: at the top of its loop, waiting in reader.at_eof, it carries "
+        "no state, so a new one started replaces it",
+    ),
+    "websockets.server.ServerProtocol.parse": (
+        "312f157acc06f682",
+        "_restart_frame_parser: it parses the request, then delegates to Protocol.parse",
+    ),
+    "websockets.streams.StreamReader.at_eof": (
+        "fbfdb471a007eea2",
+        "_restart_frame_parser: a parser waiting here has consumed nothing of the next frame",
     ),
     "websockets.trio.connection.Connection.close_stream": (
         "ebab6bc4ed679c4c",
@@ -100,6 +129,13 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "server",
         "logger",
         "nursery",  # _connection.run starts the writer and the closing task in it
+        # _ws_connection.read_events (upstream's recv_events in the handler task).
+        "recv_flow_control",
+        "close_deadline",
+        "close_timeout",
+        "set_connection_exc",
+        "send_data",
+        "debug",
     ),
     # _ws_connection.handshake (server.closing); _handshake.process_request (logger).
     "server": ("closing",),
@@ -114,6 +150,11 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "send_ping",
         "send_text",
         "data_to_send",
+        # _ws_connection.read_events: what data_to_send() would return.
+        "writes",
+        # _ws_connection._restart_frame_parser.
+        "parser",
+        "reader",
     ),
 }
 

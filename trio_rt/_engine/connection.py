@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import enum
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -29,6 +28,9 @@ from .._core.outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from .._core.protocol import CloseCode, encode
 from .flush import FlushQueue
 from .sockets import DirectWrites
+
+if TYPE_CHECKING:
+    from .sockets import HostedSocket
 
 __all__ = ["Connection", "ConnectionHost", "ConnectionState", "Request"]
 
@@ -205,7 +207,9 @@ class Connection:
     """
 
     def __init__(self, host: ConnectionHost, ws: ServerConnection) -> None:
-        self.id: str = uuid.uuid4().hex
+        # websockets' connection id (a random UUID, as this was), not a second one per
+        # handshake: the same id in websockets' log records and trio_rt's.
+        self.id: str = ws.id.hex
         self.user_id: str | None = None
         self.state: dict[str, Any] = {}
         # Unix time after which the server no longer accepts this connection's credentials
@@ -222,6 +226,8 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._writer_scope: trio.CancelScope | None = None  # set while a writer task runs
         self._writer_exited: trio.Event | None = None  # created by whoever waits for it
+        self._handling = False  # a message handler task runs (`_handle_messages`)
+        self._handler_exited: trio.Event | None = None  # created by `run` if it must wait
         self._closer_scope: trio.CancelScope | None = None  # set while a closing task runs
         self._closer_exited: trio.Event | None = None  # created by `run` if it must wait
         self._torn_write = False  # a write was cancelled midway: the stream is unusable
@@ -391,13 +397,19 @@ class Connection:
             self._start_close()
 
     # -- engine side: called by the server's parts, not by applications ----------------------
-    async def run(self, welcome: OutboundMessage | None = None) -> None:
+    async def run(
+        self,
+        welcome: OutboundMessage | None = None,
+        ended: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
         """Serve the connection once the upgrade is done, until it ends (OPEN to CLOSED).
         `welcome` goes out first, before what the connection handlers queued. Reads in the
         calling task (the one websockets gives the connection); its writer and closing tasks,
         when needed, run in websockets' nursery for the connection (`ws.nursery`), and are
-        cancelled and awaited before this returns: none outlives it. Puts the connection on
-        the heartbeat schedule.
+        cancelled and awaited before this returns: none outlives it. So does the message
+        handler task, started when messages come and awaited (not cancelled): what was
+        received is handled. Puts the connection on the heartbeat schedule. `ended(self)` is
+        called last, shielded, however the connection ended (the lifecycle's `finish`).
 
         No nursery of its own: an idle connection would keep one (~1 KiB) for tasks it
         rarely has (docs/performance.md)."""
@@ -405,6 +417,7 @@ class Connection:
             self._outbox.push_front(welcome)
             del welcome  # this frame lives as long as the connection: keep no reference
         ws = self._ws
+        stream_ended = False  # read_events said so (the stream is closed)
         try:
             self._nursery = ws.nursery
             self._status = ConnectionState.OPEN
@@ -416,17 +429,26 @@ class Connection:
             if self._close_code is not None:  # closed during the handshake
                 self._start_close()
             elif self._outbox:  # the welcome, and what the connection handler queued
-                self._flush_now()
-            # The reader, inline: one coroutine frame less per idle connection.
-            dispatch = self._host.dispatch
-            while True:
-                try:
-                    frame = await ws.recv()
-                except ConnectionClosed:
-                    break
-                self.messages_in += 1
-                await dispatch(self, frame)
+                self._flush_now()  # with the corked upgrade response, in one write
+            if self._direct is not None and self._direct.corking:
+                self.flush_corked()  # the upgrade response, corked by the handshake
+            # The reader, in this task (websockets starts none: _transport/ws_connection.py):
+            # it reads until the stream ends, so pings, pongs and the close handshake are
+            # answered while a message handler runs; messages go to a handler task.
+            hosted = cast("HostedSocket", ws)
+            while await hosted.read_events():
+                if hosted.messages_queued and not self._handling:
+                    self._spawn_handler()
+            stream_ended = True
         finally:
+            if not stream_ended:  # cancelled (a server shutting down) or failed: end the stream
+                with trio.CancelScope(shield=True):
+                    await cast("HostedSocket", ws).close_stream()
+            with trio.CancelScope(shield=True):
+                # What was received before the end is still handled, as it was read.
+                if not self._handling and cast("HostedSocket", ws).messages_queued:
+                    self._spawn_handler()
+                await self._wait_handler()
             # No new task from here on: closing is under way.
             self._nursery = None
             if self._status is ConnectionState.OPEN:
@@ -435,6 +457,55 @@ class Connection:
                 await self._stop_tasks()
             self._stop_heartbeat()
             self.mark_closed()
+            if ended is not None:
+                with trio.CancelScope(shield=True):
+                    await ended(self)
+            # No cycle ws <-> conn: reference counting frees both (no work for the cyclic GC).
+            cast("HostedSocket", ws).trio_rt_conn = None
+
+    def _spawn_handler(self) -> None:
+        """Start the message handler task (at most one: it takes the messages in order)."""
+        assert self._nursery is not None and not self._handling
+        self._handling = True
+        self._nursery.start_soon(self._handle_messages)
+
+    async def _handle_messages(self) -> None:
+        """Dispatch the received messages one at a time, in order, until none is left (or
+        the connection ended and everything received was dispatched), then return: an idle
+        connection keeps no task for this. Flow control is websockets': past `max_queue`
+        unhandled messages the reader stops reading until this catches up. An invalid
+        message (bad UTF-8, too many fragments) fails the connection in `recv`."""
+        ws = self._ws
+        hosted = cast("HostedSocket", ws)
+        dispatch = self._host.dispatch
+        try:
+            while True:
+                try:
+                    frame = await ws.recv()
+                except ConnectionClosed:
+                    break
+                self.messages_in += 1
+                await dispatch(self, frame)
+                if not hosted.messages_queued:
+                    break
+        except Exception:
+            # dispatch never raises for what a client sent or a handler raised; anything
+            # else ends the connection (1011), logged, as websockets' handler did.
+            log.exception("handling a message of %r failed", self)
+            self._abort(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._handling = False
+            if self._handler_exited is not None:
+                self._handler_exited.set()
+                self._handler_exited = None
+
+    async def _wait_handler(self) -> None:
+        """Return once no message handler task is running."""
+        if not self._handling:
+            return
+        if self._handler_exited is None:
+            self._handler_exited = trio.Event()
+        await self._handler_exited.wait()
 
     def _spawn_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Start the closing task (at most one per connection: only OPEN -> CLOSING does)."""

@@ -24,7 +24,7 @@ from .._core.caps import ConnectionCaps
 from .._core.heartbeat import Beat
 from .._core.options import ServerOptions
 from .._core.outbox import OutboundMessage
-from .._core.protocol import encode
+from .._core.protocol import CloseCode, encode
 from .._core.stats import ServerStats
 from .admission import MessageAdmission
 from .connection import Connection
@@ -82,20 +82,30 @@ class ConnectionLifecycle:
     def new_connection(self, ws: ServerConnection) -> Connection:
         return Connection(self.host, ws)
 
-    async def handle(self, ws: ServerConnection) -> None:
-        """websockets' connection handler: serve an upgraded connection until it ends."""
+    def handle(self, ws: ServerConnection) -> Awaitable[None]:
+        """websockets' connection handler: serve an upgraded connection until it ends.
+
+        Not a coroutine function: it returns `conn.run`'s coroutine, which websockets awaits,
+        so an idle connection keeps no frame of this (docs/performance.md); `run` calls
+        `ended` last, shielded, however it ends."""
         hosted = cast(HostedSocket, ws)  # the transport's connection class (_engine/sockets.py)
         conn = hosted.trio_rt_conn
         assert conn is not None  # set by the handshake that let it upgrade
         self.host.stats.connections_opened += 1
+        welcome = None
         try:
             self._tokens.schedule(conn)
-            # No local keeps the welcome: this frame lives as long as the connection.
-            await conn.run(self._welcome_message(conn))
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.finish(conn, True)
-            hosted.trio_rt_conn = None  # no cycle ws <-> conn: refcounting frees both (GC work)
+            welcome = self._welcome_message(conn)
+        except Exception:
+            # Before, this ended the handler and websockets closed with 1011: the same close,
+            # served by `run` (it reads the close handshake through).
+            log.exception("opening %r failed", conn)
+            conn.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
+        return conn.run(welcome, self.ended)
+
+    async def ended(self, conn: Connection) -> None:
+        """The end of an opened connection (`Connection.run` calls it last): `finish`."""
+        await self.finish(conn, True)
 
     def _welcome_message(self, conn: Connection) -> OutboundMessage | None:
         welcome = self._welcome(conn)

@@ -20,7 +20,8 @@ __all__ = ["DirectWrites", "HostedSocket"]
 class DirectWrites(Protocol):
     """A socket stream that can also be written synchronously (`DirectStream`): frames are
     sent at once when the socket is `idle`, or corked until the `FlushQueue` flushes them.
-    `Connection` checks for it once, when it opens (plain TCP has it; TLS does not)."""
+    `Connection` checks for it once, when it opens (plain TCP has it; TLS does not). The
+    handshake may leave the upgrade response corked: `Connection.run` flushes it first."""
 
     @property
     def pending(self) -> int:
@@ -49,6 +50,19 @@ class DirectWrites(Protocol):
 
 class HostedSocket(Protocol):
     """websockets' `ServerConnection` as the transport builds it: it carries the `Connection`
-    it serves (the handshake sets it; the heartbeat's pongs and the handler read it)."""
+    it serves (the handshake sets it; the heartbeat's pongs and the handler read it), and
+    has no reader task of its own: whoever serves it reads it (`read_events`)."""
 
     trio_rt_conn: Connection | None
+
+    @property
+    def messages_queued(self) -> int:
+        """Frames received and not yet taken by `recv`."""
+
+    async def read_events(self) -> bool:
+        """Read the socket once and process what came (pongs and the close handshake are
+        answered, data frames queued for `recv`); False once the stream has ended (the
+        connection is then CLOSED). One task reads: `Connection.run`, once open."""
+
+    async def close_stream(self) -> None:
+        """Close the stream: the connection is CLOSED, `recv` raises ConnectionClosed."""

@@ -3,9 +3,14 @@
 
 What the subclass changes, and why (docs/architecture.md, docs/performance.md):
 
+- no reader task (websockets' `recv_events`): whoever serves the connection reads it with
+  `read_events`, one pass of upstream's loop at a time: the handshake reads the request in
+  websockets' handler task, then `Connection.run` reads in the same task;
 - the socket is wrapped in `DirectStream`, so broadcasts write idle connections synchronously;
+  the upgrade response is corked and goes out with the welcome in one write;
 - websockets' frame queue is replaced by `LightAssembler` (same contract, less memory);
-- the handshake waits for the request on one event instead of two tasks in a nursery;
+- once open, websockets' request parser is swapped for a fresh frame parser (its frame holds
+  the request);
 - pongs go to the connection's heartbeat (`Connection.heartbeat_pong`);
 - a reference cycle is broken when the handshake ends, so closed connections are freed by
   reference counting, and a connection that never upgraded is handed back to the server's
@@ -15,9 +20,10 @@ It knows trio_rt's side only through `trio_rt_conn` (the `Connection` being hand
 set by the handshake part) and `trio_rt_host` (a `HandshakeHost`, set on the class bound for
 one server by `start_websockets_server`).
 
-It mirrors websockets 17.x's `ServerConnection.handshake` and relies on attributes websockets
-does not document; tests/engine/test_websockets_internals.py lists them and fails when the mirrored
-upstream code changes (pyproject.toml pins websockets to the tested range).
+It mirrors websockets 17.x's `ServerConnection.handshake`, `ServerConnection.__init__` and
+`Connection.__init__`, and `Connection.recv_events` (`read_events`), and relies on attributes
+websockets does not document; tests/engine/test_websockets_internals.py lists them and fails
+when the mirrored upstream code changes (pyproject.toml pins websockets to the tested range).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,9 +42,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import SERVER, Response
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import CONNECTING, OPEN
+from websockets.protocol import Protocol as WsProtocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.trio.connection import Connection as WsConnection
-from websockets.trio.messages import Assembler
 from websockets.trio.server import Server, ServerConnection
 from websockets.trio.server import serve as ws_serve
 from websockets.typing import Subprotocol
@@ -150,6 +158,31 @@ class _LazyLock:
             self._lock = None
 
 
+def _restart_frame_parser(protocol: ServerProtocol) -> None:
+    """Once open, swap the protocol's parser for a fresh frame parser when the old one waits
+    between frames: websockets' server parser is a generator that parsed the request and then
+    parses frames inside the same frame, which keeps the request and both generator frames
+    (~0.65 KiB) for the connection's life. Waiting between frames (the reader's buffer empty,
+    in `at_eof` at the top of `Protocol.parse`'s loop) the frame parser carries no state: a new
+    one, started, is in the same place. Otherwise (frames came with the request) the old one
+    stays."""
+    parser = protocol.parser
+    frames = getattr(parser, "gi_yieldfrom", None)  # Protocol.parse, under ServerProtocol.parse
+    waiting = getattr(frames, "gi_yieldfrom", None)
+    if (
+        getattr(frames, "gi_code", None) is _FRAME_PARSER_CODE
+        and getattr(waiting, "gi_code", None) is _AT_EOF_CODE
+        and not protocol.reader.buffer
+        and not protocol.reader.eof
+    ):
+        protocol.parser = WsProtocol.parse(protocol)
+        next(protocol.parser)
+
+
+_FRAME_PARSER_CODE = WsProtocol.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
+
+
 class _ServerConnection(ServerConnection):
     """websockets' connection with a guaranteed cleanup when the handshake does not complete."""
 
@@ -162,22 +195,58 @@ class _ServerConnection(ServerConnection):
         stream: trio.abc.Stream,
         protocol: ServerProtocol,
         server: Server,
-        **kwargs: Any,
+        *,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        max_queue: int | tuple[int | None, int | None] | None = 16,
     ) -> None:
-        # Plain TCP: let broadcasts write idle connections synchronously
-        # (_transport/direct_stream.py).
+        """websockets' `ServerConnection.__init__` and `Connection.__init__` (17.x: the same
+        attributes, same values), without calling them, for what they would build and throw
+        away or what would stay with every connection (docs/performance.md):
+
+        - no `recv_events` task: the handler task reads (`read_events`): one task, its
+          frames and the reader's trap less per idle connection (~2 KiB);
+        - `LightAssembler` instead of websockets' `Assembler` (same contract, ~2.5 KiB less
+          per idle connection, and no memory channel built per connection: ~7 % of a
+          handshake's CPU);
+        - the send lock exists only while held (`_LazyLock`: an idle connection keeps none);
+        - plain TCP is wrapped in `DirectStream` (broadcasts write idle connections
+          synchronously).
+
+        The logger is websockets' `LoggerAdapter` with the `websocket` field, as upstream."""
         if isinstance(stream, trio.SocketStream):
             stream = DirectStream(stream)
-        super().__init__(nursery, stream, protocol, server, **kwargs)
-        # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
-        # connection: _transport/assembler.py); only over the implementation it was written against.
-        # The send lock exists only while held: an idle connection keeps none (~340 bytes).
+        self.nursery = nursery
+        self.stream = stream
+        self.protocol = protocol
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        if isinstance(max_queue, int) or max_queue is None:
+            high, low = max_queue, None
+        else:
+            high, low = max_queue
+        protocol.logger = logging.LoggerAdapter(protocol.logger, {"websocket": weakref.proxy(self)})
+        self.id = protocol.id
+        self.logger = protocol.logger
+        self.debug = protocol.debug
+        self.request = None
+        self.response = None
+        self.recv_flow_control = None
+        self.recv_messages = LightAssembler(  # type: ignore[assignment]
+            high, low, self.pause_reading, self.resume_reading
+        )
+        self.close_deadline = None
         self.send_lock = _LazyLock()  # type: ignore[assignment]
-        assembler = self.recv_messages
-        if type(assembler) is Assembler:
-            self.recv_messages = LightAssembler(  # type: ignore[assignment]
-                assembler.high, assembler.low, self.pause_reading, self.resume_reading
-            )
+        self.send_in_progress = None
+        self.pending_pings = {}
+        self.latency = 0.0
+        self.connection_exc = None
+        self.stream_closed = trio.Event()
+        # ServerConnection's own.
+        self.server = server
+        self.request_rcvd = trio.Event()
 
     async def handshake(
         self,
@@ -188,11 +257,13 @@ class _ServerConnection(ServerConnection):
         """websockets' `ServerConnection.handshake` (17.x: same steps, same errors), except
         how it waits for the request: websockets races `request_rcvd` against `stream_closed`
         with a nursery and two tasks per handshake (`race_events`), about 15 % of a
-        handshake's CPU here (docs/performance.md). This waits on `request_rcvd` alone, which
-        `close_stream` also sets when the connection ends before a request came."""
+        handshake's CPU here (docs/performance.md). This reads the request in the calling
+        task (`read_events`) until it has come or the stream has ended."""
         accepted = False  # process_request let the upgrade go on
         try:
-            await self.request_rcvd.wait()
+            while self.request is None:  # read in this task: there is no recv_events task
+                if not await self.read_events():
+                    break
             if self.request is None:
                 return  # the stream closed first; websockets' handler closes the rest
             response = None
@@ -218,15 +289,25 @@ class _ServerConnection(ServerConnection):
                     self.response.status_code == HTTPStatus.SWITCHING_PROTOCOLS
                     and isinstance(stream, DirectStream)
                     and stream.idle
+                    and not stream.corking
                     and not self.send_lock.locked()
                 ):
-                    # The upgrade, written with one non-blocking send: websockets'
-                    # send_context (a lock, a context manager, trio's send_all) was ~10 % of
-                    # a handshake's CPU. A socket broken meanwhile is the reader's to see.
+                    # The upgrade, corked: it goes out with the welcome in one non-blocking
+                    # send when `Connection.run` starts (no checkpoint in between; run
+                    # flushes it even without a welcome). websockets' send_context (a lock, a
+                    # context manager, trio's send_all) was ~10 % of a handshake's CPU, a
+                    # system call of its own ~6 %. A broken socket is the reader's to see.
                     self.protocol.send_response(self.response)
-                    if stream.send_now(b"".join(self.protocol.data_to_send())) and stream.pending:
-                        async with self.send_lock:  # what the kernel did not take, first
-                            await stream.send_all(b"")
+                    stream.cork(b"".join(self.protocol.data_to_send()))
+                elif self.protocol.handshake_exc is not None:
+                    # A hook failed (500): websockets' send_context would then wait for the
+                    # client to close, up to close_timeout, which its reader task would see.
+                    # There is none: write the answer and its EOF, and let the connection end.
+                    self.protocol.send_response(self.response)
+                    try:
+                        await self.send_data()
+                    except Exception as exc:
+                        self.set_connection_exc(exc)
                 else:
                     async with self.send_context(expected_state=CONNECTING):
                         self.protocol.send_response(self.response)
@@ -247,6 +328,7 @@ class _ServerConnection(ServerConnection):
                 self.response = None
                 # Set for good: a shared set Event instead of this one (~280 bytes).
                 self.request_rcvd = _REQUEST_RECEIVED
+                _restart_frame_parser(self.protocol)
             elif conn is not None:
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
                 with trio.CancelScope(shield=True):
@@ -268,6 +350,73 @@ class _ServerConnection(ServerConnection):
             )
         assert response is None or isinstance(response, Response)
         return response
+
+    @property
+    def messages_queued(self) -> int:
+        """Frames received and not yet taken by `recv` (a whole message or the start of one)."""
+        return len(self.recv_messages)  # type: ignore[arg-type]
+
+    async def read_events(self) -> bool:
+        """One pass of websockets' `recv_events` loop (17.x: the same steps, errors and
+        order), in the caller's task: wait while flow control pauses reading, read once,
+        feed the protocol, write what it answers (pongs, the close frame, EOF), set the
+        close deadline, process the events (data frames go to `recv_messages`, pongs to the
+        heartbeat). At the end of the stream (EOF, a closed or broken socket, a failed
+        write) it does what `recv_events` does after its loop, closes the stream
+        (`close_stream`: the connection is CLOSED, `recv` raises ConnectionClosed) and
+        returns False; True while the stream goes on.
+
+        Exactly one task calls it for the connection's whole life: the handshake, then
+        `Connection.run` (websockets' handler task). A caller cancelled in it (a server
+        shutting down) must call `close_stream` itself."""
+        try:
+            try:
+                if self.recv_flow_control is not None:
+                    await self.recv_flow_control.wait()
+                data = await self.stream.receive_some()
+            except trio.ClosedResourceError:
+                data = b""
+            except Exception as exc:
+                if self.debug:
+                    self.logger.debug("! error while receiving data", exc_info=True)
+                self.set_connection_exc(exc)  # unless send_context set it first
+                data = b""
+            if data:
+                protocol = self.protocol
+                protocol.receive_data(data)
+                events = protocol.events_received()
+                try:
+                    # Only when the protocol answered something (a pong, a close frame): with
+                    # nothing to write, upstream's send_data takes the send lock for nothing
+                    # (a trio.Lock built per read here: ~4 % of a handshake's CPU).
+                    if protocol.writes:
+                        await self.send_data()
+                except Exception as exc:
+                    if self.debug:
+                        self.logger.debug("! error while sending data", exc_info=True)
+                    self.set_connection_exc(exc)  # events are lost, as upstream: the end
+                else:
+                    if (
+                        protocol.close_expected()
+                        and self.close_deadline is None
+                        and self.close_timeout is not None
+                    ):
+                        self.close_deadline = trio.current_time() + self.close_timeout
+                    for event in events:
+                        self.process_event(event)
+                    return True
+            # The stream is over: feed its end to the protocol (the close state, 1006).
+            self.protocol.receive_eof()
+            events = self.protocol.events_received()
+            await self.send_data()
+            for event in events:  # pragma: no cover - only for HTTP responses (clients)
+                self.process_event(event)
+        except Exception as exc:
+            # Never expected (upstream's safety net).
+            self.logger.error("unexpected internal error", exc_info=True)
+            self.set_connection_exc(exc)
+        await self.close_stream()
+        return False
 
     async def close_stream(self) -> None:
         try:
