@@ -1,6 +1,6 @@
 """Profile one fan-out server during a benchmark run: where does its CPU go?
 
-``python -m benchmarks.profile_server trio_rt [--clients 200] [--messages 3000] [--native]``
+``python -m benchmarks.profile_server trio_rt [--clients 200] [--messages 3000] [--native] [--pace R]``
 
 Starts the server under ``benchmarks.gc_probe`` (cyclic-GC accounting), the load generator,
 and ``py-spy record`` attached to the server for the broadcast window only. Prints:
@@ -166,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="py-spy --nonblocking: less slowdown, but torn stacks (not with --native)",
     )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="broadcasts/s (the table's paced row: 200); 0: a burst (%(default)s)",
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
@@ -193,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         assert server.stdout is not None
         server_out = LineReader(server.stdout, "server")
         port = int(server_out.wait_for("READY", 60).split()[1])
+        generator = "benchmarks.peer_loadgen" if args.pace > 0 else "benchmarks.loadgen"
         loadgen = Proc(
             [
-                *("-m", "benchmarks.loadgen", "--host", args.host, "--port", str(port)),
+                *("-m", generator, "--host", args.host, "--port", str(port)),
                 *("--clients", str(args.clients), "--messages", str(args.messages)),
                 *("--size", str(args.size)),
+                *(("--rate", f"{args.pace:g}") if args.pace > 0 else ()),
             ],
             "loadgen",
         )

@@ -28,7 +28,7 @@ from .._core.options import ServerOptions
 from .._core.outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from .._core.protocol import CloseCode, encode
 from .flush import FlushQueue
-from .sockets import DirectWrites
+from .sockets import BROKEN, PARTIAL, DirectWrites
 
 __all__ = ["Connection", "ConnectionHost", "ConnectionState", "Request"]
 
@@ -324,20 +324,44 @@ class Connection:
                 self.messages_out += 1
                 self._host.stats.messages_out += 1
                 return True
-            if not self._outbox and self._can_write_now(direct):
-                flushes = self._host.flushes
+            # _can_write_now but for the socket's part, inline: this runs once per recipient
+            # of every broadcast, and each property or method call costs as much as a check.
+            outbox = self._outbox
+            ws = self._ws
+            if (
+                not outbox.queue
+                and not outbox.sealed
+                and not self._in_flight
+                and not ws.send_lock.locked()
+                and ws.protocol.state is OPEN
+            ):
+                host = self._host
                 if cork is None:
-                    cork = flushes.begin()
-                if cork and flushes.running:
-                    direct.cork(self._wire(message))
-                    flushes.add(self)
-                elif not direct.send_now(self._wire(message)):
-                    return False  # a broken socket: the reader sees it and ends the connection
-                elif direct.pending:
-                    self._wake_writer()  # the writer flushes what the kernel left
-                self.messages_out += 1
-                self._host.stats.messages_out += 1
-                return True
+                    cork = direct.idle and host.flushes.begin()
+                if cork and host.flushes.running:
+                    if direct.idle:
+                        direct.cork(self._wire(message))
+                        host.flushes.add(self)
+                        self.messages_out += 1
+                        host.stats.messages_out += 1
+                        return True
+                elif not self._framed_here or direct.idle:
+                    # The socket's checks (idle, nothing corked) and the write, in one call.
+                    # (A frame built here advances the compressor: only once it can go out.)
+                    sent = direct.send_frame(
+                        message.frame
+                        if self._deflate_key is None and not self._framed_here
+                        else self._wire(message)
+                    )
+                    if sent <= PARTIAL:
+                        if sent == PARTIAL:
+                            self._wake_writer()  # the writer flushes what the kernel left
+                        self.messages_out += 1
+                        host.stats.messages_out += 1
+                        return True
+                    if sent == BROKEN:
+                        return False  # the reader sees the broken socket and ends the connection
+                    # BUSY: a write is under way; the message waits in the outbox
             # From here on the message waits in the outbox: what is corked goes first.
             direct.uncork_to_pending()
         if self._ws.protocol.state > OPEN:
