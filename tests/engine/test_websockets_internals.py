@@ -114,6 +114,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "send_ping",
         "send_text",
         "data_to_send",
+        "_state",  # _connection.send_encoded reads it per recipient (the `state` property)
     ),
 }
 

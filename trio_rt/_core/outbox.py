@@ -52,18 +52,19 @@ class OutboundMessage:
     server_no_context_takeover: compressed once per broadcast and parameter set.
     """
 
-    __slots__ = ("_deflated", "_frame", "payload")
+    __slots__ = ("_deflated", "framed", "payload")
 
     def __init__(self, payload: bytes) -> None:
         self.payload: Final = payload
-        self._frame: bytes | None = None
+        self.framed: bytes | None = None  # `frame` once built: read it first (no call)
         self._deflated: dict[DeflateKey, bytes] | None = None
 
     @property
     def frame(self) -> bytes:
-        if self._frame is None:
-            self._frame = encode_text_frame(self.payload)
-        return self._frame
+        framed = self.framed
+        if framed is None:
+            framed = self.framed = encode_text_frame(self.payload)
+        return framed
 
     def deflated_frame(self, key: DeflateKey) -> bytes:
         """The message as one compressed (RSV1) final text frame, as websockets'

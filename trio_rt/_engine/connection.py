@@ -324,16 +324,16 @@ class Connection:
                 self.messages_out += 1
                 self._host.stats.messages_out += 1
                 return True
-            # _can_write_now but for the socket's part, inline: this runs once per recipient
-            # of every broadcast, and each property or method call costs as much as a check.
+            # _can_write_now but for the socket's part (idle, the send lock: `send_frame`
+            # checks them), inline: this runs once per recipient of every broadcast, and a
+            # property or method call costs several attribute reads. (`_state`: websockets'
+            # `state` property without the call.)
             outbox = self._outbox
-            ws = self._ws
             if (
                 not outbox.queue
                 and not outbox.sealed
                 and not self._in_flight
-                and not ws.send_lock.locked()
-                and ws.protocol.state is OPEN
+                and self._ws.protocol._state is OPEN
             ):
                 host = self._host
                 if cork is None:
@@ -349,7 +349,7 @@ class Connection:
                     # The socket's checks (idle, nothing corked) and the write, in one call.
                     # (A frame built here advances the compressor: only once it can go out.)
                     sent = direct.send_frame(
-                        message.frame
+                        (message.framed or message.frame)
                         if self._deflate_key is None and not self._framed_here
                         else self._wire(message)
                     )

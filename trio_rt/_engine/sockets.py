@@ -38,7 +38,8 @@ class DirectWrites(Protocol):
 
     @property
     def idle(self) -> bool:
-        """No write in progress and nothing pending: `send_now` and `cork` may be called."""
+        """No write in progress, the connection's send lock free and nothing pending: `send_now`
+        and `cork` may be called."""
 
     def cork(self, data: bytes) -> bool:
         """Keep `data` for the next flush; True once the corked frames must go out now."""
@@ -53,8 +54,8 @@ class DirectWrites(Protocol):
         """One non-blocking send of `data` (corked frames first); False if closed or broken."""
 
     def send_frame(self, data: bytes) -> int:
-        """`send_now` with the `idle` check in the same call, nothing corked: WROTE,
-        PARTIAL (the rest is pending), BUSY (nothing done) or BROKEN."""
+        """`send_now` with the `idle` check in the same call (and nothing corked): WROTE,
+        PARTIAL (the rest is pending), BUSY (not idle: nothing done) or BROKEN."""
 
 
 class HostedSocket(Protocol):

@@ -51,6 +51,9 @@ class DirectStream(trio.abc.HalfCloseableStream):
         # by the cyclic GC, and a list per connection per flush made collections frequent.
         self._corked: bytearray | None = None
         self._sending = False
+        # The connection's send lock is held (websockets' writes, the writer): the transport's
+        # lock sets it, so the fan-out's `send_frame` sees it without asking the lock.
+        self.lock_held = False
 
     @property
     def pending(self) -> int:
@@ -64,9 +67,10 @@ class DirectStream(trio.abc.HalfCloseableStream):
 
     @property
     def idle(self) -> bool:
-        """No write is in progress and no partly written frame waits: `send_now` and `cork`
-        may be called. (Corked frames do not count: every write sends them first.)"""
-        return not self._sending and not self._pending
+        """No write is in progress, nobody holds the connection's send lock (`lock_held`) and
+        no partly written frame waits: `send_now` and `cork` may be called. (Corked frames do
+        not count: every write sends them first.)"""
+        return not self._sending and not self._pending and not self.lock_held
 
     def cork(self, data: bytes) -> bool:
         """Keep `data` for the next `flush` (or the next write, whichever comes first). The
@@ -127,7 +131,7 @@ class DirectStream(trio.abc.HalfCloseableStream):
         corked, one non-blocking send of `data` (WROTE, or PARTIAL: the rest is pending);
         otherwise BUSY and nothing is done (the caller queues `data`); BROKEN if the socket is
         closed or broken. One call, attribute reads only: it runs once per recipient."""
-        if self._sending or self._pending or self._corked is not None:
+        if self._sending or self._pending or self.lock_held or self._corked is not None:
             return BUSY
         fd = self._raw.fileno()  # every time: see send_now
         if fd < 0:

@@ -126,12 +126,15 @@ _REQUEST_RECEIVED.set()
 class _LazyLock:
     """websockets' `send_lock` as it uses it (`async with`, `locked()`): a `trio.Lock` that
     exists only while held (websockets' reader takes it after every read, mostly to write
-    nothing), same semantics: released with a waiter, it is handed over and kept."""
+    nothing), same semantics: released with a waiter, it is handed over and kept. While it is
+    held, the connection's `DirectStream` knows it (`lock_held`): a fan-out's direct write
+    checks the stream alone."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "_stream")
 
-    def __init__(self) -> None:
+    def __init__(self, stream: DirectStream | None = None) -> None:
         self._lock: trio.Lock | None = None
+        self._stream = stream
 
     def locked(self) -> bool:
         return self._lock is not None and self._lock.locked()
@@ -141,6 +144,8 @@ class _LazyLock:
         if lock is None:
             lock = self._lock = trio.Lock()
         await lock.acquire()
+        if self._stream is not None:
+            self._stream.lock_held = True
 
     async def __aexit__(self, *exc: object) -> None:
         lock = self._lock
@@ -148,6 +153,8 @@ class _LazyLock:
         lock.release()
         if not lock.locked():  # no waiter took it over: nobody holds a reference to it
             self._lock = None
+            if self._stream is not None:
+                self._stream.lock_held = False
 
 
 class _ServerConnection(ServerConnection):
@@ -172,7 +179,9 @@ class _ServerConnection(ServerConnection):
         # A lighter frame queue than websockets' (same contract, ~2.5 KiB less per idle
         # connection: _transport/assembler.py); only over the implementation it was written against.
         # The send lock exists only while held: an idle connection keeps none (~340 bytes).
-        self.send_lock = _LazyLock()  # type: ignore[assignment]
+        self.send_lock = _LazyLock(  # type: ignore[assignment]
+            stream if isinstance(stream, DirectStream) else None
+        )
         assembler = self.recv_messages
         if type(assembler) is Assembler:
             self.recv_messages = LightAssembler(  # type: ignore[assignment]
