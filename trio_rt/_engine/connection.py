@@ -312,6 +312,35 @@ class Connection:
         """
         direct = self._direct
         if direct is not None:
+            outbox = self._outbox
+            if (
+                cork is False
+                and not self._framed_here
+                and not outbox.queue
+                and not outbox.sealed
+                and not self._in_flight
+                and self._ws.protocol._state is OPEN
+            ):
+                # A fan-out in a quiet server: write now. This runs once per recipient of
+                # every broadcast, so it reads attributes only (a property or method call
+                # costs several): the connection's checks of `_can_write_now` here
+                # (`_state`: websockets' `state` without the property), the socket's (idle,
+                # the send lock, nothing corked) in `send_frame`, with the write.
+                key = self._deflate_key
+                sent = direct.send_frame(
+                    (message.framed or message.frame)
+                    if key is None
+                    else message.deflated_frame(key)
+                )
+                if sent <= PARTIAL:
+                    if sent == PARTIAL:
+                        self._wake_writer()  # the writer flushes what the kernel left
+                    self.messages_out += 1
+                    self._host.stats.messages_out += 1
+                    return True
+                if sent == BROKEN:
+                    return False  # the reader sees the broken socket and ends the connection
+                # BUSY (a write under way, frames corked): as any other send, below.
             if direct.corking:
                 # Corked frames exist only while the checks below hold: every change that
                 # could break them (a queued message, any write, a close) takes the corked
@@ -324,44 +353,20 @@ class Connection:
                 self.messages_out += 1
                 self._host.stats.messages_out += 1
                 return True
-            # _can_write_now but for the socket's part (idle, the send lock: `send_frame`
-            # checks them), inline: this runs once per recipient of every broadcast, and a
-            # property or method call costs several attribute reads. (`_state`: websockets'
-            # `state` property without the call.)
-            outbox = self._outbox
-            if (
-                not outbox.queue
-                and not outbox.sealed
-                and not self._in_flight
-                and self._ws.protocol._state is OPEN
-            ):
-                host = self._host
+            if not outbox.queue and self._can_write_now(direct):
+                flushes = self._host.flushes
                 if cork is None:
-                    cork = direct.idle and host.flushes.begin()
-                if cork and host.flushes.running:
-                    if direct.idle:
-                        direct.cork(self._wire(message))
-                        host.flushes.add(self)
-                        self.messages_out += 1
-                        host.stats.messages_out += 1
-                        return True
-                elif not self._framed_here or direct.idle:
-                    # The socket's checks (idle, nothing corked) and the write, in one call.
-                    # (A frame built here advances the compressor: only once it can go out.)
-                    sent = direct.send_frame(
-                        (message.framed or message.frame)
-                        if self._deflate_key is None and not self._framed_here
-                        else self._wire(message)
-                    )
-                    if sent <= PARTIAL:
-                        if sent == PARTIAL:
-                            self._wake_writer()  # the writer flushes what the kernel left
-                        self.messages_out += 1
-                        host.stats.messages_out += 1
-                        return True
-                    if sent == BROKEN:
-                        return False  # the reader sees the broken socket and ends the connection
-                    # BUSY: a write is under way; the message waits in the outbox
+                    cork = flushes.begin()
+                if cork and flushes.running:
+                    direct.cork(self._wire(message))
+                    flushes.add(self)
+                elif not direct.send_now(self._wire(message)):
+                    return False  # a broken socket: the reader sees it and ends the connection
+                elif direct.pending:
+                    self._wake_writer()  # the writer flushes what the kernel left
+                self.messages_out += 1
+                self._host.stats.messages_out += 1
+                return True
             # From here on the message waits in the outbox: what is corked goes first.
             direct.uncork_to_pending()
         if self._ws.protocol.state > OPEN:
