@@ -1,6 +1,7 @@
 """Profile one fan-out server during a benchmark run: where does its CPU go?
 
-``python -m benchmarks.profile_server trio_rt [--clients 200] [--messages 3000] [--native]``
+``python -m benchmarks.profile_server trio_rt [--clients 200] [--messages 3000] [--native]
+[--pace R]``
 
 Starts the server under ``benchmarks.gc_probe`` (cyclic-GC accounting), the load generator,
 and ``py-spy record`` attached to the server for the broadcast window only. Prints:
@@ -11,6 +12,7 @@ and ``py-spy record`` attached to the server for the broadcast window only. Prin
 * the samples grouped into categories (the rules below name trio_rt internals: update them
   when those change), then the top functions by self and by inclusive samples.
 
+``--pace R``: the table's paced row (R broadcasts/s) instead of a burst.
 ``--native`` (py-spy's native unwinding) also shows C frames, e.g. ``gc_collect_main`` and
 the libc ``send``; it stops the process for each sample, so keep ``--rate`` low.
 Needs py-spy (``pip install py-spy``) and the right to ptrace the server (root, or
@@ -66,8 +68,20 @@ def _direct_write_line() -> str:
     return "<unknown>"
 
 
+def _frame_write_line() -> str:
+    """The frame where a quiet fan-out's ``DirectStream.send_frame`` calls ``socket.send``."""
+    from trio_rt._transport.direct_stream import DirectStream
+
+    lines, first = inspect.getsourcelines(DirectStream.send_frame)
+    for offset, text in enumerate(lines):
+        if "._raw.send(" in text:
+            return f"DirectStream.send_frame (trio_rt/_transport/direct_stream.py:{first + offset})"
+    return "<unknown>"
+
+
 TRIO_SEND = _trio_send_line()
 DIRECT_WRITE = _direct_write_line()
+FRAME_WRITE = _frame_write_line()
 
 
 def _any(*needles: str) -> Rule:
@@ -81,7 +95,7 @@ CATEGORIES: list[tuple[str, Rule]] = [
         "socket send()/write() syscall (kernel TCP over loopback)",
         lambda stack, leaf: (
             leaf.startswith(("send (libc", "write (libc", "__libc_send"))
-            or leaf in (TRIO_SEND, DIRECT_WRITE)
+            or leaf in (TRIO_SEND, DIRECT_WRITE, FRAME_WRITE)
         ),
     ),
     ("flush: FlushQueue pass over corked connections (join, checks)", _any("FlushQueue")),
@@ -166,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="py-spy --nonblocking: less slowdown, but torn stacks (not with --native)",
     )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="broadcasts/s (the table's paced row: 200); 0: a burst (%(default)s)",
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
@@ -193,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         assert server.stdout is not None
         server_out = LineReader(server.stdout, "server")
         port = int(server_out.wait_for("READY", 60).split()[1])
+        generator = "benchmarks.peer_loadgen" if args.pace > 0 else "benchmarks.loadgen"
         loadgen = Proc(
             [
-                *("-m", "benchmarks.loadgen", "--host", args.host, "--port", str(port)),
+                *("-m", generator, "--host", args.host, "--port", str(port)),
                 *("--clients", str(args.clients), "--messages", str(args.messages)),
                 *("--size", str(args.size)),
+                *(("--rate", f"{args.pace:g}") if args.pace > 0 else ()),
             ],
             "loadgen",
         )

@@ -16,7 +16,7 @@ import trio.testing
 
 from trio_rt import Connection
 from trio_rt._engine.flush import FlushQueue
-from trio_rt._engine.sockets import DirectWrites
+from trio_rt._engine.sockets import BROKEN, BUSY, PARTIAL, WROTE, DirectWrites
 from trio_rt._transport.direct_stream import CORK_MAX_BYTES, DirectStream
 
 from ..conftest import client
@@ -188,3 +188,58 @@ async def test_a_burst_of_broadcasts_arrives_whole_and_in_order(
         # Broadcast 2 came one pass after broadcast 1, inside its window: corked. With
         # large frames the corked bytes pass CORK_MAX_BYTES and are written at once.
         assert 0 < flushes < 3 * n
+
+
+async def test_send_frame_writes_only_an_idle_socket() -> None:
+    # A fan-out's quiet case: the idle checks and the write in one call; anything under way
+    # (corked frames, a partly written frame, a write, the send lock) makes it BUSY, and
+    # then nothing is written, so nothing overtakes what waits.
+    stream, peer = stream_pair()
+    with peer:
+        assert stream.send_frame(b"one,") == WROTE
+        stream.cork(b"two,")
+        assert stream.send_frame(b"x") == BUSY
+        assert stream.flush()
+        assert received(peer) == b"one,two,"
+        stream.lock_held = True  # websockets or the writer holds the connection's send lock
+        assert not stream.idle
+        assert stream.send_frame(b"x") == BUSY
+        stream.lock_held = False
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 8192
+        assert stream.send_frame(big) == PARTIAL  # the rest is pending, for a writer
+        assert stream.pending > 0
+        assert stream.send_frame(b"x") == BUSY
+        got = bytearray()
+
+        async def read_all() -> None:
+            while len(got) < len(big):
+                try:
+                    got.extend(peer.recv(1 << 16))
+                except BlockingIOError:
+                    await trio.sleep(0.001)
+
+        got.extend(received(peer))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await stream.send_all(b"")
+        assert bytes(got) == big
+        await stream.aclose()
+        assert stream.send_frame(b"y") == BROKEN  # closed: never another connection's socket
+
+
+async def test_a_broadcast_waits_while_the_send_lock_is_held(make_manager: Any) -> None:
+    # websockets writes its own frames (pong, close) under the connection's send lock; the
+    # fan-out's direct write checks the stream only, which must know the lock is held.
+    manager = make_manager(rate_limit=None, compression=False)  # shared frames: direct
+    async with manager, client(manager) as c:
+        await c.request({"type": "join_room", "room": "r"})
+        (conn,) = manager.connections.values()
+        written = conn.messages_out
+        async with conn._ws.send_lock:
+            for i in range(2):
+                await trio.testing.wait_all_tasks_blocked()  # quiet: a fan-out writes now
+                await manager.broadcast_to_room("r", {"type": "m", "i": i})
+            assert conn.messages_out == written  # for the writer, once the lock is free
+        assert [(await c.recv())["i"] for _ in range(2)] == [0, 1]
+        assert conn.messages_out == written + 2

@@ -155,6 +155,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         # _ws_connection._restart_frame_parser.
         "parser",
         "reader",
+        "_state",  # _connection.send_encoded reads it per recipient (the `state` property)
     ),
 }
 

@@ -52,18 +52,19 @@ class OutboundMessage:
     server_no_context_takeover: compressed once per broadcast and parameter set.
     """
 
-    __slots__ = ("_deflated", "_frame", "payload")
+    __slots__ = ("_deflated", "framed", "payload")
 
     def __init__(self, payload: bytes) -> None:
         self.payload: Final = payload
-        self._frame: bytes | None = None
+        self.framed: bytes | None = None  # `frame` once built: read it first (no call)
         self._deflated: dict[DeflateKey, bytes] | None = None
 
     @property
     def frame(self) -> bytes:
-        if self._frame is None:
-            self._frame = encode_text_frame(self.payload)
-        return self._frame
+        framed = self.framed
+        if framed is None:
+            framed = self.framed = encode_text_frame(self.payload)
+        return framed
 
     def deflated_frame(self, key: DeflateKey) -> bytes:
         """The message as one compressed (RSV1) final text frame, as websockets'
@@ -101,17 +102,20 @@ class Outbox:
 
     A single message larger than `max_bytes` is still accepted into an empty outbox (otherwise it
     could never be sent); the byte bound applies to what is queued behind it.
+
+    `queue` (the messages waiting, oldest first) and `sealed` (`closed`) are plain attributes
+    for a fan-out's per-recipient check, to read only: the methods change them.
     """
 
     __slots__ = (
         "_bytes",
         "_closed",
-        "_queue",
-        "_sealed",
         "dropped",
         "max_bytes",
         "max_messages",
         "policy",
+        "queue",
+        "sealed",
     )
 
     def __init__(
@@ -131,14 +135,14 @@ class Outbox:
         self.policy = policy if type(policy) is SlowConsumerPolicy else SlowConsumerPolicy(policy)
         # A list, not a deque: an empty deque costs ~770 bytes a connection, a list ~60, and
         # take_all hands the whole list over without copying.
-        self._queue: list[OutboundMessage] = []
+        self.queue: list[OutboundMessage] = []
         self._bytes = 0
         self._closed = False
-        self._sealed = False
+        self.sealed = False
         self.dropped = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     @property
     def queued_bytes(self) -> int:
@@ -147,7 +151,7 @@ class Outbox:
     @property
     def closed(self) -> bool:
         """True once the outbox refuses new messages (sealed or closed)."""
-        return self._sealed
+        return self.sealed
 
     @property
     def aborted(self) -> bool:
@@ -155,12 +159,12 @@ class Outbox:
         return self._closed
 
     def _fits(self, size: int) -> bool:
-        if not self._queue:
+        if not self.queue:
             return True
-        return len(self._queue) < self.max_messages and self._bytes + size <= self.max_bytes
+        return len(self.queue) < self.max_messages and self._bytes + size <= self.max_bytes
 
     def offer(self, message: OutboundMessage) -> Offer:
-        if self._sealed:
+        if self.sealed:
             return Offer.CLOSED
         size = len(message)
         if not self._fits(size):
@@ -169,37 +173,37 @@ class Outbox:
             if self.policy is SlowConsumerPolicy.DROP_NEWEST:
                 self.dropped += 1
                 return Offer.DROPPED
-            while self._queue and not self._fits(size):
-                old = self._queue.pop(0)
+            while self.queue and not self._fits(size):
+                old = self.queue.pop(0)
                 self._bytes -= len(old)
                 self.dropped += 1
-            self._queue.append(message)
+            self.queue.append(message)
             self._bytes += size
             return Offer.DROPPED
-        self._queue.append(message)
+        self.queue.append(message)
         self._bytes += size
         return Offer.QUEUED
 
     def push_front(self, message: OutboundMessage) -> None:
         """Queue `message` ahead of everything (the welcome), ignoring the bounds."""
-        if not self._sealed:
-            self._queue.insert(0, message)
+        if not self.sealed:
+            self.queue.insert(0, message)
             self._bytes += len(message)
 
     def take_all(self) -> list[OutboundMessage]:
         """Remove and return everything queued, oldest first."""
-        items = self._queue
-        self._queue = []
+        items = self.queue
+        self.queue = []
         self._bytes = 0
         return items
 
     def seal(self) -> None:
         """Refuse further messages; what is queued can still be taken (graceful close)."""
-        self._sealed = True
+        self.sealed = True
 
     def close(self) -> None:
         """Refuse further messages and drop what is queued."""
-        self._sealed = True
+        self.sealed = True
         self._closed = True
-        self._queue.clear()
+        self.queue.clear()
         self._bytes = 0

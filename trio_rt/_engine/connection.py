@@ -27,7 +27,7 @@ from .._core.options import ServerOptions
 from .._core.outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from .._core.protocol import CloseCode, encode
 from .flush import FlushQueue
-from .sockets import DirectWrites
+from .sockets import BROKEN, PARTIAL, DirectWrites
 
 if TYPE_CHECKING:
     from .sockets import HostedSocket
@@ -318,6 +318,35 @@ class Connection:
         """
         direct = self._direct
         if direct is not None:
+            outbox = self._outbox
+            if (
+                cork is False
+                and not self._framed_here
+                and not outbox.queue
+                and not outbox.sealed
+                and not self._in_flight
+                and self._ws.protocol._state is OPEN
+            ):
+                # A fan-out in a quiet server: write now. This runs once per recipient of
+                # every broadcast, so it reads attributes only (a property or method call
+                # costs several): the connection's checks of `_can_write_now` here
+                # (`_state`: websockets' `state` without the property), the socket's (idle,
+                # the send lock, nothing corked) in `send_frame`, with the write.
+                key = self._deflate_key
+                sent = direct.send_frame(
+                    (message.framed or message.frame)
+                    if key is None
+                    else message.deflated_frame(key)
+                )
+                if sent <= PARTIAL:
+                    if sent == PARTIAL:
+                        self._wake_writer()  # the writer flushes what the kernel left
+                    self.messages_out += 1
+                    self._host.stats.messages_out += 1
+                    return True
+                if sent == BROKEN:
+                    return False  # the reader sees the broken socket and ends the connection
+                # BUSY (a write under way, frames corked): as any other send, below.
             if direct.corking:
                 # Corked frames exist only while the checks below hold: every change that
                 # could break them (a queued message, any write, a close) takes the corked
@@ -330,7 +359,7 @@ class Connection:
                 self.messages_out += 1
                 self._host.stats.messages_out += 1
                 return True
-            if not self._outbox and self._can_write_now(direct):
+            if not outbox.queue and self._can_write_now(direct):
                 flushes = self._host.flushes
                 if cork is None:
                     cork = flushes.begin()

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["DirectWrites", "HostedSocket"]
+__all__ = ["BROKEN", "BUSY", "PARTIAL", "WROTE", "DirectWrites", "HostedSocket"]
+
+# What `DirectWrites.send_frame` did (small ints: a fan-out compares them once per recipient).
+WROTE = 0  # the kernel took it all
+PARTIAL = 1  # the rest is pending: whoever writes next sends it first (wake a writer)
+BUSY = 2  # not idle, or frames are corked: nothing done, the caller queues the frame
+BROKEN = 3  # the socket is closed or broken: dropped (the reader sees it and ends)
 
 
 @runtime_checkable
@@ -33,7 +39,8 @@ class DirectWrites(Protocol):
 
     @property
     def idle(self) -> bool:
-        """No write in progress and nothing pending: `send_now` and `cork` may be called."""
+        """No write in progress, the connection's send lock free and nothing pending: `send_now`
+        and `cork` may be called."""
 
     def cork(self, data: bytes) -> bool:
         """Keep `data` for the next flush; True once the corked frames must go out now."""
@@ -46,6 +53,10 @@ class DirectWrites(Protocol):
 
     def send_now(self, data: bytes) -> bool:
         """One non-blocking send of `data` (corked frames first); False if closed or broken."""
+
+    def send_frame(self, data: bytes) -> int:
+        """`send_now` with the `idle` check in the same call (and nothing corked): WROTE,
+        PARTIAL (the rest is pending), BUSY (not idle: nothing done) or BROKEN."""
 
 
 class HostedSocket(Protocol):

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 
 import trio
+
+from .._engine.sockets import BROKEN, BUSY, PARTIAL, WROTE
 
 __all__ = ["CORK_MAX_BYTES", "DirectStream"]
 
@@ -41,11 +44,20 @@ class DirectStream(trio.abc.HalfCloseableStream):
     def __init__(self, inner: trio.SocketStream) -> None:
         self.inner = inner
         self.socket = inner.socket  # websockets reads addresses from stream.socket
+        # The stdlib socket inside trio's (its fileno() is -1 once closed): asking it for the
+        # descriptor skips trio's Python wrapper, once per frame on the fan-out's hot path.
+        raw = getattr(inner.socket, "_sock", None)
+        if not isinstance(raw, socket.socket):  # trio's socket type keeps it there
+            raise TypeError("DirectStream needs a trio socket over a standard socket")
+        self._raw = raw
         self._pending = b""  # the tail of a frame the kernel did not take yet
         # Whole frames for the next flush, in order. A bytearray, not a list: it is not tracked
         # by the cyclic GC, and a list per connection per flush made collections frequent.
         self._corked: bytearray | None = None
         self._sending = False
+        # The connection's send lock is held (websockets' writes, the writer): the transport's
+        # lock sets it, so the fan-out's `send_frame` sees it without asking the lock.
+        self.lock_held = False
 
     @property
     def pending(self) -> int:
@@ -59,9 +71,10 @@ class DirectStream(trio.abc.HalfCloseableStream):
 
     @property
     def idle(self) -> bool:
-        """No write is in progress and no partly written frame waits: `send_now` and `cork`
-        may be called. (Corked frames do not count: every write sends them first.)"""
-        return not self._sending and not self._pending
+        """No write is in progress, nobody holds the connection's send lock (`lock_held`) and
+        no partly written frame waits: `send_now` and `cork` may be called. (Corked frames do
+        not count: every write sends them first.)"""
+        return not self._sending and not self._pending and not self.lock_held
 
     def cork(self, data: bytes) -> bool:
         """Keep `data` for the next `flush` (or the next write, whichever comes first). The
@@ -104,7 +117,7 @@ class DirectStream(trio.abc.HalfCloseableStream):
             data = corked  # type: ignore[assignment]  # os.write takes either
         # Ask for the descriptor every time: once the socket is closed its number can belong
         # to another connection, and writing there would hand one client another's data.
-        fd = self.socket.fileno()
+        fd = self._raw.fileno()
         if fd < 0:
             return False
         try:
@@ -116,6 +129,27 @@ class DirectStream(trio.abc.HalfCloseableStream):
         if sent < len(data):
             self._pending = bytes(data[sent:])
         return True
+
+    def send_frame(self, data: bytes) -> int:
+        """`send_now` for a fan-out's quiet case, checks included: when `idle` and nothing is
+        corked, one non-blocking send of `data` (WROTE, or PARTIAL: the rest is pending);
+        otherwise BUSY and nothing is done (the caller queues `data`); BROKEN if the socket is
+        closed or broken. One call, attribute reads only: it runs once per recipient."""
+        if self._sending or self._pending or self.lock_held or self._corked is not None:
+            return BUSY
+        try:
+            # send(), not os.write(): the kernel's socket path without the VFS layer's (about
+            # 0.3 µs a frame less, measured). The stdlib socket knows once it is closed (its
+            # descriptor is then -1: EBADF), so no other connection's descriptor is written.
+            sent = self._raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return BROKEN
+        if sent == len(data):
+            return WROTE
+        self._pending = bytes(data[sent:])
+        return PARTIAL
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._sending = True
@@ -145,7 +179,7 @@ class DirectStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint_if_cancelled()
         waited = False
         while True:
-            fd = self.socket.fileno()  # every time: see send_now
+            fd = self._raw.fileno()  # every time: see send_now
             if fd < 0:
                 raise trio.ClosedResourceError("this socket was already closed")
             try:

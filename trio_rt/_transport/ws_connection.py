@@ -134,12 +134,15 @@ _REQUEST_RECEIVED.set()
 class _LazyLock:
     """websockets' `send_lock` as it uses it (`async with`, `locked()`): a `trio.Lock` that
     exists only while held (websockets' reader takes it after every read, mostly to write
-    nothing), same semantics: released with a waiter, it is handed over and kept."""
+    nothing), same semantics: released with a waiter, it is handed over and kept. While it is
+    held, the connection's `DirectStream` knows it (`lock_held`): a fan-out's direct write
+    checks the stream alone."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "_stream")
 
-    def __init__(self) -> None:
+    def __init__(self, stream: DirectStream | None = None) -> None:
         self._lock: trio.Lock | None = None
+        self._stream = stream
 
     def locked(self) -> bool:
         return self._lock is not None and self._lock.locked()
@@ -149,6 +152,8 @@ class _LazyLock:
         if lock is None:
             lock = self._lock = trio.Lock()
         await lock.acquire()
+        if self._stream is not None:
+            self._stream.lock_held = True
 
     async def __aexit__(self, *exc: object) -> None:
         lock = self._lock
@@ -156,6 +161,8 @@ class _LazyLock:
         lock.release()
         if not lock.locked():  # no waiter took it over: nobody holds a reference to it
             self._lock = None
+            if self._stream is not None:
+                self._stream.lock_held = False
 
 
 def _restart_frame_parser(protocol: ServerProtocol) -> None:
@@ -238,7 +245,9 @@ class _ServerConnection(ServerConnection):
             high, low, self.pause_reading, self.resume_reading
         )
         self.close_deadline = None
-        self.send_lock = _LazyLock()  # type: ignore[assignment]
+        self.send_lock = _LazyLock(  # type: ignore[assignment]
+            stream if isinstance(stream, DirectStream) else None
+        )
         self.send_in_progress = None
         self.pending_pings = {}
         self.latency = 0.0
