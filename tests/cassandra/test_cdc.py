@@ -545,6 +545,69 @@ async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
     assert_each_once_in_order(found, 600)
 
 
+@pytest.mark.parametrize("crash", ["consumer", "agent"])
+async def test_a_single_reporter_without_outbox_claims_checks_only_re_sent_batches(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer, crash: str
+) -> None:
+    """``single_reporter`` and no outbox claims: batches never sent before are stored without
+    reading claims. A batch stored and not acknowledged when the consumer stops (or when the
+    agent is killed with SIGKILL) is sent again: the next consumer checks it (the agent's
+    ``resend_until`` covers it) and stores none of it again."""
+    table, probe = load_table(), posts()
+    await create(cdc_session, keyspace, table)
+    await create(cdc_session, keyspace, probe)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    sequencer = MemorySequencer()
+    consumers: list[CdcSource] = []
+    ready = trio.Event()
+
+    async def consume(stop_after: int | None) -> None:
+        cdc = CdcSource(
+            cdc_session,
+            keyspace,
+            agents=[f"{agent(cdc_node).host}:{agent(cdc_node).port}"],
+            tables=[table, probe],
+            store=store,
+            sequencer=sequencer,
+            single_reporter=True,
+            outbox_claims=False,
+        )
+        consumers.append(cdc)
+        with trio.CancelScope() as scope:
+
+            def stored(stream: str, offset: int) -> None:
+                # Called once a batch is stored, before it is acknowledged.
+                if stream == "table:posts":
+                    ready.set()  # the agent runs with both tables' schema
+                elif stop_after is not None and offset >= stop_after and not scope.cancel_called:
+                    if crash == "agent":
+                        assert agent(cdc_node).kill()
+                    scope.cancel()
+
+            cdc.notify = stored
+            await cdc.run()
+            await trio.sleep_forever()
+
+    async def consumers_one_after_the_other() -> None:
+        await consume(stop_after=50)
+        if crash == "agent":
+            await trio.to_thread.run_sync(agent(cdc_node).wait_ready)
+        await consume(stop_after=None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumers_one_after_the_other)
+        await write(cdc_node, keyspace, "INSERT INTO posts (id, title) VALUES (1, 'probe')")
+        await ready.wait()
+        assert await load(cdc_node, keyspace, 300, 150, 50) == "done 300 failed 0"
+        found = events(await entries(store, "load", 300))
+        nursery.cancel_scope.cancel()
+    assert_each_once_in_order(found, 300)
+    first, second = consumers
+    assert first.stats["claim_free_batches"] > 0
+    # The batch stored and not acknowledged came again, and was a duplicate.
+    assert second.stats["duplicates"] > 0
+
+
 async def test_cdc_raw_stays_bounded_under_a_sustained_write_load(
     cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
 ) -> None:

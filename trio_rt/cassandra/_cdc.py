@@ -110,8 +110,11 @@ class CdcSource:
     `single_reporter=True`: every change is reported by ONE agent (one node, or replication
     factor 1): claims are then read (one read per batch) instead of taken with lightweight
     transactions, which is cheaper (docs/cdc.md "What it costs"). With several replicas'
-    agents it would store a change once per replica. `concurrency` bounds the requests in
-    flight (lightweight transactions, row reads, entry batches).
+    agents it would store a change once per replica. With `outbox_claims=False` too (no
+    process claims writes to these tables for the outbox: ``Cdc(outbox=False)``), a batch
+    that starts past the agent's ``resend_until`` (nothing was sent from there before) is
+    stored without reading claims at all: only re-sent batches are checked. `concurrency`
+    bounds the requests in flight (lightweight transactions, row reads, entry batches).
 
     Run it with ``await nursery.start(source.run)``: one task per agent, reconnecting with a
     growing pause (`reconnect_delay` up to 5 s) while the agent is not there; `run` returns
@@ -133,6 +136,7 @@ class CdcSource:
         concurrency: int = 32,
         reconnect_delay: float = 0.2,
         single_reporter: bool = False,
+        outbox_claims: bool = True,
     ) -> None:
         require_positive_ints(concurrency=concurrency)
         require_positive_numbers(reconnect_delay=reconnect_delay)
@@ -151,6 +155,7 @@ class CdcSource:
         )
         self.notify = notify
         self.single_reporter = bool(single_reporter)
+        self.outbox_claims = bool(outbox_claims)
         self.db = Database(session, keyspace)
         self._limit = trio.CapacityLimiter(concurrency)
         self.reconnect_delay = float(reconnect_delay)
@@ -164,12 +169,17 @@ class CdcSource:
             "bad_changes": 0,
             "row_reads": 0,
             "connection_errors": 0,
+            "claim_free_batches": 0,
         }
         #: The last stats message of each agent ("host:port" -> AgentStats).
         self.agent_stats: dict[str, AgentStats] = {}
         #: Seconds from the write timestamp to the entry stored, of the last change stored.
         self.lag = 0.0
         self._connected: dict[str, trio.Event] = {}
+        #: When a list (a benchmark sets one): per batch, the write timestamps (µs) of its
+        #: changes and the wall-clock time of each step ("received", "claimed",
+        #: "positioned", "stored", "acked").
+        self.profile: list[tuple[list[int], dict[str, float]]] | None = None
         #: True when `ChangeStreamManager` adds its tables (``Cdc(tables=None)``).
         self.follows_manager = False
 
@@ -234,6 +244,10 @@ class CdcSource:
         failure cancels the batches in flight (none of them is acknowledged)."""
         lines = LineReader()
         node: str | None = None
+        # Where the next batch starts, and how far batches may have been sent before: a
+        # batch that starts there or later holds no change stored before.
+        start: tuple[int, int] = (0, 0)
+        resend_until: tuple[int, int] | None = None
         async with trio.open_nursery() as nursery:
             pipeline = _Pipeline(
                 stream,
@@ -241,6 +255,7 @@ class CdcSource:
                 allocate=self._allocate,
                 store=self._store_batch,
                 claims_are_reads=self.single_reporter,
+                profile=lambda: self.profile,
             )
             nursery.start_soon(pipeline.acknowledge)
             while True:
@@ -254,11 +269,19 @@ class CdcSource:
                     if isinstance(message, AgentBatch):
                         if node is None:
                             raise WireError("a batch before the hello")
-                        await pipeline.add(nursery, node, message)
+                        fresh = resend_until is not None and start >= resend_until
+                        start = (message.segment, message.position)
+                        await pipeline.add(nursery, node, message, fresh)
                     elif isinstance(message, AgentStats):
                         self.agent_stats[name] = message
                     elif isinstance(message, AgentHello):
                         node = message.node
+                        resend_until = message.resend_until
+                        checkpoint = message.checkpoint
+                        start = (
+                            int(checkpoint.get("segment", 0)),
+                            int(checkpoint.get("position", 0)),
+                        )
                         log.info(
                             "CDC agent %s (node %s, Cassandra %s) connected",
                             name,
@@ -304,12 +327,23 @@ class CdcSource:
         await self._allocate(items)
         return items
 
-    async def _claim(self, node: str, batch: AgentBatch) -> list[_Item]:
+    async def _claim(self, node: str, batch: AgentBatch, fresh: bool = False) -> list[_Item]:
         """Step 1: the batch's changes as items, claimed (`item.owned`): one conditional
         batch per claims partition (batches one after the other, so that they do not
-        contend for it), or with `single_reporter` one read per partition (any order)."""
+        contend for it), or with `single_reporter` one read per partition (any order), or
+        nothing at all for a `fresh` batch (never sent before) of a single reporter whose
+        tables have no outbox claims."""
         items = self._items(batch)
         if not items:
+            await trio.lowlevel.checkpoint()
+            return items
+        if fresh and self.single_reporter and not self.outbox_claims:
+            # Nobody else stores these changes and nothing of this batch was sent before:
+            # its claims can only be absent. They are still written with the entries (what
+            # a later re-send of the batch is checked against).
+            self.stats["claim_free_batches"] += 1
+            for item in items:
+                item.owned = True
             await trio.lowlevel.checkpoint()
             return items
         claims = [item.claim for item in items]
@@ -486,52 +520,71 @@ class _Pipeline:
         self,
         stream: trio.SocketStream,
         *,
-        claim: Callable[[str, AgentBatch], Awaitable[list[_Item]]],
+        claim: Callable[[str, AgentBatch, bool], Awaitable[list[_Item]]],
         allocate: Callable[[list[_Item]], Awaitable[None]],
         store: Callable[[str, list[_Item]], Awaitable[None]],
         claims_are_reads: bool,
+        profile: Callable[[], list[tuple[list[int], dict[str, float]]] | None] = lambda: None,
     ) -> None:
         self.stream = stream
+        self._profile = profile
         self._claim = claim
         self._allocate_positions = allocate
         self._store = store
         self._claims_are_reads = claims_are_reads
         self._allocated = trio.Event()  # the previous batch has its positions
         self._allocated.set()
-        self._done_send, self._done_receive = trio.open_memory_channel[tuple[int, trio.Event]](
-            self.DEPTH
-        )
+        self._done_send, self._done_receive = trio.open_memory_channel[
+            tuple[int, trio.Event, dict[str, float] | None]
+        ](self.DEPTH)
 
-    async def add(self, nursery: trio.Nursery, node: str, batch: AgentBatch) -> None:
+    async def add(
+        self, nursery: trio.Nursery, node: str, batch: AgentBatch, fresh: bool = False
+    ) -> None:
+        steps: dict[str, float] | None = None
+        profile = self._profile()
+        if profile is not None:
+            steps = {"received": time.time()}
+            profile.append(([c.ts for c in batch.changes], steps))
         previous, allocated, stored = self._allocated, trio.Event(), trio.Event()
         self._allocated = allocated
-        await self._done_send.send((batch.seq, stored))
-        nursery.start_soon(self._run, node, batch, previous, allocated, stored)
+        await self._done_send.send((batch.seq, stored, steps))
+        nursery.start_soon(self._run, node, batch, fresh, previous, allocated, stored, steps)
 
     async def _run(
         self,
         node: str,
         batch: AgentBatch,
+        fresh: bool,
         previous: trio.Event,
         allocated: trio.Event,
         stored: trio.Event,
+        steps: dict[str, float] | None,
     ) -> None:
         if self._claims_are_reads:  # no contention: any order
-            items = await self._claim(node, batch)
+            items = await self._claim(node, batch, fresh)
             await previous.wait()
         else:
             await previous.wait()
-            items = await self._claim(node, batch)
+            items = await self._claim(node, batch, fresh)
+        if steps is not None:
+            steps["claimed"] = time.time()
         await self._allocate_positions(items)
         allocated.set()
+        if steps is not None:
+            steps["positioned"] = time.time()
         await self._store(node, items)
+        if steps is not None:
+            steps["stored"] = time.time()
         stored.set()
 
     async def acknowledge(self) -> None:
         """Acknowledge batches in the agent's order, each once it is stored."""
-        async for seq, stored in self._done_receive:
+        async for seq, stored, steps in self._done_receive:
             await stored.wait()
             await self.stream.send_all(encode_ack(seq))
+            if steps is not None:
+                steps["acked"] = time.time()
 
 
 def _address(agent: str) -> tuple[str, int]:

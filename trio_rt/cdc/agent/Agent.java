@@ -65,7 +65,9 @@ import org.apache.cassandra.utils.FBUtilities;
  *   <li>Sends batches of changes, at most {@code --window} unacknowledged; a batch's end
  *       (segment, offset) becomes the checkpoint, written durably, only once the consumer
  *       acknowledged it. A new consumer, or a restarted agent, starts again at the checkpoint:
- *       what was sent and not acknowledged is sent again (the consumer de-duplicates).</li>
+ *       what was sent and not acknowledged is sent again (the consumer de-duplicates). The
+ *       hello names {@code resend_until}: no batch was ever sent past it, so a consumer needs
+ *       to look for what it stored before only in batches that start before it.</li>
  *   <li>Deletes every COMPLETED segment (and its idx) the checkpoint has passed, so that
  *       {@code cdc_raw} does not fill: when it does, Cassandra rejects writes to CDC tables.
  *       Logs a warning, and reports {@code alert: true} in its stats, while {@code cdc_raw}
@@ -104,6 +106,12 @@ public final class Agent
 
     // -- state (guarded by this) -----------------------------------------------------------------
     private Cursor checkpoint;
+    /** The furthest (segment, position) any batch may have been sent to: what this agent
+     *  sent to any consumer, and at start everything a previous run of the agent could have
+     *  sent (the newest segment up to its durable offset). A consumer stores a change from
+     *  beyond it for the first time (docs/cdc.md "Re-sends"). */
+    private long resendSegment;
+    private long resendPosition;
     private Consumer consumer;
     private long seq;
     private boolean alerting;
@@ -219,6 +227,38 @@ public final class Agent
         this.totalSpace = totalSpace;
         this.schemaFiles = schemaFiles;
         this.checkpoint = loadCheckpoint();
+        startingResendBound();
+    }
+
+    /** At start: a previous run of this agent sent nothing past the durable offset (as it is
+     *  now) of the newest segment that has an idx file (nothing is read from a segment
+     *  without one; Cassandra creates the next segment before it is used). Positions in
+     *  compressed or encrypted segments are not file offsets: all of that segment then. */
+    private void startingResendBound() throws IOException
+    {
+        resendSegment = checkpoint.segment;
+        resendPosition = checkpoint.position;
+        Segment newest = null;
+        for (Segment segment : listSegments().values())
+        {
+            if (segment.durable >= 0 || Files.exists(segment.idx))
+                newest = segment;
+        }
+        if (newest == null)
+            return;
+        boolean plain = DatabaseDescriptor.getCommitLogCompression() == null
+                        && !DatabaseDescriptor.getEncryptionContext().isEnabled();
+        // An idx read while Cassandra rewrites it (empty) says nothing: all of the segment.
+        advanceResendBound(newest.id, plain && newest.durable >= 0 ? newest.durable : Long.MAX_VALUE);
+    }
+
+    private void advanceResendBound(long segment, long position)
+    {
+        if (segment > resendSegment || (segment == resendSegment && position > resendPosition))
+        {
+            resendSegment = segment;
+            resendPosition = position;
+        }
     }
 
     // -- entry point ------------------------------------------------------------------------------
@@ -384,6 +424,10 @@ public final class Agent
                         g.writeObjectFieldStart("checkpoint");
                         g.writeNumberField("segment", checkpoint.segment);
                         g.writeNumberField("position", checkpoint.position);
+                        g.writeEndObject();
+                        g.writeObjectFieldStart("resend_until");
+                        g.writeNumberField("segment", resendSegment);
+                        g.writeNumberField("position", resendPosition);
                         g.writeEndObject();
                     }));
                 }
@@ -580,6 +624,7 @@ public final class Agent
             });
             c.pending.addLast(new Pending(n, to));
             c.cursor = to;
+            advanceResendBound(to.segment, to.position);
             try
             {
                 c.send(message);
