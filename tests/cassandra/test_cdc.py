@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -381,6 +382,63 @@ async def test_a_single_reporter_reads_claims_and_stores_each_change_once(
     found = events(await entries(store, "posts", 2))
     assert [e["key"]["id"] for e in found] == [1, 3]
     assert cdc.stats["stored"] == 2 and cdc.stats["duplicates"] == 4
+
+
+@pytest.mark.parametrize("single_reporter", [False, True])
+async def test_a_store_cut_off_by_a_dropped_connection_that_lands_late_is_no_duplicate(
+    cdc_session: CassandraSession, keyspace: str, single_reporter: bool
+) -> None:
+    """The connection drops while a batch's entries are being written: the request is
+    abandoned, not withdrawn, and Cassandra applies it after the re-sent batch was stored
+    again. The re-send writes the same entry row (the position of the first attempt), so
+    the late write lands on it: one entry."""
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session,
+        keyspace,
+        agents=[],
+        tables=[table],
+        store=store,
+        sequencer=MemorySequencer(),
+        single_reporter=single_reporter,
+    )
+    sent, release = trio.Event(), trio.Event()
+
+    class LateSession:
+        """The first entry batch reaches Cassandra only after `release` (it was sent on the
+        connection that dropped); the caller is left waiting until cancelled."""
+
+        def __init__(self, nursery: trio.Nursery) -> None:
+            self.nursery = nursery
+            self.first = True
+
+        async def execute_batch(self, statements: Any, **kwargs: Any) -> Any:
+            if not self.first:
+                return await cdc_session.execute_batch(statements, **kwargs)
+            self.first = False
+
+            async def land_late() -> None:
+                await release.wait()
+                await cdc_session.execute_batch(statements, **kwargs)
+
+            self.nursery.start_soon(land_late)
+            sent.set()
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as late:
+        cdc.session = LateSession(late)  # type: ignore[assignment]
+        async with trio.open_nursery() as connection:
+            connection.start_soon(cdc.ingest, "node-a", a_batch(keyspace, 1, 1))
+            await sent.wait()
+            connection.cancel_scope.cancel()  # the connection drops
+        await cdc.ingest("node-a", a_batch(keyspace, 1, 1))  # sent again
+        release.set()
+    head = await store.head("table:posts")
+    assert head is not None
+    found = await store.read("table:posts", head.position.epoch, 0, 10)
+    assert [json.loads(e.payload)["key"]["id"] for e in found] == [1]
 
 
 async def test_a_claimed_change_that_was_not_stored_is_stored_when_sent_again(

@@ -82,6 +82,13 @@ def _stream(table: str) -> str:
 STORE_CHUNK_BYTES = 3 * 1024
 STORE_CHUNK_ITEMS = 32
 
+#: How long a change's position is kept for a re-send when its store did not finish (the
+#: connection dropped while the request was out): the re-send writes the same entry row, so
+#: a cancelled request that Cassandra still applies later lands on it instead of adding a
+#: second entry. Below the readers' `hole_timeout` (10 s by default), after which a tail
+#: skips the position.
+REUSE_POSITION_FOR = 5.0
+
 
 @dataclass
 class _Item:
@@ -176,6 +183,9 @@ class CdcSource:
         #: Seconds from the write timestamp to the entry stored, of the last change stored.
         self.lag = 0.0
         self._connected: dict[str, trio.Event] = {}
+        #: Change id -> (when, allocation) of each change between its allocation and its
+        #: entry stored (`REUSE_POSITION_FOR`).
+        self._unsettled: dict[str, tuple[float, Allocation]] = {}
         #: When a list (a benchmark sets one): per batch, the write timestamps (µs) of its
         #: changes and the wall-clock time of each step ("received", "claimed",
         #: "positioned", "stored", "acked").
@@ -359,9 +369,24 @@ class CdcSource:
     async def _allocate(self, items: list[_Item]) -> None:
         """Step 2 (one batch after the other, in the agent's order): positions for the owned
         changes in commit-log order, what keeps each table's stream in that order."""
+        now = time.monotonic()
+        unsettled = self._unsettled
+        if len(unsettled) > 10_000:  # abandoned for good (e.g. found stored by a re-send)
+            for ident, (when, _) in list(unsettled.items()):
+                if now - when > REUSE_POSITION_FOR:
+                    del unsettled[ident]
         for item in items:
-            if item.owned:
+            if not item.owned:
+                unsettled.pop(item.claim.change, None)
+                continue
+            earlier = unsettled.get(item.claim.change)
+            if earlier is not None and now - earlier[0] <= REUSE_POSITION_FOR:
+                # Its store was cut off: the same row again (idempotent with a request of
+                # the dropped connection that Cassandra may still apply), in the same order.
+                item.allocation = earlier[1]
+            else:
                 item.allocation = await self.sequencer.next(item.stream)
+                unsettled[item.claim.change] = (now, item.allocation)
         await trio.lowlevel.checkpoint()
 
     async def _store_batch(self, node: str, items: list[_Item]) -> None:
@@ -429,6 +454,8 @@ class CdcSource:
         for item in owned:
             assert item.allocation is not None
             latest[item.stream] = max(latest.get(item.stream, 0), item.allocation.position.offset)
+        for item in owned:
+            self._unsettled.pop(item.claim.change, None)
         self.stats["stored"] += len(owned)
         self.lag = max(0.0, time.time() - owned[-1].change.ts / 1e6)
         if self.notify is not None:
