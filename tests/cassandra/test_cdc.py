@@ -487,6 +487,40 @@ async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
     assert cdc.stats["duplicates"] == 1  # CDC saw the outbox's write, claimed already
 
 
+async def test_a_publisher_write_to_a_table_cdc_records_too_is_delivered_once(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """A worker's `ChangePublisher` with ``cdc_tables``: its write is claimed for the outbox
+    before it is sent, so CDC's report of it is a duplicate."""
+    from trio_rt import ChangePublisher, MemoryBroker
+
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    worker_db = Database(cdc_session, keyspace)
+    publisher = ChangePublisher(
+        worker_db,
+        broker=MemoryBroker(),
+        sequencer=cdc.sequencer,
+        store=cdc.store,
+        cdc_tables=[table],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await nursery.start(publisher.run)
+        await cdc.wait_connected()
+        await worker_db.insert(table, {"id": 1, "author": "job", "title": "worker", "score": 1})
+        await write(cdc_node, keyspace, "INSERT INTO posts (id, title) VALUES (2, 'cqlsh')")
+        found = events(await entries(cdc.store, "posts", 2))
+        with trio.fail_after(GUARD):  # CDC has seen the worker's write too
+            while cdc.stats["changes"] < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        found = events(await entries(cdc.store, "posts", 2))
+        nursery.cancel_scope.cancel()
+    assert [(e["key"]["id"], e.get("source")) for e in found] == [(1, None), (2, "cdc")]
+    assert cdc.stats["duplicates"] == 1
+
+
 async def test_the_demo_board_shows_a_row_inserted_by_a_plain_driver(
     cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
 ) -> None:
