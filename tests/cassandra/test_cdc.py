@@ -700,6 +700,71 @@ async def test_a_single_reporter_without_outbox_claims_checks_only_re_sent_batch
     assert second.stats["duplicates"] > 0
 
 
+@contextlib.asynccontextmanager
+async def agent_with(node: CassandraServer, options: dict[str, str]) -> AsyncIterator[CdcAgent]:
+    """The node's agent replaced by one started with `options` (same state, same port),
+    then the usual one again."""
+    old = agent(node)
+    await trio.to_thread.run_sync(old.wait_ready)
+    old.stop()
+    lib = Path(old.argv[old.argv.index("-cp") + 1].split(":")[1].rstrip("*"))
+
+    def start(extra: dict[str, str]) -> CdcAgent:
+        return CdcAgent.start(
+            lib,
+            node.dir / "cassandra.yaml",
+            old.state_dir,
+            port=old.port,
+            options={"poll-ms": "5", **extra},
+        )
+
+    node.cdc_agent = await trio.to_thread.run_sync(start, options)
+    try:
+        yield node.cdc_agent
+    finally:
+        node.cdc_agent.stop()
+        node.cdc_agent = await trio.to_thread.run_sync(start, {})
+
+
+async def test_a_mutation_the_agent_cannot_decode_is_skipped_counted_and_alerted(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """A mutation the agent cannot decode with an unchanged schema (a bug, a type it does
+    not know; injected here with ``--fail-decode``) is skipped and counted, with an ERROR in
+    the agent's log and a metric: the changes after it still come (the agent used to exit
+    and read it again, forever)."""
+    from trio_rt._engine.metrics_prometheus import _cdc_metrics
+
+    table, bad = posts(), load_table()
+    await create(cdc_session, keyspace, table)
+    await create(cdc_session, keyspace, bad)
+    async with agent_with(cdc_node, {"fail-decode": f"{keyspace}.load"}) as failing:
+        cdc = source(cdc_session, keyspace, cdc_node, table, bad)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cdc.run)
+            await write(
+                cdc_node,
+                keyspace,
+                "INSERT INTO posts (id, title) VALUES (1, 'before')",
+                "INSERT INTO load (id, body) VALUES (1, 'undecodable')",
+                "INSERT INTO posts (id, title) VALUES (2, 'after')",
+            )
+            found = events(await entries(cdc.store, "posts", 2))
+            name = f"{failing.host}:{failing.port}"
+            with trio.fail_after(GUARD):  # stats come about once a second
+                while (stats := cdc.agent_stats.get(name)) is None or not (  # noqa: ASYNC110
+                    stats.skipped_undecodable
+                ):
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert [e["key"]["id"] for e in found] == [1, 2]
+        assert stats.skipped_undecodable == 1
+        assert "cannot decode the mutation" in failing.log_path.read_text()
+        (skipped, _alert) = list(_cdc_metrics("s", cdc))
+        values = {s.labels["reason"]: s.value for s in skipped.samples}
+        assert values["undecodable"] == 1
+
+
 async def test_cdc_raw_stays_bounded_under_a_sustained_write_load(
     cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
 ) -> None:

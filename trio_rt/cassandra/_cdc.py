@@ -283,6 +283,17 @@ class CdcSource:
                         start = (message.segment, message.position)
                         await pipeline.add(nursery, node, message, fresh)
                     elif isinstance(message, AgentStats):
+                        before = self.agent_stats.get(name)
+                        skipped = message.skipped_undecodable - (
+                            before.skipped_undecodable if before is not None else 0
+                        )
+                        if skipped > 0:
+                            log.error(
+                                "CDC agent %s skipped %d mutation(s) it could not decode: their "
+                                "changes are lost (the agent's log says which)",
+                                name,
+                                skipped,
+                            )
                         self.agent_stats[name] = message
                     elif isinstance(message, AgentHello):
                         node = message.node
