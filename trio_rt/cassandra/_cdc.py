@@ -16,7 +16,9 @@ Per agent batch, in the agent's (commit-log) order:
    lightweight transaction in ``trio_rt_cdc_claims`` (one conditional batch for the claims
    of a batch that share a partition: one stream, 10 s of write time): with several
    replicas, every replica's agent reports the same mutation, and the first claim wins; the
-   others are duplicates.
+   others are duplicates. With ``single_reporter`` the claims are read instead, and with no
+   outbox claims either (``outbox_claims=False``) not even read for a batch that starts past
+   the agent's ``resend_until`` (it was never sent before): only re-sent batches are checked.
    A claim is owned by the node whose agent reported it: a consumer that stops between claim
    and store leaves the claim without a position, and the same node's changes (re-sent from
    its checkpoint) complete it. Writes through the outbox are claimed by the outbox
@@ -30,7 +32,10 @@ Steps 1-2 run one batch after the other; step 3 of a batch overlaps the next bat
 1-2 (`_Pipeline`); acknowledgements go in order.
 
 A failure (Cassandra unreachable, a bad message) drops the connection: the agent sends the
-unacknowledged batches again to the next connection, and the claims make that idempotent.
+unacknowledged batches again to the next connection, and the claims make that idempotent. A
+change whose entry was being written when the connection dropped gets the same position
+again (`REUSE_POSITION_FOR`): the abandoned request, should Cassandra still apply it, writes
+the same row.
 """
 
 from __future__ import annotations
