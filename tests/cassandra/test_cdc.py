@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -383,6 +384,63 @@ async def test_a_single_reporter_reads_claims_and_stores_each_change_once(
     assert cdc.stats["stored"] == 2 and cdc.stats["duplicates"] == 4
 
 
+@pytest.mark.parametrize("single_reporter", [False, True])
+async def test_a_store_cut_off_by_a_dropped_connection_that_lands_late_is_no_duplicate(
+    cdc_session: CassandraSession, keyspace: str, single_reporter: bool
+) -> None:
+    """The connection drops while a batch's entries are being written: the request is
+    abandoned, not withdrawn, and Cassandra applies it after the re-sent batch was stored
+    again. The re-send writes the same entry row (the position of the first attempt), so
+    the late write lands on it: one entry."""
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    cdc = CdcSource(
+        cdc_session,
+        keyspace,
+        agents=[],
+        tables=[table],
+        store=store,
+        sequencer=MemorySequencer(),
+        single_reporter=single_reporter,
+    )
+    sent, release = trio.Event(), trio.Event()
+
+    class LateSession:
+        """The first entry batch reaches Cassandra only after `release` (it was sent on the
+        connection that dropped); the caller is left waiting until cancelled."""
+
+        def __init__(self, nursery: trio.Nursery) -> None:
+            self.nursery = nursery
+            self.first = True
+
+        async def execute_batch(self, statements: Any, **kwargs: Any) -> Any:
+            if not self.first:
+                return await cdc_session.execute_batch(statements, **kwargs)
+            self.first = False
+
+            async def land_late() -> None:
+                await release.wait()
+                await cdc_session.execute_batch(statements, **kwargs)
+
+            self.nursery.start_soon(land_late)
+            sent.set()
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as late:
+        cdc.session = LateSession(late)  # type: ignore[assignment]
+        async with trio.open_nursery() as connection:
+            connection.start_soon(cdc.ingest, "node-a", a_batch(keyspace, 1, 1))
+            await sent.wait()
+            connection.cancel_scope.cancel()  # the connection drops
+        await cdc.ingest("node-a", a_batch(keyspace, 1, 1))  # sent again
+        release.set()
+    head = await store.head("table:posts")
+    assert head is not None
+    found = await store.read("table:posts", head.position.epoch, 0, 10)
+    assert [json.loads(e.payload)["key"]["id"] for e in found] == [1]
+
+
 async def test_a_claimed_change_that_was_not_stored_is_stored_when_sent_again(
     cdc_session: CassandraSession, keyspace: str
 ) -> None:
@@ -427,6 +485,40 @@ async def test_a_write_through_the_outbox_is_not_delivered_again_by_cdc(
         nursery.cancel_scope.cancel()
     assert [(e["key"]["id"], e.get("source")) for e in found] == [(1, None), (2, "cdc")]
     assert cdc.stats["duplicates"] == 1  # CDC saw the outbox's write, claimed already
+
+
+async def test_a_publisher_write_to_a_table_cdc_records_too_is_delivered_once(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """A worker's `ChangePublisher` with ``cdc_tables``: its write is claimed for the outbox
+    before it is sent, so CDC's report of it is a duplicate."""
+    from trio_rt import ChangePublisher, MemoryBroker
+
+    table = posts()
+    await create(cdc_session, keyspace, table)
+    cdc = source(cdc_session, keyspace, cdc_node, table)
+    worker_db = Database(cdc_session, keyspace)
+    publisher = ChangePublisher(
+        worker_db,
+        broker=MemoryBroker(),
+        sequencer=cdc.sequencer,
+        store=cdc.store,
+        cdc_tables=[table],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cdc.run)
+        await nursery.start(publisher.run)
+        await cdc.wait_connected()
+        await worker_db.insert(table, {"id": 1, "author": "job", "title": "worker", "score": 1})
+        await write(cdc_node, keyspace, "INSERT INTO posts (id, title) VALUES (2, 'cqlsh')")
+        found = events(await entries(cdc.store, "posts", 2))
+        with trio.fail_after(GUARD):  # CDC has seen the worker's write too
+            while cdc.stats["changes"] < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        found = events(await entries(cdc.store, "posts", 2))
+        nursery.cancel_scope.cancel()
+    assert [(e["key"]["id"], e.get("source")) for e in found] == [(1, None), (2, "cdc")]
+    assert cdc.stats["duplicates"] == 1
 
 
 async def test_the_demo_board_shows_a_row_inserted_by_a_plain_driver(
@@ -543,6 +635,134 @@ async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
         found = served.delivered()
     assert len(killed) == 2 and all(killed)
     assert_each_once_in_order(found, 600)
+
+
+@pytest.mark.parametrize("crash", ["consumer", "agent"])
+async def test_a_single_reporter_without_outbox_claims_checks_only_re_sent_batches(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer, crash: str
+) -> None:
+    """``single_reporter`` and no outbox claims: batches never sent before are stored without
+    reading claims. A batch stored and not acknowledged when the consumer stops (or when the
+    agent is killed with SIGKILL) is sent again: the next consumer checks it (the agent's
+    ``resend_until`` covers it) and stores none of it again."""
+    table, probe = load_table(), posts()
+    await create(cdc_session, keyspace, table)
+    await create(cdc_session, keyspace, probe)
+    store = CassandraStreamStore(cdc_session, keyspace)
+    sequencer = MemorySequencer()
+    consumers: list[CdcSource] = []
+    ready = trio.Event()
+
+    async def consume(stop_after: int | None) -> None:
+        cdc = CdcSource(
+            cdc_session,
+            keyspace,
+            agents=[f"{agent(cdc_node).host}:{agent(cdc_node).port}"],
+            tables=[table, probe],
+            store=store,
+            sequencer=sequencer,
+            single_reporter=True,
+            outbox_claims=False,
+        )
+        consumers.append(cdc)
+        with trio.CancelScope() as scope:
+
+            def stored(stream: str, offset: int) -> None:
+                # Called once a batch is stored, before it is acknowledged.
+                if stream == "table:posts":
+                    ready.set()  # the agent runs with both tables' schema
+                elif stop_after is not None and offset >= stop_after and not scope.cancel_called:
+                    if crash == "agent":
+                        assert agent(cdc_node).kill()
+                    scope.cancel()
+
+            cdc.notify = stored
+            await cdc.run()
+            await trio.sleep_forever()
+
+    async def consumers_one_after_the_other() -> None:
+        await consume(stop_after=50)
+        if crash == "agent":
+            await trio.to_thread.run_sync(agent(cdc_node).wait_ready)
+        await consume(stop_after=None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumers_one_after_the_other)
+        await write(cdc_node, keyspace, "INSERT INTO posts (id, title) VALUES (1, 'probe')")
+        await ready.wait()
+        assert await load(cdc_node, keyspace, 300, 150, 50) == "done 300 failed 0"
+        found = events(await entries(store, "load", 300))
+        nursery.cancel_scope.cancel()
+    assert_each_once_in_order(found, 300)
+    first, second = consumers
+    assert first.stats["claim_free_batches"] > 0
+    # The batch stored and not acknowledged came again, and was a duplicate.
+    assert second.stats["duplicates"] > 0
+
+
+@contextlib.asynccontextmanager
+async def agent_with(node: CassandraServer, options: dict[str, str]) -> AsyncIterator[CdcAgent]:
+    """The node's agent replaced by one started with `options` (same state, same port),
+    then the usual one again."""
+    old = agent(node)
+    await trio.to_thread.run_sync(old.wait_ready)
+    old.stop()
+    lib = Path(old.argv[old.argv.index("-cp") + 1].split(":")[1].rstrip("*"))
+
+    def start(extra: dict[str, str]) -> CdcAgent:
+        return CdcAgent.start(
+            lib,
+            node.dir / "cassandra.yaml",
+            old.state_dir,
+            port=old.port,
+            options={"poll-ms": "5", **extra},
+        )
+
+    node.cdc_agent = await trio.to_thread.run_sync(start, options)
+    try:
+        yield node.cdc_agent
+    finally:
+        node.cdc_agent.stop()
+        node.cdc_agent = await trio.to_thread.run_sync(start, {})
+
+
+async def test_a_mutation_the_agent_cannot_decode_is_skipped_counted_and_alerted(
+    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer
+) -> None:
+    """A mutation the agent cannot decode with an unchanged schema (a bug, a type it does
+    not know; injected here with ``--fail-decode``) is skipped and counted, with an ERROR in
+    the agent's log and a metric: the changes after it still come (the agent used to exit
+    and read it again, forever)."""
+    from trio_rt._engine.metrics_prometheus import _cdc_metrics
+
+    table, bad = posts(), load_table()
+    await create(cdc_session, keyspace, table)
+    await create(cdc_session, keyspace, bad)
+    async with agent_with(cdc_node, {"fail-decode": f"{keyspace}.load"}) as failing:
+        cdc = source(cdc_session, keyspace, cdc_node, table, bad)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cdc.run)
+            await write(
+                cdc_node,
+                keyspace,
+                "INSERT INTO posts (id, title) VALUES (1, 'before')",
+                "INSERT INTO load (id, body) VALUES (1, 'undecodable')",
+                "INSERT INTO posts (id, title) VALUES (2, 'after')",
+            )
+            found = events(await entries(cdc.store, "posts", 2))
+            name = f"{failing.host}:{failing.port}"
+            with trio.fail_after(GUARD):  # stats come about once a second
+                while (stats := cdc.agent_stats.get(name)) is None or not (  # noqa: ASYNC110
+                    stats.skipped_undecodable
+                ):
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert [e["key"]["id"] for e in found] == [1, 2]
+        assert stats.skipped_undecodable == 1
+        assert "cannot decode the mutation" in failing.log_path.read_text()
+        (skipped, _alert) = list(_cdc_metrics("s", cdc))
+        values = {s.labels["reason"]: s.value for s in skipped.samples}
+        assert values["undecodable"] == 1
 
 
 async def test_cdc_raw_stays_bounded_under_a_sustained_write_load(

@@ -64,6 +64,12 @@ def test_hello_stats_and_refusal_parse() -> None:
         b'{"type":"hello","protocol":1,"node":"n:7000","cassandra":"5.0.9","checkpoint":{}}'
     )
     assert isinstance(hello, AgentHello) and hello.node == "n:7000"
+    assert hello.resend_until is None  # an agent that does not say: every batch is checked
+    hello = parse_message(
+        b'{"type":"hello","protocol":1,"node":"n","cassandra":"5","checkpoint":{},'
+        b'"resend_until":{"segment":7,"position":90}}'
+    )
+    assert isinstance(hello, AgentHello) and hello.resend_until == (7, 90)
     stats = parse_message(
         json.dumps(
             {
@@ -78,7 +84,7 @@ def test_hello_stats_and_refusal_parse() -> None:
             }
         )
     )
-    assert isinstance(stats, AgentStats) and stats.alert
+    assert isinstance(stats, AgentStats) and stats.alert and stats.skipped_undecodable == 0
     assert parse_message('{"type":"error","message":"busy"}') == AgentRefused("busy")
 
 

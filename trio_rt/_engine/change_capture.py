@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from .broker import Broker
 from .streams import Allocation, Sequencer
 
 if TYPE_CHECKING:
-    from ..cassandra import CapturedWrite, Change, Database
+    from ..cassandra import CapturedWrite, Change, Database, Table
     from ..cassandra._streams import CassandraStreamStore
 
 __all__ = [
@@ -197,6 +197,12 @@ class ChangePublisher:
     ``await nursery.start(publisher.run)``. It runs the broker's and the sequencer's I/O
     (and the one trio-asyncio loop they need, unless one is already open) in its own task;
     writes need it running (`RedisSequencer` refuses them otherwise).
+
+    `cdc_tables`: the tables (names or `Table`s) that Cassandra's CDC records too, on servers
+    with ``source=Cdc(..., outbox=True)`` (docs/cdc.md): the writes to them through `db` are
+    claimed for the outbox before they are sent (`OutboxClaims`), so the CDC agents' reports
+    of them are duplicates and each is delivered once. The claims table is the servers'
+    (``trio_rt_cdc_claims`` in `db`'s keyspace, kept as long as `store` keeps entries).
     """
 
     def __init__(
@@ -208,8 +214,10 @@ class ChangePublisher:
         store: CassandraStreamStore | None = None,
         channel_prefix: str = "trio_rt",
         flush_timeout: float = 2.0,
+        cdc_tables: Iterable[str | Table] = (),
     ) -> None:
         from ..cassandra._streams import CassandraStreamStore
+        from ..cassandra._table import Table
 
         if db.capture is not None:
             raise ValueError("this Database already has a change capture")
@@ -222,6 +230,16 @@ class ChangePublisher:
         self._nudges = Nudges(broker, nudge_channel(channel_prefix))
         self.changelog = ChangeLog(self.store, sequencer, self._nudges.add)
         db.capture = self.changelog
+        names = frozenset(t.name if isinstance(t, Table) else t for t in cdc_tables)
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"cdc_tables holds table names or Tables, not {name!r}")
+        if names:
+            from ..cassandra._cdc import OutboxClaims
+            from ..cassandra._cdc_claims import CdcClaims
+
+            claims = CdcClaims(db.session, db.keyspace, retention=self.store.retention)
+            db.capture = OutboxClaims(self.changelog, claims, names)
         self._stop: trio.CancelScope | None = None
         self._cm: Any = None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -208,12 +208,40 @@ class ManagerCollector(Collector):
                 for (call, outcome), n in sorted(api.calls.items()):
                     calls.add_metric([sid, call, outcome], n)
             yield calls
+        cdc = getattr(m.manager.change_streams, "cdc", None)
+        if cdc is not None:
+            yield from _cdc_metrics(sid, cdc)
         broker_stats = getattr(m.manager.broker, "stats", None)
         if broker_stats is not None:
             for field in ("published", "received", "dropped_while_down", "reconnects"):
                 value = getattr(broker_stats, field, None)
                 if isinstance(value, int):
                     yield counter(f"trio_rt_broker_{field}", f"Broker: {field}.", value)
+
+
+def _cdc_metrics(sid: str, cdc: Any) -> Iterator[Metric]:
+    """What the CDC agents report (``CdcSource.agent_stats``; bounded labels: one agent per
+    node, two reasons)."""
+    skipped = CounterMetricFamily(
+        "trio_rt_cdc_skipped_mutations",
+        "Mutations a CDC agent skipped, by reason: undecodable (it could not decode it with "
+        "an unchanged schema: its changes are lost, the agent logged an ERROR) and "
+        "unknown_table (a table dropped before the agent loaded the schema). Counted since "
+        "the agent last started.",
+        labels=["server_id", "agent", "reason"],
+    )
+    alert = GaugeMetricFamily(
+        "trio_rt_cdc_raw_alert",
+        "1 while a CDC agent's cdc_raw holds more than its alert fraction of cdc_total_space "
+        "(when full, Cassandra rejects writes to CDC tables).",
+        labels=["server_id", "agent"],
+    )
+    for agent, stats in sorted(cdc.agent_stats.items()):
+        skipped.add_metric([sid, agent, "undecodable"], stats.skipped_undecodable)
+        skipped.add_metric([sid, agent, "unknown_table"], stats.skipped_unknown_table)
+        alert.add_metric([sid, agent], 1 if stats.alert else 0)
+    yield skipped
+    yield alert
 
 
 # -- the exporter's HTTP ---------------------------------------------------------------------------

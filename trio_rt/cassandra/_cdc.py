@@ -16,7 +16,9 @@ Per agent batch, in the agent's (commit-log) order:
    lightweight transaction in ``trio_rt_cdc_claims`` (one conditional batch for the claims
    of a batch that share a partition: one stream, 10 s of write time): with several
    replicas, every replica's agent reports the same mutation, and the first claim wins; the
-   others are duplicates.
+   others are duplicates. With ``single_reporter`` the claims are read instead, and with no
+   outbox claims either (``outbox_claims=False``) not even read for a batch that starts past
+   the agent's ``resend_until`` (it was never sent before): only re-sent batches are checked.
    A claim is owned by the node whose agent reported it: a consumer that stops between claim
    and store leaves the claim without a position, and the same node's changes (re-sent from
    its checkpoint) complete it. Writes through the outbox are claimed by the outbox
@@ -30,7 +32,10 @@ Steps 1-2 run one batch after the other; step 3 of a batch overlaps the next bat
 1-2 (`_Pipeline`); acknowledgements go in order.
 
 A failure (Cassandra unreachable, a bad message) drops the connection: the agent sends the
-unacknowledged batches again to the next connection, and the claims make that idempotent.
+unacknowledged batches again to the next connection, and the claims make that idempotent. A
+change whose entry was being written when the connection dropped gets the same position
+again (`REUSE_POSITION_FOR`): the abandoned request, should Cassandra still apply it, writes
+the same row.
 """
 
 from __future__ import annotations
@@ -82,6 +87,13 @@ def _stream(table: str) -> str:
 STORE_CHUNK_BYTES = 3 * 1024
 STORE_CHUNK_ITEMS = 32
 
+#: How long a change's position is kept for a re-send when its store did not finish (the
+#: connection dropped while the request was out): the re-send writes the same entry row, so
+#: a cancelled request that Cassandra still applies later lands on it instead of adding a
+#: second entry. Below the readers' `hole_timeout` (10 s by default), after which a tail
+#: skips the position.
+REUSE_POSITION_FOR = 5.0
+
 
 @dataclass
 class _Item:
@@ -110,8 +122,11 @@ class CdcSource:
     `single_reporter=True`: every change is reported by ONE agent (one node, or replication
     factor 1): claims are then read (one read per batch) instead of taken with lightweight
     transactions, which is cheaper (docs/cdc.md "What it costs"). With several replicas'
-    agents it would store a change once per replica. `concurrency` bounds the requests in
-    flight (lightweight transactions, row reads, entry batches).
+    agents it would store a change once per replica. With `outbox_claims=False` too (no
+    process claims writes to these tables for the outbox: ``Cdc(outbox=False)``), a batch
+    that starts past the agent's ``resend_until`` (nothing was sent from there before) is
+    stored without reading claims at all: only re-sent batches are checked. `concurrency`
+    bounds the requests in flight (lightweight transactions, row reads, entry batches).
 
     Run it with ``await nursery.start(source.run)``: one task per agent, reconnecting with a
     growing pause (`reconnect_delay` up to 5 s) while the agent is not there; `run` returns
@@ -133,6 +148,7 @@ class CdcSource:
         concurrency: int = 32,
         reconnect_delay: float = 0.2,
         single_reporter: bool = False,
+        outbox_claims: bool = True,
     ) -> None:
         require_positive_ints(concurrency=concurrency)
         require_positive_numbers(reconnect_delay=reconnect_delay)
@@ -151,6 +167,7 @@ class CdcSource:
         )
         self.notify = notify
         self.single_reporter = bool(single_reporter)
+        self.outbox_claims = bool(outbox_claims)
         self.db = Database(session, keyspace)
         self._limit = trio.CapacityLimiter(concurrency)
         self.reconnect_delay = float(reconnect_delay)
@@ -164,12 +181,20 @@ class CdcSource:
             "bad_changes": 0,
             "row_reads": 0,
             "connection_errors": 0,
+            "claim_free_batches": 0,
         }
         #: The last stats message of each agent ("host:port" -> AgentStats).
         self.agent_stats: dict[str, AgentStats] = {}
         #: Seconds from the write timestamp to the entry stored, of the last change stored.
         self.lag = 0.0
         self._connected: dict[str, trio.Event] = {}
+        #: Change id -> (when, allocation) of each change between its allocation and its
+        #: entry stored (`REUSE_POSITION_FOR`).
+        self._unsettled: dict[str, tuple[float, Allocation]] = {}
+        #: When a list (a benchmark sets one): per batch, the write timestamps (µs) of its
+        #: changes and the wall-clock time of each step ("received", "claimed",
+        #: "positioned", "stored", "acked").
+        self.profile: list[tuple[list[int], dict[str, float]]] | None = None
         #: True when `ChangeStreamManager` adds its tables (``Cdc(tables=None)``).
         self.follows_manager = False
 
@@ -234,6 +259,10 @@ class CdcSource:
         failure cancels the batches in flight (none of them is acknowledged)."""
         lines = LineReader()
         node: str | None = None
+        # Where the next batch starts, and how far batches may have been sent before: a
+        # batch that starts there or later holds no change stored before.
+        start: tuple[int, int] = (0, 0)
+        resend_until: tuple[int, int] | None = None
         async with trio.open_nursery() as nursery:
             pipeline = _Pipeline(
                 stream,
@@ -241,6 +270,7 @@ class CdcSource:
                 allocate=self._allocate,
                 store=self._store_batch,
                 claims_are_reads=self.single_reporter,
+                profile=lambda: self.profile,
             )
             nursery.start_soon(pipeline.acknowledge)
             while True:
@@ -254,11 +284,30 @@ class CdcSource:
                     if isinstance(message, AgentBatch):
                         if node is None:
                             raise WireError("a batch before the hello")
-                        await pipeline.add(nursery, node, message)
+                        fresh = resend_until is not None and start >= resend_until
+                        start = (message.segment, message.position)
+                        await pipeline.add(nursery, node, message, fresh)
                     elif isinstance(message, AgentStats):
+                        before = self.agent_stats.get(name)
+                        skipped = message.skipped_undecodable - (
+                            before.skipped_undecodable if before is not None else 0
+                        )
+                        if skipped > 0:
+                            log.error(
+                                "CDC agent %s skipped %d mutation(s) it could not decode: their "
+                                "changes are lost (the agent's log says which)",
+                                name,
+                                skipped,
+                            )
                         self.agent_stats[name] = message
                     elif isinstance(message, AgentHello):
                         node = message.node
+                        resend_until = message.resend_until
+                        checkpoint = message.checkpoint
+                        start = (
+                            int(checkpoint.get("segment", 0)),
+                            int(checkpoint.get("position", 0)),
+                        )
                         log.info(
                             "CDC agent %s (node %s, Cassandra %s) connected",
                             name,
@@ -304,12 +353,23 @@ class CdcSource:
         await self._allocate(items)
         return items
 
-    async def _claim(self, node: str, batch: AgentBatch) -> list[_Item]:
+    async def _claim(self, node: str, batch: AgentBatch, fresh: bool = False) -> list[_Item]:
         """Step 1: the batch's changes as items, claimed (`item.owned`): one conditional
         batch per claims partition (batches one after the other, so that they do not
-        contend for it), or with `single_reporter` one read per partition (any order)."""
+        contend for it), or with `single_reporter` one read per partition (any order), or
+        nothing at all for a `fresh` batch (never sent before) of a single reporter whose
+        tables have no outbox claims."""
         items = self._items(batch)
         if not items:
+            await trio.lowlevel.checkpoint()
+            return items
+        if fresh and self.single_reporter and not self.outbox_claims:
+            # Nobody else stores these changes and nothing of this batch was sent before:
+            # its claims can only be absent. They are still written with the entries (what
+            # a later re-send of the batch is checked against).
+            self.stats["claim_free_batches"] += 1
+            for item in items:
+                item.owned = True
             await trio.lowlevel.checkpoint()
             return items
         claims = [item.claim for item in items]
@@ -325,9 +385,24 @@ class CdcSource:
     async def _allocate(self, items: list[_Item]) -> None:
         """Step 2 (one batch after the other, in the agent's order): positions for the owned
         changes in commit-log order, what keeps each table's stream in that order."""
+        now = time.monotonic()
+        unsettled = self._unsettled
+        if len(unsettled) > 10_000:  # abandoned for good (e.g. found stored by a re-send)
+            for ident, (when, _) in list(unsettled.items()):
+                if now - when > REUSE_POSITION_FOR:
+                    del unsettled[ident]
         for item in items:
-            if item.owned:
+            if not item.owned:
+                unsettled.pop(item.claim.change, None)
+                continue
+            earlier = unsettled.get(item.claim.change)
+            if earlier is not None and now - earlier[0] <= REUSE_POSITION_FOR:
+                # Its store was cut off: the same row again (idempotent with a request of
+                # the dropped connection that Cassandra may still apply), in the same order.
+                item.allocation = earlier[1]
+            else:
                 item.allocation = await self.sequencer.next(item.stream)
+                unsettled[item.claim.change] = (now, item.allocation)
         await trio.lowlevel.checkpoint()
 
     async def _store_batch(self, node: str, items: list[_Item]) -> None:
@@ -395,6 +470,8 @@ class CdcSource:
         for item in owned:
             assert item.allocation is not None
             latest[item.stream] = max(latest.get(item.stream, 0), item.allocation.position.offset)
+        for item in owned:
+            self._unsettled.pop(item.claim.change, None)
         self.stats["stored"] += len(owned)
         self.lag = max(0.0, time.time() - owned[-1].change.ts / 1e6)
         if self.notify is not None:
@@ -486,52 +563,71 @@ class _Pipeline:
         self,
         stream: trio.SocketStream,
         *,
-        claim: Callable[[str, AgentBatch], Awaitable[list[_Item]]],
+        claim: Callable[[str, AgentBatch, bool], Awaitable[list[_Item]]],
         allocate: Callable[[list[_Item]], Awaitable[None]],
         store: Callable[[str, list[_Item]], Awaitable[None]],
         claims_are_reads: bool,
+        profile: Callable[[], list[tuple[list[int], dict[str, float]]] | None] = lambda: None,
     ) -> None:
         self.stream = stream
+        self._profile = profile
         self._claim = claim
         self._allocate_positions = allocate
         self._store = store
         self._claims_are_reads = claims_are_reads
         self._allocated = trio.Event()  # the previous batch has its positions
         self._allocated.set()
-        self._done_send, self._done_receive = trio.open_memory_channel[tuple[int, trio.Event]](
-            self.DEPTH
-        )
+        self._done_send, self._done_receive = trio.open_memory_channel[
+            tuple[int, trio.Event, dict[str, float] | None]
+        ](self.DEPTH)
 
-    async def add(self, nursery: trio.Nursery, node: str, batch: AgentBatch) -> None:
+    async def add(
+        self, nursery: trio.Nursery, node: str, batch: AgentBatch, fresh: bool = False
+    ) -> None:
+        steps: dict[str, float] | None = None
+        profile = self._profile()
+        if profile is not None:
+            steps = {"received": time.time()}
+            profile.append(([c.ts for c in batch.changes], steps))
         previous, allocated, stored = self._allocated, trio.Event(), trio.Event()
         self._allocated = allocated
-        await self._done_send.send((batch.seq, stored))
-        nursery.start_soon(self._run, node, batch, previous, allocated, stored)
+        await self._done_send.send((batch.seq, stored, steps))
+        nursery.start_soon(self._run, node, batch, fresh, previous, allocated, stored, steps)
 
     async def _run(
         self,
         node: str,
         batch: AgentBatch,
+        fresh: bool,
         previous: trio.Event,
         allocated: trio.Event,
         stored: trio.Event,
+        steps: dict[str, float] | None,
     ) -> None:
         if self._claims_are_reads:  # no contention: any order
-            items = await self._claim(node, batch)
+            items = await self._claim(node, batch, fresh)
             await previous.wait()
         else:
             await previous.wait()
-            items = await self._claim(node, batch)
+            items = await self._claim(node, batch, fresh)
+        if steps is not None:
+            steps["claimed"] = time.time()
         await self._allocate_positions(items)
         allocated.set()
+        if steps is not None:
+            steps["positioned"] = time.time()
         await self._store(node, items)
+        if steps is not None:
+            steps["stored"] = time.time()
         stored.set()
 
     async def acknowledge(self) -> None:
         """Acknowledge batches in the agent's order, each once it is stored."""
-        async for seq, stored in self._done_receive:
+        async for seq, stored, steps in self._done_receive:
             await stored.wait()
             await self.stream.send_all(encode_ack(seq))
+            if steps is not None:
+                steps["acked"] = time.time()
 
 
 def _address(agent: str) -> tuple[str, int]:

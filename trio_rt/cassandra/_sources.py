@@ -116,6 +116,7 @@ def install_source(
         concurrency=source.concurrency,
         reconnect_delay=source.reconnect_delay,
         single_reporter=source.single_reporter,
+        outbox_claims=source.outbox,
     )
     cdc.follows_manager = source.tables is None
     if not source.outbox:

@@ -2,8 +2,9 @@
 
 Agent -> consumer, one JSON object per line:
 
-- ``{"type": "hello", "protocol": 1, "node": ..., "cassandra": ..., "checkpoint": {...}}``
-  first, once per connection;
+- ``{"type": "hello", "protocol": 1, "node": ..., "cassandra": ..., "checkpoint": {...},
+  "resend_until": {...}}`` first, once per connection (``resend_until``: no batch was sent
+  past this (segment, position) before);
 - ``{"type": "batch", "seq": n, "segment": id, "position": offset, "changes": [...]}``: the
   changes read up to that commit-log position, in commit-log order (possibly none: the
   position moved over other tables' mutations);
@@ -101,6 +102,10 @@ class AgentHello:
     protocol: int
     cassandra: str
     checkpoint: dict[str, Any]
+    #: (segment, position): no batch was sent past it before this connection (by this agent
+    #: or an earlier run of it), so a batch that starts at or after it holds no change the
+    #: consumer may have stored before. None: not said (every batch may be a re-send).
+    resend_until: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,9 @@ class AgentStats:
     skipped_unknown_table: int
     errors: int
     checkpoint: dict[str, Any]
+    #: Mutations the agent could not decode with an unchanged schema, skipped (each logged
+    #: as an ERROR by the agent).
+    skipped_undecodable: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,13 +213,22 @@ def parse_message(line: bytes | str) -> AgentMessage:
             _int(body, "skipped_unknown_table"),
             _int(body, "errors"),
             _object(body, "checkpoint"),
+            _int(body, "skipped_undecodable") if "skipped_undecodable" in body else 0,
         )
     if kind == "hello":
         protocol = _int(body, "protocol")
         if protocol != PROTOCOL:
             raise WireError(f"the agent speaks protocol {protocol}, this side {PROTOCOL}")
+        resend_until = None
+        if "resend_until" in body:
+            bound = _object(body, "resend_until")
+            resend_until = (_int(bound, "segment"), _int(bound, "position"))
         return AgentHello(
-            _str(body, "node"), protocol, _str(body, "cassandra"), _object(body, "checkpoint")
+            _str(body, "node"),
+            protocol,
+            _str(body, "cassandra"),
+            _object(body, "checkpoint"),
+            resend_until,
         )
     if kind == "error":
         return AgentRefused(_str(body, "message"))

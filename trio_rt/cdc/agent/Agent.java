@@ -35,6 +35,7 @@ import java.util.zip.CRC32;
 import com.fasterxml.jackson.core.JsonGenerator;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.util.TokenBuffer;
 
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -42,6 +43,7 @@ import org.slf4j.LoggerFactory;
 import org.apache.cassandra.config.Config;
 import org.apache.cassandra.config.DatabaseDescriptor;
 import org.apache.cassandra.db.Mutation;
+import org.apache.cassandra.db.partitions.PartitionUpdate;
 import org.apache.cassandra.db.commitlog.CommitLogDescriptor;
 import org.apache.cassandra.db.commitlog.CommitLogReadHandler;
 import org.apache.cassandra.db.commitlog.CommitLogSegmentReader;
@@ -65,7 +67,9 @@ import org.apache.cassandra.utils.FBUtilities;
  *   <li>Sends batches of changes, at most {@code --window} unacknowledged; a batch's end
  *       (segment, offset) becomes the checkpoint, written durably, only once the consumer
  *       acknowledged it. A new consumer, or a restarted agent, starts again at the checkpoint:
- *       what was sent and not acknowledged is sent again (the consumer de-duplicates).</li>
+ *       what was sent and not acknowledged is sent again (the consumer de-duplicates). The
+ *       hello names {@code resend_until}: no batch was ever sent past it, so a consumer needs
+ *       to look for what it stored before only in batches that start before it.</li>
  *   <li>Deletes every COMPLETED segment (and its idx) the checkpoint has passed, so that
  *       {@code cdc_raw} does not fill: when it does, Cassandra rejects writes to CDC tables.
  *       Logs a warning, and reports {@code alert: true} in its stats, while {@code cdc_raw}
@@ -104,6 +108,12 @@ public final class Agent
 
     // -- state (guarded by this) -----------------------------------------------------------------
     private Cursor checkpoint;
+    /** The furthest (segment, position) any batch may have been sent to: what this agent
+     *  sent to any consumer, and at start everything a previous run of the agent could have
+     *  sent (the newest segment up to its durable offset). A consumer stores a change from
+     *  beyond it for the first time (docs/cdc.md "Re-sends"). */
+    private long resendSegment;
+    private long resendPosition;
     private Consumer consumer;
     private long seq;
     private boolean alerting;
@@ -112,6 +122,10 @@ public final class Agent
     private long lastStats;
     private long lastSchemaCheck;
     private long skippedUnknown;
+    private long skippedUndecodable;
+    /** Tests only ({@code --fail-decode KEYSPACE.TABLE}): decoding a mutation of that table
+     *  fails, as a bug or an unknown type would make it. */
+    private final String failDecode;
     private long errors;
     private final Set<TableId> unknownTables = new HashSet<>();
     /** Segments without CDC data whose commit-log copy is gone, and since when (ms). */
@@ -203,9 +217,10 @@ public final class Agent
 
     private Agent(String host, int port, Path stateDir, long pollMillis, int window, int batchMax,
                   double alertFraction, String node, Path cdcRaw, List<Path> schemaDirs, long totalSpace,
-                  Set<String> schemaFiles)
+                  Set<String> schemaFiles, String failDecode)
         throws IOException
     {
+        this.failDecode = failDecode;
         this.host = host;
         this.port = port;
         this.stateDir = stateDir;
@@ -219,12 +234,44 @@ public final class Agent
         this.totalSpace = totalSpace;
         this.schemaFiles = schemaFiles;
         this.checkpoint = loadCheckpoint();
+        startingResendBound();
+    }
+
+    /** At start: a previous run of this agent sent nothing past the durable offset (as it is
+     *  now) of the newest segment that has an idx file (nothing is read from a segment
+     *  without one; Cassandra creates the next segment before it is used). Positions in
+     *  compressed or encrypted segments are not file offsets: all of that segment then. */
+    private void startingResendBound() throws IOException
+    {
+        resendSegment = checkpoint.segment;
+        resendPosition = checkpoint.position;
+        Segment newest = null;
+        for (Segment segment : listSegments().values())
+        {
+            if (segment.durable >= 0 || Files.exists(segment.idx))
+                newest = segment;
+        }
+        if (newest == null)
+            return;
+        boolean plain = DatabaseDescriptor.getCommitLogCompression() == null
+                        && !DatabaseDescriptor.getEncryptionContext().isEnabled();
+        // An idx read while Cassandra rewrites it (empty) says nothing: all of the segment.
+        advanceResendBound(newest.id, plain && newest.durable >= 0 ? newest.durable : Long.MAX_VALUE);
+    }
+
+    private void advanceResendBound(long segment, long position)
+    {
+        if (segment > resendSegment || (segment == resendSegment && position > resendPosition))
+        {
+            resendSegment = segment;
+            resendPosition = position;
+        }
     }
 
     // -- entry point ------------------------------------------------------------------------------
     public static void main(String[] args) throws Exception
     {
-        String yaml = null, host = "127.0.0.1", stateDir = null, node = null;
+        String yaml = null, host = "127.0.0.1", stateDir = null, node = null, failDecode = null;
         int port = 9044, window = 4, batchMax = 1000;
         long pollMillis = 5;
         double alertFraction = 0.5;
@@ -245,6 +292,7 @@ public final class Agent
                 case "--window": window = Integer.parseInt(value); i++; break;
                 case "--batch-max": batchMax = Integer.parseInt(value); i++; break;
                 case "--alert-fraction": alertFraction = Double.parseDouble(value); i++; break;
+                case "--fail-decode": failDecode = value; i++; break;
                 case "--help": usage(null); break;
                 default: usage("unknown option " + arg);
             }
@@ -276,7 +324,8 @@ public final class Agent
         log.info("schema loaded in {} ms", (System.nanoTime() - started) / 1_000_000);
         Files.createDirectories(Path.of(stateDir));
         Agent agent = new Agent(host, port, Path.of(stateDir), pollMillis, window, batchMax, alertFraction,
-                                node, cdcRaw, schemaDirs, DatabaseDescriptor.getCDCTotalSpace(), schemaFiles);
+                                node, cdcRaw, schemaDirs, DatabaseDescriptor.getCDCTotalSpace(), schemaFiles,
+                                failDecode);
         System.exit(agent.run());
     }
 
@@ -285,7 +334,8 @@ public final class Agent
         if (problem != null)
             System.err.println("trio_rt cdc agent: " + problem);
         System.err.println("usage: Agent --cassandra-yaml PATH --state-dir DIR [--host 127.0.0.1] [--port 9044]"
-                           + " [--node NAME] [--poll-ms 5] [--window 4] [--batch-max 1000] [--alert-fraction 0.5]");
+                           + " [--node NAME] [--poll-ms 5] [--window 4] [--batch-max 1000] [--alert-fraction 0.5]"
+                           + " [--fail-decode KEYSPACE.TABLE (tests only)]");
         System.exit(problem == null ? 0 : EXIT_USAGE);
     }
 
@@ -384,6 +434,10 @@ public final class Agent
                         g.writeObjectFieldStart("checkpoint");
                         g.writeNumberField("segment", checkpoint.segment);
                         g.writeNumberField("position", checkpoint.position);
+                        g.writeEndObject();
+                        g.writeObjectFieldStart("resend_until");
+                        g.writeNumberField("segment", resendSegment);
+                        g.writeNumberField("position", resendPosition);
                         g.writeEndObject();
                     }));
                 }
@@ -580,6 +634,7 @@ public final class Agent
             });
             c.pending.addLast(new Pending(n, to));
             c.cursor = to;
+            advanceResendBound(to.segment, to.position);
             try
             {
                 c.send(message);
@@ -737,7 +792,7 @@ public final class Agent
             long end = input.getFilePointer();
             if (end <= after)
                 continue;  // handed over before
-            count[0] += decode(buffer, size, descriptor, out);
+            count[0] += decode(buffer, size, descriptor, start, out);
             result.position = end;
             if (count[0] >= batchMax)
             {
@@ -758,7 +813,8 @@ public final class Agent
         log.error("checksum mismatch of an {} at {} in {}: skipping the rest of that section", what, at, descriptor.fileName());
     }
 
-    private int decode(byte[] buffer, int size, CommitLogDescriptor descriptor, JsonGenerator out) throws IOException
+    private int decode(byte[] buffer, int size, CommitLogDescriptor descriptor, long at, JsonGenerator out)
+        throws IOException
     {
         Mutation mutation;
         try (DataInputBuffer in = new DataInputBuffer(buffer, 0, size))
@@ -786,12 +842,51 @@ public final class Agent
         }
         catch (IOException | RuntimeException e)
         {
-            // Written with a schema this agent does not know yet: start again with it.
-            log.error("cannot decode a mutation in {} ({}): exiting to reload the schema", descriptor.fileName(), e.toString());
-            System.exit(EXIT_SCHEMA_CHANGED);
-            return 0;
+            return undecodable(descriptor, at, e);
         }
-        return Changes.write(mutation, out);
+        // Into a buffer first: a failure part way must not leave half a change in the batch.
+        TokenBuffer changes = new TokenBuffer(MAPPER, false);
+        int count;
+        try
+        {
+            if (failDecode != null)
+            {
+                for (PartitionUpdate update : mutation.getPartitionUpdates())
+                {
+                    if (failDecode.equals(update.metadata().keyspace + "." + update.metadata().name))
+                        throw new IllegalStateException("a decoding failure injected by --fail-decode");
+                }
+            }
+            count = Changes.write(mutation, changes);
+        }
+        catch (IOException | RuntimeException e)
+        {
+            return undecodable(descriptor, at, e);
+        }
+        changes.serialize(out);
+        return count;
+    }
+
+    /** A mutation that cannot be decoded. Written with a schema this agent does not know yet:
+     *  it exits to start again with it (from the checkpoint). With the schema unchanged (a
+     *  bug, a type it does not know) reloading would not help: the mutation is skipped,
+     *  logged as an ERROR and counted ({@code skipped_undecodable} in the stats), and the
+     *  changes after it still flow. */
+    private int undecodable(CommitLogDescriptor descriptor, long at, Exception e) throws IOException
+    {
+        if (schemaChanged())
+        {
+            log.error("cannot decode a mutation at {} in {} ({}): exiting to reload the schema",
+                      at, descriptor.fileName(), e.toString());
+            System.exit(EXIT_SCHEMA_CHANGED);
+        }
+        synchronized (this)
+        {
+            skippedUndecodable++;
+        }
+        log.error("cannot decode the mutation at {} in {} with the current schema ({}): skipped, its changes are lost",
+                  at, descriptor.fileName(), e.toString(), e);
+        return 0;
     }
 
     /** Cassandra's section reader reports a bad sync marker through its handler: below the
@@ -947,11 +1042,12 @@ public final class Agent
         }
         if (c == null || c.closed)
             return;
-        long skipped, failures;
+        long skipped, undecodable, failures;
         Cursor at;
         synchronized (this)
         {
             skipped = skippedUnknown;
+            undecodable = skippedUndecodable;
             failures = errors;
             at = checkpoint;
         }
@@ -962,6 +1058,7 @@ public final class Agent
             g.writeNumberField("segments", segments);
             g.writeBooleanField("alert", alert);
             g.writeNumberField("skipped_unknown_table", skipped);
+            g.writeNumberField("skipped_undecodable", undecodable);
             g.writeNumberField("errors", failures);
             g.writeObjectFieldStart("checkpoint");
             g.writeNumberField("segment", at.segment);
