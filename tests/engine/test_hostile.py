@@ -332,8 +332,11 @@ async def test_slow_loris_handshake_is_cut_and_blocks_nobody(make_manager: MakeM
                 cut.set()
 
         async def read_until_eof() -> None:
-            while await loris.receive_some():
-                pass
+            try:
+                while await loris.receive_some():
+                    pass
+            except trio.BrokenResourceError:
+                pass  # a reset: the server closed with the loris's bytes unread
             cut.set()
 
         with trio.fail_after(60):
