@@ -224,7 +224,7 @@ class Delivery:
         instruments = self.instruments
         started = time.perf_counter() if instruments is not None else 0.0
         if channel == channels.all:
-            targets: Iterable[Connection] = list(self._connections.values())
+            targets: list[Connection] = list(self._connections.values())
         elif channel.startswith(channels.room_prefix):
             room = channel[len(channels.room_prefix) :]
             if env.kind == KIND_KICK:
@@ -239,11 +239,16 @@ class Delivery:
         message = OutboundMessage(env.payload)
         exclude = env.exclude
         cork = self._flushes.begin()  # one decision for every recipient
-        n = 0
-        for conn in targets:
-            if conn.id != exclude:
+        if exclude is None:  # the usual case: no test per recipient (this loop runs for each)
+            for conn in targets:
                 conn.send_encoded(message, cork)
-                n += 1
+            n = len(targets)
+        else:
+            n = 0
+            for conn in targets:
+                if conn.id != exclude:
+                    conn.send_encoded(message, cork)
+                    n += 1
         self._stats.deliveries += n
         if instruments is not None:
             instruments.fanned_out(n, time.perf_counter() - started)
