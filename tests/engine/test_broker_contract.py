@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from trio_rt import Broker, Connection, MemoryBroker, MemoryHub, WebSocketManager
+from trio_rt._core.envelope import Envelope, decode_envelope
 
 from ..conftest import client, count_tasks, wait_until
 
@@ -136,6 +137,50 @@ async def test_run_ends_cleanly_and_leaves_no_task(make_broker: MakeBroker) -> N
         await other.publish("x", b"after")
         await trio.sleep(0.1)
     assert inbox.items == []
+
+
+async def test_publish_envelope_is_publish_of_its_encoding(make_broker: MakeBroker) -> None:
+    """A subscriber with only `run`'s Deliver gets the envelope's bytes; one that accepts
+    envelopes (an in-process broker may hand them over as they are) gets an equal envelope,
+    in the same order as the bytes published on the channel."""
+    plain_in, env_in = Inbox(), Inbox()
+    envelopes: list[tuple[str, Envelope]] = []
+    env_broker = make_broker()
+    env_broker.accept_envelopes(lambda channel, env: envelopes.append((channel, env)))
+    first = Envelope(b'{"n":1}', rooms=("r1", "r2"), exclude="c1")
+    second = Envelope(b'{"n":2}', kind="server", origin="s1")
+    async with started(make_broker(), plain_in) as plain, started(env_broker, env_in) as e:
+        await plain.subscribe("ch")
+        await e.subscribe("ch")
+        await plain.publish_envelope("ch", first)
+        await plain.publish_envelope("ch", second)
+        await wait_until(lambda: len(plain_in.items) == 2)
+        await wait_until(lambda: len(env_in.items) + len(envelopes) == 2)
+    assert [decode_envelope(data) for _, data in plain_in.items] == [first, second]
+    got = [decode_envelope(data) for _, data in env_in.items] + [env for _, env in envelopes]
+    assert got == [first, second]
+    if isinstance(env_broker, MemoryBroker):
+        assert envelopes == [("ch", first), ("ch", second)] and env_in.items == []
+
+
+async def test_a_memory_broker_that_overrides_publish_keeps_it_for_envelopes() -> None:
+    """A subclass's `publish` (tests: a broker that refuses) sees every envelope published."""
+    seen: list[bytes] = []
+
+    class Watching(MemoryBroker):
+        async def publish(self, channel: str, data: bytes) -> None:
+            seen.append(data)
+            await super().publish(channel, data)
+
+    inbox = Inbox()
+    broker = Watching()
+    broker.accept_envelopes(lambda channel, env: pytest.fail("bypassed the override"))
+    env = Envelope(b'{"n":1}', rooms=("r",))
+    async with started(broker, inbox):
+        await broker.subscribe("ch")
+        await broker.publish_envelope("ch", env)
+    assert [decode_envelope(data) for data in seen] == [env]
+    assert [decode_envelope(data) for _, data in inbox.items] == [env]
 
 
 async def test_two_servers_one_room_exactly_once(make_broker: MakeBroker) -> None:

@@ -6,7 +6,8 @@ app's cross-server messages, on ``<prefix>:servers``. In a room with history the
 stored first and carries its position.
 
 In: the broker hands every message to `on_broker_message` (sync: it never waits on a
-client):
+client); an in-process broker hands the envelope itself to `on_broker_envelope` (nothing
+encoded or decoded in between):
 
 - a channel an extension listens on (`listen`: the change streams' nudges) goes to its
   listener as raw bytes;
@@ -122,16 +123,14 @@ class Delivery:
         """`data` to every client (`rooms` None), or to the members of `rooms` (each once)."""
         payload = encode(data)  # serialize once, whatever the number of recipients
         self._stats.broadcasts += 1
-        env = encode_envelope(
-            Envelope(payload, rooms=rooms, exclude=exclude.id if exclude is not None else None)
-        )
+        env = Envelope(payload, rooms=rooms, exclude=exclude.id if exclude is not None else None)
         if rooms is None:
-            await self.broker.publish(self.channels.all, env)
+            await self.broker.publish_envelope(self.channels.all, env)
             return
         if not rooms:
             await trio.lowlevel.checkpoint()
         for room in rooms:
-            await self.broker.publish(self.channels.room(room), env)
+            await self.broker.publish_envelope(self.channels.room(room), env)
 
     async def publish_to_rooms(
         self, rooms: Iterable[str], data: dict[str, Any], exclude: Connection | None
@@ -158,7 +157,7 @@ class Delivery:
             epoch=position.epoch,
         )
         try:
-            await self.broker.publish(self.channels.room(room), encode_envelope(env))
+            await self.broker.publish_envelope(self.channels.room(room), env)
         except BrokerUnavailable as exc:
             exc.stored_at = position  # "refused but stored": acks need the position
             raise
@@ -166,11 +165,11 @@ class Delivery:
 
     async def publish_kick(self, room: str, payload: bytes, user_id: str) -> None:
         env = Envelope(payload, rooms=(room,), kind=KIND_KICK, user_id=user_id)
-        await self.broker.publish(self.channels.room(room), encode_envelope(env))
+        await self.broker.publish_envelope(self.channels.room(room), env)
 
     async def send_to_servers(self, data: dict[str, Any]) -> None:
         env = Envelope(encode(data), kind=KIND_SERVER, origin=self.server_id)
-        await self.broker.publish(self.channels.servers, encode_envelope(env))
+        await self.broker.publish_envelope(self.channels.servers, env)
 
     # -- listeners ----------------------------------------------------------------------------
     async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
@@ -209,6 +208,15 @@ class Delivery:
         except ValueError:
             log.warning("ignoring a message on %s that is not a trio_rt envelope", channel)
             return
+        self.on_broker_envelope(channel, env)
+
+    def on_broker_envelope(self, channel: str, env: Envelope) -> None:
+        """`on_broker_message` once decoded; an in-process broker hands the envelope here
+        directly (`Broker.accept_envelopes`). Sync: it never waits on a client."""
+        listener = self.listeners.get(channel)
+        if listener is not None:  # a raw channel: give it the bytes it would have had
+            listener(encode_envelope(env))
+            return
         channels = self.channels
         if channel == channels.servers:
             self._queue_server_message(env)
@@ -216,7 +224,7 @@ class Delivery:
         instruments = self.instruments
         started = time.perf_counter() if instruments is not None else 0.0
         if channel == channels.all:
-            targets: Iterable[Connection] = list(self._connections.values())
+            targets: list[Connection] = list(self._connections.values())
         elif channel.startswith(channels.room_prefix):
             room = channel[len(channels.room_prefix) :]
             if env.kind == KIND_KICK:
@@ -231,11 +239,16 @@ class Delivery:
         message = OutboundMessage(env.payload)
         exclude = env.exclude
         cork = self._flushes.begin()  # one decision for every recipient
-        n = 0
-        for conn in targets:
-            if conn.id != exclude:
+        if exclude is None:  # the usual case: no test per recipient (this loop runs for each)
+            for conn in targets:
                 conn.send_encoded(message, cork)
-                n += 1
+            n = len(targets)
+        else:
+            n = 0
+            for conn in targets:
+                if conn.id != exclude:
+                    conn.send_encoded(message, cork)
+                    n += 1
         self._stats.deliveries += n
         if instruments is not None:
             instruments.fanned_out(n, time.perf_counter() - started)
@@ -366,6 +379,7 @@ class Delivery:
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the broker in `nursery` delivering to `on_broker_message`, subscribe the
         server's channels and start the cross-server inbox; return once all are ready."""
+        self.broker.accept_envelopes(self.on_broker_envelope)
         await nursery.start(self.broker.run, self.on_broker_message)
         await self.broker.subscribe(self.channels.all)
         await nursery.start(self.run_server_inbox)
