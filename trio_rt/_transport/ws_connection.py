@@ -1,5 +1,7 @@
 """The websockets edge: trio_rt's subclass of websockets' Trio server connection, and
-`start_websockets_server`, which runs websockets' server with it.
+`start_websockets_server`, which runs websockets' `Server` with it and trio_rt's own handler
+per accepted connection (`serve_stream`: websockets' `serve` handler, with the handshake's
+deadline on a cancel scope instead of `trio.fail_after`).
 
 What the subclass changes, and why (docs/architecture.md, docs/performance.md):
 
@@ -85,7 +87,9 @@ async def start_websockets_server(
 ) -> Server:
     """Start websockets' Trio server in `nursery` on `listeners`, with trio_rt's connection
     class bound to `host`; `handler(ws)` serves each upgraded connection. Returns the server
-    (its `aclose` stops the listener). Pings are trio_rt's heartbeat, not websockets'."""
+    (its `aclose` stops the listener). Pings are trio_rt's heartbeat, not websockets'; no TLS
+    (a TLS front end terminates it). websockets' `serve` is not used: each accepted
+    connection runs `serve_stream`, the same steps for these settings."""
     o = options
     conn_class = type("_BoundServerConnection", (_ServerConnection,), {"trio_rt_host": host})
     extensions = _deflate(o)
