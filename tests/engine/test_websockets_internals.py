@@ -46,8 +46,15 @@ MIRRORED: dict[str, tuple[str, str]] = {
     ),
     "websockets.trio.server.serve": (
         "66f903e6d7310198",
-        "_ws_connection.start_websockets_server: create_connection's signature, "
-        "process_request/select_subprotocol hooks, aclose(close_connections=False)",
+        "_ws_connection.start_websockets_server's serve_stream is its connection handler "
+        "(same steps and outcomes: the nursery, open_timeout as the scope's deadline, "
+        "ServerProtocol and the connection built alike, the handshake, all_connections, "
+        "`async with connection`, aclose_forcefully on failure) for trio_rt's settings",
+    ),
+    "websockets.trio.server.Server": (
+        "d4c9e6479d4f968c",
+        "start_websockets_server builds it (listeners, a stream handler, a logger) and starts "
+        "serve_forever; reads all_connections and closing; aclose(close_connections=False)",
     ),
     "websockets.trio.connection.Connection.__init__": (
         "b63ee2b453144b9a",
@@ -137,8 +144,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "send_data",
         "debug",
     ),
-    # _ws_connection.handshake (server.closing); _handshake.process_request (logger).
-    "server": ("closing",),
+    # _ws_connection.handshake (server.closing); serve_stream (all_connections).
+    "server": ("closing", "all_connections"),
     # _ws_connection.handshake (handshake_exc), _handshake.process_request (logger),
     # _connection (extensions, close_rcvd, close_sent, send_ping/send_text, data_to_send).
     "protocol": (

@@ -1,5 +1,7 @@
 """The websockets edge: trio_rt's subclass of websockets' Trio server connection, and
-`start_websockets_server`, which runs websockets' server with it.
+`start_websockets_server`, which runs websockets' `Server` with it and trio_rt's own handler
+per accepted connection (`serve_stream`: websockets' `serve` handler, with the handshake's
+deadline on a cancel scope instead of `trio.fail_after`).
 
 What the subclass changes, and why (docs/architecture.md, docs/performance.md):
 
@@ -28,9 +30,9 @@ when the mirrored upstream code changes (pyproject.toml pins websockets to the t
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
+import math
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -47,7 +49,6 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 from websockets.trio.connection import Connection as WsConnection
 from websockets.trio.server import Server, ServerConnection
-from websockets.trio.server import serve as ws_serve
 from websockets.typing import Subprotocol
 
 from .._core.options import ServerOptions
@@ -86,30 +87,78 @@ async def start_websockets_server(
 ) -> Server:
     """Start websockets' Trio server in `nursery` on `listeners`, with trio_rt's connection
     class bound to `host`; `handler(ws)` serves each upgraded connection. Returns the server
-    (its `aclose` stops the listener). Pings are trio_rt's heartbeat, not websockets'."""
+    (its `aclose` stops the listener). Pings are trio_rt's heartbeat, not websockets'; no TLS
+    (a TLS front end terminates it). websockets' `serve` is not used: each accepted
+    connection runs `serve_stream`, the same steps for these settings."""
     o = options
     conn_class = type("_BoundServerConnection", (_ServerConnection,), {"trio_rt_host": host})
-    server: Server = await nursery.start(
-        functools.partial(
-            ws_serve,
-            handler,
-            listeners=listeners,
-            compression=None,
-            extensions=_deflate(o),
-            select_subprotocol=host.select_subprotocol,
-            process_request=host.process_request,
-            server_header="trio_rt",
-            open_timeout=o.handshake_timeout,
-            ping_interval=None,  # trio_rt's heartbeat schedule does it, for all
-            ping_timeout=None,
-            close_timeout=o.close_timeout,
-            max_size=o.max_message_size,
-            max_queue=16,
-            logger=logging.getLogger("trio_rt.websockets"),
-            create_connection=conn_class,
-        )
-    )
-    return server
+    extensions = _deflate(o)
+    open_timeout = o.handshake_timeout
+    close_timeout = o.close_timeout
+    max_size = o.max_message_size
+    logger = logging.getLogger("trio_rt.websockets")
+    select_subprotocol = host.select_subprotocol
+    process_request = host.process_request
+
+    async def serve_stream(stream: trio.abc.Stream) -> None:
+        """One accepted TCP connection, from the handshake to its end: websockets 17.x's
+        `serve` connection handler (same steps, same outcomes: the handshake bounded by
+        `open_timeout`, the TCP connection closed however it ends), written for trio_rt's
+        settings (no TLS, no keepalive: pings are trio_rt's heartbeat). The handshake's
+        deadline is the cancel scope's own, where upstream enters `trio.fail_after`'s
+        context manager (~5 % of a handshake's CPU, docs/performance.md). The nursery
+        stays: the connection's tasks (writer, message handler) run in it."""
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.CancelScope(
+                    deadline=trio.current_time() + open_timeout
+                    if open_timeout is not None
+                    else math.inf
+                ) as scope:
+
+                    def choose_subprotocol(
+                        protocol: ServerProtocol, offered: Sequence[Subprotocol]
+                    ) -> Subprotocol | None:
+                        return select_subprotocol(connection, offered)
+
+                    protocol = ServerProtocol(
+                        extensions=extensions,
+                        select_subprotocol=choose_subprotocol,
+                        max_size=max_size,
+                        logger=logger,
+                    )
+                    connection = conn_class(
+                        nursery,
+                        stream,
+                        protocol,
+                        server,
+                        ping_interval=None,
+                        ping_timeout=None,
+                        close_timeout=close_timeout,
+                        max_queue=16,
+                    )
+                    await connection.handshake(process_request, None, "trio_rt")
+                if scope.cancelled_caught:  # the handshake timed out: upstream's TooSlowError
+                    await trio.aclose_forcefully(stream)
+                    return
+                if connection.protocol.state is not OPEN:
+                    await connection.close_stream()
+                    return
+                server.all_connections.add(connection)
+                try:
+                    async with connection:
+                        await handler(connection)
+                except Exception:
+                    connection.logger.error("connection handler failed", exc_info=True)
+                finally:
+                    server.all_connections.discard(connection)
+            except Exception:
+                # Don't leak the TCP connection when something unexpected failed.
+                await trio.aclose_forcefully(stream)
+
+    server = Server(listeners, serve_stream, logger)
+    started: Server = await nursery.start(server.serve_forever)
+    return started
 
 
 def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:
