@@ -103,14 +103,24 @@ def count_tasks() -> int:
     return total
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    """Poll `predicate` until true; fail after `limit` s (a deadlock guard, not a timing test).
+async def wait_until(
+    predicate: Callable[[], bool],
+    limit: float = 10.0,
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Poll `predicate` until true; fail after `limit` s (a deadlock guard, not a timing test):
+    with `explain`, a test failure with what it returns (the state worth seeing), else
+    `trio.TooSlowError`.
 
     Polling is deliberate: tests observe server state that has no event to wait on.
     """
-    with trio.fail_after(limit):
+    with trio.move_on_after(limit):
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.01)
+        return
+    if explain is None:
+        raise trio.TooSlowError
+    pytest.fail(f"not so after {limit:g} s: {explain()}")
 
 
 @contextmanager

@@ -65,6 +65,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ChangeLog": ("._engine.changes", "cassandra"),
     "ChangePublisher": ("._engine.changes", "cassandra"),
     "ChangeStreamManager": ("._engine.changes", "cassandra"),
+    "Watch": ("._engine.changes", "cassandra"),
     "CassandraPermissionStore": (".cassandra", "cassandra"),
     # The Redis edge: trio_rt.redis (a subpackage that names its extra when it is missing).
     "RedisBroker": (".redis", "redis"),
@@ -85,7 +86,13 @@ if TYPE_CHECKING:  # the lazy names above, for type checkers (tests/test_exports
         TokenVerifier,
         extract_token,
     )
-    from ._engine.changes import ChangeEvent, ChangeLog, ChangePublisher, ChangeStreamManager
+    from ._engine.changes import (
+        ChangeEvent,
+        ChangeLog,
+        ChangePublisher,
+        ChangeStreamManager,
+        Watch,
+    )
     from ._engine.metrics import WebSocketMetrics
     from .cassandra import CassandraPermissionStore
     from .redis import (
@@ -172,6 +179,7 @@ if TYPE_CHECKING:
         "RedisSequencer",
         "ServerRegistry",
         "TokenVerifier",
+        "Watch",
         "WebSocketMetrics",
         "extract_token",
     ]

@@ -85,6 +85,29 @@ def test_hello_stats_and_refusal_parse() -> None:
         )
     )
     assert isinstance(stats, AgentStats) and stats.alert and stats.skipped_undecodable == 0
+    # An older agent sends no reading counters: 0.
+    assert (stats.listings, stats.segment_opens, stats.reads) == (0, 0, 0)
+    reading = parse_message(
+        json.dumps(
+            {
+                "type": "stats",
+                "cdc_raw_bytes": 10,
+                "cdc_total_space": 100,
+                "segments": 1,
+                "alert": False,
+                "skipped_unknown_table": 0,
+                "skipped_undecodable": 1,
+                "errors": 0,
+                "listings": 3,
+                "segment_opens": 2,
+                "reads": 40,
+                "checkpoint": {"segment": 1, "position": 2},
+            }
+        )
+    )
+    assert isinstance(reading, AgentStats)
+    assert (reading.skipped_undecodable, reading.listings, reading.segment_opens) == (1, 3, 2)
+    assert reading.reads == 40
     assert parse_message('{"type":"error","message":"busy"}') == AgentRefused("busy")
 
 

@@ -131,6 +131,7 @@ async def test_a_named_watcher_is_exactly_once_across_a_restart_while_a_publishe
             await writer(7, 3)  # woken by the publisher's nudges, not by a poll
             await wait_until(lambda: len(seen) == 10, GUARD)
             assert watch.position is not None and watch.position.offset == 10
+            assert changes.stats["nudges"] >= 1  # counted, for whoever wonders why none come
     assert [e.data["id"] for e in seen] == list(range(10))
     assert [e.position.offset for e in seen] == list(range(1, 11))
 

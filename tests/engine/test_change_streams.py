@@ -20,7 +20,8 @@ import trio
 
 from trio_rt import Connection, WebSocketManager
 from trio_rt._core.protocol import StreamPosition
-from trio_rt._engine.changes import ChangeEvent, ChangeLog, ChangeStreamManager
+from trio_rt._engine.change_reader import change_event
+from trio_rt._engine.changes import ChangeEvent, ChangeLog, ChangeStreamManager, Watch
 from trio_rt._engine.streams import MemorySequencer, MemoryStreamStore, StreamStore
 from trio_rt.cassandra import CassandraSession, CassandraUnavailable, Column, Database, Table
 from trio_rt.cassandra._streams import CassandraStreamStore
@@ -185,17 +186,22 @@ async def test_a_named_watcher_resumes_after_a_restart_without_loss_or_repeat(
         seen.append(event.data["id"])
         await trio.lowlevel.checkpoint()
 
-    async def run_server(ids: range) -> None:
+    async def run_server(ids: range) -> Watch:
         manager, changes = await one_server(db, tables=[table])
         db.capture = changes.changelog
         async with manager:
-            await changes.watch(table, callback=record, name="indexer")
+            watch = await changes.watch(table, callback=record, name="indexer")
+            loaded.append(watch.saved)
             for i in ids:
                 await db.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
             with trio.fail_after(GUARD):
                 await wait_until(lambda: len(seen) >= ids.stop, GUARD)
+        # Stopped: what it handed out is stored, and `saved` says so.
+        assert watch.saved is not None and watch.saved == watch.position
+        return watch
 
-    await run_server(range(0, 5))
+    loaded: list[StreamPosition | None] = []
+    first = await run_server(range(0, 5))
     # Written while no server runs: the watcher must get these after the restart.
     offline = Database(session, keyspace)
     store = CassandraStreamStore(session, keyspace)
@@ -206,6 +212,8 @@ async def test_a_named_watcher_resumes_after_a_restart_without_loss_or_repeat(
         await offline.insert(table, {"id": i, "author": "a", "title": "t", "score": 0})
     await run_server(range(8, 10))
     assert seen == list(range(10))
+    # The restart loaded what the first run stored (a new watcher has nothing stored).
+    assert loaded == [None, first.saved]
 
 
 async def test_a_named_watcher_stopped_mid_batch_repeats_nothing_it_finished(
@@ -284,6 +292,8 @@ async def test_a_watcher_outlives_failing_store_reads(
     table = posts()
     db = await make_db(session, keyspace)
     manager, changes = await one_server(db, poll_interval=0.05)
+    # The tail must read these writes back (as another process's): not from memory.
+    changes.changelog.remember = None
     recorder = Recorder()
     failures = [0]
     real_read = changes.store.read
@@ -326,6 +336,45 @@ async def test_a_clock_stepping_back_keeps_order_and_last_write_wins(
     row = await db.get(table, {"id": 1})
     # A plain client timestamp an hour earlier would have lost to the first write.
     assert row is not None and row["title"] == "second"
+
+
+async def test_a_tail_takes_the_entries_its_server_stored_from_memory(
+    session: CassandraSession, keyspace: str
+) -> None:
+    # The entries this server's writes stored are handed to its tails with the wake-up: no
+    # read-back from the store (the latency path), same order and content as a read.
+    table = posts()
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, poll_interval=5.0)
+    recorder = Recorder()
+    reads = 0
+    real_read = changes.store.read
+
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_read(*args, **kwargs)
+
+    async with manager:
+        await changes.watch(table, callback=recorder)
+        changes.store.read = read  # type: ignore[method-assign]
+        with trio.fail_after(GUARD):
+            for i in range(1, 6):
+                await db.insert(table, {"id": i, "author": "a", "title": "t", "score": i})
+            await db.update(table, {"id": 1}, {"score": -1})
+            await wait_until(lambda: len(recorder.events) == 6, GUARD)
+    assert recorder.offsets == list(range(1, 7))
+    assert [(e.operation, e.key["id"]) for e in recorder.events] == [
+        *(("insert", i) for i in range(1, 6)),
+        ("update", 1),
+    ]
+    epoch = recorder.events[0].position.epoch
+    stored = await real_read("table:posts", epoch, 0, 100)
+    assert [change_event("posts", e).to_json() for e in stored] == [
+        e.to_json() for e in recorder.events
+    ]
+    assert reads == 0
+    assert changes.stats["from_memory"] == 6
 
 
 async def test_a_slow_batch_is_delivered_in_order_when_it_lands(

@@ -7,6 +7,7 @@ checked is what the peer received, and in what order, after the scheduler settle
 
 from __future__ import annotations
 
+import math
 import socket
 from typing import Any
 
@@ -16,7 +17,15 @@ import trio.testing
 
 from trio_rt import Connection
 from trio_rt._engine.flush import FlushQueue
-from trio_rt._engine.sockets import BROKEN, BUSY, PARTIAL, WROTE, DirectWrites
+from trio_rt._engine.sockets import (
+    BROKEN,
+    BUSY,
+    CORKED,
+    CORKED_FULL,
+    PARTIAL,
+    WROTE,
+    DirectWrites,
+)
 from trio_rt._transport.direct_stream import CORK_MAX_BYTES, DirectStream
 
 from ..conftest import client
@@ -125,33 +134,47 @@ class Item:
         self.log.append(self.name)
 
 
-async def test_a_quiet_send_is_written_at_once_and_a_burst_is_corked() -> None:
+async def test_a_quiet_send_is_written_at_once_and_a_burst_is_corked(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The mock clock stands still unless jumped: sends are "at once" or QUIET apart.
     queue = FlushQueue[Item]()
     assert queue.begin() is False  # not running (a server stopping): never cork
     flushed: list[str] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(queue.run)
-        assert queue.begin() is False  # quiet: write now, and a window opens
-        assert queue.begin() is True  # a second send in the same pass: cork
+        assert queue.begin() is False  # quiet: write now (isolated: no window)
+        assert queue.begin() is False  # a second right after: write now, a window opens
+        assert queue.begin() is True  # a third in the same pass: cork
         queue.add(Item(flushed, "a"))
         queue.add(Item(flushed, "b"))
         await trio.testing.wait_all_tasks_blocked()
         assert flushed == ["a", "b"]  # one flush, in order
         # That flush had work: a burst may be under way, so the window stayed open for one
         # more cycle; it closed when that cycle found nothing corked.
-        assert queue.begin() is False
+        assert queue.begin() is False  # (the sends before were "at once": a window opens)
         await trio.testing.wait_all_tasks_blocked()
         assert queue.begin() is False
+        # A send QUIET after the one before is isolated: written at once, and no window
+        # opens (no task wakes up for it), so the next one is written at once too.
+        mock_clock.jump(FlushQueue.QUIET)
+        await trio.testing.wait_all_tasks_blocked()
+        assert queue.begin() is False
+        assert queue.begin() is False  # this one opens the window
+        assert queue.begin() is True
         nursery.cancel_scope.cancel()
     assert not queue.running
 
 
-async def test_the_flush_waits_for_the_sends_of_the_next_passes() -> None:
+async def test_the_flush_waits_for_the_sends_of_the_next_passes(
+    mock_clock: trio.testing.MockClock,
+) -> None:
     queue = FlushQueue[Item]()
     flushed: list[str] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(queue.run)
         assert queue.begin() is False
+        assert queue.begin() is False  # the window opens
         for i in range(FlushQueue.PASSES):
             await trio.lowlevel.checkpoint()  # a broadcaster yielding between broadcasts
             assert queue.begin() is True
@@ -159,6 +182,73 @@ async def test_the_flush_waits_for_the_sends_of_the_next_passes() -> None:
         assert flushed == []
         await trio.testing.wait_all_tasks_blocked()
         assert flushed == [str(i) for i in range(FlushQueue.PASSES)]
+        nursery.cancel_scope.cancel()
+
+
+class CountingQueue(FlushQueue[Item]):
+    """Records how many connections each flush wrote (here: one item per corked send)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def _flush_all(self) -> None:
+        if self._items:
+            self.batches.append(len(self._items))
+        super()._flush_all()
+
+
+async def burst(
+    queue: CountingQueue, clock: trio.testing.MockClock, sends: int, each_pass: Any = None
+) -> None:
+    """After a quiet moment, a broadcaster sending once per scheduler pass (every send after
+    the first two corked), then waiting until everything is flushed. `each_pass()` runs
+    after every pass."""
+    flushed: list[str] = []
+    clock.jump(FlushQueue.QUIET)
+    assert queue.begin() is False  # quiet: the first is written at once
+    assert queue.begin() is False  # and the second, which opens the window (time stands still)
+    for i in range(sends):
+        await trio.lowlevel.checkpoint()
+        if each_pass is not None:
+            each_pass()
+        assert queue.begin() is True
+        queue.add(Item(flushed, str(i)))
+    await trio.testing.wait_all_tasks_blocked()
+    assert flushed == [str(i) for i in range(sends)]  # each once, in order
+
+
+async def test_a_sustained_burst_batches_more_sends_per_write(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # The mock clock stands still: no cycle reaches MAX_DELAY, only the pass count limits.
+    queue = CountingQueue()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        await burst(queue, mock_clock, 120)
+        # The first window is PASSES passes (one more or less: the order of tasks within a
+        # scheduler pass is Trio's); each cycle that flushed doubles, up to MAX_PASSES.
+        first = queue.batches[0]
+        assert abs(first - FlushQueue.PASSES) <= 1
+        assert max(queue.batches) >= FlushQueue.MAX_PASSES - 1
+        assert all(n <= FlushQueue.MAX_PASSES + 1 for n in queue.batches)
+        # A quiet cycle closed the window: the next burst starts small again.
+        queue.batches.clear()
+        await burst(queue, mock_clock, 4)
+        assert abs(queue.batches[0] - FlushQueue.PASSES) <= 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_grown_cycle_ends_after_max_delay(mock_clock: trio.testing.MockClock) -> None:
+    queue = CountingQueue()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        await burst(queue, mock_clock, 60)  # the cycles have grown
+        assert max(queue.batches) >= FlushQueue.MAX_PASSES - 1
+        queue.batches.clear()
+        # Passes now take MAX_DELAY each (a busy server): every cycle ends after one.
+        await burst(queue, mock_clock, 40, lambda: mock_clock.jump(FlushQueue.MAX_DELAY))
+        assert all(n <= 2 for n in queue.batches[1:])
         nursery.cancel_scope.cancel()
 
 
@@ -175,6 +265,8 @@ async def test_a_burst_of_broadcasts_arrives_whole_and_in_order(
         original(self)
 
     monkeypatch.setattr(Connection, "flush_corked", counting)
+    # Every send after the first opens a window, however slow the machine: not a timing test.
+    monkeypatch.setattr(FlushQueue, "QUIET", math.inf)
     manager = make_manager(rate_limit=None)
     async with manager, client(manager) as a, client(manager) as b, client(manager) as c:
         for cl in (a, b, c):
@@ -185,7 +277,7 @@ async def test_a_burst_of_broadcasts_arrives_whole_and_in_order(
             await manager.broadcast_to_room("burst", {"type": "m", "i": i, "pad": "x" * pad})
         for cl in (a, b, c):
             assert [(await cl.recv())["i"] for _ in range(n)] == list(range(n))
-        # Broadcast 2 came one pass after broadcast 1, inside its window: corked. With
+        # Broadcast 3 came one pass after broadcast 2, inside its window: corked. With
         # large frames the corked bytes pass CORK_MAX_BYTES and are written at once.
         assert 0 < flushes < 3 * n
 
@@ -226,6 +318,27 @@ async def test_send_frame_writes_only_an_idle_socket() -> None:
         assert bytes(got) == big
         await stream.aclose()
         assert stream.send_frame(b"y") == BROKEN  # closed: never another connection's socket
+
+
+async def test_cork_more_adds_only_to_corked_frames() -> None:
+    # A burst's later frames: they join frames already corked, in order; with nothing corked
+    # (the window's first frame, which needs the idle checks) nothing is done.
+    stream, peer = stream_pair()
+    with peer:
+        assert stream.cork_more(b"x") == BUSY
+        assert not stream.corking
+        stream.cork(b"one,")
+        assert stream.cork_more(b"two,") == CORKED
+        assert stream.cork_more(b"three,") == CORKED
+        assert received(peer) == b""
+        assert stream.flush()
+        assert received(peer) == b"one,two,three,"
+        assert stream.cork_more(b"x") == BUSY  # the flush took them
+        stream.cork(b"a" * (CORK_MAX_BYTES - 2))
+        assert stream.cork_more(b"bb") == CORKED_FULL  # the bound: the caller flushes now
+        assert stream.flush()
+        assert received(peer) == b"a" * (CORK_MAX_BYTES - 2) + b"bb"
+        await stream.aclose()
 
 
 async def test_a_broadcast_waits_while_the_send_lock_is_held(make_manager: Any) -> None:

@@ -111,7 +111,65 @@ MIRRORED: dict[str, tuple[str, str]] = {
     ),
     "websockets.server.ServerProtocol.__init__": (
         "4fed60996788e72e",
-        "the handshake drops the select_subprotocol instance attribute (a reference cycle)",
+        "_ws_connection._ServerProtocol is built without select_subprotocol (no instance "
+        "attribute, no closure over the connection: a reference cycle)",
+    ),
+    "websockets.server.ServerProtocol.process_subprotocol": (
+        "69440e9ff9c2f3cb",
+        "_ws_connection._ServerProtocol.select_subprotocol overrides the method it calls "
+        "(self.select_subprotocol(offered))",
+    ),
+    "websockets.server.ServerProtocol.accept": (
+        "fafd923ddcb369ab",
+        "_ws_connection._upgrade_response writes its 101 (headers, order, Date) as bytes; "
+        "_upgrade_corked calls process_request as it does and leaves every refusal to it",
+    ),
+    "websockets.server.ServerProtocol.process_request": (
+        "f5aa6834d61528e6",
+        "_ws_connection._process_upgrade takes the plain valid requests (its checks passed as "
+        "they would pass here, then the same origin, extensions, subprotocol steps) and "
+        "leaves every other to it",
+    ),
+    "websockets.server.ServerProtocol.send_response": (
+        "bc0a23fb2e03e1fa",
+        "_ws_connection._upgrade_corked does its steps for a 101 (state OPEN, 'connection open' "
+        "logged; the bytes corked instead of appended to writes; debug logging -> its path)",
+    ),
+    "websockets.http11.Response.serialize": (
+        "ee43a6a9596275c9",
+        "_ws_connection._upgrade_response writes the same bytes (status line, headers, CRLF)",
+    ),
+    "websockets.http11.Request.parse": (
+        "854ce8734004eff9",
+        "_upgrade_request.parse_request_head takes what it accepts (GET, HTTP/1.1, ASCII path, "
+        "no Transfer-Encoding, Content-Length 0 only) and leaves the rest to it",
+    ),
+    "websockets.http11.parse_headers": (
+        "845cbdf27b5ff426",
+        "_upgrade_request.parse_request_head: header lines (name token, colon, value stripped "
+        "of spaces and tabs and matching _value_re), at most MAX_NUM_HEADERS, set_insecure",
+    ),
+    "websockets.http11.parse_line": (
+        "580446bf8bd4e43e",
+        "_upgrade_request.parse_request_head: lines end with CRLF (a bare LF: left to it), "
+        "within MAX_LINE_LENGTH",
+    ),
+    "websockets.datastructures.Headers.__init__": (
+        "38e5bdcfc6fd4bd1",
+        "_upgrade_request.parse_request_head fills _dict and _list as set_insecure does",
+    ),
+    "websockets.datastructures.Headers.set_insecure": (
+        "69b30654800b57b7",
+        "_upgrade_request.parse_request_head fills _dict and _list as set_insecure does",
+    ),
+    "websockets.protocol.Protocol.receive_data": (
+        "5ee896983b1d2025",
+        "_ws_connection._parse_head_here skips it for a request head it parses (it feeds the "
+        "reader and steps the parser: ServerProtocol.parse's work, done there)",
+    ),
+    "websockets.datastructures.Headers.__str__": (
+        "0de765e9bb6a1da0",
+        "_ws_connection._upgrade_response writes each header as 'name: value\\r\\n'",
     ),
     "websockets.extensions.permessage_deflate.PerMessageDeflate.encode": (
         "72049d8bf8f705f2",
@@ -227,8 +285,21 @@ async def test_the_undocumented_attributes_trio_rt_uses_exist(make_manager: Any)
             if not hasattr(objects[kind], name)
         ]
         assert not missing, f"websockets {websockets.__version__} lacks {missing}"
-        # The handshake dropped this instance attribute (see MIRRORED): it existed until then.
+        # The subprotocol hook is the protocol class's method (see MIRRORED), not an instance
+        # attribute closing over the connection (a reference cycle).
         assert "select_subprotocol" not in vars(ws.protocol)
+
+
+def test_the_fast_request_parse_uses_websockets_patterns() -> None:
+    """`_upgrade_request._HEADER` is websockets' header name and value patterns joined."""
+    from websockets import http11
+
+    from trio_rt._transport.upgrade_request import _HEADER
+
+    token = http11._token_re.pattern
+    value = http11._value_re.pattern
+    assert value.endswith(b"*")
+    assert _HEADER.pattern == b"(" + token + b"):[ \\t]*(" + value + b")"
 
 
 def test_the_code_hash_ignores_docstrings_comments_and_formatting() -> None:

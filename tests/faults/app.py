@@ -50,7 +50,7 @@ from trio_rt.cassandra import CassandraSession, CassandraStreamStore, Database, 
 from trio_rt.testing.services import parse_cassandra_endpoint
 
 if TYPE_CHECKING:
-    from trio_rt import ChangeEvent
+    from trio_rt import ChangeEvent, Watch
 
 # RedisBroker and RedisSequencer are imported where the server and writer processes build
 # them: importing them patches asyncio (trio-asyncio), which the test process does not need.
@@ -237,17 +237,29 @@ async def build_changes(**options: Any) -> WebSocketManager:
     add_stats_route(manager, lambda: {"changes": dict(changes.stats)})
     if config.watch_dir is not None:
         journal = open_journal(config.watch_dir / f"watch-{config.server_name}.jsonl")
+        # A new life of the server (the harness tells repeats after a kill -9 from duplicates).
+        # On a line of its own even after a torn last line of the previous life.
+        journal.write("\n" + json.dumps({"life": os.getpid()}) + "\n")
+        journal.flush()
+        watches: list[Watch] = []
 
         async def record(event: ChangeEvent) -> None:
+            # The checkpoint first: a stop can cancel the callback only before its effect, as
+            # an app's callback must (one cut short is called again after the restart).
+            await trio.lowlevel.checkpoint()
             # Written and flushed before the watcher moves on: what the app was handed is on
-            # disk even if the process is killed right after.
-            line = {"id": event.data.get("id"), "op": event.operation}
+            # disk even if the process is killed right after. `saved`: what a restart resumes
+            # at or past.
+            line: dict[str, Any] = {"id": event.data.get("id"), "op": event.operation}
             line["position"] = event.position.to_json()
+            saved = watches[0].saved if watches else None
+            line["saved"] = saved.to_json() if saved is not None else None
             journal.write(json.dumps(line) + "\n")
             journal.flush()
-            await trio.lowlevel.checkpoint()
 
-        await changes.watch(ITEMS, callback=record, name=f"faults:{config.server_name}")
+        watches.append(
+            await changes.watch(ITEMS, callback=record, name=f"faults:{config.server_name}")
+        )
     return manager
 
 
@@ -264,6 +276,7 @@ async def open_writer(config: Config) -> AsyncIterator[Database]:
             broker=RedisBroker(config.redis_url),
             sequencer=RedisSequencer(config.redis_url, namespace=config.namespace),
             store=CassandraStreamStore(session, config.keyspace),
+            channel_prefix=config.namespace,  # the servers' (server_options): nudges reach them
         )
         async with publisher:
             yield db

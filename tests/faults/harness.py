@@ -32,10 +32,10 @@ import subprocess
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -43,7 +43,7 @@ from trio_rt.client import ClientClosed, ClientEvent, ClientState, WebSocketClie
 from trio_rt.testing.services import redis_command, redis_ping
 
 from .app import Config
-from .ledger import Counts, Delivery, FrameCounter, StreamReport
+from .ledger import Counts, Delivery, FrameCounter, Journaled, StreamReport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "faults"
@@ -672,19 +672,25 @@ def matches(filters: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
     return True
 
 
-def read_watch_log(path: Path) -> list[Delivery]:
-    """A named watcher's journal (app.build_changes); a torn last line is ignored."""
-    out: list[Delivery] = []
+def read_watch_log(path: Path) -> list[list[Journaled]]:
+    """A named watcher's journal (app.build_changes), one list per life of its process (each
+    begins with a ``life`` line); a torn line (a kill in the middle of a write) is ignored."""
+    lives: list[list[Journaled]] = []
     if not path.exists():
-        return out
+        return lives
     for line in path.read_text().splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        position = entry["position"]
-        out.append(Delivery(str(entry["id"]), position["offset"], position["epoch"]))
-    return out
+        if "life" in entry:
+            lives.append([])
+            continue
+        position, saved = entry["position"], entry["saved"]
+        delivery = Delivery(str(entry["id"]), position["offset"], position["epoch"])
+        stored = None if saved is None else (int(saved["offset"]), str(saved["epoch"]))
+        lives[-1].append(Journaled(delivery, stored))
+    return lives
 
 
 # -- running actors, watching for hangs, settling -------------------------------------------------
@@ -903,3 +909,63 @@ def log_summary(logs: Iterable[Path]) -> dict[str, int]:
         counts["error_lines"] += text.count(" ERROR ")
         counts["tracebacks"] += text.count("Traceback (most recent call last)")
     return dict(counts)
+
+
+# -- faults every scenario uses ---------------------------------------------------------------
+class Deployment(Protocol):
+    """What the server and Redis faults need of a scenario's deployment (`Rooms`, `Changes`)."""
+
+    timeline: Timeline
+    redis: RedisNode
+    servers: list[AppServer]
+    watchdog: Watchdog | None
+
+    def on(self, server: AppServer) -> list[Actor]:
+        """The clients connected to `server` now."""
+        ...
+
+
+def kill_server(index: int, down: float = 3.0) -> Callable[[Deployment], Awaitable[None]]:
+    """``kill -9`` of a server (with its watcher, if its app runs one); restarted on the same
+    port after `down` seconds."""
+
+    async def fault(d: Deployment) -> None:
+        server = d.servers[index]
+        victims = d.on(server)
+        await server.kill9()
+        d.timeline.note(f"kill -9 {server.name} ({len(victims)} clients on it)")
+        assert d.watchdog is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(d.watchdog.expect_reconnect, victims, f"kill -9 of {server.name}")
+            await trio.sleep(down)  # part of the fault: the server stays down
+            await server.start()
+            d.timeline.note(f"{server.name} restarted")
+
+    return fault
+
+
+def terminate_server(index: int) -> Callable[[Deployment], Awaitable[None]]:
+    """SIGTERM (graceful shutdown, 1001 to its clients); restarted once it exited."""
+
+    async def fault(d: Deployment) -> None:
+        server = d.servers[index]
+        victims = d.on(server)
+        assert d.watchdog is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(d.watchdog.expect_reconnect, victims, f"SIGTERM of {server.name}")
+            d.timeline.note(f"SIGTERM {server.name} ({len(victims)} clients on it)")
+            code = await server.terminate()
+            d.timeline.note(f"{server.name} exited with {code}")
+            await server.start()
+            d.timeline.note(f"{server.name} restarted")
+
+    return fault
+
+
+async def redis_restart_empty(d: Deployment) -> None:
+    """Redis ``kill -9``, restarted at once on the same port with no data (a sequencer's state
+    is gone: it reseeds from the store's head, `reseed_gap` further on)."""
+    await d.redis.kill9()
+    d.timeline.note("redis killed")
+    await d.redis.start(empty=True)
+    d.timeline.note("redis back, empty")

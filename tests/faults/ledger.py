@@ -22,7 +22,7 @@ Per stream a client reads (a room, a table subscription, a named watcher) the ha
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -160,3 +160,58 @@ class FrameCounter:
                 return
             del buf[: start + length]
             self.frames += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Journaled:
+    """A named watcher's journal line: the change it was handed, and the position the watcher
+    had stored at that moment (``Watch.saved``: (offset, epoch), None before its first store)."""
+
+    delivery: Delivery
+    saved: tuple[int, str] | None
+
+
+def repeats_after_kill(
+    lives: Sequence[Sequence[Journaled]],
+) -> tuple[list[Delivery], list[Delivery]]:
+    """Split a named watcher's journal over its process's lives into (what counts, the
+    repeats a ``kill -9`` is allowed to cause).
+
+    A restarted watcher resumes at or past the position its last life had stored
+    (docs/streams.md: at least once for the last batch), so it may hand out again what that
+    life was handed after its stored position: the tail of the last life, at the head of the
+    new one, in the same order. Exactly such a run is taken out; anything else (a repeat of a
+    change at or below the stored position, or not at the new life's head) stays and counts
+    as a duplicate. Use it only where the process was killed: a graceful stop stores its
+    position, and a repeat after it is a defect.
+    """
+    counted: list[Delivery] = []
+    repeats: list[Delivery] = []
+    previous: Sequence[Journaled] = ()
+    for life in lives:
+        unsaved = _unsaved_tail(previous)
+        head = 0
+        for n in range(min(unsaved, len(life)), 0, -1):
+            if [j.delivery for j in life[:n]] == [j.delivery for j in previous[-n:]]:
+                head = n
+                break
+        repeats.extend(j.delivery for j in life[:head])
+        counted.extend(j.delivery for j in life[head:])
+        if life:
+            previous = life
+    return counted, repeats
+
+
+def _unsaved_tail(life: Sequence[Journaled]) -> int:
+    """How many of the last entries of `life` lie past the position it had stored when it
+    was handed its last change (all of them count as stored when it had stored nothing: a
+    life that never stored a position must not excuse a repeat)."""
+    if not life or life[-1].saved is None:
+        return 0
+    offset, epoch = life[-1].saved
+    n = 0
+    for j in reversed(life):
+        if j.delivery.epoch == epoch and j.delivery.offset <= offset:
+            break
+        n += 1
+    return n

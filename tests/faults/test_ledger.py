@@ -10,7 +10,7 @@ import pytest
 
 from . import harness
 from .harness import matches
-from .ledger import Delivery, FrameCounter, compare
+from .ledger import Delivery, FrameCounter, Journaled, compare, repeats_after_kill
 
 E = "e1"
 
@@ -114,3 +114,54 @@ async def test_a_run_with_too_few_acknowledged_sends_fails(
         "t", "busy", {}, harness.Timeline(), acknowledged=572, refused=388, settled="complete"
     )
     busy.finish()  # Redis down 8 s: 60 % acknowledged is a real run
+
+
+def journal(offsets: list[int], saved: int | None) -> list[Journaled]:
+    """A life of a watcher handed `offsets`, having stored `saved` when handed the last."""
+    return [Journaled(d, None) for d in live(*offsets[:-1])] + [
+        Journaled(live(offsets[-1])[0], None if saved is None else (saved, E))
+    ]
+
+
+def test_a_killed_watchers_unstored_tail_repeated_at_the_next_life_head_is_allowed() -> None:
+    counted, repeats = repeats_after_kill([journal([1, 2, 3, 4, 5], 3), journal([4, 5, 6], 5)])
+    assert [d.offset for d in repeats] == [4, 5]
+    assert compare("w", "watch", {f"m{o}" for o in range(1, 7)}, counted).counts.clean
+
+
+def test_a_repeat_of_a_stored_change_still_counts() -> None:
+    # The watcher had stored 4 when handed 5: resuming at 4 is a defect, not at-least-once.
+    counted, repeats = repeats_after_kill([journal([1, 2, 3, 4, 5], 4), journal([4, 5, 6], 5)])
+    assert repeats == []
+    assert compare("w", "watch", {f"m{o}" for o in range(1, 7)}, counted).counts.duplicated == 2
+
+
+def test_a_repeat_not_at_the_next_lifes_head_still_counts() -> None:
+    counted, repeats = repeats_after_kill([journal([1, 2, 3, 4, 5], 3), journal([6, 5], 6)])
+    assert repeats == []
+    assert compare("w", "watch", {f"m{o}" for o in range(1, 7)}, counted).counts.duplicated == 1
+
+
+def test_a_life_that_stored_nothing_excuses_no_repeat() -> None:
+    counted, repeats = repeats_after_kill([journal([1, 2], None), journal([1, 2, 3], None)])
+    assert repeats == []
+    assert compare("w", "watch", {"m1", "m2", "m3"}, counted).counts.duplicated == 2
+
+
+def test_the_watch_journal_splits_lives_and_skips_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "watch-s0.jsonl"
+    line = '{{"id": "m{0}", "position": {{"offset": {0}, "epoch": "e1"}}, "saved": {1}}}\n'
+    path.write_text(
+        '\n{"life": 1}\n'
+        + line.format(1, "null")
+        + line.format(2, '{"offset": 1, "epoch": "e1"}')
+        + '{"id": "m3", "posi'  # killed mid-write
+        + '\n{"life": 2}\n'
+        + line.format(2, '{"offset": 1, "epoch": "e1"}')
+    )
+    lives = harness.read_watch_log(path)
+    assert [[j.delivery.offset for j in life] for life in lives] == [[1, 2], [2]]
+    assert lives[0][1].saved == (1, E)
+    counted, repeats = repeats_after_kill(lives)
+    assert [d.offset for d in repeats] == [2]
+    assert [d.offset for d in counted] == [1, 2]

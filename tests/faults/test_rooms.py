@@ -33,10 +33,13 @@ from .harness import (
     Timeline,
     Watchdog,
     dump_deliveries,
+    kill_server,
     log_summary,
     make_client,
+    redis_restart_empty,
     running,
     settle,
+    terminate_server,
     wait_until,
 )
 from .ledger import compare
@@ -242,48 +245,6 @@ def _tally(d: Rooms, record: Record, workdir: Path) -> None:
 
 
 # -- faults ---------------------------------------------------------------------------------------
-def kill_server(index: int, down: float = 3.0) -> Fault:
-    """``kill -9`` of a server; restarted on the same port after `down` seconds."""
-
-    async def fault(d: Rooms) -> None:
-        server = d.servers[index]
-        victims = d.on(server)
-        await server.kill9()
-        d.timeline.note(f"kill -9 {server.name} ({len(victims)} clients on it)")
-        assert d.watchdog is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(d.watchdog.expect_reconnect, victims, f"kill -9 of {server.name}")
-            await trio.sleep(down)  # part of the fault: the server stays down
-            await server.start()
-            d.timeline.note(f"{server.name} restarted")
-
-    return fault
-
-
-def terminate_server(index: int) -> Fault:
-    """SIGTERM (graceful shutdown, 1001 to its clients); restarted once it exited."""
-
-    async def fault(d: Rooms) -> None:
-        server = d.servers[index]
-        victims = d.on(server)
-        assert d.watchdog is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(d.watchdog.expect_reconnect, victims, f"SIGTERM of {server.name}")
-            d.timeline.note(f"SIGTERM {server.name} ({len(victims)} clients on it)")
-            code = await server.terminate()
-            d.timeline.note(f"{server.name} exited with {code}")
-            await server.start()
-            d.timeline.note(f"{server.name} restarted")
-
-    return fault
-
-
-async def redis_restart_empty(d: Rooms) -> None:
-    """Redis ``kill -9``, restarted at once on the same port with no data."""
-    await d.redis.kill9()
-    d.timeline.note("redis killed")
-    await d.redis.start(empty=True)
-    d.timeline.note("redis back, empty")
 
 
 def redis_down(seconds: float = 8.0) -> Fault:

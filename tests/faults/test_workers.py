@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from .harness import Actor, CassandraNode, wait_until
-from .test_rooms import Fault, Rooms, run_rooms, terminate_server
+from .harness import Actor, CassandraNode, terminate_server, wait_until
+from .test_rooms import Fault, Rooms, run_rooms
 
 SERVERS = 2
 WORKERS = 2

@@ -70,7 +70,12 @@ def own_redis(*args: str) -> Iterator[Path]:
 
 # -- a fake server that holds its replies ------------------------------------------------------
 class FakeRedis:
-    """Accepts connections, parses commands, and answers only when told (`release`)."""
+    """Accepts connections, parses commands, and answers only when told (`release`).
+
+    A fake on purpose, and only for the client's own logic: its timeouts, its bound on
+    commands in flight and its shared connection attempt need a server that withholds
+    replies and counts what arrived, which a real one cannot be made to do. What Redis
+    itself does is tested against a real redis-server in the rest of this file."""
 
     def __init__(self) -> None:
         self.port = 0

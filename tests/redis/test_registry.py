@@ -94,6 +94,9 @@ async def test_owners_agree_and_only_the_leavers_keys_move(redis_url: str) -> No
         assert {owner for owner in first.values() if owner} == {
             (r.server_id, r.address) for r in regs
         }
+        # The snapshot is as of the registry's last heartbeat (`cached_owner` may be stale):
+        # regs[2] started before regs[3] and sees it from its next heartbeat on.
+        await eventually(lambda: _sync(len(regs[2].servers) == len(regs)))
         assert all(regs[2].cached_owner(k) == first[k] for k in KEYS)
 
         leaver = regs[3]

@@ -20,7 +20,7 @@ import trio
 
 from .._core.protocol import StreamPosition, encode
 from .broker import Broker
-from .streams import Allocation, Sequencer
+from .streams import Allocation, Sequencer, StreamEntry
 
 if TYPE_CHECKING:
     from ..cassandra import CapturedWrite, Change, Database, Table
@@ -90,10 +90,13 @@ class ChangeLog:
         store: CassandraStreamStore,
         sequencer: Sequencer,
         notify: Callable[[str, int], None] | None = None,
+        *,
+        remember: Callable[[str, list[StreamEntry]], None] | None = None,
     ) -> None:
         self.store = store
         self.sequencer = sequencer
         self.notify = notify
+        self.remember = remember
 
     async def prepare(self, change: Change) -> CapturedWrite:
         from ..cassandra import CapturedWrite
@@ -113,9 +116,13 @@ class ChangeLog:
             allocation.timestamp,
             self.store.append_statements(stream, allocation, payload),
             token=allocation,
+            entry=StreamEntry(allocation.position, allocation.timestamp, payload),
         )
 
     def committed(self, change: Change, write: CapturedWrite) -> None:
+        if self.remember is not None and isinstance(write.entry, StreamEntry):
+            # Its payload is known: this process's tails need not read it back.
+            self.remember(stream_name(change.table), [write.entry])
         if self.notify is not None:
             allocation = write.token
             offset = allocation.position.offset if isinstance(allocation, Allocation) else 0

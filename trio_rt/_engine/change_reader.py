@@ -6,6 +6,13 @@ every `poll_interval`, is woken at once by `wake` (this process's writes, other 
 nudges), holds what waits behind a hole until it fills or `hole_timeout` passes
 (`StreamCursor`), and retries a failed read with a growing pause: a tail outlives a
 Cassandra outage. Counters go to the `stats` dict it is given (the manager's).
+
+Entries this process stored are handed over in memory (`remember`, with their wake-up): a
+tail whose next positions up to the announced offset are all remembered takes them from
+there instead of reading them back. Anything it cannot take whole from memory (another
+process's entries, an entry stored before a restart, a remembered run with a gap, a memory
+evicted by newer entries) is read from the store as before, so the cursor's order, holes
+and hole timeout are the same either way.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = ["RETRY_MAX", "ChangeReader", "change_event"]
 log = logging.getLogger("trio_rt.changes")
 
 RETRY_MAX = 5.0  # seconds between attempts at most, while the store fails
+REMEMBERED = 1024  # stored entries kept in memory per stream (the newest; older: read back)
 
 
 def change_event(table: str, entry: StreamEntry) -> ChangeEvent:
@@ -69,6 +77,46 @@ class ChangeReader:
         # came does not miss it), and the greatest offset a nudge announced.
         self._generation: dict[str, int] = {}
         self._announced: dict[str, int] = {}
+        # Per stream: entries this process stored and a tail has yet to pass, by offset
+        # (insertion order = age); the cursors of the running tails, to know which.
+        self._remembered: dict[str, dict[int, StreamEntry]] = {}
+        self._cursors: dict[str, list[list[StreamCursor]]] = {}
+
+    def remember(self, stream: str, entries: list[StreamEntry]) -> None:
+        """`entries` of `stream` are stored (confirmed by the store): tails may take them
+        from memory instead of reading them back. Then wakes the tails up to the greatest.
+        Kept only while a tail of the stream has yet to pass them, at most REMEMBERED per
+        stream (the newest)."""
+        if not entries:
+            return
+        tails = self._cursors.get(stream)
+        if tails:  # nobody tails the stream: nothing to keep
+            passed = min(holder[0].done for holder in tails)
+            kept = self._remembered.setdefault(stream, {})
+            for entry in entries:
+                if entry.position.offset > passed:
+                    kept[entry.position.offset] = entry
+            for offset in [o for o in kept if o <= passed]:
+                del kept[offset]
+            while len(kept) > REMEMBERED:  # a tail that is stuck: it reads the store later
+                del kept[next(iter(kept))]
+        self.wake(stream, max(e.position.offset for e in entries))
+
+    def _from_memory(
+        self, stream: str, cursor: StreamCursor, upto: int
+    ) -> list[StreamEntry] | None:
+        """The entries after `cursor.done` up to `upto` (at most batch_size), if this
+        process stored every one of them in the cursor's epoch; else None (read the store)."""
+        kept = self._remembered.get(stream)
+        if not kept:
+            return None
+        out = []
+        for offset in range(cursor.done + 1, min(upto, cursor.done + self.batch_size) + 1):
+            entry = kept.get(offset)
+            if entry is None or entry.position.epoch != cursor.epoch:
+                return None
+            out.append(entry)
+        return out
 
     def wake(self, stream: str, offset: int) -> None:
         """A write up to `offset` of `stream` committed (here, or elsewhere: a nudge): its
@@ -156,6 +204,25 @@ class ChangeReader:
         """Read `stream` from `cursor` until cancelled; ``await deliver(entries, cursor)`` each
         time entries come out or the cursor's position moves (a hole skipped, settled entries
         passed). `on_reset` gets the new cursor when the stream's epoch changes."""
+        holder = [cursor]  # what `remember` looks at (the cursor changes on a reset)
+        self._cursors.setdefault(stream, []).append(holder)
+        try:
+            await self._tail(stream, holder, deliver, on_reset)
+        finally:
+            tails = self._cursors[stream]
+            tails.remove(holder)
+            if not tails:
+                del self._cursors[stream]
+                self._remembered.pop(stream, None)
+
+    async def _tail(
+        self,
+        stream: str,
+        holder: list[StreamCursor],
+        deliver: Callable[[list[StreamEntry], StreamCursor], Awaitable[None]],
+        on_reset: Callable[[StreamCursor], None],
+    ) -> None:
+        cursor = holder[0]
         pause = 0.0  # after a failed read: wait before the next attempt
         while True:
             generation = self._generation.get(stream, 0)
@@ -168,16 +235,19 @@ class ChangeReader:
                     upto = head.position.offset if head is not None else 0
                     if head is not None and head.position.epoch != cursor.epoch:
                         log.warning("stream %s changed epoch: starting over", stream)
-                        cursor = StreamCursor(head.position.epoch, 0, self.hole_timeout)
+                        cursor = holder[0] = StreamCursor(head.position.epoch, 0, self.hole_timeout)
                         self._announced.pop(stream, None)
                         on_reset(cursor)
-                entries = (
-                    await self.store.read(
-                        stream, cursor.epoch, cursor.done, self.batch_size, upto=upto
-                    )
-                    if upto > cursor.done
-                    else []
-                )
+                entries = []
+                if upto > cursor.done:
+                    remembered = self._from_memory(stream, cursor, upto)
+                    if remembered is not None:
+                        self.stats["from_memory"] += len(remembered)
+                        entries = remembered
+                    else:
+                        entries = await self.store.read(
+                            stream, cursor.epoch, cursor.done, self.batch_size, upto=upto
+                        )
             except Exception as exc:
                 self.stats["read_errors"] += 1
                 pause = min(max(pause * 2, 0.1), RETRY_MAX)

@@ -95,7 +95,9 @@ class Watch:
     `ready` is set once its start position is fixed (`watch()` waits for it when the manager
     is serving). `position` is where it has got to: every change at or below it was handed to
     the callback (or skipped as a hole, or predates the start); the next change it gets is
-    the first one after it. A named watcher stores it after each batch.
+    the first one after it. A named watcher stores it after each batch; `saved` is the
+    position it last stored (or loaded at its start): a restart resumes at or past `saved`,
+    so what a ``kill -9`` repeats is at most what lies between `saved` and `position`.
     """
 
     table: str
@@ -103,6 +105,7 @@ class Watch:
     callback: Callable[[ChangeEvent], Awaitable[None]]
     name: str | None
     position: StreamPosition | None = None
+    saved: StreamPosition | None = None
     ready: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     errors: int = 0
@@ -184,6 +187,8 @@ class ChangeStreamManager:
             "skipped_holes": 0,
             "callback_errors": 0,
             "read_errors": 0,
+            "from_memory": 0,
+            "nudges": 0,
         }
         self._reader = ChangeReader(
             self.store,
@@ -202,7 +207,9 @@ class ChangeStreamManager:
             recovery_limit=recovery_limit,
         )
         self._nudges = Nudges(manager.broker, nudge_channel(manager.options.channel_prefix))
-        self.changelog = ChangeLog(self.store, self.sequencer, self._notify)
+        self.changelog = ChangeLog(
+            self.store, self.sequencer, self._notify, remember=self._remember
+        )
         self.source = source if source is not None else Outbox()
         tables = list(tables)
         #: The CDC consumer (``source=Cdc(...)``), else None.
@@ -213,6 +220,7 @@ class ChangeStreamManager:
             store=self.store,
             sequencer=self.sequencer,
             notify=self._notify,
+            remember=self._remember,
             tables=tables,
         )
         for table in tables:
@@ -262,9 +270,16 @@ class ChangeStreamManager:
         self._reader.wake(stream, offset)
         self._nudges.add(stream, offset)
 
+    def _remember(self, stream: str, entries: list[StreamEntry]) -> None:
+        """Entries this server stored: local tails take them from memory, not a read-back."""
+        self._reader.remember(stream, entries)
+
     def _on_nudge(self, data: bytes) -> None:
         nudge = self._nudges.decode(data)
         if nudge is not None:
+            # Counted: none at all while other processes write means they publish on
+            # another channel_prefix, and the tails wait for their polls.
+            self.stats["nudges"] += 1
             self._reader.wake(*nudge)
 
     # -- watchers -------------------------------------------------------------------------------
@@ -342,21 +357,20 @@ class ChangeStreamManager:
                     )
                 cursor = await self._reader.start_cursor(stream, resume)
                 watch.position = StreamPosition(cursor.done, cursor.epoch)
+                watch.saved = resume
             finally:
                 watch.ready.set()
-            saved = resume
 
             async def save() -> None:
-                nonlocal saved
                 position = watch.position
-                if name is None or position is None or position == saved:
+                if name is None or position is None or position == watch.saved:
                     return
                 # Shielded and bounded: a stop must not lose the position of what was handed
                 # out (a graceful restart would repeat it), nor hang on a dead store.
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:
                         await self.positions.save(name, position)
-                        saved = position
+                        watch.saved = position
                     except Exception as exc:
                         log.warning("watcher %r: position not saved (%r)", name, exc)
 

@@ -27,7 +27,7 @@ from .._core.options import ServerOptions
 from .._core.outbox import DeflateKey, Offer, OutboundMessage, Outbox
 from .._core.protocol import CloseCode, encode
 from .flush import FlushQueue
-from .sockets import BROKEN, PARTIAL, DirectWrites
+from .sockets import BROKEN, BUSY, CORKED_FULL, PARTIAL, DirectWrites
 
 if TYPE_CHECKING:
     from .sockets import HostedSocket
@@ -347,6 +347,22 @@ class Connection:
                 if sent == BROKEN:
                     return False  # the reader sees the broken socket and ends the connection
                 # BUSY (a write under way, frames corked): as any other send, below.
+            elif cork and not self._framed_here and self._ws.protocol._state is OPEN:
+                # A burst's fan-out: while its frames are corked, a connection's checks hold
+                # (see below), so the frame joins them; attribute reads only, as above.
+                key = self._deflate_key
+                corked = direct.cork_more(
+                    (message.framed or message.frame)
+                    if key is None
+                    else message.deflated_frame(key)
+                )
+                if corked != BUSY:
+                    if corked == CORKED_FULL:
+                        self.flush_corked()  # bounded: beyond this the outbox's bounds apply
+                    self.messages_out += 1
+                    self._host.stats.messages_out += 1
+                    return True
+                # BUSY (nothing corked yet: the first frame of a window): below.
             if direct.corking:
                 # Corked frames exist only while the checks below hold: every change that
                 # could break them (a queued message, any write, a close) takes the corked

@@ -141,10 +141,8 @@ class HandshakeAdmission:
         allowed = self.options.allowed_origins
         return len(origins) == 1 and allowed is not None and origins[0].lower() in allowed
 
-    def select_subprotocol(
-        self, ws: ServerConnection, offered: Sequence[Subprotocol]
-    ) -> Subprotocol | None:
-        """websockets' `select_subprotocol` hook."""
+    def select_subprotocol(self, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        """`HandshakeHost.select_subprotocol`: websockets' hook, for any connection."""
         # The client's first offer that we support; never fail the handshake over it (a
         # `bearer.<token>` entry is read by the auth handler, never echoed back).
         supported = self.options.subprotocols

@@ -13,13 +13,25 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["BROKEN", "BUSY", "PARTIAL", "WROTE", "DirectWrites", "HostedSocket"]
+__all__ = [
+    "BROKEN",
+    "BUSY",
+    "CORKED",
+    "CORKED_FULL",
+    "PARTIAL",
+    "WROTE",
+    "DirectWrites",
+    "HostedSocket",
+]
 
 # What `DirectWrites.send_frame` did (small ints: a fan-out compares them once per recipient).
 WROTE = 0  # the kernel took it all
 PARTIAL = 1  # the rest is pending: whoever writes next sends it first (wake a writer)
 BUSY = 2  # not idle, or frames are corked: nothing done, the caller queues the frame
 BROKEN = 3  # the socket is closed or broken: dropped (the reader sees it and ends)
+# What `DirectWrites.cork_more` did (or BUSY: nothing was corked, nothing done).
+CORKED = 4  # added to the corked frames
+CORKED_FULL = 5  # added, and the corked frames reached the bound: flush them now
 
 
 @runtime_checkable
@@ -57,6 +69,10 @@ class DirectWrites(Protocol):
     def send_frame(self, data: bytes) -> int:
         """`send_now` with the `idle` check in the same call (and nothing corked): WROTE,
         PARTIAL (the rest is pending), BUSY (not idle: nothing done) or BROKEN."""
+
+    def cork_more(self, data: bytes) -> int:
+        """`cork` for a burst's later frames, in one call: when frames are corked already,
+        add `data` to them (CORKED, or CORKED_FULL: flush now); otherwise BUSY, nothing done."""
 
 
 class HostedSocket(Protocol):

@@ -19,7 +19,7 @@ import socket
 
 import trio
 
-from .._engine.sockets import BROKEN, BUSY, PARTIAL, WROTE
+from .._engine.sockets import BROKEN, BUSY, CORKED, CORKED_FULL, PARTIAL, WROTE
 
 __all__ = ["CORK_MAX_BYTES", "DirectStream"]
 
@@ -87,6 +87,17 @@ class DirectStream(trio.abc.HalfCloseableStream):
         else:
             corked += data
         return len(corked) >= CORK_MAX_BYTES
+
+    def cork_more(self, data: bytes) -> int:
+        """`cork` of a burst's next frame, when frames are corked already: CORKED, or
+        CORKED_FULL once they reach `CORK_MAX_BYTES` (the caller flushes them now). BUSY if
+        nothing is corked: nothing done (the caller checks `idle` and corks the first).
+        Attribute reads only: it runs once per recipient of every fan-out of a burst."""
+        corked = self._corked
+        if corked is None:
+            return BUSY
+        corked += data
+        return CORKED if len(corked) < CORK_MAX_BYTES else CORKED_FULL
 
     def flush(self) -> bool:
         """Write the corked frames (`send_now`), unless a write in progress has taken them.

@@ -13,6 +13,13 @@ What the subclass changes, and why (docs/architecture.md, docs/performance.md):
 - websockets' frame queue is replaced by `LightAssembler` (same contract, less memory);
 - once open, websockets' request parser is swapped for a fresh frame parser (its frame holds
   the request);
+- the handshake's fast paths, each leaving anything unusual to websockets' own code (so every
+  refusal is websockets' answer): a request head that comes whole is parsed in one pass
+  (`_upgrade_request.parse_request_head`), the plain valid upgrade is checked without
+  websockets' header parsers (`_process_upgrade`), the 101 is written as bytes
+  (`_upgrade_response`, the Date formatted once per second);
+- the subprotocol hook is a method of the protocol's class (`_ServerProtocol`), not a closure
+  over each connection;
 - pongs go to the connection's heartbeat (`Connection.heartbeat_pong`);
 - a reference cycle is broken when the handshake ends, so closed connections are freed by
   reference counting, and a connection that never upgraded is handed back to the server's
@@ -23,16 +30,21 @@ set by the handshake part) and `trio_rt_host` (a `HandshakeHost`, set on the cla
 one server by `start_websockets_server`).
 
 It mirrors websockets 17.x's `ServerConnection.handshake`, `ServerConnection.__init__` and
-`Connection.__init__`, and `Connection.recv_events` (`read_events`), and relies on attributes
+`Connection.__init__`, `Connection.recv_events` (`read_events`), `ServerProtocol.accept` and
+`process_request` (the fast paths) and `Request.parse`, and relies on attributes
 websockets does not document; tests/engine/test_websockets_internals.py lists them and fails
 when the mirrored upstream code changes (pyproject.toml pins websockets to the tested range).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import email.utils
 import inspect
 import logging
 import math
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -50,10 +62,12 @@ from websockets.streams import StreamReader
 from websockets.trio.connection import Connection as WsConnection
 from websockets.trio.server import Server, ServerConnection
 from websockets.typing import Subprotocol
+from websockets.utils import accept_key
 
 from .._core.options import ServerOptions
 from .assembler import LightAssembler
 from .direct_stream import DirectStream
+from .upgrade_request import parse_request_head
 
 if TYPE_CHECKING:
     from .._engine.connection import Connection
@@ -68,10 +82,10 @@ class HandshakeHost(Protocol):
     async def process_request(self, ws: ServerConnection, request: WsRequest) -> Response | None:
         """websockets' `process_request`: None lets the upgrade go on."""
 
-    def select_subprotocol(
-        self, ws: ServerConnection, offered: Sequence[Subprotocol]
-    ) -> Subprotocol | None:
-        """websockets' `select_subprotocol`."""
+    def select_subprotocol(self, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        """websockets' `select_subprotocol` (without the connection: it does not depend on
+        it). May be called twice for one handshake whose request websockets refuses (the
+        upgrade's fast path, then websockets' `accept`): no side effects."""
 
     async def handshake_abandoned(self, conn: Connection, accepted: bool) -> None:
         """`conn` never opened (rejected late, abandoned, timed out). `accepted`: the
@@ -92,12 +106,19 @@ async def start_websockets_server(
     connection runs `serve_stream`, the same steps for these settings."""
     o = options
     conn_class = type("_BoundServerConnection", (_ServerConnection,), {"trio_rt_host": host})
+    # The subprotocol hook as a method of the protocol's class: websockets' `select_subprotocol`
+    # argument is bound per connection (an instance attribute and a closure over the
+    # connection: a reference cycle, and ~3 % of a handshake's CPU).
+    protocol_class = type(
+        "_BoundServerProtocol",
+        (_ServerProtocol,),
+        {"trio_rt_select": staticmethod(host.select_subprotocol)},
+    )
     extensions = _deflate(o)
     open_timeout = o.handshake_timeout
     close_timeout = o.close_timeout
     max_size = o.max_message_size
     logger = logging.getLogger("trio_rt.websockets")
-    select_subprotocol = host.select_subprotocol
     process_request = host.process_request
 
     async def serve_stream(stream: trio.abc.Stream) -> None:
@@ -115,15 +136,8 @@ async def start_websockets_server(
                     if open_timeout is not None
                     else math.inf
                 ) as scope:
-
-                    def choose_subprotocol(
-                        protocol: ServerProtocol, offered: Sequence[Subprotocol]
-                    ) -> Subprotocol | None:
-                        return select_subprotocol(connection, offered)
-
-                    protocol = ServerProtocol(
+                    protocol = protocol_class(
                         extensions=extensions,
-                        select_subprotocol=choose_subprotocol,
                         max_size=max_size,
                         logger=logger,
                     )
@@ -174,6 +188,94 @@ def _deflate(o: ServerOptions) -> list[ServerPerMessageDeflateFactory] | None:
             compress_settings={"memLevel": 5},
         )
     ]
+
+
+class _ServerProtocol(ServerProtocol):
+    """websockets' server protocol whose `select_subprotocol` is the server's hook
+    (`trio_rt_select`, set on the class bound for one server by `start_websockets_server`),
+    as websockets calls it (`process_subprotocol`); websockets' own would refuse a client
+    offering none of the server's subprotocols."""
+
+    trio_rt_select: Callable[[Sequence[Subprotocol]], Subprotocol | None]
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        return self.trio_rt_select(subprotocols)
+
+
+# Connection and Upgrade headers as clients send them, which websockets' `process_request`
+# accepts (its parse_connection / parse_upgrade: ~3 µs a handshake, docs/performance.md).
+_PLAIN_CONNECTION = (["Upgrade"], ["upgrade"], ["keep-alive, Upgrade"])
+_PLAIN_UPGRADE = ["websocket"]
+
+
+def _process_upgrade(
+    protocol: ServerProtocol, request: WsRequest
+) -> tuple[str, str | None, str | None] | None:
+    """websockets' `ServerProtocol.process_request` for the request every client sends:
+    a GET HTTP/1.1 whose Connection and Upgrade headers are one of the plain forms above, one
+    Sec-WebSocket-Key of 16 bytes in base64, Sec-WebSocket-Version 13; then its own steps
+    (origin, extensions, subprotocol), which may raise as there. None, with nothing done, for
+    any other request: websockets' `process_request` checks it (and refuses it)."""
+    headers = request.headers
+    if (
+        request.method != "GET"
+        or request.protocol != "HTTP/1.1"
+        or headers.get_all("Connection") not in _PLAIN_CONNECTION
+        or headers.get_all("Upgrade") != _PLAIN_UPGRADE
+        or headers.get_all("Sec-WebSocket-Version") != ["13"]
+    ):
+        return None
+    keys = headers.get_all("Sec-WebSocket-Key")
+    if len(keys) != 1:
+        return None
+    key = keys[0]
+    try:
+        if len(base64.b64decode(key.encode(), validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    accept = accept_key(key)
+    protocol.origin = protocol.process_origin(headers)
+    extensions, protocol.extensions = protocol.process_extensions(headers)
+    subprotocol = protocol.subprotocol = protocol.process_subprotocol(headers)
+    return accept, extensions, subprotocol
+
+
+def _upgrade_response(
+    accept: str, extensions: str | None, subprotocol: str | None, server: str | None
+) -> bytes:
+    """The bytes websockets' `ServerProtocol.accept` and `Response.serialize` make of a 101
+    response (same headers, same order), with `Server: server` appended as its handshake
+    does. tests/engine/test_upgrade_response.py compares the two."""
+    head = _UPGRADE_HEAD % _http_date()
+    head += f"Sec-WebSocket-Accept: {accept}\r\n"
+    if extensions is not None:
+        head += f"Sec-WebSocket-Extensions: {extensions}\r\n"
+    if subprotocol is not None:
+        head += f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
+    if server is not None:
+        head += f"Server: {server}\r\n"
+    return (head + "\r\n").encode("iso-8859-1")
+
+
+_UPGRADE_HEAD = (
+    "HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+)
+
+
+class _HttpDate:
+    """`email.utils.formatdate(usegmt=True)` of the current second, formatted once per second."""
+
+    second = -1
+    text = ""
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if now != _HttpDate.second:
+        _HttpDate.text = email.utils.formatdate(now, usegmt=True)
+        _HttpDate.second = now
+    return _HttpDate.text
 
 
 _REQUEST_RECEIVED = trio.Event()  # `request_rcvd` of every open connection: set for good
@@ -244,6 +346,9 @@ class _ServerConnection(ServerConnection):
 
     trio_rt_conn: Connection | None = None
     trio_rt_host: HandshakeHost
+    # Nothing received yet, or only a request head `_parse_head_here` took (then `request` is
+    # set): set on the instance once websockets' parser reads the request instead.
+    trio_rt_fresh = True
 
     def __init__(
         self,
@@ -328,6 +433,8 @@ class _ServerConnection(ServerConnection):
             if process_request is not None:
                 response = await self._call_hook(process_request, self, self.request)
             accepted = response is None
+            if accepted and process_response is None and self._upgrade_corked(server_header):
+                return
             self.response = self.protocol.accept(self.request) if response is None else response
             if server_header is not None:
                 self.response.headers["Server"] = server_header
@@ -370,10 +477,6 @@ class _ServerConnection(ServerConnection):
                     async with self.send_context(expected_state=CONNECTING):
                         self.protocol.send_response(self.response)
         finally:
-            # The handshake is over: drop websockets' select_subprotocol closure, a reference
-            # cycle (protocol -> closure -> connection -> protocol) that would leave every
-            # closed connection to the cyclic GC.
-            vars(self.protocol).pop("select_subprotocol", None)
             conn = self.trio_rt_conn
             if self.protocol.state is OPEN:
                 # Nobody reads the request or the response after the handshake; their headers
@@ -391,6 +494,44 @@ class _ServerConnection(ServerConnection):
                 # Rejected, abandoned, timed out: undo the registration made for the handler.
                 with trio.CancelScope(shield=True):
                     await self.trio_rt_host.handshake_abandoned(conn, accepted)
+
+    def _upgrade_corked(self, server_header: str | None) -> bool:
+        """The upgrade's fast path: websockets' `accept` and `send_response` for a valid
+        request, with the 101 response written as bytes (`_upgrade_response`: the same bytes,
+        the Date cached per second) instead of a `Headers` and `Response` built and serialized,
+        and corked: it goes out with the welcome in one write (`Connection.run` flushes it).
+        About 5 % of a handshake's CPU (docs/performance.md).
+
+        False, with nothing changed but the negotiation's results, when websockets' path must
+        answer: an invalid request (`accept` checks it again and answers it: 400, 405, 426,
+        500...), a server shutting down (503), debug logging (websockets logs the response's
+        headers), a stream that cannot take the upgrade corked."""
+        protocol = self.protocol
+        stream = self.stream
+        if (
+            self.server.closing
+            or protocol.debug
+            or protocol.state is not CONNECTING
+            or not isinstance(stream, DirectStream)
+            or not stream.idle
+            or stream.corking
+            or self.send_lock.locked()
+        ):
+            return False
+        assert self.request is not None
+        try:
+            negotiated = _process_upgrade(protocol, self.request)
+            if negotiated is None:
+                negotiated = protocol.process_request(self.request)
+        except Exception:
+            return False
+        accept, extensions, subprotocol = negotiated
+        protocol.accept_called = True
+        stream.cork(_upgrade_response(accept, extensions, subprotocol, server_header))
+        # send_response's steps for a 101 (its write is the cork above).
+        protocol.state = OPEN
+        protocol.logger.info("connection open")
+        return True
 
     async def _call_hook(self, hook: Callable[..., Any], *args: Any) -> Response | None:
         """Call process_request / process_response as websockets does: sync or async; an
@@ -441,6 +582,12 @@ class _ServerConnection(ServerConnection):
                 data = b""
             if data:
                 protocol = self.protocol
+                if (
+                    self.request is None  # the handshake (once open, request is None again)
+                    and protocol._state is CONNECTING
+                    and self._parse_head_here(data)
+                ):
+                    return True
                 protocol.receive_data(data)
                 events = protocol.events_received()
                 try:
@@ -475,6 +622,27 @@ class _ServerConnection(ServerConnection):
             self.set_connection_exc(exc)
         await self.close_stream()
         return False
+
+    def _parse_head_here(self, data: bytes | bytearray) -> bool:
+        """The request's fast path (while CONNECTING, no request yet): when `data` is the
+        first thing the connection received and is one whole request head that
+        `parse_request_head` parses (what a client sends), take the request as websockets'
+        parser would have delivered it (`process_event`) and give the protocol a frame parser,
+        as websockets' own does once the request is parsed. False, with nothing done, when
+        websockets' parser must read `data` (and, from then on, the rest of the request). Not
+        with debug logging: websockets logs the request's lines."""
+        protocol = self.protocol
+        if not self.trio_rt_fresh or protocol.debug:
+            return False
+        request = parse_request_head(data)
+        if request is None:
+            self.trio_rt_fresh = False  # websockets parses this connection's request
+            return False
+        # ServerProtocol.parse's steps after the request (its events are the request alone).
+        protocol.parser = WsProtocol.parse(protocol)
+        next(protocol.parser)
+        self.process_event(request)
+        return True
 
     async def close_stream(self) -> None:
         try:

@@ -46,6 +46,8 @@ class CapturedWrite:
     statements: list[tuple[str, Params]]
     #: opaque, handed back to committed()/failed()
     token: object = None
+    #: the change log's own: the stream entry `statements` store, when it knows it
+    entry: object = None
 
 
 class ChangeCapture(Protocol):

@@ -51,7 +51,7 @@ from typing import Any
 import trio
 
 from .._core.checks import require_positive_ints, require_positive_numbers
-from .._engine.streams import Allocation, Sequencer
+from .._engine.streams import Allocation, Sequencer, StreamEntry
 from ..cdc._wire import (
     AgentBatch,
     AgentHello,
@@ -145,6 +145,7 @@ class CdcSource:
         sequencer: Sequencer,
         claims: CdcClaims | None = None,
         notify: Callable[[str, int], None] | None = None,
+        remember: Callable[[str, list[StreamEntry]], None] | None = None,
         concurrency: int = 32,
         reconnect_delay: float = 0.2,
         single_reporter: bool = False,
@@ -166,6 +167,7 @@ class CdcSource:
             else CdcClaims(session, keyspace, retention=store.retention)
         )
         self.notify = notify
+        self.remember = remember
         self.single_reporter = bool(single_reporter)
         self.outbox_claims = bool(outbox_claims)
         self.db = Database(session, keyspace)
@@ -436,6 +438,7 @@ class CdcSource:
                 chunks[-1].extend(heads.values())  # the last entry's head per stream
             heads.clear()
 
+        stored: dict[str, list[StreamEntry]] = {}
         for item in owned:
             allocation = item.allocation
             assert allocation is not None
@@ -450,6 +453,9 @@ class CdcSource:
                 stamps.append(0)
                 size = 0
             size += len(payload)
+            stored.setdefault(item.stream, []).append(
+                StreamEntry(allocation.position, allocation.timestamp, payload)
+            )
             entry, head = self.store.append_statements(item.stream, allocation, payload)
             chunks[-1] += [entry, self.claims.record(item.claim, node, allocation)]
             heads[item.stream] = head
@@ -474,6 +480,10 @@ class CdcSource:
             self._unsettled.pop(item.claim.change, None)
         self.stats["stored"] += len(owned)
         self.lag = max(0.0, time.time() - owned[-1].change.ts / 1e6)
+        if self.remember is not None:
+            # Their payloads are known: this process's tails need not read them back.
+            for stream, entries in stored.items():
+                self.remember(stream, entries)
         if self.notify is not None:
             for stream, offset in latest.items():
                 self.notify(stream, offset)

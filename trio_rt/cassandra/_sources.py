@@ -27,7 +27,7 @@ from ._table import Table
 
 if TYPE_CHECKING:
     from .._engine.changes import ChangeLog
-    from .._engine.streams import Sequencer
+    from .._engine.streams import Sequencer, StreamEntry
     from ._database import Database
     from ._streams import CassandraStreamStore
 
@@ -95,6 +95,7 @@ def install_source(
     sequencer: Sequencer,
     notify: Callable[[str, int], None],
     tables: Iterable[Table],
+    remember: Callable[[str, list[StreamEntry]], None] | None = None,
 ) -> CdcSource | None:
     """Set `db`'s capture for `source` and build the `CdcSource` it needs (None for the
     outbox alone). What `ChangeStreamManager` calls; raises `TypeError` for something that is
@@ -113,6 +114,7 @@ def install_source(
         store=store,
         sequencer=sequencer,
         notify=notify,
+        remember=remember,
         concurrency=source.concurrency,
         reconnect_delay=source.reconnect_delay,
         single_reporter=source.single_reporter,

@@ -128,6 +128,13 @@ class AgentStats:
     #: Mutations the agent could not decode with an unchanged schema, skipped (each logged
     #: as an ERROR by the agent).
     skipped_undecodable: int = 0
+    #: The agent's reading loop so far: listings of cdc_raw (on a file linked or removed,
+    #: and at its fallback poll; without a watch, every read), segment files opened (an
+    #: uncompressed segment stays open from one read to the next) and reads (passes that
+    #: found something durable to read). Older agents do not send them: 0.
+    listings: int = 0
+    segment_opens: int = 0
+    reads: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +221,7 @@ def parse_message(line: bytes | str) -> AgentMessage:
             _int(body, "errors"),
             _object(body, "checkpoint"),
             _int(body, "skipped_undecodable") if "skipped_undecodable" in body else 0,
+            *(_int(body, name) if name in body else 0 for name in _READING),
         )
     if kind == "hello":
         protocol = _int(body, "protocol")
@@ -233,6 +241,10 @@ def parse_message(line: bytes | str) -> AgentMessage:
     if kind == "error":
         return AgentRefused(_str(body, "message"))
     raise WireError(f"unknown message type {kind!r}")
+
+
+#: The stats of the agent's reading loop, optional in a stats message.
+_READING = ("listings", "segment_opens", "reads")
 
 
 def encode_ack(seq: int) -> bytes:

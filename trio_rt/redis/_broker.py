@@ -51,7 +51,15 @@ from .._core.checks import require_positive_ints, require_positive_numbers
 from .._engine.broker import Broker, BrokerUnavailable, Deliver
 from ._client import RedisClient, RedisClusterClient
 from ._connection import PubSubConnection
-from ._resp import Node, RedisAddress, RedisError, RedisReplyError, RedisUnavailable, parse_url
+from ._resp import (
+    Node,
+    RedisAddress,
+    RedisError,
+    RedisReplyError,
+    RedisUnavailable,
+    parse_url,
+    require_url,
+)
 
 __all__ = ["RedisBroker", "RedisBrokerStats"]
 
@@ -163,8 +171,7 @@ class RedisBroker(Broker):
         )
         if reconnect_initial > reconnect_max:
             raise ValueError("need 0 < reconnect_initial <= reconnect_max")
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"not a Redis URL: {url!r}")
+        require_url(url)
         for name in deprecated:
             warnings.warn(
                 f"RedisBroker({name}=...) is deprecated and ignored: messages are delivered as "

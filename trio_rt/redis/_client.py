@@ -34,9 +34,16 @@ from ._resp import (
     keyslot,
     parse_url,
     redirect,
+    require_url,
 )
 
-__all__ = ["Commands", "RedisClient", "RedisClusterClient", "connect_client"]
+__all__ = [
+    "Commands",
+    "KeyedStore",
+    "RedisClient",
+    "RedisClusterClient",
+    "connect_client",
+]
 
 MAX_REDIRECTS = 5
 _RETRY_LATER = ("TRYAGAIN", "CLUSTERDOWN")
@@ -324,3 +331,29 @@ class RedisClusterClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class KeyedStore:
+    """What the stores with one Redis key per record share (`RedisRateLimiter`,
+    `RedisIdempotencyStore`): the URL and key prefix checked, a client for one Redis or, with
+    `cluster=True`, a Redis Cluster (each record is one key, so each call runs on the shard
+    that owns it), and `aclose`. No task of its own: the client connects on first use and again
+    after a failure."""
+
+    def __init__(self, url: str, *, prefix: str, cluster: bool, socket_timeout: float) -> None:
+        self.url = require_url(url)
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be a string")
+        self.prefix = prefix
+        self.cluster = cluster
+        self._socket_timeout = socket_timeout
+        self._client = self._new_client()
+
+    def _new_client(self) -> RedisClient | RedisClusterClient:
+        factory = RedisClusterClient if self.cluster else RedisClient
+        return factory(self.url, timeout=self._socket_timeout)
+
+    async def aclose(self) -> None:
+        """Close the Redis connections (a later call opens them again)."""
+        client, self._client = self._client, self._new_client()
+        await client.aclose()

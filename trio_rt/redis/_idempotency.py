@@ -16,7 +16,7 @@ give up exactly once silently.
 from __future__ import annotations
 
 from .._core.acks import AckResult, Done, Pending, Record, decode_record, encode_record
-from ._client import RedisClient, RedisClusterClient
+from ._client import KeyedStore
 from ._resp import Script
 
 __all__ = ["RedisIdempotencyStore"]
@@ -51,7 +51,7 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-class RedisIdempotencyStore:
+class RedisIdempotencyStore(KeyedStore):
     """Idempotency records in Redis:
     ``Publisher(manager, idempotency=RedisIdempotencyStore(url))``.
 
@@ -68,19 +68,7 @@ class RedisIdempotencyStore:
         cluster: bool = False,
         socket_timeout: float = 2.0,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"not a Redis URL: {url!r}")
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be a string")
-        self.url = url
-        self.prefix = prefix
-        self.cluster = cluster
-        self._socket_timeout = socket_timeout
-        self._client = self._new_client()
-
-    def _new_client(self) -> RedisClient | RedisClusterClient:
-        factory = RedisClusterClient if self.cluster else RedisClient
-        return factory(self.url, timeout=self._socket_timeout)
+        super().__init__(url, prefix=prefix, cluster=cluster, socket_timeout=socket_timeout)
 
     async def claim(self, key: str, token: str, ttl: float) -> Record | None:
         current = await self._client.eval(
@@ -101,8 +89,3 @@ class RedisIdempotencyStore:
 
     async def release(self, key: str, token: str) -> None:
         await self._client.eval(_RELEASE, [self.prefix + key], [encode_record(Pending(token))])
-
-    async def aclose(self) -> None:
-        """Close the Redis connections (a later call opens them again)."""
-        client, self._client = self._client, self._new_client()
-        await client.aclose()

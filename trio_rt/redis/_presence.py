@@ -38,7 +38,7 @@ from .._core.presence_rules import (
     decode_payload,
 )
 from ._client import Commands, RedisClient, RedisClusterClient
-from ._resp import Script
+from ._resp import Script, require_url
 
 __all__ = ["RedisPresence"]
 
@@ -153,10 +153,8 @@ class RedisPresence:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be a non-empty string")
         if isinstance(redis, str):
-            if not redis.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(f"not a Redis URL: {redis!r}")
             factory = RedisClusterClient if cluster else RedisClient
-            self._client: Commands = factory(redis, timeout=timeout)
+            self._client: Commands = factory(require_url(redis), timeout=timeout)
             self._owned = True
         else:
             self._client = redis

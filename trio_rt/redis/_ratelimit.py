@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 
 from .._core.ratelimit import Decision, LocalRateLimiter, Rate
-from ._client import RedisClient, RedisClusterClient
+from ._client import KeyedStore
 from ._resp import Script
 
 __all__ = ["RedisRateLimiter"]
@@ -59,7 +59,7 @@ return {allowed, tostring(retry)}
 _SCRIPT = Script(_TAKE)
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(KeyedStore):
     """Rate-limit buckets in Redis: ``WebSocketManager(rate_limiter=RedisRateLimiter(url))``.
 
     Keys are ``<prefix>`` + `trio_rt._core.ratelimit.bucket_key` (``u:<length>:<user>`` or
@@ -78,15 +78,7 @@ class RedisRateLimiter:
         cluster: bool = False,
         socket_timeout: float = 2.0,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"not a Redis URL: {url!r}")
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be a string")
-        self.url = url
-        self.prefix = prefix
-        self.cluster = cluster
-        self._socket_timeout = socket_timeout
-        self._client = self._new_client()
+        super().__init__(url, prefix=prefix, cluster=cluster, socket_timeout=socket_timeout)
         self._fallback = LocalRateLimiter()
         self._down = False
         self.failures = 0  # calls answered by the local fallback because Redis failed
@@ -110,12 +102,3 @@ class RedisRateLimiter:
         if int(allowed):
             return Decision(True)
         return Decision(False, float(retry))
-
-    def _new_client(self) -> RedisClient | RedisClusterClient:
-        factory = RedisClusterClient if self.cluster else RedisClient
-        return factory(self.url, timeout=self._socket_timeout)
-
-    async def aclose(self) -> None:
-        """Close the Redis connections (a later `hit` opens them again)."""
-        client, self._client = self._client, self._new_client()
-        await client.aclose()

@@ -38,7 +38,7 @@ import trio
 from .._core.checks import require_positive_numbers
 from .._core.rendezvous import rendezvous_owner
 from ._client import RedisClient
-from ._resp import Script
+from ._resp import Script, require_url
 
 __all__ = ["ServerRegistry"]
 
@@ -128,11 +128,7 @@ class ServerRegistry:
         namespace: str = "trio_rt",
         retry_initial: float = 0.1,
     ) -> None:
-        if not isinstance(redis_url, str) or not redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ValueError(f"not a Redis URL: {redis_url!r}")
-        self.redis_url = redis_url
+        self.redis_url = require_url(redis_url)
         self.server_id = _check_id("server_id", server_id)
         self.address = _check_id("address", address)
         self.namespace = _check_id("namespace", namespace)

@@ -42,6 +42,7 @@ __all__ = [
     "pack",
     "parse_url",
     "redirect",
+    "require_url",
 ]
 
 SLOTS = 16384  # hash slots of a Redis Cluster
@@ -127,6 +128,15 @@ class RedisAddress:
             host = f"[{self.host}]" if ":" in self.host else self.host
             where = f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}"
         return f"{where}/{self.db}" if self.db else where
+
+
+def require_url(url: object) -> str:
+    """`url` if it names Redis by its scheme (``redis://``, ``rediss://``, ``unix://``), else
+    a ValueError that quotes it. Checked when a component is built; `parse_url` checks the
+    rest when a connection is opened."""
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"not a Redis URL: {url!r}")
+    return url
 
 
 def parse_url(url: str) -> RedisAddress:

@@ -21,7 +21,7 @@ import trio
 from .._core.checks import int_problem, require
 from .._engine.streams import Allocation, Sequencer, StreamPosition, new_epoch
 from ._client import RedisClient
-from ._resp import Script
+from ._resp import Script, require_url
 
 __all__ = ["RedisSequencer"]
 
@@ -72,8 +72,7 @@ class RedisSequencer(Sequencer):
     def __init__(
         self, url: str, *, namespace: str = "trio_rt", reseed_gap: int = 1000, timeout: float = 5.0
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"not a Redis URL: {url!r}")
+        require_url(url)
         require(int_problem("reseed_gap", reseed_gap, at_least=0))
         self.url = url
         self.namespace = namespace

@@ -18,6 +18,11 @@ import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.nio.file.StandardWatchEventKinds;
+import java.nio.file.ClosedWatchServiceException;
+import java.nio.file.WatchEvent;
+import java.nio.file.WatchKey;
+import java.nio.file.WatchService;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -61,15 +66,25 @@ import org.apache.cassandra.utils.FBUtilities;
  * of a CDC table to one consumer over a local TCP socket, as JSON lines (docs/cdc.md).
  *
  * <ul>
+ *   <li>Watches {@code cdc_raw} (inotify on Linux: Java's {@code WatchService}) and reads as
+ *       soon as Cassandra links a segment or rewrites an idx file, with a poll every
+ *       {@code --fallback-poll-ms} for what a watch may miss; with {@code --watch off}, or where
+ *       the directory cannot be watched, it polls every {@code --poll-ms}.</li>
  *   <li>Reads each segment only up to the durable offset its {@code _cdc.idx} file names,
- *       resuming at the sync marker where it stopped (uncompressed segments), with Cassandra's
- *       own section reader and mutation serializer.</li>
+ *       resuming at the sync marker where it stopped (uncompressed segments: the segment stays
+ *       open from one read to the next), with Cassandra's own section reader and mutation
+ *       serializer. It lists {@code cdc_raw} again only when the watch reports a file linked
+ *       or removed (and at the fallback poll); a commit-log sync only makes it re-read the
+ *       idx files of the segments it has not finished.</li>
  *   <li>Sends batches of changes, at most {@code --window} unacknowledged; a batch's end
  *       (segment, offset) becomes the checkpoint, written durably, only once the consumer
  *       acknowledged it. A new consumer, or a restarted agent, starts again at the checkpoint:
  *       what was sent and not acknowledged is sent again (the consumer de-duplicates). The
  *       hello names {@code resend_until}: no batch was ever sent past it, so a consumer needs
- *       to look for what it stored before only in batches that start before it.</li>
+ *       to look for what it stored before only in batches that start before it. A batch
+ *       without changes (only other tables' writes were passed) is sent only to move the
+ *       checkpoint, no sooner than {@code --progress-ms} after the last batch (a batch
+ *       with changes carries that progress anyway).</li>
  *   <li>Deletes every COMPLETED segment (and its idx) the checkpoint has passed, so that
  *       {@code cdc_raw} does not fill: when it does, Cassandra rejects writes to CDC tables.
  *       Logs a warning, and reports {@code alert: true} in its stats, while {@code cdc_raw}
@@ -95,6 +110,12 @@ public final class Agent
     private final int port;
     private final Path stateDir;
     private final long pollMillis;
+    private final boolean watch;
+    private final long fallbackPollMillis;
+    /** A batch without changes (the reading passed only other tables' writes: it moves the
+     *  checkpoint) is sent at most this long after the last batch; a batch with changes
+     *  carries that progress too. */
+    private final long progressMillis;
     private final int window;
     private final int batchMax;
     private final double alertFraction;
@@ -133,6 +154,28 @@ public final class Agent
     /** How long such a segment must stay before this agent deletes it itself. */
     static final long ORPHAN_GRACE_MS = 10_000;
     private volatile boolean stopping;
+    /** Something the reading loop waits for happened since it last looked (cdc_raw changed,
+     *  an acknowledgement, a consumer came or went): read again before waiting. Guarded by
+     *  this; set with {@link #wakeReader}. */
+    private boolean wake;
+    /** The watch on cdc_raw is running: the loop then waits up to {@code fallbackPollMillis}. */
+    private volatile boolean watching;
+    /** A file was linked into or removed from cdc_raw (or the watch may have missed events)
+     *  since the reading loop last listed it: list it again. While it stays false the loop
+     *  reads on from its last listing, re-reading only the idx files of the segments it has
+     *  not finished (what a commit-log sync rewrites). Set by the watch, by the fallback poll
+     *  and by this agent's own deletions. */
+    private volatile boolean relist = true;
+    /** The reading loop's last listing of cdc_raw (its thread only). */
+    private TreeMap<Long, Segment> listed;
+    /** The segment the reading loop has open (its thread only): kept between reads of an
+     *  uncompressed segment, which resume at a sync marker; closed when it is done. */
+    private OpenSegment open;
+    /** Stats (guarded by this): listings of cdc_raw and segment opens by the reading loop,
+     *  and its reads (passes that found something durable to read). */
+    private long listings;
+    private long segmentOpens;
+    private long reads;
 
     /** Where reading is: a segment, the sync marker to start the next read at (-1: after the
      *  header) and the end offset of the last mutation handed over; {@code done} once the
@@ -184,6 +227,11 @@ public final class Agent
         final OutputStream out;
         Cursor cursor;
         final ArrayDeque<Pending> pending = new ArrayDeque<>();
+        /** The cursor passed only other tables' writes since the last batch sent: the
+         *  checkpoint has yet to follow (a batch without changes, see progressMillis). */
+        boolean unsent;
+        /** When the last batch was sent, or the consumer connected (ms). */
+        long lastSent = System.currentTimeMillis();
         volatile boolean closed;
 
         Consumer(Socket socket, Cursor cursor) throws IOException
@@ -215,7 +263,8 @@ public final class Agent
         }
     }
 
-    private Agent(String host, int port, Path stateDir, long pollMillis, int window, int batchMax,
+    private Agent(String host, int port, Path stateDir, long pollMillis, boolean watch, long fallbackPollMillis,
+                  long progressMillis, int window, int batchMax,
                   double alertFraction, String node, Path cdcRaw, List<Path> schemaDirs, long totalSpace,
                   Set<String> schemaFiles, String failDecode)
         throws IOException
@@ -225,6 +274,9 @@ public final class Agent
         this.port = port;
         this.stateDir = stateDir;
         this.pollMillis = pollMillis;
+        this.watch = watch;
+        this.fallbackPollMillis = fallbackPollMillis;
+        this.progressMillis = progressMillis;
         this.window = window;
         this.batchMax = batchMax;
         this.alertFraction = alertFraction;
@@ -273,7 +325,8 @@ public final class Agent
     {
         String yaml = null, host = "127.0.0.1", stateDir = null, node = null, failDecode = null;
         int port = 9044, window = 4, batchMax = 1000;
-        long pollMillis = 5;
+        long pollMillis = 5, fallbackPollMillis = 100, progressMillis = 100;
+        boolean watch = true;
         double alertFraction = 0.5;
         for (int i = 0; i < args.length; i++)
         {
@@ -289,6 +342,14 @@ public final class Agent
                 case "--state-dir": stateDir = value; i++; break;
                 case "--node": node = value; i++; break;
                 case "--poll-ms": pollMillis = Long.parseLong(value); i++; break;
+                case "--fallback-poll-ms": fallbackPollMillis = Long.parseLong(value); i++; break;
+                case "--progress-ms": progressMillis = Long.parseLong(value); i++; break;
+                case "--watch":
+                    if (!value.equals("on") && !value.equals("off"))
+                        usage("--watch is on or off");
+                    watch = value.equals("on");
+                    i++;
+                    break;
                 case "--window": window = Integer.parseInt(value); i++; break;
                 case "--batch-max": batchMax = Integer.parseInt(value); i++; break;
                 case "--alert-fraction": alertFraction = Double.parseDouble(value); i++; break;
@@ -323,7 +384,8 @@ public final class Agent
         Schema.instance.loadFromDisk();
         log.info("schema loaded in {} ms", (System.nanoTime() - started) / 1_000_000);
         Files.createDirectories(Path.of(stateDir));
-        Agent agent = new Agent(host, port, Path.of(stateDir), pollMillis, window, batchMax, alertFraction,
+        Agent agent = new Agent(host, port, Path.of(stateDir), pollMillis, watch, fallbackPollMillis, progressMillis, window,
+                                batchMax, alertFraction,
                                 node, cdcRaw, schemaDirs, DatabaseDescriptor.getCDCTotalSpace(), schemaFiles,
                                 failDecode);
         System.exit(agent.run());
@@ -334,7 +396,8 @@ public final class Agent
         if (problem != null)
             System.err.println("trio_rt cdc agent: " + problem);
         System.err.println("usage: Agent --cassandra-yaml PATH --state-dir DIR [--host 127.0.0.1] [--port 9044]"
-                           + " [--node NAME] [--poll-ms 5] [--window 4] [--batch-max 1000] [--alert-fraction 0.5]"
+                           + " [--node NAME] [--watch on] [--fallback-poll-ms 100] [--poll-ms 5] [--window 4]"
+                           + " [--progress-ms 100] [--batch-max 1000] [--alert-fraction 0.5]"
                            + " [--fail-decode KEYSPACE.TABLE (tests only)]");
         System.exit(problem == null ? 0 : EXIT_USAGE);
     }
@@ -347,6 +410,8 @@ public final class Agent
         Thread acceptor = new Thread(() -> accept(server), "accept");
         acceptor.setDaemon(true);
         acceptor.start();
+        if (watch)
+            startWatch();
         // The launcher waits for this line: the socket is bound, the schema loaded.
         log.info("listening on {}:{} (node {}, cdc_raw {}, checkpoint {})", host, server.getLocalPort(), node, cdcRaw, checkpoint);
         while (!stopping)
@@ -376,6 +441,10 @@ public final class Agent
                     deleteConsumed(at);
             }
             boolean progressed = false;
+            synchronized (this)
+            {
+                wake = false;  // what happens from here on is seen by this read or wakes the next
+            }
             try
             {
                 progressed = step();
@@ -392,11 +461,96 @@ public final class Agent
             {
                 synchronized (this)
                 {
-                    wait(pollMillis);
+                    if (!wake)
+                    {
+                        wait(watching ? fallbackPollMillis : pollMillis);
+                        // Woken by nothing: the fallback poll, for what a watch may miss
+                        // (a lost event, an overflow): list cdc_raw again.
+                        if (!wake)
+                            relist = true;
+                    }
                 }
             }
         }
         return 0;
+    }
+
+    /** Wakes the reading loop (the caller holds this): it reads again at once. */
+    private void wakeReader()
+    {
+        wake = true;
+        notifyAll();
+    }
+
+    // -- watching cdc_raw ---------------------------------------------------------------------------
+    /** Starts the thread that wakes the reading loop whenever a file in cdc_raw is created or
+     *  modified (a segment linked, an idx rewritten at a commit-log sync). Where the directory
+     *  cannot be watched, the loop keeps polling every {@code --poll-ms}. */
+    private void startWatch()
+    {
+        WatchService service;
+        try
+        {
+            service = cdcRaw.getFileSystem().newWatchService();
+            cdcRaw.register(service, StandardWatchEventKinds.ENTRY_CREATE, StandardWatchEventKinds.ENTRY_MODIFY,
+                            StandardWatchEventKinds.ENTRY_DELETE);
+        }
+        catch (IOException | UnsupportedOperationException e)
+        {
+            log.warn("cannot watch {} ({}): polling it every {} ms instead", cdcRaw, e.toString(), pollMillis);
+            return;
+        }
+        watching = true;
+        Thread watcher = new Thread(() -> watch(service), "watch");
+        watcher.setDaemon(true);
+        watcher.start();
+        log.info("watching {} (and polling it every {} ms)", cdcRaw, fallbackPollMillis);
+    }
+
+    private void watch(WatchService service)
+    {
+        try
+        {
+            while (!stopping)
+            {
+                WatchKey key = service.take();
+                // An idx file rewritten (a commit-log sync) needs no listing: the next read
+                // re-reads the idx files of the segments it has not finished. Anything else
+                // (a file linked or removed, an OVERFLOW) does.
+                for (WatchEvent<?> event : key.pollEvents())
+                {
+                    if (event.kind() != StandardWatchEventKinds.ENTRY_MODIFY
+                        || !(event.context() instanceof Path)
+                        || !((Path) event.context()).getFileName().toString().endsWith("_cdc.idx"))
+                        relist = true;
+                }
+                boolean valid = key.reset();
+                synchronized (this)
+                {
+                    wakeReader();
+                }
+                if (!valid)
+                {
+                    log.warn("{} can no longer be watched: polling it every {} ms instead", cdcRaw, pollMillis);
+                    return;
+                }
+            }
+        }
+        catch (InterruptedException | ClosedWatchServiceException e)
+        {
+            log.warn("watching {} stopped ({}): polling it every {} ms instead", cdcRaw, e.toString(), pollMillis);
+        }
+        finally
+        {
+            watching = false;
+            try
+            {
+                service.close();
+            }
+            catch (IOException ignored)
+            {
+            }
+        }
     }
 
     // -- the consumer -----------------------------------------------------------------------------
@@ -449,7 +603,7 @@ public final class Agent
                 }
                 consumer = c;
                 lastStats = 0;  // stats at once
-                notifyAll();
+                wakeReader();
             }
             log.info("consumer connected from {}", socket.getRemoteSocketAddress());
             Thread reader = new Thread(() -> readAcks(c), "consumer");
@@ -509,7 +663,7 @@ public final class Agent
                 c.close();
                 if (consumer == c)
                     consumer = null;
-                notifyAll();
+                wakeReader();
             }
             log.info("consumer disconnected; what it did not acknowledge is sent again to the next one");
         }
@@ -518,17 +672,22 @@ public final class Agent
     private void acknowledged(Consumer c, long acked) throws IOException
     {
         Cursor next = null;
+        Cursor before;
         synchronized (this)
         {
             while (!c.pending.isEmpty() && c.pending.peekFirst().seq <= acked)
                 next = c.pending.pollFirst().after;
             if (next == null)
                 return;
+            before = checkpoint;
             checkpoint = next;
-            notifyAll();
+            wakeReader();
         }
         saveCheckpoint(next);
-        deleteConsumed(next);
+        // Only a checkpoint that finished a segment frees one (the main loop's once a second
+        // clean-up takes the rest): not a listing of cdc_raw per acknowledgement.
+        if (next.segment != before.segment || next.done != before.done)
+            deleteConsumed(next);
     }
 
     // -- reading ----------------------------------------------------------------------------------
@@ -539,6 +698,7 @@ public final class Agent
         final Path log;
         final Path idx;
         long durable = -1;  // -1: no idx (no CDC data in it, or not yet)
+        boolean idxExists;  // at the last read of it (possibly empty: being rewritten)
         boolean completed;
 
         Segment(long id, Path log, Path idx)
@@ -582,6 +742,7 @@ public final class Agent
         {
             return;
         }
+        segment.idxExists = true;
         if (lines.isEmpty())
             return;
         try
@@ -616,12 +777,31 @@ public final class Agent
             to = read(from, g, count);
             g.writeEndArray();
         }
-        if (to.same(from))
-            return false;
+        boolean moved = !to.same(from);
+        long now = System.currentTimeMillis();
         synchronized (this)
         {
             if (consumer != c || c.closed)
                 return false;
+            if (count[0] == 0)
+            {
+                // Only other tables' writes (the commit log is shared): nothing to hand over,
+                // only the checkpoint to move. That waits for the next batch with changes, or
+                // progressMillis since the last batch sent, so that a node busy with other
+                // tables does not cost a batch, an ack and a checkpoint write per sync
+                // (--progress-ms).
+                if (moved)
+                {
+                    c.cursor = to;
+                    c.unsent = true;
+                }
+                if (!c.unsent || now - c.lastSent < progressMillis)
+                    return moved;
+            }
+            else if (!moved)
+            {
+                return false;
+            }
             long n = ++seq;
             byte[] body = changes.toByteArray();
             byte[] message = line(g -> {
@@ -634,6 +814,8 @@ public final class Agent
             });
             c.pending.addLast(new Pending(n, to));
             c.cursor = to;
+            c.unsent = false;
+            c.lastSent = now;
             advanceResendBound(to.segment, to.position);
             try
             {
@@ -651,7 +833,9 @@ public final class Agent
      *  {@code out} (at most about {@code batchMax}); returns where it got to. */
     private Cursor read(Cursor from, JsonGenerator out, int[] count) throws IOException
     {
-        TreeMap<Long, Segment> segments = listSegments();
+        TreeMap<Long, Segment> segments = segments(from);
+        if (open != null && !segments.containsKey(open.id))
+            closeOpen();
         Cursor cursor = from;
         if (!cursor.done && !segments.containsKey(cursor.segment))
         {
@@ -688,60 +872,170 @@ public final class Agent
         return cursor;
     }
 
-    private Cursor readSegment(Segment segment, Cursor cursor, JsonGenerator out, int[] count) throws IOException
+    /** cdc_raw's segments with what their idx files say: listed again when {@link #relist}
+     *  says so (or without a watch: every time); otherwise the last listing, with the idx
+     *  files of the segments not finished (from {@code from}'s on) read again. */
+    private TreeMap<Long, Segment> segments(Cursor from) throws IOException
     {
-        long durable = segment.durable;
-        if (cursor.position >= durable && cursor.marker >= durable)
-            return segment.completed ? new Cursor(segment.id, cursor.marker, cursor.position, true) : cursor;
-        try (RandomAccessReader reader = RandomAccessReader.open(new org.apache.cassandra.io.util.File(segment.log)))
+        if (listed == null || relist || !watching)
+        {
+            relist = false;  // before listing: a change from here on lists again next time
+            listed = listSegments();
+            synchronized (this)
+            {
+                listings++;
+            }
+            return listed;
+        }
+        // Only the idx files that existed at the listing: one created since is a file linked
+        // into cdc_raw (the watch reports it, and the loop lists again).
+        for (Segment segment : listed.tailMap(from.segment, true).values())
+        {
+            if (!segment.completed && segment.idxExists)
+                readIdx(segment);
+        }
+        return listed;
+    }
+
+    /** The segment the reading loop keeps open, with its header. */
+    private static final class OpenSegment
+    {
+        final long id;
+        final RandomAccessReader reader;
+        final CommitLogDescriptor descriptor;
+        final long headerEnd;
+        final boolean plain;
+
+        OpenSegment(long id, RandomAccessReader reader, CommitLogDescriptor descriptor, long headerEnd, boolean plain)
+        {
+            this.id = id;
+            this.reader = reader;
+            this.descriptor = descriptor;
+            this.headerEnd = headerEnd;
+            this.plain = plain;
+        }
+    }
+
+    private void closeOpen()
+    {
+        if (open != null)
+        {
+            open.reader.close();
+            open = null;
+        }
+    }
+
+    /** {@code segment} open, reusing the reader of the last read when it was the same one. */
+    private OpenSegment openSegment(Segment segment) throws IOException
+    {
+        // (A file that grew past what the reader saw at its open is opened again; Cassandra's
+        // memory-mapped segments have their full size from the start.)
+        if (open != null && open.id == segment.id && open.reader.length() >= segment.durable)
+            return open;
+        closeOpen();
+        RandomAccessReader reader = RandomAccessReader.open(new org.apache.cassandra.io.util.File(segment.log));
+        try
         {
             CommitLogDescriptor descriptor = CommitLogDescriptor.readHeader(reader, DatabaseDescriptor.getEncryptionContext());
             if (descriptor == null)
                 throw new IOException("unreadable commit log header in " + segment.log);
-            long headerEnd = reader.getFilePointer();
             boolean plain = descriptor.compression == null && !descriptor.getEncryptionContext().isEnabled();
-            // Compressed or encrypted segments count logical positions from the header: read
-            // them from there and skip what was handed over.
-            long marker = plain && cursor.marker >= 0 ? cursor.marker : headerEnd;
-            long position = cursor.position;
-            Sections sections = Sections.from(new Handler(), descriptor, reader, marker);
-            Iterator<CommitLogSegmentReader.SyncSegment> it = sections.iterator();
-            boolean ended = false;
-            boolean exhausted = false;
-            // Never ask for a sync marker at or past the durable offset: the next sync may be
-            // writing it (and a bad marker would make Cassandra's iterator retry forever).
-            while (marker < durable)
-            {
-                if (!it.hasNext())
-                {
-                    exhausted = true;  // no section after this one
-                    break;
-                }
-                CommitLogSegmentReader.SyncSegment section = it.next();
-                if (section.fileEndPosition > durable)
-                    break;  // not synced yet
-                long sectionMarker = section.fileStartPosition - SYNC_MARKER_SIZE;
-                Section result = readSection(section, descriptor, position, out, count);
-                position = Math.max(position, result.position);
-                if (result.full)
-                {
-                    // Stopped inside this section: resume at its marker, skipping what went.
-                    return new Cursor(segment.id, plain ? sectionMarker : -1, position, false);
-                }
-                marker = section.fileEndPosition;
-                position = Math.max(position, section.endPosition);
-                if (result.ended)
-                {
-                    ended = true;
-                    break;
-                }
-            }
-            // A completed segment is done at its end-of-segment marker, at its durable
-            // offset, or where its sections end (after a crash the node replays the segment
-            // and marks it COMPLETED with the file's whole length as durable offset).
-            boolean done = segment.completed && (ended || exhausted || marker >= durable);
-            return new Cursor(segment.id, plain ? marker : -1, position, done);
+            open = new OpenSegment(segment.id, reader, descriptor, reader.getFilePointer(), plain);
         }
+        catch (IOException | RuntimeException e)
+        {
+            reader.close();
+            throw e;
+        }
+        synchronized (this)
+        {
+            segmentOpens++;
+        }
+        return open;
+    }
+
+    private Cursor readSegment(Segment segment, Cursor cursor, JsonGenerator out, int[] count) throws IOException
+    {
+        long durable = segment.durable;
+        if (cursor.position >= durable && cursor.marker >= durable)
+        {
+            if (!segment.completed)
+                return cursor;
+            if (open != null && open.id == segment.id)
+                closeOpen();
+            return new Cursor(segment.id, cursor.marker, cursor.position, true);
+        }
+        synchronized (this)
+        {
+            reads++;
+        }
+        boolean keep = false;
+        try
+        {
+            OpenSegment opened = openSegment(segment);
+            RandomAccessReader reader = opened.reader;
+            CommitLogDescriptor descriptor = opened.descriptor;
+            long headerEnd = opened.headerEnd;
+            boolean plain = opened.plain;
+            Cursor result = readOpen(segment, cursor, out, count, reader, descriptor, headerEnd, plain);
+            // Uncompressed segments resume at a sync marker: the reader stays open for the
+            // next read until the segment is done. Others are read from their header each
+            // time, with a fresh reader (their segmenter keeps state of its own).
+            keep = plain && !result.done;
+            return result;
+        }
+        finally
+        {
+            if (!keep)
+                closeOpen();
+        }
+    }
+
+    private Cursor readOpen(Segment segment, Cursor cursor, JsonGenerator out, int[] count, RandomAccessReader reader,
+                            CommitLogDescriptor descriptor, long headerEnd, boolean plain) throws IOException
+    {
+        long durable = segment.durable;
+        // Compressed or encrypted segments count logical positions from the header: read
+        // them from there and skip what was handed over.
+        long marker = plain && cursor.marker >= 0 ? cursor.marker : headerEnd;
+        long position = cursor.position;
+        Sections sections = Sections.from(new Handler(), descriptor, reader, marker);
+        Iterator<CommitLogSegmentReader.SyncSegment> it = sections.iterator();
+        boolean ended = false;
+        boolean exhausted = false;
+        // Never ask for a sync marker at or past the durable offset: the next sync may be
+        // writing it (and a bad marker would make Cassandra's iterator retry forever).
+        while (marker < durable)
+        {
+            if (!it.hasNext())
+            {
+                exhausted = true;  // no section after this one
+                break;
+            }
+            CommitLogSegmentReader.SyncSegment section = it.next();
+            if (section.fileEndPosition > durable)
+                break;  // not synced yet
+            long sectionMarker = section.fileStartPosition - SYNC_MARKER_SIZE;
+            Section result = readSection(section, descriptor, position, out, count);
+            position = Math.max(position, result.position);
+            if (result.full)
+            {
+                // Stopped inside this section: resume at its marker, skipping what went.
+                return new Cursor(segment.id, plain ? sectionMarker : -1, position, false);
+            }
+            marker = section.fileEndPosition;
+            position = Math.max(position, section.endPosition);
+            if (result.ended)
+            {
+                ended = true;
+                break;
+            }
+        }
+        // A completed segment is done at its end-of-segment marker, at its durable
+        // offset, or where its sections end (after a crash the node replays the segment
+        // and marks it COMPLETED with the file's whole length as durable offset).
+        boolean done = segment.completed && (ended || exhausted || marker >= durable);
+        return new Cursor(segment.id, plain ? marker : -1, position, done);
     }
 
     private static final class Section
@@ -977,6 +1271,7 @@ public final class Agent
             {
                 Files.deleteIfExists(segment.log);
                 Files.deleteIfExists(segment.idx);
+                relist = true;
             }
             else if (segment.durable < 0 && passed && links(segment.log) == 1 && !Files.exists(segment.idx))
             {
@@ -986,6 +1281,7 @@ public final class Agent
                 {
                     log.info("deleting {}: no CDC data, left behind by Cassandra", segment.log.getFileName());
                     Files.deleteIfExists(segment.log);
+                    relist = true;
                 }
             }
         }
@@ -1043,6 +1339,7 @@ public final class Agent
         if (c == null || c.closed)
             return;
         long skipped, undecodable, failures;
+        long[] reading;
         Cursor at;
         synchronized (this)
         {
@@ -1050,6 +1347,7 @@ public final class Agent
             undecodable = skippedUndecodable;
             failures = errors;
             at = checkpoint;
+            reading = new long[] {listings, segmentOpens, reads};
         }
         byte[] message = line(g -> {
             g.writeStringField("type", "stats");
@@ -1060,6 +1358,9 @@ public final class Agent
             g.writeNumberField("skipped_unknown_table", skipped);
             g.writeNumberField("skipped_undecodable", undecodable);
             g.writeNumberField("errors", failures);
+            g.writeNumberField("listings", reading[0]);
+            g.writeNumberField("segment_opens", reading[1]);
+            g.writeNumberField("reads", reading[2]);
             g.writeObjectFieldStart("checkpoint");
             g.writeNumberField("segment", at.segment);
             g.writeNumberField("position", at.position);

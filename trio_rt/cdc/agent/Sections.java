@@ -30,6 +30,9 @@ final class Sections extends CommitLogSegmentReader
                          RandomAccessReader reader, long marker) throws IOException
     {
         reader.seek(marker);
+        // A reader kept open between reads may hold the chunk at the marker from before the
+        // node wrote it (the seek stays in the buffer): read it from the file again.
+        reader.reBuffer();
         return new Sections(handler, descriptor, reader);
     }
 }
