@@ -118,6 +118,15 @@ class Recorder:
         return [e.position.offset for e in self.events]
 
 
+async def posts_server(
+    session: CassandraSession, keyspace: str, **options: Any
+) -> tuple[Table, Database, WebSocketManager, ChangeStreamManager, Recorder]:
+    """`one_server` on a fresh posts table, with a Recorder to watch it."""
+    db = await make_db(session, keyspace)
+    manager, changes = await one_server(db, **options)
+    return posts(), db, manager, changes, Recorder()
+
+
 async def test_watchers_on_two_servers_see_every_change_once_in_order(
     session: CassandraSession, keyspace: str, redis_url: str
 ) -> None:
@@ -343,10 +352,7 @@ async def test_a_tail_takes_the_entries_its_server_stored_from_memory(
 ) -> None:
     # The entries this server's writes stored are handed to its tails with the wake-up: no
     # read-back from the store (the latency path), same order and content as a read.
-    table = posts()
-    db = await make_db(session, keyspace)
-    manager, changes = await one_server(db, poll_interval=5.0)
-    recorder = Recorder()
+    table, db, manager, changes, recorder = await posts_server(session, keyspace, poll_interval=5.0)
     reads = 0
     real_read = changes.store.read
 
@@ -380,10 +386,9 @@ async def test_a_tail_takes_the_entries_its_server_stored_from_memory(
 async def test_a_slow_batch_is_delivered_in_order_when_it_lands(
     session: CassandraSession, keyspace: str
 ) -> None:
-    table = posts()
-    db = await make_db(session, keyspace)
-    manager, changes = await one_server(db, poll_interval=0.05)
-    recorder = Recorder()
+    table, db, manager, changes, recorder = await posts_server(
+        session, keyspace, poll_interval=0.05
+    )
     release = trio.Event()
     real_prepare = changes.changelog.prepare
 
@@ -454,10 +459,9 @@ async def test_a_writer_killed_between_write_and_notification(
 async def test_a_write_whose_notification_never_comes_is_found_by_polling(
     session: CassandraSession, keyspace: str
 ) -> None:
-    table = posts()
-    db = await make_db(session, keyspace)
-    manager, changes = await one_server(db, poll_interval=0.1)
-    recorder = Recorder()
+    table, _db, manager, changes, recorder = await posts_server(
+        session, keyspace, poll_interval=0.1
+    )
     # Another process wrote and died before notifying anyone: a capture with no notify.
     silent = Database(session, keyspace)
     silent.capture = ChangeLog(changes.store, changes.sequencer, notify=None)
