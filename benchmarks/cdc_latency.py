@@ -26,8 +26,8 @@ run prints the time from the write to each step of `CdcSource` too (from the wri
 timestamp), and the CPU seconds of the processes and of their busiest threads.
 
 Run: ``python -m benchmarks.cdc_latency [--count 2000] [--rate 200] [--watch on] [--poll-ms 5]
-[--window 4] [--single-reporter] [--cdc-only] [--runs 3] [--warmup 1000] [--warmup-rounds 10]
-[--jit-settled 0.02]``.
+[--window 4] [--checkpoint-ms 50] [--single-reporter] [--cdc-only] [--runs 3] [--warmup 1000]
+[--warmup-rounds 10] [--jit-settled 0.02]``.
 """
 
 from __future__ import annotations
@@ -337,6 +337,7 @@ async def main(args: argparse.Namespace, node: CassandraServer) -> None:
         print(
             f"{args.count} writes at {args.rate:.0f}/s per path, {args.runs} run(s), agent watch "
             f"{args.watch}, poll {args.poll_ms} ms, window {args.window}, "
+            f"checkpoint every {args.checkpoint_ms} ms, "
             f"single_reporter {args.single_reporter}, "
             f"cdc_only {args.cdc_only}, "
             f"{os.cpu_count()} CPUs, load average at the end {fmt_load()}"
@@ -378,8 +379,15 @@ def run() -> None:
         "agent used less than this share of a core",
     )
     parser.add_argument("--window", type=int, default=4, help="the agent's --window")
+    parser.add_argument(
+        "--checkpoint-ms",
+        type=int,
+        default=50,
+        help="the agent's --checkpoint-ms (0: the file written at every acknowledgement)",
+    )
     args = parser.parse_args()
     options = {"poll-ms": str(args.poll_ms), "window": str(args.window), "watch": args.watch}
+    options["checkpoint-ms"] = str(args.checkpoint_ms)
     node = CassandraServer.start(cdc_agent=True, cdc_agent_options=options)
     try:
         trio.run(main, args, node)

@@ -653,16 +653,30 @@ def assert_each_once_in_order(
         assert ids == list(range(count))
 
 
-@pytest.mark.parametrize("single_reporter", [False, True])
+@pytest.mark.parametrize(
+    ("single_reporter", "trailing_file"),
+    [(False, False), (True, False), (True, True)],
+    ids=["claims", "single_reporter", "single_reporter-trailing_checkpoint_file"],
+)
 async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
-    cdc_session: CassandraSession, keyspace: str, cdc_node: CassandraServer, single_reporter: bool
+    cdc_session: CassandraSession,
+    keyspace: str,
+    cdc_node: CassandraServer,
+    single_reporter: bool,
+    trailing_file: bool,
 ) -> None:
+    """With ``trailing_file`` the agent writes its checkpoint file only when a segment is
+    finished (``--checkpoint-ms`` of ten minutes): a kill -9 then sends again all that was
+    acknowledged since, which the consumer must recognize and store none of again."""
     table = load_table()
     await create(cdc_session, keyspace, table)
     killed = []
-    async with serving(
-        cdc_session, keyspace, cdc_node, table, single_reporter=single_reporter
-    ) as served:
+    async with contextlib.AsyncExitStack() as stack:
+        if trailing_file:
+            await stack.enter_async_context(agent_with(cdc_node, {"checkpoint-ms": "600000"}))
+        served = await stack.enter_async_context(
+            serving(cdc_session, keyspace, cdc_node, table, single_reporter=single_reporter)
+        )
         cdc = served.changes.cdc
         assert cdc is not None
 

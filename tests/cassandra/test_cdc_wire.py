@@ -86,7 +86,7 @@ def test_hello_stats_and_refusal_parse() -> None:
     )
     assert isinstance(stats, AgentStats) and stats.alert and stats.skipped_undecodable == 0
     # An older agent sends no reading counters: 0.
-    assert (stats.listings, stats.segment_opens, stats.reads) == (0, 0, 0)
+    assert (stats.listings, stats.segment_opens, stats.reads, stats.checkpoint_writes) == (0,) * 4
     reading = parse_message(
         json.dumps(
             {
@@ -101,13 +101,14 @@ def test_hello_stats_and_refusal_parse() -> None:
                 "listings": 3,
                 "segment_opens": 2,
                 "reads": 40,
+                "checkpoint_writes": 7,
                 "checkpoint": {"segment": 1, "position": 2},
             }
         )
     )
     assert isinstance(reading, AgentStats)
     assert (reading.skipped_undecodable, reading.listings, reading.segment_opens) == (1, 3, 2)
-    assert reading.reads == 40
+    assert (reading.reads, reading.checkpoint_writes) == (40, 7)
     assert parse_message('{"type":"error","message":"busy"}') == AgentRefused("busy")
 
 

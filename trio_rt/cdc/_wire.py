@@ -135,6 +135,9 @@ class AgentStats:
     listings: int = 0
     segment_opens: int = 0
     reads: int = 0
+    #: Writes of the agent's checkpoint file so far: at most one per ``--checkpoint-ms``,
+    #: plus one per finished segment (optional, since December 4; 0 from older agents).
+    checkpoint_writes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +247,7 @@ def parse_message(line: bytes | str) -> AgentMessage:
 
 
 #: The stats of the agent's reading loop, optional in a stats message.
-_READING = ("listings", "segment_opens", "reads")
+_READING = ("listings", "segment_opens", "reads", "checkpoint_writes")
 
 
 def encode_ack(seq: int) -> bytes:

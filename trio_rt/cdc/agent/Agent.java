@@ -77,8 +77,10 @@ import org.apache.cassandra.utils.FBUtilities;
  *       or removed (and at the fallback poll); a commit-log sync only makes it re-read the
  *       idx files of the segments it has not finished.</li>
  *   <li>Sends batches of changes, at most {@code --window} unacknowledged; a batch's end
- *       (segment, offset) becomes the checkpoint, written durably, only once the consumer
- *       acknowledged it. A new consumer, or a restarted agent, starts again at the checkpoint:
+ *       (segment, offset) becomes the checkpoint only once the consumer acknowledged it. The
+ *       checkpoint is written durably at most every {@code --checkpoint-ms} (and at once when
+ *       it finishes a segment, before that segment is deleted): the file may trail the
+ *       acknowledgements by that much, which a restart sends again. A new consumer, or a restarted agent, starts again at the checkpoint:
  *       what was sent and not acknowledged is sent again (the consumer de-duplicates). The
  *       hello names {@code resend_until}: no batch was ever sent past it, so a consumer needs
  *       to look for what it stored before only in batches that start before it. A batch
@@ -116,6 +118,10 @@ public final class Agent
      *  checkpoint) is sent at most this long after the last batch; a batch with changes
      *  carries that progress too. */
     private final long progressMillis;
+    /** The checkpoint file is written at most this often: an fsync (two, with the
+     *  directory's) per acknowledged batch was a third of the agent's CPU. What it trails by
+     *  is sent again after a restart, inside resend_until, and de-duplicated. */
+    private final long checkpointMillis;
     private final int window;
     private final int batchMax;
     private final double alertFraction;
@@ -127,7 +133,15 @@ public final class Agent
     private final long totalSpace;
     private final Set<String> schemaFiles;
 
+    // -- the checkpoint file (guarded by saveLock) ---------------------------------------------------
+    private final Object saveLock = new Object();
+    /** What the checkpoint file holds: segments are deleted only once it has passed them. */
+    private Cursor saved;
+    private long savedAt;
+    private long saves;
+
     // -- state (guarded by this) -----------------------------------------------------------------
+    /** What the consumer acknowledged; the file follows (saveCheckpoint). */
     private Cursor checkpoint;
     /** The furthest (segment, position) any batch may have been sent to: what this agent
      *  sent to any consumer, and at start everything a previous run of the agent could have
@@ -264,7 +278,7 @@ public final class Agent
     }
 
     private Agent(String host, int port, Path stateDir, long pollMillis, boolean watch, long fallbackPollMillis,
-                  long progressMillis, int window, int batchMax,
+                  long progressMillis, long checkpointMillis, int window, int batchMax,
                   double alertFraction, String node, Path cdcRaw, List<Path> schemaDirs, long totalSpace,
                   Set<String> schemaFiles, String failDecode)
         throws IOException
@@ -277,6 +291,7 @@ public final class Agent
         this.watch = watch;
         this.fallbackPollMillis = fallbackPollMillis;
         this.progressMillis = progressMillis;
+        this.checkpointMillis = checkpointMillis;
         this.window = window;
         this.batchMax = batchMax;
         this.alertFraction = alertFraction;
@@ -286,6 +301,7 @@ public final class Agent
         this.totalSpace = totalSpace;
         this.schemaFiles = schemaFiles;
         this.checkpoint = loadCheckpoint();
+        this.saved = checkpoint;
         startingResendBound();
     }
 
@@ -325,7 +341,7 @@ public final class Agent
     {
         String yaml = null, host = "127.0.0.1", stateDir = null, node = null, failDecode = null;
         int port = 9044, window = 4, batchMax = 1000;
-        long pollMillis = 5, fallbackPollMillis = 100, progressMillis = 100;
+        long pollMillis = 5, fallbackPollMillis = 100, progressMillis = 100, checkpointMillis = 50;
         boolean watch = true;
         double alertFraction = 0.5;
         for (int i = 0; i < args.length; i++)
@@ -344,6 +360,7 @@ public final class Agent
                 case "--poll-ms": pollMillis = Long.parseLong(value); i++; break;
                 case "--fallback-poll-ms": fallbackPollMillis = Long.parseLong(value); i++; break;
                 case "--progress-ms": progressMillis = Long.parseLong(value); i++; break;
+                case "--checkpoint-ms": checkpointMillis = Long.parseLong(value); i++; break;
                 case "--watch":
                     if (!value.equals("on") && !value.equals("off"))
                         usage("--watch is on or off");
@@ -384,7 +401,8 @@ public final class Agent
         Schema.instance.loadFromDisk();
         log.info("schema loaded in {} ms", (System.nanoTime() - started) / 1_000_000);
         Files.createDirectories(Path.of(stateDir));
-        Agent agent = new Agent(host, port, Path.of(stateDir), pollMillis, watch, fallbackPollMillis, progressMillis, window,
+        Agent agent = new Agent(host, port, Path.of(stateDir), pollMillis, watch, fallbackPollMillis, progressMillis,
+                                checkpointMillis, window,
                                 batchMax, alertFraction,
                                 node, cdcRaw, schemaDirs, DatabaseDescriptor.getCDCTotalSpace(), schemaFiles,
                                 failDecode);
@@ -397,7 +415,7 @@ public final class Agent
             System.err.println("trio_rt cdc agent: " + problem);
         System.err.println("usage: Agent --cassandra-yaml PATH --state-dir DIR [--host 127.0.0.1] [--port 9044]"
                            + " [--node NAME] [--watch on] [--fallback-poll-ms 100] [--poll-ms 5] [--window 4]"
-                           + " [--progress-ms 100] [--batch-max 1000] [--alert-fraction 0.5]"
+                           + " [--progress-ms 100] [--checkpoint-ms 50] [--batch-max 1000] [--alert-fraction 0.5]"
                            + " [--fail-decode KEYSPACE.TABLE (tests only)]");
         System.exit(problem == null ? 0 : EXIT_USAGE);
     }
@@ -423,6 +441,7 @@ public final class Agent
                 if (schemaChanged())
                 {
                     log.info("the schema changed: exiting to be started again with it (status {})", EXIT_SCHEMA_CHANGED);
+                    saveCheckpoint(0);
                     return EXIT_SCHEMA_CHANGED;
                 }
             }
@@ -432,13 +451,13 @@ public final class Agent
                 stats();
                 // Acknowledgements delete what they pass; this catches the leftovers whose
                 // grace period ends while nothing is acknowledged.
-                Cursor at;
-                synchronized (this)
-                {
-                    at = checkpoint;
-                }
-                if (at != null)
-                    deleteConsumed(at);
+                deleteConsumed(followCheckpoint());
+            }
+            else
+            {
+                // An acknowledgement left the file behind (written less than checkpointMillis
+                // before): it follows here, without an acknowledgement to trigger it.
+                followCheckpoint();
             }
             boolean progressed = false;
             synchronized (this)
@@ -666,6 +685,14 @@ public final class Agent
                 wakeReader();
             }
             log.info("consumer disconnected; what it did not acknowledge is sent again to the next one");
+            try
+            {
+                saveCheckpoint(0);
+            }
+            catch (IOException e)
+            {
+                log.warn("writing the checkpoint failed (again at the next acknowledgement): {}", e.toString());
+            }
         }
     }
 
@@ -683,11 +710,13 @@ public final class Agent
             checkpoint = next;
             wakeReader();
         }
-        saveCheckpoint(next);
         // Only a checkpoint that finished a segment frees one (the main loop's once a second
-        // clean-up takes the rest): not a listing of cdc_raw per acknowledgement.
+        // clean-up takes the rest): not a listing of cdc_raw per acknowledgement. The file
+        // goes first, at once: a segment is deleted only once the file has passed it.
         if (next.segment != before.segment || next.done != before.done)
-            deleteConsumed(next);
+            deleteConsumed(saveCheckpoint(0));
+        else
+            saveCheckpoint(checkpointMillis);
     }
 
     // -- reading ----------------------------------------------------------------------------------
@@ -1222,8 +1251,54 @@ public final class Agent
                           saved.path("position").asLong(), saved.path("done").asBoolean());
     }
 
+    /** Writes the acknowledged checkpoint to the file, unless the file holds it already or
+     *  was written less than {@code minMillis} ago; returns what the file holds. Callable
+     *  from any thread (the acknowledgement threads and the reading loop): one writes at a
+     *  time, and the checkpoint only moves forward, so the file does too. */
+    private Cursor saveCheckpoint(long minMillis) throws IOException
+    {
+        synchronized (saveLock)
+        {
+            Cursor at;
+            synchronized (this)
+            {
+                at = checkpoint;
+            }
+            long now = System.currentTimeMillis();
+            if (at.same(saved) || now - savedAt < minMillis)
+                return saved;
+            writeCheckpoint(at);
+            saved = at;
+            savedAt = now;
+            saves++;
+            return saved;
+        }
+    }
+
+    /** The reading loop's {@link #saveCheckpoint}: a failed write is logged and counted, and
+     *  tried again at the next pass (the file only trails further meanwhile). */
+    private Cursor followCheckpoint()
+    {
+        try
+        {
+            return saveCheckpoint(checkpointMillis);
+        }
+        catch (IOException e)
+        {
+            synchronized (this)
+            {
+                errors++;
+            }
+            log.warn("writing the checkpoint failed (again at the next pass): {}", e.toString());
+            synchronized (saveLock)
+            {
+                return saved;
+            }
+        }
+    }
+
     /** Written to a temporary file, synced, renamed over the old one, the directory synced. */
-    private void saveCheckpoint(Cursor cursor) throws IOException
+    private void writeCheckpoint(Cursor cursor) throws IOException
     {
         byte[] data = MAPPER.writeValueAsBytes(MAPPER.createObjectNode()
                                                      .put("segment", cursor.segment)
@@ -1349,6 +1424,11 @@ public final class Agent
             at = checkpoint;
             reading = new long[] {listings, segmentOpens, reads};
         }
+        long written;
+        synchronized (saveLock)
+        {
+            written = saves;
+        }
         byte[] message = line(g -> {
             g.writeStringField("type", "stats");
             g.writeNumberField("cdc_raw_bytes", cdcRawBytes);
@@ -1361,6 +1441,7 @@ public final class Agent
             g.writeNumberField("listings", reading[0]);
             g.writeNumberField("segment_opens", reading[1]);
             g.writeNumberField("reads", reading[2]);
+            g.writeNumberField("checkpoint_writes", written);
             g.writeObjectFieldStart("checkpoint");
             g.writeNumberField("segment", at.segment);
             g.writeNumberField("position", at.position);
