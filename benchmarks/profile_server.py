@@ -57,31 +57,22 @@ def _trio_send_line() -> str:
     return "<unknown>"
 
 
-def _direct_write_line() -> str:
-    """The frame where trio_rt's DirectStream hands bytes to the kernel (``os.write``)."""
+def _direct_stream_line(method: str, needle: str) -> str:
+    """The frame (as py-spy names it) of the line of ``DirectStream.<method>`` holding
+    `needle`: where trio_rt hands bytes to the kernel."""
     from trio_rt._transport.direct_stream import DirectStream
 
-    lines, first = inspect.getsourcelines(DirectStream.send_now)
+    lines, first = inspect.getsourcelines(getattr(DirectStream, method))
     for offset, text in enumerate(lines):
-        if "os.write(" in text:
-            return f"DirectStream.send_now (trio_rt/_transport/direct_stream.py:{first + offset})"
-    return "<unknown>"
-
-
-def _frame_write_line() -> str:
-    """The frame where a quiet fan-out's ``DirectStream.send_frame`` calls ``socket.send``."""
-    from trio_rt._transport.direct_stream import DirectStream
-
-    lines, first = inspect.getsourcelines(DirectStream.send_frame)
-    for offset, text in enumerate(lines):
-        if "._raw.send(" in text:
-            return f"DirectStream.send_frame (trio_rt/_transport/direct_stream.py:{first + offset})"
+        if needle in text:
+            return f"DirectStream.{method} (trio_rt/_transport/direct_stream.py:{first + offset})"
     return "<unknown>"
 
 
 TRIO_SEND = _trio_send_line()
-DIRECT_WRITE = _direct_write_line()
-FRAME_WRITE = _frame_write_line()
+DIRECT_WRITE = _direct_stream_line("send_now", "os.write(")
+# A quiet fan-out's send_frame calls socket.send.
+FRAME_WRITE = _direct_stream_line("send_frame", "._raw.send(")
 
 
 def _any(*needles: str) -> Rule:

@@ -41,6 +41,17 @@ def _blocking_handler(manager: Any) -> tuple[trio.Event, trio.Event, list[int]]:
     return entered, release, handled
 
 
+def _record_disconnects(manager: Any) -> list[int]:
+    """The close codes `manager`'s disconnect handler is called with, in order."""
+    codes: list[int] = []
+
+    @manager.on_disconnect
+    async def gone(conn: Connection, code: int) -> None:
+        codes.append(code)
+
+    return codes
+
+
 async def test_an_idle_connection_keeps_no_task_but_its_handler_and_a_fresh_frame_parser(
     make_manager: Any,
 ) -> None:
@@ -95,11 +106,7 @@ async def test_the_peers_close_is_answered_while_a_handler_runs_and_disconnect_c
 ) -> None:
     manager = make_manager()
     entered, release, handled = _blocking_handler(manager)
-    disconnected: list[int] = []
-
-    @manager.on_disconnect
-    async def gone(conn: Connection, code: int) -> None:
-        disconnected.append(code)
+    disconnected = _record_disconnects(manager)
 
     async with manager:
         async with connect(manager.url, ping_interval=None) as ws:
@@ -194,11 +201,7 @@ async def test_protocol_errors_close_with_their_code_and_end_the_connection(
     make_manager: Any, frame: bytes, code: int
 ) -> None:
     manager = make_manager()
-    disconnected: list[int] = []
-
-    @manager.on_disconnect
-    async def gone(conn: Connection, close_code: int) -> None:
-        disconnected.append(close_code)
+    disconnected = _record_disconnects(manager)
 
     async with manager:
         sock = await trio.to_thread.run_sync(_raw_upgrade, manager.port)
@@ -220,11 +223,7 @@ async def test_a_failing_welcome_closes_1011_and_the_disconnect_handler_runs(
         raise RuntimeError("boom")
 
     manager = make_manager(welcome=welcome)
-    disconnected: list[int] = []
-
-    @manager.on_disconnect
-    async def gone(conn: Connection, code: int) -> None:
-        disconnected.append(code)
+    disconnected = _record_disconnects(manager)
 
     async with manager:
         async with connect(manager.url, ping_interval=None) as ws:
