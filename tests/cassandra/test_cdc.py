@@ -246,7 +246,23 @@ class Served:
                 message = await self.client.recv(GUARD)
                 assert message["type"] == "data_update", message
                 self.received.append(message)
-        await wait_until(lambda: len(self.watched) >= len(self.received), GUARD)
+        await wait_until(
+            lambda: len(self.watched) >= len(self.received), GUARD, explain=self.difference
+        )
+
+    def difference(self) -> str:
+        """What the subscriber and the watcher got differently (for a failure)."""
+        sent = [m["event"]["position"]["offset"] for m in self.received]
+        seen = [e.position.offset for e in self.watched]
+        twice = sorted({o for o in sent if sent.count(o) > 1})
+        return (
+            f"the subscriber got {len(sent)} changes, the watcher {len(seen)}; offsets the"
+            f" subscriber got twice: {twice[:20]}; only the subscriber: "
+            f"{sorted(set(sent) - set(seen))[:20]}; only the watcher: "
+            f"{sorted(set(seen) - set(sent))[:20]}; last 5: {sent[-5:]} / {seen[-5:]};"
+            f" cdc {self.changes.cdc.stats if self.changes.cdc else None};"
+            f" changes {self.changes.stats}"
+        )
 
     def delivered(self) -> list[dict[str, Any]]:
         """What the subscriber got, after checking the watcher got the same, in order."""

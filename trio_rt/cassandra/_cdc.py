@@ -90,9 +90,14 @@ STORE_CHUNK_ITEMS = 32
 #: How long a change's position is kept for a re-send when its store did not finish (the
 #: connection dropped while the request was out): the re-send writes the same entry row, so
 #: a cancelled request that Cassandra still applies later lands on it instead of adding a
-#: second entry. Below the readers' `hole_timeout` (10 s by default), after which a tail
-#: skips the position.
-REUSE_POSITION_FOR = 5.0
+#: second entry. Far below the readers' `hole_timeout` (10 s by default), after which a tail
+#: skips the position: the re-sent store must land before any tail gives up on it, or tails
+#: that skipped it miss what the others deliver. At 5 s a re-send after an agent restart
+#: (2-6 s) sometimes reused a position whose store, behind the restart's backlog on a busy
+#: machine, landed after one tail had skipped it (CI, December 4). A request the dropped
+#: connection sent is applied within Cassandra's write timeout (2 s), so a later re-send
+#: gets a new position and leaves a hole that every tail skips alike.
+REUSE_POSITION_FOR = 2.0
 
 
 @dataclass
