@@ -79,8 +79,8 @@ import org.apache.cassandra.utils.FBUtilities;
  *   <li>Sends batches of changes, at most {@code --window} unacknowledged; a batch's end
  *       (segment, offset) becomes the checkpoint only once the consumer acknowledged it. The
  *       checkpoint is written durably at most every {@code --checkpoint-ms} (and at once when
- *       it finishes a segment, before that segment is deleted): the file may trail the
- *       acknowledgements by that much, which a restart sends again. A new consumer, or a restarted agent, starts again at the checkpoint:
+ *       it finishes a segment, before that segment is deleted). A new consumer starts again
+ *       at the checkpoint, a restarted agent at the file's, which may trail it by that much:
  *       what was sent and not acknowledged is sent again (the consumer de-duplicates). The
  *       hello names {@code resend_until}: no batch was ever sent past it, so a consumer needs
  *       to look for what it stored before only in batches that start before it. A batch
@@ -133,12 +133,12 @@ public final class Agent
     private final long totalSpace;
     private final Set<String> schemaFiles;
 
-    // -- the checkpoint file (guarded by saveLock) ---------------------------------------------------
+    // -- the checkpoint file (written under saveLock; read without it) -----------------------------
     private final Object saveLock = new Object();
     /** What the checkpoint file holds: segments are deleted only once it has passed them. */
-    private Cursor saved;
-    private long savedAt;
-    private long saves;
+    private volatile Cursor saved;
+    private volatile long savedAt;
+    private volatile long saves;
 
     // -- state (guarded by this) -----------------------------------------------------------------
     /** What the consumer acknowledged; the file follows (saveCheckpoint). */
@@ -451,13 +451,13 @@ public final class Agent
                 stats();
                 // Acknowledgements delete what they pass; this catches the leftovers whose
                 // grace period ends while nothing is acknowledged.
-                deleteConsumed(followCheckpoint());
+                deleteConsumed(followCheckpoint(checkpointMillis));
             }
             else
             {
                 // An acknowledgement left the file behind (written less than checkpointMillis
                 // before): it follows here, without an acknowledgement to trigger it.
-                followCheckpoint();
+                followCheckpoint(checkpointMillis);
             }
             boolean progressed = false;
             synchronized (this)
@@ -685,14 +685,7 @@ public final class Agent
                 wakeReader();
             }
             log.info("consumer disconnected; what it did not acknowledge is sent again to the next one");
-            try
-            {
-                saveCheckpoint(0);
-            }
-            catch (IOException e)
-            {
-                log.warn("writing the checkpoint failed (again at the next acknowledgement): {}", e.toString());
-            }
+            followCheckpoint(0);
         }
     }
 
@@ -1275,13 +1268,17 @@ public final class Agent
         }
     }
 
-    /** The reading loop's {@link #saveCheckpoint}: a failed write is logged and counted, and
-     *  tried again at the next pass (the file only trails further meanwhile). */
-    private Cursor followCheckpoint()
+    /** {@link #saveCheckpoint} where a failure must not end the caller (the reading loop, a
+     *  consumer's disconnect): it is logged and counted, and the write is tried again later
+     *  (the file only trails further meanwhile). Not due yet: returns without the lock, so
+     *  the reading loop does not wait for an acknowledgement thread's fsync. */
+    private Cursor followCheckpoint(long minMillis)
     {
+        if (System.currentTimeMillis() - savedAt < minMillis)
+            return saved;
         try
         {
-            return saveCheckpoint(checkpointMillis);
+            return saveCheckpoint(minMillis);
         }
         catch (IOException e)
         {
@@ -1289,11 +1286,8 @@ public final class Agent
             {
                 errors++;
             }
-            log.warn("writing the checkpoint failed (again at the next pass): {}", e.toString());
-            synchronized (saveLock)
-            {
-                return saved;
-            }
+            log.warn("writing the checkpoint failed (tried again later): {}", e.toString());
+            return saved;
         }
     }
 
@@ -1424,11 +1418,7 @@ public final class Agent
             at = checkpoint;
             reading = new long[] {listings, segmentOpens, reads};
         }
-        long written;
-        synchronized (saveLock)
-        {
-            written = saves;
-        }
+        long written = saves;
         byte[] message = line(g -> {
             g.writeStringField("type", "stats");
             g.writeNumberField("cdc_raw_bytes", cdcRawBytes);
