@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from hypothesis import settings
 from websockets.trio.client import ClientConnection, connect
 
 from trio_rt import WebSocketManager
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 # Real Redis and Cassandra for the tests that ask for them (started once per run when the
 # TRIO_RT_* environment variables do not point at running servers).
 pytest_plugins = ["trio_rt.testing.pytest_plugin"]
+
+# Tests never depend on timing: no Hypothesis deadline (its default, 200 ms per example,
+# fails a property test that a busy CI machine stalls; tests set max_examples themselves).
+settings.register_profile("trio_rt", deadline=None)
+settings.load_profile("trio_rt")
 
 # Many tests open hundreds of sockets: raise the soft file limit as far as the hard one allows.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)

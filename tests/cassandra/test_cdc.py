@@ -457,12 +457,20 @@ async def test_a_single_reporter_reads_claims_and_stores_each_change_once(
 
 @pytest.mark.parametrize("single_reporter", [False, True])
 async def test_a_store_cut_off_by_a_dropped_connection_that_lands_late_is_no_duplicate(
-    cdc_session: CassandraSession, keyspace: str, single_reporter: bool
+    cdc_session: CassandraSession,
+    keyspace: str,
+    single_reporter: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The connection drops while a batch's entries are being written: the request is
     abandoned, not withdrawn, and Cassandra applies it after the re-sent batch was stored
     again. The re-send writes the same entry row (the position of the first attempt), so
     the late write lands on it: one entry."""
+    import trio_rt.cassandra._cdc
+
+    # Where the late write lands is the point here, not the window: a busy machine's slow
+    # claim before the re-send must not take it past the 2 s.
+    monkeypatch.setattr(trio_rt.cassandra._cdc, "REUSE_POSITION_FOR", 60.0)
     store, cdc = await agentless_source(cdc_session, keyspace, single_reporter=single_reporter)
     sent, release = trio.Event(), trio.Event()
 
@@ -727,7 +735,7 @@ async def test_kill_9_of_the_agent_loses_and_repeats_nothing(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(killer)
-            loaded = await load(cdc_node, keyspace, count, 150, 50)
+            loaded = await load(cdc_node, keyspace, count, 150, 50, retry_refused=True)
             assert loaded.failed == 0, loaded.errors
         # The last row: everything before it came before it (each write waited for the one
         # before), so nothing is still to come.
@@ -784,13 +792,18 @@ async def test_a_single_reporter_without_outbox_claims_checks_only_re_sent_batch
         await consume(stop_after=50)
         if crash == "agent":
             await trio.to_thread.run_sync(agent(cdc_node).wait_ready)
+        else:
+            # A restarted process takes seconds; what the stopped one had sent is applied
+            # within Cassandra's 2 s write timeout by then (docs/cdc.md, "Guarantees"). A
+            # restart faster than that may store such a batch twice: documented, not tested.
+            await trio.sleep(2.5)
         await consume(stop_after=None)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consumers_one_after_the_other)
         await write(cdc_node, keyspace, "INSERT INTO posts (id, title) VALUES (1, 'probe')")
         await ready.wait()
-        loaded = await load(cdc_node, keyspace, 300, 150, 50)
+        loaded = await load(cdc_node, keyspace, 300, 150, 50, retry_refused=True)
         assert loaded.failed == 0, loaded.errors
         found = events(await entries(store, "load", 300))
         nursery.cancel_scope.cancel()
@@ -939,18 +952,28 @@ async def test_the_agent_keeps_its_segment_open_between_reads(
         # The agent restarts once after the CREATE TABLE (a schema change): settle first.
         await write(cdc_node, keyspace, "INSERT INTO load (id, body) VALUES (-1, 'settle')")
         await entries(cdc.store, "load", 1)
-        before = await next_stats(await next_stats())
         insert = f"INSERT INTO {keyspace}.load (id, body) VALUES (?, ?)"
-        for n in range(count):
-            stored = cdc.stats["stored"]
-            await cdc_session.execute(insert, (n, f"row {n}"))
-            with trio.fail_after(GUARD):
-                while cdc.stats["stored"] == stored:  # noqa: ASYNC110
-                    await trio.sleep(0.005)
-        after = await next_stats(await next_stats())
-        found = events(await entries(cdc.store, "load", count + 1))
+        written = 0
+        for _ in range(3):
+            restarts = agent(cdc_node).restarts
+            before = await next_stats(await next_stats())
+            for n in range(written, written + count):
+                stored = cdc.stats["stored"]
+                await cdc_session.execute(insert, (n, f"row {n}"))
+                with trio.fail_after(GUARD):
+                    while cdc.stats["stored"] == stored:  # noqa: ASYNC110
+                        await trio.sleep(0.005)
+            written += count
+            after = await next_stats(await next_stats())
+            if agent(cdc_node).restarts == restarts:
+                break
+            # The agent restarted meanwhile, and its counters with it: a compaction of
+            # system_schema changes the files it watches as a schema change does. Again.
+        else:
+            pytest.fail("the agent restarted during each of 3 measurements")
+        found = events(await entries(cdc.store, "load", written + 1))
         nursery.cancel_scope.cancel()
-    assert [e["key"]["id"] for e in found] == list(range(-1, count))
+    assert [e["key"]["id"] for e in found] == list(range(-1, written))
     reads = after.reads - before.reads
     assert reads >= count, "the agent restarted, or read several writes at once"
     # The segments the checkpoint moved through (ids count up), each opened once.
@@ -1082,7 +1105,9 @@ async def test_a_restart_of_the_node_loses_and_repeats_nothing(
     await trio.to_thread.run_sync(old.wait_ready)
     old.stop()
     await write(cdc_node, keyspace, *statements[1:21])
-    await trio.sleep(0.2)  # past the 2 ms commit-log sync
+    # Past the periodic 2 ms commit-log sync, with room for a busy disk (kill -9 loses what
+    # it has not synced; nothing to wait on shows when it has).
+    await trio.sleep(1.0)
     await trio.to_thread.run_sync(lambda: cdc_node.restart(kill=True))
     await write(cdc_node, keyspace, *statements[21:])
     lib = Path(old.argv[old.argv.index("-cp") + 1].split(":")[1].rstrip("*"))
