@@ -32,10 +32,12 @@ Steps 1-2 run one batch after the other; step 3 of a batch overlaps the next bat
 1-2 (`_Pipeline`); acknowledgements go in order.
 
 A failure (Cassandra unreachable, a bad message) drops the connection: the agent sends the
-unacknowledged batches again to the next connection, and the claims make that idempotent. A
-change whose entry was being written when the connection dropped gets the same position
-again (`REUSE_POSITION_FOR`): the abandoned request, should Cassandra still apply it, writes
-the same row.
+unacknowledged batches again to the next connection, and the claims make that idempotent. An
+entry batch once begun is seen through (shielded from that cancellation, written again after
+a timeout for up to `STORE_RETRY_FOR`): an abandoned request could land after the readers
+skipped its positions. A change whose entry batch failed anyway gets the same position again
+when re-sent soon (`REUSE_POSITION_FOR`): the failed request, should Cassandra still apply
+it, writes the same row.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from ..cdc._wire import (
 from ._capture import CapturedWrite, Change, ChangeCapture
 from ._cdc_claims import CdcClaims, Claim
 from ._database import Database
+from ._errors import CassandraTimeout
 from ._session import CassandraSession, Params
 from ._streams import CassandraStreamStore
 from ._table import Table
@@ -98,6 +101,13 @@ STORE_CHUNK_ITEMS = 32
 #: connection sent is applied within Cassandra's write timeout (2 s), so a later re-send
 #: gets a new position and leaves a hole that every tail skips alike.
 REUSE_POSITION_FOR = 2.0
+
+#: How long an entry batch that timed out is written again (unchanged: the same rows with the
+#: same write time, so idempotent) before the batch fails. A logged batch that timed out may
+#: still be applied: Cassandra's batchlog replays it 4-14 s later, which can be after the
+#: readers' `hole_timeout` (10 s) skipped its positions, and then the change is lost to them
+#: while its claim says it is stored. Written again at once, it is there before they give up.
+STORE_RETRY_FOR = 6.0
 
 
 @dataclass
@@ -189,6 +199,7 @@ class CdcSource:
             "row_reads": 0,
             "connection_errors": 0,
             "claim_free_batches": 0,
+            "store_retries": 0,
         }
         #: The last stats message of each agent ("host:port" -> AgentStats).
         self.agent_stats: dict[str, AgentStats] = {}
@@ -331,7 +342,9 @@ class CdcSource:
     async def ingest(self, node: str, batch: AgentBatch) -> None:
         """Store the changes of one agent batch (claims, positions, entries), then notify;
         returns once all of it is stored (then the batch may be acknowledged). Raises what
-        the session raises: nothing is acknowledged then, the agent sends it again. (A
+        the session raises (a timed-out entry batch only after `STORE_RETRY_FOR` of writing
+        it again): nothing is acknowledged then, the agent sends it again. Cancelled while
+        its entries are being written, it waits for them (and notifies) first. (A
         connection runs these steps for several batches at once: `_Pipeline`.)"""
         items = await self._claim_and_allocate(node, batch)
         await self._store_batch(node, items)
@@ -469,14 +482,37 @@ class CdcSource:
 
         async def store(statements: list[tuple[str, Params]], timestamp: int) -> None:
             async with self._limit:
-                await self.session.execute_batch(statements, timestamp=timestamp)
+                await self._store_chunk(statements, timestamp)
 
-        if len(chunks) == 1:
-            await store(chunks[0], stamps[0])
-        else:
-            async with trio.open_nursery() as nursery:
-                for statements, timestamp in zip(chunks, stamps, strict=True):
-                    nursery.start_soon(store, statements, timestamp)
+        # Seen through once begun, even when the connection drops or the source is cancelled
+        # meanwhile: a request abandoned in flight may be applied any time later (after the
+        # readers skipped its positions, or after a re-send stored the change elsewhere).
+        # Bounded by the session's request_timeout and STORE_RETRY_FOR.
+        with trio.CancelScope(shield=True):
+            if len(chunks) == 1:
+                await store(chunks[0], stamps[0])
+            else:
+                async with trio.open_nursery() as nursery:
+                    for statements, timestamp in zip(chunks, stamps, strict=True):
+                        nursery.start_soon(store, statements, timestamp)
+            self._stored(owned, stored)
+
+    async def _store_chunk(self, statements: list[tuple[str, Params]], timestamp: int) -> None:
+        """One logged batch of entries, their claims' positions and heads; after a timeout
+        the same batch again, for up to `STORE_RETRY_FOR` s, then `CassandraTimeout`."""
+        first = trio.current_time()
+        while True:
+            try:
+                await self.session.execute_batch(statements, timestamp=timestamp)
+                return
+            except CassandraTimeout as exc:
+                if trio.current_time() - first >= STORE_RETRY_FOR:
+                    raise
+                self.stats["store_retries"] += 1
+                log.warning("storing CDC entries timed out (%s): writing them again", exc)
+
+    def _stored(self, owned: list[_Item], stored: dict[str, list[StreamEntry]]) -> None:
+        """A batch's entries are stored: forget their pending positions, count, wake."""
         latest: dict[str, int] = {}
         for item in owned:
             assert item.allocation is not None

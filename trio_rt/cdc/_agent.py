@@ -291,12 +291,16 @@ class CdcAgent:
             self._launch()
 
     def kill(self) -> int | None:
-        """SIGKILL the running agent JVM (the supervisor starts another); its pid."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return None
-        os.kill(proc.pid, signal.SIGKILL)
-        return proc.pid
+        """SIGKILL the running agent JVM (the supervisor starts another); its pid, None when
+        none was running. `wait_ready` then waits for the next one."""
+        with self._lock:
+            proc = self.proc
+            if proc is None or proc.poll() is not None:
+                return None
+            # What the killed one logged does not count for `wait_ready`.
+            self._starts_seen = self._ready_count()
+            os.kill(proc.pid, signal.SIGKILL)
+            return proc.pid
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop supervising and the agent: SIGTERM, SIGKILL after `timeout`."""
