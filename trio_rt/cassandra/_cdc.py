@@ -46,7 +46,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,15 +59,13 @@ from ..cdc._wire import (
     AgentRefused,
     AgentStats,
     CdcChange,
-    ChangeKind,
     LineReader,
     WireError,
     change_id,
     encode_ack,
     parse_message,
 )
-from ._capture import CapturedWrite, Change, ChangeCapture
-from ._cdc_claims import CdcClaims, Claim
+from ._cdc_claims import CdcClaims, Claim, OutboxClaims
 from ._database import Database
 from ._errors import CassandraTimeout
 from ._session import CassandraSession, Params
@@ -686,45 +683,3 @@ def _address(agent: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"an agent address is 'host:port', got {agent!r}")
     return host, int(port)
-
-
-class OutboxClaims:
-    """A `ChangeCapture` around the outbox's (`ChangeLog`) for a table captured by both the
-    outbox and CDC: before a write to one of `cdc_tables` is sent, its change id is claimed
-    for the outbox (one plain write), so the CDC agents' reports of the same write are
-    duplicates. Writes to other tables pass through unchanged.
-
-    ``db.capture = OutboxClaims(changes.changelog, source.claims, source.cdc_tables)``; every
-    process that writes to such a table through `Database` with a capture needs it (a
-    publisher without it would deliver those writes twice: once from its entry, once from
-    CDC).
-    """
-
-    def __init__(self, inner: ChangeCapture, claims: CdcClaims, cdc_tables: Iterable[str]) -> None:
-        self.inner = inner
-        self.claims = claims
-        # A set is kept as given: a live view (``source.tables.keys()``) follows the tables
-        # the source records.
-        self.cdc_tables: AbstractSet[str] = (
-            cdc_tables if isinstance(cdc_tables, AbstractSet) else frozenset(cdc_tables)
-        )
-
-    async def prepare(self, change: Change) -> CapturedWrite:
-        write = await self.inner.prepare(change)
-        if change.table in self.cdc_tables and isinstance(write.token, Allocation):
-            table = change.definition
-            if table is None:
-                raise ValueError(f"a change to {change.table!r} without its table definition")
-            kind: ChangeKind = "delete" if change.operation == "delete" else "write"
-            ident = change_id(
-                self.claims.keyspace, change.table, kind, write.timestamp, table.to_json(change.key)
-            )
-            claim = Claim(_stream(change.table), ident, write.timestamp)
-            await self.claims.claim_outbox(claim, write.token)
-        return write
-
-    def committed(self, change: Change, write: CapturedWrite) -> None:
-        self.inner.committed(change, write)
-
-    def failed(self, change: Change, write: CapturedWrite, exc: BaseException) -> None:
-        self.inner.failed(change, write, exc)

@@ -9,16 +9,19 @@ one partition, and are taken in one conditional batch (`CdcClaims.claim_many`), 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import trio
 
 from .._core.checks import require_positive_numbers
 from .._engine.streams import Allocation
+from ..cdc._wire import ChangeKind, change_id
+from ._capture import CapturedWrite, Change, ChangeCapture
 from ._session import CassandraSession, Params
 
-__all__ = ["CLAIM_BUCKET_US", "OUTBOX", "CdcClaims", "Claim"]
+__all__ = ["CLAIM_BUCKET_US", "OUTBOX", "CdcClaims", "Claim", "OutboxClaims"]
 
 #: The owner a claim made by the outbox carries.
 OUTBOX = "outbox"
@@ -171,3 +174,45 @@ class CdcClaims:
             self._outbox,
             (claim.stream, claim.bucket, claim.change, OUTBOX, pos.offset, pos.epoch),
         )
+
+
+class OutboxClaims:
+    """A `ChangeCapture` around the outbox's (`ChangeLog`) for a table captured by both the
+    outbox and CDC: before a write to one of `cdc_tables` is sent, its change id is claimed
+    for the outbox (one plain write), so the CDC agents' reports of the same write are
+    duplicates. Writes to other tables pass through unchanged.
+
+    ``db.capture = OutboxClaims(changes.changelog, source.claims, source.cdc_tables)``; every
+    process that writes to such a table through `Database` with a capture needs it (a
+    publisher without it would deliver those writes twice: once from its entry, once from
+    CDC).
+    """
+
+    def __init__(self, inner: ChangeCapture, claims: CdcClaims, cdc_tables: Iterable[str]) -> None:
+        self.inner = inner
+        self.claims = claims
+        # A set is kept as given: a live view (``source.tables.keys()``) follows the tables
+        # the source records.
+        self.cdc_tables: AbstractSet[str] = (
+            cdc_tables if isinstance(cdc_tables, AbstractSet) else frozenset(cdc_tables)
+        )
+
+    async def prepare(self, change: Change) -> CapturedWrite:
+        write = await self.inner.prepare(change)
+        if change.table in self.cdc_tables and isinstance(write.token, Allocation):
+            table = change.definition
+            if table is None:
+                raise ValueError(f"a change to {change.table!r} without its table definition")
+            kind: ChangeKind = "delete" if change.operation == "delete" else "write"
+            ident = change_id(
+                self.claims.keyspace, change.table, kind, write.timestamp, table.to_json(change.key)
+            )
+            claim = Claim(f"table:{change.table}", ident, write.timestamp)
+            await self.claims.claim_outbox(claim, write.token)
+        return write
+
+    def committed(self, change: Change, write: CapturedWrite) -> None:
+        self.inner.committed(change, write)
+
+    def failed(self, change: Change, write: CapturedWrite, exc: BaseException) -> None:
+        self.inner.failed(change, write, exc)
