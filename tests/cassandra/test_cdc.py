@@ -460,7 +460,9 @@ class SlowFirstStore:
     """A session whose first entry batch is slow or lost, as a busy node's can be:
     `mode` "times_out": it raises `CassandraTimeout` at once and Cassandra applies it only
     after `release` (its batchlog replaying it); "waits": it is applied, and answered, only
-    after `release`. Every other call goes to the real session."""
+    after `release`. Every other call goes to the real session, and the late one reaches the
+    real node too: only the timing is staged, because a real node cannot be made to time
+    out one chosen batch (the kill -9 test under load is where it happens for real)."""
 
     def __init__(self, session: CassandraSession, nursery: trio.Nursery, mode: str) -> None:
         self.session = session

@@ -65,7 +65,7 @@ from ..cdc._wire import (
     encode_ack,
     parse_message,
 )
-from ._cdc_claims import CdcClaims, Claim, OutboxClaims
+from ._cdc_claims import CdcClaims, Claim, OutboxClaims, _stream
 from ._database import Database
 from ._errors import CassandraTimeout
 from ._session import CassandraSession, Params
@@ -75,10 +75,6 @@ from ._table import Table
 __all__ = ["CdcClaims", "CdcSource", "Claim", "OutboxClaims"]
 
 log = logging.getLogger("trio_rt.cdc")
-
-
-def _stream(table: str) -> str:
-    return f"table:{table}"
 
 
 #: What one logged batch of entries holds at most: payload bytes (Cassandra warns about a

@@ -31,6 +31,12 @@ OUTBOX = "outbox"
 CLAIM_BUCKET_US = 10_000_000
 
 
+def _stream(table: str) -> str:
+    # `stream_name` in _engine.change_capture, which imports this package lazily: an import
+    # of it here would be a cycle.
+    return f"table:{table}"
+
+
 @dataclass(frozen=True)
 class Claim:
     """One change to claim: its stream, its id (`change_id`) and write timestamp (µs)."""
@@ -207,7 +213,7 @@ class OutboxClaims:
             ident = change_id(
                 self.claims.keyspace, change.table, kind, write.timestamp, table.to_json(change.key)
             )
-            claim = Claim(f"table:{change.table}", ident, write.timestamp)
+            claim = Claim(_stream(change.table), ident, write.timestamp)
             await self.claims.claim_outbox(claim, write.token)
         return write
 
